@@ -1,0 +1,49 @@
+//! `vmlet-launcher`: the entrypoint of a VM pod.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod dhcp_serve;
+
+#[derive(Parser)]
+#[command(name = "vmlet-launcher", version, about = "Runs a VM in this pod, with the pod's network identity")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "VMLET_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run only the DHCP server for one client on one interface.
+    DhcpServe(dhcp_serve::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let result = match cli.command {
+        Command::DhcpServe(args) => dhcp_serve::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vmlet-launcher: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VMLET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
