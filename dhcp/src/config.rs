@@ -169,8 +169,8 @@ impl ServerConfig {
     /// Checks what the packet encoder would otherwise have to refuse or truncate at run time.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ip = self.address.addr();
-        let is_host = self.address.prefix_len() >= 31
-            || (ip != self.address.network() && ip != self.address.broadcast());
+        let is_host =
+            self.address.prefix_len() >= 31 || (ip != self.address.network() && ip != self.address.broadcast());
         if !is_host || ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
             return Err(ConfigError::NotAHostAddress(self.address));
         }
@@ -249,7 +249,13 @@ mod tests {
         assert_eq!(mac, MacAddr([2, 0xab, 0, 0, 0x0c, 1]));
         assert_eq!(mac.to_string(), "02:ab:00:00:0c:01");
         assert_eq!("02-ab-00-00-0c-01".parse::<MacAddr>().unwrap(), mac);
-        for bad in ["", "02:ab:00:00:0c", "02:ab:00:00:0c:01:02", "02:ab:00:00:0c:1", "zz:ab:00:00:0c:01"] {
+        for bad in [
+            "",
+            "02:ab:00:00:0c",
+            "02:ab:00:00:0c:01:02",
+            "02:ab:00:00:0c:1",
+            "zz:ab:00:00:0c:01",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }
@@ -284,10 +290,16 @@ mod tests {
         c.mtu = Some(60);
         assert_eq!(c.validate(), Err(ConfigError::MtuTooSmall(60)));
         let mut c = config("10.0.0.5/24");
-        c.user_options.push(UserOption { code: 53, data: vec![1] });
+        c.user_options.push(UserOption {
+            code: 53,
+            data: vec![1],
+        });
         assert_eq!(c.validate(), Err(ConfigError::ReservedOption(53)));
         let mut c = config("10.0.0.5/24");
-        c.user_options.push(UserOption { code: 224, data: vec![0; 256] });
+        c.user_options.push(UserOption {
+            code: 224,
+            data: vec![0; 256],
+        });
         assert_eq!(c.validate(), Err(ConfigError::OptionTooLong(224, 256)));
         let mut c = config("10.0.0.5/24");
         c.search.push("bad..domain".into());
@@ -300,10 +312,17 @@ mod tests {
         c.gateway = Some(Ipv4Addr::new(169, 254, 1, 1));
         c.routes.push("10.96.0.0/12=169.254.1.1".parse().unwrap());
         let routes = c.classless_routes();
-        let text: Vec<String> = routes.iter().map(|r| format!("{}={}", r.destination, r.gateway)).collect();
+        let text: Vec<String> = routes
+            .iter()
+            .map(|r| format!("{}={}", r.destination, r.gateway))
+            .collect();
         assert_eq!(
             text,
-            ["169.254.1.1/32=0.0.0.0", "10.96.0.0/12=169.254.1.1", "0.0.0.0/0=169.254.1.1"]
+            [
+                "169.254.1.1/32=0.0.0.0",
+                "10.96.0.0/12=169.254.1.1",
+                "0.0.0.0/0=169.254.1.1"
+            ]
         );
     }
 

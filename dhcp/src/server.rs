@@ -205,7 +205,10 @@ impl Server {
     }
 
     fn record(&mut self, state: LeaseState, now: SystemTime) {
-        let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        let since = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
         let expires = match (state, self.config.lease_time) {
             (LeaseState::Bound, LeaseTime::Finite(d)) => Some(since.saturating_add(d.as_secs())),
             _ => None,
@@ -223,8 +226,16 @@ impl Server {
         let inform = kind_of_request == Request::Inform;
         let mut reply = Message::new_with_id(
             request.xid(),
-            if kind == ReplyKind::Nak { Ipv4Addr::UNSPECIFIED } else { request.ciaddr() },
-            if kind == ReplyKind::Nak || inform { Ipv4Addr::UNSPECIFIED } else { config.address.addr() },
+            if kind == ReplyKind::Nak {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                request.ciaddr()
+            },
+            if kind == ReplyKind::Nak || inform {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                config.address.addr()
+            },
             Ipv4Addr::UNSPECIFIED,
             request.giaddr(),
             request.chaddr(),
@@ -316,7 +327,10 @@ impl Server {
             options.push(DhcpOption::NtpServers(config.ntp.clone()));
         }
         for user in &config.user_options {
-            options.push(DhcpOption::Unknown(v4::UnknownOption::new(user.code.into(), user.data.clone())));
+            options.push(DhcpOption::Unknown(v4::UnknownOption::new(
+                user.code.into(),
+                user.data.clone(),
+            )));
         }
         options
     }
@@ -356,7 +370,10 @@ fn destination(request: &Message, kind: ReplyKind, address: Ipv4Addr, inform: bo
         return Destination::Broadcast;
     }
     if !request.ciaddr().is_unspecified() {
-        return Destination::Unicast { ip: request.ciaddr(), mac };
+        return Destination::Unicast {
+            ip: request.ciaddr(),
+            mac,
+        };
     }
     if request.flags().broadcast() || inform {
         return Destination::Broadcast;

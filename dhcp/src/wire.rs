@@ -16,11 +16,11 @@ const END: u8 = 255;
 
 /// Option codes the server reads, with the lengths it accepts.
 const READ_OPTIONS: [(u8, fn(usize) -> bool); 5] = [
-    (53, |len| len == 1),   // message type
-    (50, |len| len == 4),   // requested IP address
-    (54, |len| len == 4),   // server identifier
-    (55, |len| len >= 1),   // parameter request list
-    (57, |len| len == 2),   // maximum message size
+    (53, |len| len == 1), // message type
+    (50, |len| len == 4), // requested IP address
+    (54, |len| len == 4), // server identifier
+    (55, |len| len >= 1), // parameter request list
+    (57, |len| len == 2), // maximum message size
 ];
 
 /// Why a packet was dropped as malformed.

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use dhcproto::v4::{self, DhcpOption, Flags, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use vmlet_dhcp::{
-    ClientNotice, Counters, Destination, Ignored, LeaseState, LeaseTime, MacAddr, Malformed,
-    Outcome, Reply, ReplyKind, Request, RequestState, Server, ServerConfig, UserOption,
+    ClientNotice, Counters, Destination, Ignored, LeaseState, LeaseTime, MacAddr, Malformed, Outcome, Reply, ReplyKind,
+    Request, RequestState, Server, ServerConfig, UserOption,
 };
 
 const CLIENT: MacAddr = MacAddr([0x02, 0x42, 0x0a, 0xf4, 0x01, 0x07]);
@@ -43,14 +43,7 @@ impl Req {
 
     fn from_mac(kind: MessageType, mac: MacAddr) -> Self {
         let unspecified = Ipv4Addr::UNSPECIFIED;
-        let mut m = Message::new_with_id(
-            0x1234_5678,
-            unspecified,
-            unspecified,
-            unspecified,
-            unspecified,
-            &mac.0,
-        );
+        let mut m = Message::new_with_id(0x1234_5678, unspecified, unspecified, unspecified, unspecified, &mac.0);
         m.opts_mut().insert(DhcpOption::MessageType(kind));
         Req(m)
     }
@@ -119,10 +112,7 @@ fn selecting() -> Req {
 fn discover_gets_an_offer_of_the_pod_address() {
     let mut server = Server::new(config());
     let (reply, m) = reply(&mut server, Req::new(MessageType::Discover));
-    assert_eq!(
-        (reply.request, reply.kind),
-        (Request::Discover, ReplyKind::Offer)
-    );
+    assert_eq!((reply.request, reply.kind), (Request::Discover, ReplyKind::Offer));
     assert_eq!(message_type(&m), MessageType::Offer);
     assert_eq!(m.opcode(), v4::Opcode::BootReply);
     assert_eq!(m.xid(), 0x1234_5678);
@@ -151,14 +141,9 @@ fn without_a_request_list_every_configured_option_is_sent() {
     );
     assert_eq!(
         o.get(OptionCode::DomainNameServer),
-        Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
-            10, 96, 0, 10
-        )]))
+        Some(&DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 96, 0, 10)]))
     );
-    assert_eq!(
-        o.get(OptionCode::Hostname),
-        Some(&DhcpOption::Hostname("vm1".into()))
-    );
+    assert_eq!(o.get(OptionCode::Hostname), Some(&DhcpOption::Hostname("vm1".into())));
     assert_eq!(
         o.get(OptionCode::DomainName),
         Some(&DhcpOption::DomainName("default.svc.cluster.local".into()))
@@ -169,16 +154,9 @@ fn without_a_request_list_every_configured_option_is_sent() {
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     assert_eq!(
         names,
-        [
-            "default.svc.cluster.local.",
-            "svc.cluster.local.",
-            "cluster.local."
-        ]
+        ["default.svc.cluster.local.", "svc.cluster.local.", "cluster.local."]
     );
-    assert_eq!(
-        o.get(OptionCode::InterfaceMtu),
-        Some(&DhcpOption::InterfaceMtu(1400))
-    );
+    assert_eq!(o.get(OptionCode::InterfaceMtu), Some(&DhcpOption::InterfaceMtu(1400)));
     assert_eq!(
         o.get(OptionCode::NtpServers),
         Some(&DhcpOption::NtpServers(vec![Ipv4Addr::new(10, 0, 0, 123)]))
@@ -209,14 +187,8 @@ fn finite_lease_carries_renewal_and_rebinding_times() {
         m.opts().get(OptionCode::AddressLeaseTime),
         Some(&DhcpOption::AddressLeaseTime(3600))
     );
-    assert_eq!(
-        m.opts().get(OptionCode::Renewal),
-        Some(&DhcpOption::Renewal(1800))
-    );
-    assert_eq!(
-        m.opts().get(OptionCode::Rebinding),
-        Some(&DhcpOption::Rebinding(3150))
-    );
+    assert_eq!(m.opts().get(OptionCode::Renewal), Some(&DhcpOption::Renewal(1800)));
+    assert_eq!(m.opts().get(OptionCode::Rebinding), Some(&DhcpOption::Rebinding(3150)));
     let lease = server.lease().unwrap();
     assert_eq!(lease.state, LeaseState::Bound);
     assert_eq!(lease.expires, Some(lease.since + 3600));
@@ -225,10 +197,7 @@ fn finite_lease_carries_renewal_and_rebinding_times() {
 #[test]
 fn request_list_is_honoured() {
     let mut server = Server::new(config());
-    let (_, m) = reply(
-        &mut server,
-        Req::new(MessageType::Discover).requesting(&[3, 6]),
-    );
+    let (_, m) = reply(&mut server, Req::new(MessageType::Discover).requesting(&[3, 6]));
     // 53, 54 and 51 belong to the protocol; the subnet mask is always sent.
     assert_eq!(codes(&m), [1, 3, 6, 51, 53, 54]);
     let (_, m) = reply(
@@ -261,9 +230,7 @@ fn selecting_request_for_another_address_is_naked() {
     let mut server = Server::new(config());
     let req = Req::new(MessageType::Request)
         .opt(DhcpOption::ServerIdentifier(SERVER_ID))
-        .opt(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
-            10, 244, 1, 99,
-        )));
+        .opt(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 244, 1, 99)));
     let (reply, m) = reply(&mut server, req);
     assert_eq!(reply.kind, ReplyKind::Nak);
     assert_nak(&reply, &m);
@@ -283,13 +250,8 @@ fn selecting_another_server_is_ignored_and_forgets_the_offer() {
     reply(&mut server, Req::new(MessageType::Discover));
     let req = Req::new(MessageType::Request)
         .opt(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 244, 1, 1)))
-        .opt(DhcpOption::RequestedIpAddress(Ipv4Addr::new(
-            10, 244, 1, 50,
-        )));
-    assert_eq!(
-        handle(&mut server, req),
-        Outcome::Ignored(Ignored::OtherServerSelected)
-    );
+        .opt(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 244, 1, 50)));
+    assert_eq!(handle(&mut server, req), Outcome::Ignored(Ignored::OtherServerSelected));
     assert!(server.lease().is_none());
 }
 
@@ -304,13 +266,9 @@ fn init_reboot_with_the_right_address_is_acked_and_a_stale_one_naked() {
     assert_eq!(message_type(&m), MessageType::Ack);
 
     // A guest that kept the address of an earlier pod must learn at once that it is gone.
-    let stale = Req::new(MessageType::Request)
-        .opt(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 244, 9, 9)));
+    let stale = Req::new(MessageType::Request).opt(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 244, 9, 9)));
     let (reply_nak, m) = reply(&mut server, stale);
-    assert_eq!(
-        reply_nak.request,
-        Request::Request(RequestState::InitReboot)
-    );
+    assert_eq!(reply_nak.request, Request::Request(RequestState::InitReboot));
     assert_nak(&reply_nak, &m);
 }
 
@@ -318,10 +276,7 @@ fn init_reboot_with_the_right_address_is_acked_and_a_stale_one_naked() {
 fn renewing_with_the_right_ciaddr_is_acked_by_unicast() {
     let mut server = Server::new(config());
     let (reply, m) = reply(&mut server, Req::new(MessageType::Request).ciaddr(POD_IP));
-    assert_eq!(
-        reply.request,
-        Request::Request(RequestState::RenewingOrRebinding)
-    );
+    assert_eq!(reply.request, Request::Request(RequestState::RenewingOrRebinding));
     assert_eq!(message_type(&m), MessageType::Ack);
     assert_eq!(m.ciaddr(), POD_IP);
     assert_eq!(m.yiaddr(), POD_IP);
@@ -357,10 +312,7 @@ fn request_with_nothing_to_check_is_ignored() {
 fn inform_is_acked_with_configuration_but_no_address_or_lease() {
     let mut server = Server::new(config());
     let (reply, m) = reply(&mut server, Req::new(MessageType::Inform).ciaddr(POD_IP));
-    assert_eq!(
-        (reply.request, reply.kind),
-        (Request::Inform, ReplyKind::Ack)
-    );
+    assert_eq!((reply.request, reply.kind), (Request::Inform, ReplyKind::Ack));
     assert_eq!(message_type(&m), MessageType::Ack);
     assert_eq!(m.yiaddr(), Ipv4Addr::UNSPECIFIED);
     assert_eq!(m.ciaddr(), POD_IP);
@@ -383,23 +335,16 @@ fn release_and_decline_are_recorded_without_reply() {
     let release = Req::new(MessageType::Release)
         .ciaddr(POD_IP)
         .opt(DhcpOption::ServerIdentifier(SERVER_ID));
-    assert_eq!(
-        handle(&mut server, release),
-        Outcome::Recorded(ClientNotice::Released)
-    );
+    assert_eq!(handle(&mut server, release), Outcome::Recorded(ClientNotice::Released));
     assert_eq!(server.lease().unwrap().state, LeaseState::Released);
 
     let decline = Req::new(MessageType::Decline)
         .opt(DhcpOption::ServerIdentifier(SERVER_ID))
         .opt(DhcpOption::RequestedIpAddress(POD_IP));
-    assert_eq!(
-        handle(&mut server, decline),
-        Outcome::Recorded(ClientNotice::Declined)
-    );
+    assert_eq!(handle(&mut server, decline), Outcome::Recorded(ClientNotice::Declined));
     assert_eq!(server.lease().unwrap().state, LeaseState::Declined);
 
-    let foreign =
-        Req::new(MessageType::Release).opt(DhcpOption::ServerIdentifier(Ipv4Addr::new(1, 2, 3, 4)));
+    let foreign = Req::new(MessageType::Release).opt(DhcpOption::ServerIdentifier(Ipv4Addr::new(1, 2, 3, 4)));
     assert_eq!(
         handle(&mut server, foreign),
         Outcome::Ignored(Ignored::OtherServerSelected)
@@ -418,10 +363,7 @@ fn other_clients_are_ignored_whatever_they_send() {
         MessageType::Release,
     ] {
         let req = Req::from_mac(kind, stranger).opt(DhcpOption::RequestedIpAddress(POD_IP));
-        assert_eq!(
-            handle(&mut server, req),
-            Outcome::Ignored(Ignored::OtherClient)
-        );
+        assert_eq!(handle(&mut server, req), Outcome::Ignored(Ignored::OtherClient));
     }
     assert!(server.lease().is_none());
 }
@@ -437,10 +379,7 @@ fn server_messages_and_replies_are_ignored() {
     }
     let mut bootreply = Req::new(MessageType::Discover);
     bootreply.0.set_opcode(v4::Opcode::BootReply);
-    assert_eq!(
-        handle(&mut server, bootreply),
-        Outcome::Ignored(Ignored::NotARequest)
-    );
+    assert_eq!(handle(&mut server, bootreply), Outcome::Ignored(Ignored::NotARequest));
     let mut not_ethernet = Req::new(MessageType::Discover);
     not_ethernet.0.set_htype(v4::HType::IEEE802);
     assert_eq!(
@@ -479,10 +418,7 @@ fn destination_follows_rfc2131_section_4_1() {
         .ciaddr(Ipv4Addr::new(10, 9, 9, 9))
         .giaddr(relay);
     let (r, m) = reply(&mut server, stale);
-    assert_eq!(
-        (r.kind, r.destination),
-        (ReplyKind::Nak, Destination::Relay(relay))
-    );
+    assert_eq!((r.kind, r.destination), (ReplyKind::Nak, Destination::Relay(relay)));
     assert!(m.flags().broadcast());
     assert_eq!(m.giaddr(), relay);
 }
@@ -493,10 +429,7 @@ fn slash_32_address_with_off_link_gateway_gets_classless_routes() {
     c.address = "10.244.1.7/32".parse().unwrap();
     c.gateway = Some(Ipv4Addr::new(169, 254, 1, 1));
     let mut server = Server::new(c);
-    let (_, m) = reply(
-        &mut server,
-        Req::new(MessageType::Discover).requesting(&[1, 3, 121]),
-    );
+    let (_, m) = reply(&mut server, Req::new(MessageType::Discover).requesting(&[1, 3, 121]));
     assert_eq!(
         m.opts().get(OptionCode::SubnetMask),
         Some(&DhcpOption::SubnetMask(Ipv4Addr::BROADCAST))
@@ -506,19 +439,11 @@ fn slash_32_address_with_off_link_gateway_gets_classless_routes() {
         m.opts().get(OptionCode::Router),
         Some(&DhcpOption::Router(vec![Ipv4Addr::new(169, 254, 1, 1)]))
     );
-    let Some(DhcpOption::ClasslessStaticRoute(routes)) =
-        m.opts().get(OptionCode::ClasslessStaticRoute)
-    else {
+    let Some(DhcpOption::ClasslessStaticRoute(routes)) = m.opts().get(OptionCode::ClasslessStaticRoute) else {
         panic!("no classless static routes");
     };
-    let routes: Vec<String> = routes
-        .iter()
-        .map(|(net, gw)| format!("{net} via {gw}"))
-        .collect();
-    assert_eq!(
-        routes,
-        ["169.254.1.1/32 via 0.0.0.0", "0.0.0.0/0 via 169.254.1.1"]
-    );
+    let routes: Vec<String> = routes.iter().map(|(net, gw)| format!("{net} via {gw}")).collect();
+    assert_eq!(routes, ["169.254.1.1/32 via 0.0.0.0", "0.0.0.0/0 via 169.254.1.1"]);
 }
 
 #[test]
@@ -530,15 +455,10 @@ fn extra_routes_go_before_the_default_route() {
     ];
     let mut server = Server::new(c);
     let (_, m) = reply(&mut server, Req::new(MessageType::Discover));
-    let Some(DhcpOption::ClasslessStaticRoute(routes)) =
-        m.opts().get(OptionCode::ClasslessStaticRoute)
-    else {
+    let Some(DhcpOption::ClasslessStaticRoute(routes)) = m.opts().get(OptionCode::ClasslessStaticRoute) else {
         panic!("no classless static routes");
     };
-    let routes: Vec<String> = routes
-        .iter()
-        .map(|(net, gw)| format!("{net} via {gw}"))
-        .collect();
+    let routes: Vec<String> = routes.iter().map(|(net, gw)| format!("{net} via {gw}")).collect();
     assert_eq!(
         routes,
         [
@@ -563,10 +483,7 @@ fn user_options_are_always_sent_and_override_built_in_ones() {
         },
     ];
     let mut server = Server::new(c);
-    let bytes = match handle(
-        &mut server,
-        Req::new(MessageType::Discover).requesting(&[1, 3]),
-    ) {
+    let bytes = match handle(&mut server, Req::new(MessageType::Discover).requesting(&[1, 3])) {
         Outcome::Reply(r) => r.bytes,
         other => panic!("{other:?}"),
     };
@@ -578,15 +495,9 @@ fn user_options_are_always_sent_and_override_built_in_ones() {
             b"private".to_vec()
         )))
     );
-    assert!(
-        contains(&bytes, &[15, 11]),
-        "option 15 carries the user's value"
-    );
+    assert!(contains(&bytes, &[15, 11]), "option 15 carries the user's value");
     assert!(contains(&bytes, b"example.org"));
-    assert!(
-        !contains(&bytes, b"default"),
-        "the built-in domain name is replaced"
-    );
+    assert!(!contains(&bytes, b"default"), "the built-in domain name is replaced");
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -648,10 +559,7 @@ fn a_lease_from_an_earlier_run_carries_on_unless_the_address_changed() {
     let mut server = Server::new(config());
     reply(&mut server, selecting());
     let lease = *server.lease().unwrap();
-    assert_eq!(
-        Server::new(config()).with_lease(Some(lease)).lease(),
-        Some(&lease)
-    );
+    assert_eq!(Server::new(config()).with_lease(Some(lease)).lease(), Some(&lease));
     let mut moved = config();
     moved.address = "10.244.2.8/24".parse().unwrap();
     assert_eq!(Server::new(moved).with_lease(Some(lease)).lease(), None);
@@ -718,9 +626,7 @@ fn counters_sort_outcomes() {
 fn mutated_requests_never_panic() {
     let mut server = Server::new(config());
     let seeds = [
-        Req::new(MessageType::Discover)
-            .requesting(&[1, 3, 6, 121])
-            .bytes(),
+        Req::new(MessageType::Discover).requesting(&[1, 3, 6, 121]).bytes(),
         selecting().opt(DhcpOption::MaxMessageSize(1500)).bytes(),
         Req::new(MessageType::Inform).ciaddr(POD_IP).bytes(),
     ];
