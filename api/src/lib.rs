@@ -1,4 +1,432 @@
-//! The `VirtualMachine` custom resource (group `vmlet.dev`), shared by the handler, which reconciles it, and the
-//! launcher, which runs the VM that its template describes.
+//! The `VirtualMachine` custom resource (group `vmlet.dev`, version `v1alpha1`), shared by the handler, which
+//! reconciles it, and the launcher, which runs the VM its template describes.
 //!
-//! The types are not written yet: this crate only reserves their place in the workspace.
+//! The field layout is KubeVirt's `VirtualMachine`, so a KubeVirt manifest ports by changing its `apiVersion`.
+//! Only what vmlet implements is declared, and every struct refuses unknown fields: a KubeVirt feature vmlet lacks
+//! is rejected by name (by the API server's field validation, or by the manifest parser) instead of being ignored.
+
+mod quantity;
+mod status;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use quantity::{ParseQuantityError, parse_quantity};
+pub use status::{
+    Condition, ConditionType, InterfaceStatus, Phase, PhaseTransition, PrintableStatus, VirtualMachineStatus,
+};
+pub use validate::{Binding, InvalidSpec, Problem};
+
+/// A virtual machine that runs in a pod of its own and takes that pod's network identity.
+// Each printer column repeats `type_`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "vmlet.dev",
+    version = "v1alpha1",
+    kind = "VirtualMachine",
+    namespaced,
+    shortname = "vm",
+    status = "VirtualMachineStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    printcolumn(name = "Status", type_ = "string", json_path = ".status.printableStatus"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "IP", type_ = "string", json_path = ".status.interfaces[0].ipAddress"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.nodeName"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineSpec {
+    /// When the VM should run. Defaults to Halted, as in KubeVirt.
+    #[serde(default)]
+    pub run_strategy: RunStrategy,
+    pub template: VirtualMachineTemplate,
+}
+
+/// What the handler does about a VM's lifetime (KubeVirt's semantics).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RunStrategy {
+    /// Keep it running: restart it whenever it stops, for whatever reason.
+    Always,
+    /// Restart it when it fails, not when the guest shuts down cleanly.
+    RerunOnFailure,
+    /// Run it to completion once, and never again.
+    Once,
+    /// Start and stop only on explicit request.
+    Manual,
+    /// Keep it stopped.
+    #[default]
+    Halted,
+}
+
+/// The VM instance's template: labels and annotations for its pod, and the VM itself.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineTemplate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+    pub spec: VirtualMachineInstanceSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateMetadata {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One VM: its virtual hardware, how its interfaces meet the pod network, and where its disks come from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineInstanceSpec {
+    pub domain: DomainSpec,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<Network>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Seconds the guest is given to shut down after an ACPI power-button press before it is destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<u32>,
+    /// The guest's host name; defaults to the VM's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+    #[serde(default)]
+    pub devices: Devices,
+}
+
+/// The guest's vCPU topology; vCPUs = sockets × cores × threads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cpu {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub cores: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub sockets: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub threads: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Memory {
+    /// The memory the guest sees, as a Kubernetes quantity (`256Mi`, `2Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<String>,
+}
+
+/// Pod resources. The guest's memory defaults to `requests.memory` when `memory.guest` is not given.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceRequirements {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Machine {
+    /// QEMU's machine type; `q35` by default.
+    #[serde(rename = "type")]
+    pub machine_type: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Firmware {
+    /// The SMBIOS UUID; derived from the VM's uid when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_boot: Option<KernelBoot>,
+}
+
+/// Direct kernel boot: QEMU loads a kernel and initrd instead of booting from a disk.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KernelBoot {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_args: Option<String>,
+    /// The kernel and initrd inside a container image (KubeVirt's form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<KernelBootContainer>,
+    /// The kernel and initrd as files on the node (vmlet's addition, for machines without a container runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<KernelBootHostPath>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KernelBootContainer {
+    pub image: String,
+    pub kernel_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KernelBootHostPath {
+    pub kernel_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Devices {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<Interface>,
+}
+
+/// A disk the guest sees, backed by the volume of the same name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disk {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdrom: Option<DiskTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub boot_order: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskTarget {
+    /// Only `virtio` (the default) and, for a cdrom, `sata` are offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+}
+
+/// A guest NIC. Exactly one binding says how it meets the pod network.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Interface {
+    pub name: String,
+    /// The guest takes the pod's IP and MAC; the pod interface is bridged to the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<Empty>,
+    /// The guest sits on a private subnet behind NAT in the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masquerade: Option<Empty>,
+    /// Like `bridge`, but the pod interface and the guest's tap are joined by tc redirects, with no bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<Empty>,
+    /// The plumbing of `bridge` with no DHCP from vmlet: the CNI's own DHCP reaches the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_tap: Option<Empty>,
+    /// Ports forwarded to the guest under `masquerade`; all ports when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    /// The guest NIC's MAC; by default the pod's (bridge, tap) or a generated one (masquerade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// Only `virtio` (the default) is offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// An empty object, the value of a binding field (`bridge: {}`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// A plain object: schemars would say `additionalProperties: false`, which a structural schema may not, and kube's
+/// rewriter drops it only beside properties. The API server's field validation still rejects unknown fields.
+impl JsonSchema for Empty {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Empty".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "object" })
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `TCP` (the default) or `UDP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+}
+
+/// A network the VM attaches to; vmlet offers the pod network only.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Network {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodNetwork>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodNetwork {
+    /// The guest's private IPv4 subnet under `masquerade` (default `10.0.2.0/24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_network_cidr: Option<String>,
+    /// The guest's private IPv6 subnet under `masquerade` (default `fd10:0:2::/120`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vmIPv6NetworkCIDR")]
+    pub vm_ipv6_network_cidr: Option<String>,
+}
+
+/// Where a disk's data comes from. Exactly one source is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Volume {
+    pub name: String,
+    /// A disk image inside a container image, used through a copy-on-write overlay that dies with the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_disk: Option<ContainerDisk>,
+    /// A blank disk of the given capacity that lives as long as the VM's pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_disk: Option<EmptyDisk>,
+    /// A raw or qcow2 image file, or a block device, on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_disk: Option<HostDisk>,
+    /// A persistent volume claim holding `disk.img`, or a block volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PersistentVolumeClaim>,
+    /// cloud-init NoCloud data, given to the guest as a small read-only disk labelled `cidata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init_no_cloud: Option<CloudInitNoCloud>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerDisk {
+    pub image: String,
+    /// The image file's path inside the container image; by default the one file under `/disk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmptyDisk {
+    /// A Kubernetes quantity (`1Gi`).
+    pub capacity: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostDisk {
+    pub path: String,
+    /// `Disk`: the file or device must exist. `DiskOrCreate`: a sparse raw file of `capacity` is made if missing.
+    #[serde(rename = "type")]
+    pub disk_type: HostDiskType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum HostDiskType {
+    #[default]
+    Disk,
+    DiskOrCreate,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PersistentVolumeClaim {
+    pub claim_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloudInitNoCloud {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data_base64: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn crd_has_names_columns_and_status_subresource() {
+        let crd = VirtualMachine::crd();
+        assert_eq!(crd.metadata.name.as_deref(), Some("virtualmachines.vmlet.dev"));
+        assert_eq!(crd.spec.names.short_names, Some(vec!["vm".to_owned()]));
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Status", "Ready", "IP", "Node", "Age"]);
+        let schema = serde_json::to_string(&version.schema).unwrap();
+        let at = schema
+            .find("additionalProperties\":false")
+            .map(|i| &schema[i.saturating_sub(300)..i]);
+        assert!(at.is_none(), "structural schemas forbid it: {at:?}");
+        assert!(schema.contains("\"enum\":[\"Always\",\"RerunOnFailure\",\"Once\",\"Manual\",\"Halted\"]"));
+    }
+}

@@ -14,8 +14,11 @@ const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
 const PAD: u8 = 0;
 const END: u8 = 255;
 
+/// Whether an option the server reads may have this length.
+type LengthCheck = fn(usize) -> bool;
+
 /// Option codes the server reads, with the lengths it accepts.
-const READ_OPTIONS: [(u8, fn(usize) -> bool); 5] = [
+const READ_OPTIONS: [(u8, LengthCheck); 5] = [
     (53, |len| len == 1), // message type
     (50, |len| len == 4), // requested IP address
     (54, |len| len == 4), // server identifier

@@ -1,4 +1,5 @@
 //! The pure core, message by message and option by option.
+#![allow(clippy::unwrap_used)]
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
