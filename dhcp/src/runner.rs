@@ -21,7 +21,7 @@ use tracing::{debug, error, info, warn};
 use crate::Counters;
 use crate::config::{ConfigError, MacAddr, ServerConfig};
 use crate::frame;
-use crate::server::{ClientNotice, Destination, Lease, Outcome, Reply, Server};
+use crate::server::{ClientNotice, Destination, Lease, LeaseState, Outcome, Reply, Server};
 
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
@@ -69,6 +69,8 @@ pub struct Runner {
     packet: Socket,
     ifindex: i32,
     state_file: Option<PathBuf>,
+    /// What the state file holds, so that it is rewritten only when that changes.
+    saved: Option<Lease>,
     status: watch::Sender<Status>,
 }
 
@@ -110,6 +112,7 @@ impl Runner {
             packet,
             ifindex,
             state_file,
+            saved: lease,
             status,
         })
     }
@@ -196,10 +199,16 @@ impl Runner {
             .map(drop)
     }
 
-    fn save(&self, lease: Option<Lease>) {
+    /// Records the lease for a restarted server. An offer is not worth an fsync (the client asks again anyway), and
+    /// neither is a lease that differs only in when it was last confirmed: the write would stall the next packet.
+    fn save(&mut self, lease: Option<Lease>) {
         let Some(path) = &self.state_file else { return };
-        if let Err(err) = write_atomically(path, lease) {
-            error!(path = %path.display(), error = %err, "cannot write the lease state file");
+        if lease.is_some_and(|l| l.state == LeaseState::Offered) || same_but_for_time(lease, self.saved) {
+            return;
+        }
+        match write_atomically(path, lease) {
+            Ok(()) => self.saved = lease,
+            Err(err) => error!(path = %path.display(), error = %err, "cannot write the lease state file"),
         }
     }
 }
@@ -227,6 +236,11 @@ fn link_address(ifindex: i32, mac: MacAddr) -> SockAddr {
     let len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
     // SAFETY: the storage holds a `sockaddr_ll` with every field set (the rest zeroed) and `len` is its size.
     unsafe { SockAddr::new(storage, len) }
+}
+
+fn same_but_for_time(a: Option<Lease>, b: Option<Lease>) -> bool {
+    let durable = |l: Option<Lease>| l.map(|l| (l.address, l.state, l.expires));
+    durable(a) == durable(b)
 }
 
 /// The lease recorded in `path`; none if the file does not exist yet.
