@@ -203,7 +203,7 @@ impl Runner {
     /// neither is a lease that differs only in when it was last confirmed: the write would stall the next packet.
     fn save(&mut self, lease: Option<Lease>) {
         let Some(path) = &self.state_file else { return };
-        if lease.is_some_and(|l| l.state == LeaseState::Offered) || same_but_for_time(lease, self.saved) {
+        if !worth_saving(lease, self.saved) {
             return;
         }
         match write_atomically(path, lease) {
@@ -238,9 +238,9 @@ fn link_address(ifindex: i32, mac: MacAddr) -> SockAddr {
     unsafe { SockAddr::new(storage, len) }
 }
 
-fn same_but_for_time(a: Option<Lease>, b: Option<Lease>) -> bool {
+fn worth_saving(lease: Option<Lease>, saved: Option<Lease>) -> bool {
     let durable = |l: Option<Lease>| l.map(|l| (l.address, l.state, l.expires));
-    durable(a) == durable(b)
+    !lease.is_some_and(|l| l.state == LeaseState::Offered) && durable(lease) != durable(saved)
 }
 
 /// The lease recorded in `path`; none if the file does not exist yet.
@@ -321,5 +321,41 @@ mod tests {
         assert_eq!(chaddr(&packet), Some(MacAddr([2, 0, 0, 0, 0, 1])));
         assert_eq!(xid(&packet[..7]), 0);
         assert_eq!(chaddr(&packet[..33]), None);
+    }
+
+    #[test]
+    fn only_durable_changes_are_saved() {
+        let bound = Lease {
+            address: Ipv4Addr::new(10, 244, 1, 7),
+            state: LeaseState::Bound,
+            since: 100,
+            expires: None,
+        };
+        let offered = Lease {
+            state: LeaseState::Offered,
+            ..bound
+        };
+        let reconfirmed = Lease { since: 200, ..bound };
+        let released = Lease {
+            state: LeaseState::Released,
+            ..bound
+        };
+        assert!(worth_saving(Some(bound), None));
+        assert!(!worth_saving(Some(offered), None), "an offer is transient");
+        assert!(!worth_saving(Some(offered), Some(bound)));
+        assert!(!worth_saving(Some(reconfirmed), Some(bound)), "only the time changed");
+        assert!(worth_saving(Some(released), Some(bound)));
+        let renewed = Lease {
+            since: 200,
+            expires: Some(3800),
+            ..bound
+        };
+        assert!(worth_saving(
+            Some(renewed),
+            Some(Lease {
+                expires: Some(3700),
+                ..bound
+            })
+        ));
     }
 }
