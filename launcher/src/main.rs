@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod dhcp_serve;
+// The `run` command will use it; until then only the tests do.
+#[cfg_attr(not(test), allow(dead_code))]
+mod network;
 
 #[derive(Parser)]
 #[command(name = "vmlet-launcher", version, about = "Runs a VM in this pod, with the pod's network identity")]

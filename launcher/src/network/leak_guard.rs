@@ -1,0 +1,114 @@
+//! The nftables rules that keep the guest's DHCP (and, later, router advertisements and DHCPv6) inside the pod.
+//!
+//! The rules live in the `bridge` family, in a table of their own named `vmlet`, and match on the bridge port that
+//! leads to the pod network. Bridge-family rules see frames as they cross the bridge, so no `br_netfilter` and no
+//! ebtables are needed. They are loaded with the `nft` tool.
+
+use std::io;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// `nft` loads a few rules in milliseconds; anything near this means it hangs.
+const NFT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The rules could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LeakGuardError {
+    #[error("cannot run nft")]
+    Spawn(#[source] io::Error),
+    #[error("nft refused the rules ({status}): {stderr}")]
+    Refused { status: ExitStatus, stderr: String },
+    #[error("nft did not finish within {NFT_TIMEOUT:?}")]
+    TimedOut,
+}
+
+/// The ruleset that guards the pod interface `pod_port`, now a port of the guest's bridge.
+///
+/// - `output`: frames the pod's own stack sends (the DHCP server, later router advertisements and DHCPv6) never
+///   leave through the pod port. The stack has no business on the pod network once the guest owns the pod's
+///   address, and the DHCP server must answer only the guest.
+/// - `forward`: DHCP and DHCPv6 between the guest and the pod network are dropped both ways: the guest's only server
+///   is the launcher's, and a server in the guest answers no one outside.
+/// - `input`: the pod's DHCP servers hear only the guest; and no router advertisement reaches the pod's stack, from
+///   the pod network or from the guest, so the bridge never configures an address of its own from one (it keeps
+///   IPv6 for its link-local address, which later serves router advertisements to the guest).
+///
+/// The first two lines make loading it replace any earlier copy at once: `add` makes the `delete` valid when the
+/// table does not exist yet, and the whole file is one transaction.
+pub(crate) fn ruleset(pod_port: &str) -> String {
+    format!(
+        r#"add table bridge vmlet
+delete table bridge vmlet
+table bridge vmlet {{
+    chain output {{
+        type filter hook output priority filter; policy accept;
+        oifname "{pod_port}" drop
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        oifname "{pod_port}" udp dport {{ 67, 68, 546, 547 }} drop
+        iifname "{pod_port}" udp dport {{ 67, 68, 546, 547 }} drop
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{pod_port}" udp dport {{ 67, 547 }} drop
+        icmpv6 type nd-router-advert drop
+    }}
+}}
+"#
+    )
+}
+
+/// Installs (or replaces) the guard for `pod_port` in the current network namespace.
+pub(crate) async fn install(pod_port: &str) -> Result<(), LeakGuardError> {
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(LeakGuardError::Spawn)?;
+    let rules = ruleset(pod_port);
+    let run = async {
+        if let Some(mut stdin) = nft.stdin.take() {
+            stdin.write_all(rules.as_bytes()).await?;
+        }
+        nft.wait_with_output().await
+    };
+    let output = tokio::time::timeout(NFT_TIMEOUT, run)
+        .await
+        .map_err(|_| LeakGuardError::TimedOut)?
+        .map_err(LeakGuardError::Spawn)?;
+    if !output.status.success() {
+        return Err(LeakGuardError::Refused {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim_end().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_names_the_pod_port_in_every_rule() {
+        let rules = ruleset("eth0-nic");
+        assert!(rules.starts_with("add table bridge vmlet\ndelete table bridge vmlet\n"));
+        let rule_lines: Vec<&str> = rules
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.ends_with(" drop"))
+            .collect();
+        assert_eq!(rule_lines.len(), 5);
+        assert_eq!(
+            rule_lines.iter().filter(|line| line.contains("\"eth0-nic\"")).count(),
+            4
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! The launcher's network layer: what the CNI gave the pod, and the bindings that hand it to the guest.
+//!
+//! In a pod the launcher already runs in the pod's network namespace, so the code takes a rtnetlink
+//! [`Handle`](rtnetlink::Handle) opened there; [`netns::in_netns`] runs the same code in another namespace.
+
+pub(crate) mod bridge;
+mod leak_guard;
+mod netlink;
+pub(crate) mod netns;
+pub(crate) mod pod_interface;
+pub(crate) mod resolv_conf;
+mod tap;
+#[cfg(test)]
+mod tests;
