@@ -1,5 +1,6 @@
 //! `vmlet-launcher`: the entrypoint of a VM pod.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -8,9 +9,15 @@ mod dhcp_serve;
 // The `run` command will use it; until then only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
 mod network;
+#[cfg_attr(not(test), allow(dead_code))]
+mod spec;
 
 #[derive(Parser)]
-#[command(name = "vmlet-launcher", version, about = "Runs a VM in this pod, with the pod's network identity")]
+#[command(
+    name = "vmlet-launcher",
+    version,
+    about = "Runs a VM in this pod, with the pod's network identity"
+)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "VMLET_LOG_JSON")]
@@ -43,7 +50,11 @@ fn main() -> ExitCode {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VMLET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: `kubectl logs` and log files get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
