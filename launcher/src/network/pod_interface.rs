@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType};
@@ -68,22 +69,15 @@ pub(crate) async fn discover(handle: &Handle, name: &str) -> Result<PodInterface
     let addresses = netlink::addresses_of(handle, link.header.index)
         .await
         .map_err(query("addresses"))?;
-    // Each family is dumped from every table; `from_netlink` keeps the main one.
-    let mut routes: Vec<RouteMessage> = handle
+    // One dump of every family and table (a dump per family would get IPv4 routes twice on a node without IPv6,
+    // whose kernel answers an IPv6 dump with all families); `from_netlink` keeps what it needs.
+    let routes: Vec<RouteMessage> = handle
         .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .get(RouteMessageBuilder::<IpAddr>::new().build())
         .execute()
         .try_collect()
         .await
-        .map_err(query("IPv4 routes"))?;
-    let routes_v6: Vec<RouteMessage> = handle
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(query("IPv6 routes"))?;
-    routes.extend(routes_v6);
+        .map_err(query("routes"))?;
     PodInterface::from_netlink(&link, &addresses, &routes)
 }
 
@@ -153,8 +147,8 @@ impl PodInterface {
     }
 }
 
-/// The route if it is a unicast route of the main table through the interface `index`. IPv6 link-local and
-/// multicast destinations are left out: every IPv6 link has them, the guest's included.
+/// The route if it is an IPv4 or IPv6 unicast route of the main table through the interface `index`. IPv6
+/// link-local and multicast destinations are left out: every IPv6 link has them, the guest's included.
 fn pod_route(route: &RouteMessage, index: u32) -> Option<PodRoute> {
     let mut table = u32::from(route.header.table);
     let mut oif = None;
@@ -174,13 +168,17 @@ fn pod_route(route: &RouteMessage, index: u32) -> Option<PodRoute> {
     if table != u32::from(RouteHeader::RT_TABLE_MAIN) || route.header.kind != RouteType::Unicast || oif != Some(index) {
         return None;
     }
-    let destination = match destination {
-        Some(ip) => IpNet::new(ip, route.header.destination_prefix_length).ok()?,
-        None if route.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6 => {
-            IpNet::V6(Ipv6Net::default())
-        }
-        None => IpNet::V4(Ipv4Net::default()),
+    let unspecified = match route.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
     };
+    // A default route has no destination attribute.
+    let destination = IpNet::new(
+        destination.unwrap_or(unspecified),
+        route.header.destination_prefix_length,
+    )
+    .ok()?;
     if let IpNet::V6(net) = destination
         && (net.addr().is_unicast_link_local() || net.addr().is_multicast())
     {
@@ -288,6 +286,8 @@ mod tests {
         let mut local_table = v4_route("10.244.1.7/32", None, INDEX);
         local_table.header.table = 255;
         local_table.header.kind = RouteType::Local;
+        let mut other_family = v4_route("0.0.0.0/0", None, INDEX);
+        other_family.header.address_family = AddressFamily::Mpls;
         let mut on_link = v4_route("10.96.0.0/12", Some("10.244.99.1"), INDEX);
         on_link.header.flags |= RouteFlags::Onlink;
         let routes = [
@@ -297,6 +297,7 @@ mod tests {
             on_link,
             v4_route("192.168.0.0/16", Some("10.0.0.254"), 7),
             local_table,
+            other_family,
             v6_route("fd00:10:244:1::/64", None, 256),
             v6_route("fe80::/64", None, 256),
             v6_route("ff00::/8", None, 256),
