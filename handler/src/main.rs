@@ -1,9 +1,53 @@
-//! `vmlet-handler`: the node agent. Its roles (controller, node, standalone) are not written yet, so it says so and
-//! exits non-zero rather than pretending to run.
+//! `vmlet-handler`: the node agent. Its reconciling roles (controller, node, standalone) are not written yet; what
+//! it offers today is the CRD, generated from the Rust types so the schema never drifts from the code.
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use kube::CustomResourceExt;
+use vmlet_api::VirtualMachine;
+
+#[derive(Parser)]
+#[command(name = "vmlet-handler", version, about = "Reconciles vmlet VirtualMachines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the VirtualMachine CustomResourceDefinition as YAML (what deploy/crd.yaml holds).
+    Crd,
+}
+
 fn main() -> ExitCode {
-    eprintln!("vmlet-handler: no role is implemented yet (controller, node and standalone are planned)");
-    ExitCode::FAILURE
+    match Cli::parse().command {
+        Command::Crd => match crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("vmlet-handler: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn crd_yaml() -> anyhow::Result<String> {
+    Ok(serde_yaml::to_string(&VirtualMachine::crd())?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checked_in_crd_matches_the_types() {
+        let checked_in = include_str!("../../deploy/crd.yaml");
+        let generated = super::crd_yaml().unwrap();
+        assert!(
+            checked_in == generated,
+            "deploy/crd.yaml differs from the types: run `cargo run -p vmlet-handler -- crd > deploy/crd.yaml`"
+        );
+    }
 }
