@@ -217,7 +217,11 @@ impl ServerConfig {
                 routes.push(on_link);
             }
         }
-        routes.extend(self.routes.iter().filter(|r| r.destination.prefix_len() != 0));
+        for route in self.routes.iter().filter(|r| r.destination.prefix_len() != 0) {
+            if !routes.contains(route) {
+                routes.push(*route);
+            }
+        }
         if let Some(gateway) = self.gateway {
             routes.push(Route {
                 destination: Ipv4Net::default(),
@@ -324,6 +328,19 @@ mod tests {
                 "0.0.0.0/0=169.254.1.1"
             ]
         );
+    }
+
+    #[test]
+    fn an_on_link_route_given_too_is_not_repeated() {
+        let mut c = config("10.244.1.7/32");
+        c.gateway = Some(Ipv4Addr::new(169, 254, 1, 1));
+        c.routes.push("169.254.1.1/32=0.0.0.0".parse().unwrap());
+        let text: Vec<String> = c
+            .classless_routes()
+            .iter()
+            .map(|r| format!("{}={}", r.destination, r.gateway))
+            .collect();
+        assert_eq!(text, ["169.254.1.1/32=0.0.0.0", "0.0.0.0/0=169.254.1.1"]);
     }
 
     #[test]
