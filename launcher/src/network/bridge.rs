@@ -19,7 +19,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoKind, LinkAttribute, LinkMessage,
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use vmlet_dhcp::MacAddr;
@@ -169,6 +169,7 @@ impl BridgeBinding {
         self.configure_bridge(handle, &bridge).await?;
         free_pod_interface(handle, &pod, &names).await?;
         attach_port(handle, pod.index, &names.pod_port, bridge_index, pod.mtu).await?;
+        stop_learning(handle, pod.index).await?;
         let tap = ensure_tap(handle, &names.tap).await?;
         attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
         ensure_placeholder(handle, &pod, &names.placeholder).await?;
@@ -440,6 +441,19 @@ async fn attach_port(handle: &Handle, index: u32, name: &str, bridge_index: u32,
         .map_err(failed_to(format!("attach {name} to the bridge")))
 }
 
+/// Keeps the bridge from learning MAC addresses behind the pod interface, as KubeVirt does: should a frame from the
+/// guest ever come back through it (a node that reflects broadcasts), the bridge would otherwise take the guest to
+/// be on the pod network and stop delivering its traffic to the tap. Not learning costs nothing here: with two
+/// ports, a frame the bridge does not know where to send goes out of the only other port anyway.
+async fn stop_learning(handle: &Handle, index: u32) -> Result<(), BridgeError> {
+    handle
+        .link()
+        .set_port(LinkBridgePort::new(index).learning(false).build())
+        .execute()
+        .await
+        .map_err(failed_to("stop the bridge learning addresses behind the pod interface"))
+}
+
 /// The tap `name`, created persistent if it does not exist.
 async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessage, BridgeError> {
     let existing = netlink::link_by_name(handle, name)
@@ -461,8 +475,8 @@ async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessage, BridgeEr
     }
 }
 
-/// Keeps the pod's addresses visible under the pod interface's original name, where the CNI and anyone who looks
-/// at the pod expect them, on a link that leads nowhere (as KubeVirt does).
+/// Keeps the pod's addresses (and MTU) visible under the pod interface's original name, where the CNI and anyone
+/// who looks at the pod expect them, on a link that leads nowhere (as KubeVirt does).
 ///
 /// The link is a bridge without ports rather than KubeVirt's `dummy`: node kernels always have bridges, while
 /// `dummy` is a module that may be missing. With no port it carries no frame. The addresses keep their prefix
@@ -471,7 +485,7 @@ async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessage, BridgeEr
 /// them.
 async fn ensure_placeholder(handle: &Handle, pod: &PodInterface, name: &str) -> Result<(), BridgeError> {
     let placeholder = ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
-        LinkBridge::new(name).build()
+        LinkBridge::new(name).mtu(pod.mtu).build()
     })
     .await?;
     let index = placeholder.header.index;

@@ -17,8 +17,8 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, setsocko
 use rtnetlink::packet_core::Nla;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{
-    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoData, InfoKind, InfoTun, LinkAttribute,
-    LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoBridgePort, InfoData, InfoKind,
+    InfoPortData, InfoTun, LinkAttribute, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -343,6 +343,30 @@ fn af_spec(link: &LinkMessage) -> impl Iterator<Item = &AfSpecUnspec> {
         .flatten()
 }
 
+/// Whether the bridge learns addresses behind the port `link`.
+fn bridge_port_learning(link: &LinkMessage) -> Option<bool> {
+    link_infos(link)
+        .filter_map(|info| match info {
+            LinkInfo::PortData(InfoPortData::BridgePort(attributes)) => Some(attributes),
+            _ => None,
+        })
+        .flatten()
+        .find_map(|attribute| match attribute {
+            InfoBridgePort::Learning(learning) => Some(*learning),
+            _ => None,
+        })
+}
+
+fn link_infos(link: &LinkMessage) -> impl Iterator<Item = &LinkInfo> {
+    link.attributes
+        .iter()
+        .filter_map(|attribute| match attribute {
+            LinkAttribute::LinkInfo(infos) => Some(infos),
+            _ => None,
+        })
+        .flatten()
+}
+
 /// `IFLA_TUN_*` attributes the kernel reports for a tap, by their numbers in `if_link.h`.
 const IFLA_TUN_OWNER: u16 = 1;
 const IFLA_TUN_TYPE: u16 = 3;
@@ -351,13 +375,7 @@ const IFLA_TUN_PERSIST: u16 = 6;
 
 /// The value of the tun attribute `kind`, as bytes.
 fn tun_attribute(link: &LinkMessage, kind: u16) -> Option<Vec<u8>> {
-    link.attributes
-        .iter()
-        .filter_map(|attribute| match attribute {
-            LinkAttribute::LinkInfo(infos) => Some(infos),
-            _ => None,
-        })
-        .flatten()
+    link_infos(link)
         .filter_map(|info| match info {
             LinkInfo::Data(InfoData::Tun(attributes)) => Some(attributes),
             _ => None,
@@ -495,6 +513,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
     assert!(port.addresses.is_empty());
     assert!(!port.has_ipv6_address, "not even a link-local address");
     assert_eq!(addr_gen_mode(&port.message), Some(In6AddrGenMode::None));
+    assert_eq!(bridge_port_learning(&port.message), Some(false));
 
     let tap = link(&links, "tap-eth0");
     assert_eq!(tap.kind, Some(InfoKind::Tun));
@@ -524,6 +543,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
     assert_ne!(placeholder.index, pod.index);
     assert_eq!(placeholder.kind, Some(InfoKind::Bridge));
     assert_eq!((placeholder.up, placeholder.controller), (true, None));
+    assert_eq!(placeholder.mtu, Some(MTU));
     let mut expected: Vec<IpNet> = addresses.iter().map(|net| net.parse().unwrap()).collect();
     expected.sort();
     assert_eq!(placeholder.addresses, expected);
