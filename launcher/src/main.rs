@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 mod dhcp_serve;
 // The `run` command will use it; until then only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
+mod guest_addressing;
+#[cfg_attr(not(test), allow(dead_code))]
 mod network;
 #[cfg_attr(not(test), allow(dead_code))]
 mod spec;

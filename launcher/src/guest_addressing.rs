@@ -1,0 +1,153 @@
+//! What the guest is told by DHCP when it takes over the pod's identity (the `bridge` and `tap` bindings): the
+//! pod's first IPv4 address, its gateway and routes, its DNS, its MTU.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use vmlet_dhcp::{MacAddr, Route, ServerConfig};
+
+use crate::network::pod_interface::PodInterface;
+use crate::network::resolv_conf::DnsConfig;
+
+/// The DHCPv4 server's configuration for a guest that takes `pod`'s address, or `None` for a pod without IPv4.
+pub(crate) fn dhcpv4_config(
+    pod: &PodInterface,
+    dns: &DnsConfig,
+    guest_mac: MacAddr,
+    server_address: Ipv4Addr,
+    hostname: &str,
+) -> Option<ServerConfig> {
+    let address = *pod.ipv4.first()?;
+    let mut config = ServerConfig::new(guest_mac, address, server_address);
+    config.gateway = pod.gateway_v4;
+    config.routes = pod
+        .routes
+        .iter()
+        .filter_map(|route| {
+            let IpNet::V4(destination) = route.destination else {
+                return None;
+            };
+            let gateway = match route.gateway {
+                Some(IpAddr::V4(gateway)) => gateway,
+                Some(IpAddr::V6(_)) => return None,
+                None => Ipv4Addr::UNSPECIFIED,
+            };
+            // The default route is option 3's and 121's last entry; the subnet route comes with the mask.
+            let is_default = destination.prefix_len() == 0;
+            let is_subnet = gateway.is_unspecified() && destination == address.trunc();
+            (!is_default && !is_subnet).then_some(Route { destination, gateway })
+        })
+        .collect();
+    config.dns = dns
+        .nameservers
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    config.search = dns.search.clone();
+    config.mtu = u16::try_from(pod.mtu).ok();
+    config.hostname = Some(hostname.to_owned());
+    Some(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::pod_interface::PodRoute;
+
+    fn route(destination: &str, gateway: Option<&str>) -> PodRoute {
+        PodRoute {
+            destination: destination.parse().unwrap(),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            on_link: false,
+            metric: 0,
+        }
+    }
+
+    fn pod(ipv4: &[&str], routes: Vec<PodRoute>, gateway: Option<&str>) -> PodInterface {
+        PodInterface {
+            name: "eth0".into(),
+            index: 2,
+            mac: MacAddr([2, 0x42, 10, 244, 1, 7]),
+            mtu: 1400,
+            ipv4: ipv4.iter().map(|a| a.parse().unwrap()).collect(),
+            ipv6: vec!["fd00::7/64".parse().unwrap()],
+            ipv6_link_local: None,
+            routes,
+            gateway_v4: gateway.map(|g| g.parse().unwrap()),
+            gateway_v6: None,
+        }
+    }
+
+    fn dns() -> DnsConfig {
+        DnsConfig {
+            nameservers: vec!["10.96.0.10".parse().unwrap(), "fd00::10".parse().unwrap()],
+            search: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
+            ndots: Some(5),
+            options: vec![],
+        }
+    }
+
+    fn config(pod: &PodInterface) -> ServerConfig {
+        dhcpv4_config(pod, &dns(), pod.mac, Ipv4Addr::new(169, 254, 75, 10), "vm1").unwrap()
+    }
+
+    #[test]
+    fn the_guest_gets_the_pods_address_dns_mtu_and_name() {
+        let pod = pod(
+            &["10.244.1.7/24"],
+            vec![route("10.244.1.0/24", None), route("0.0.0.0/0", Some("10.244.1.1"))],
+            Some("10.244.1.1"),
+        );
+        let c = config(&pod);
+        assert_eq!(c.client_mac, pod.mac);
+        assert_eq!(c.address, "10.244.1.7/24".parse().unwrap());
+        assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(c.routes, [], "the subnet and default routes need no option 121");
+        assert_eq!(
+            c.dns,
+            [Ipv4Addr::new(10, 96, 0, 10)],
+            "DHCPv4 carries IPv4 resolvers only"
+        );
+        assert_eq!(c.search, ["default.svc.cluster.local", "cluster.local"]);
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.hostname.as_deref(), Some("vm1"));
+        assert_eq!(c.server_id, Ipv4Addr::new(169, 254, 75, 10));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_calico_pod_keeps_its_on_link_gateway_and_extra_routes() {
+        let pod = pod(
+            &["10.244.1.7/32"],
+            vec![
+                route("169.254.1.1/32", None),
+                route("10.96.0.0/12", Some("169.254.1.1")),
+                route("0.0.0.0/0", Some("169.254.1.1")),
+                route("fd00::/64", None),
+            ],
+            Some("169.254.1.1"),
+        );
+        let routes: Vec<String> = config(&pod)
+            .classless_routes()
+            .iter()
+            .map(|r| format!("{}={}", r.destination, r.gateway))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                "169.254.1.1/32=0.0.0.0",
+                "10.96.0.0/12=169.254.1.1",
+                "0.0.0.0/0=169.254.1.1"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_only_pod_has_no_dhcpv4() {
+        let pod = pod(&[], vec![], None);
+        assert!(dhcpv4_config(&pod, &dns(), pod.mac, Ipv4Addr::new(169, 254, 75, 10), "vm1").is_none());
+    }
+}
