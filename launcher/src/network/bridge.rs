@@ -163,6 +163,9 @@ impl BridgeBinding {
     pub(crate) async fn setup(&self, handle: &Handle) -> Result<BridgeSetup, BridgeError> {
         let names = LinkNames::for_interface(&self.interface)?;
         let Recorded { pod, dns } = self.recorded_network(handle, &names).await?;
+        // First, so that nothing the pod's stack sends on the bridge ever reaches the pod network. The rules match
+        // the port by name, so they hold from the moment the pod interface takes it.
+        leak_guard::install(&names.pod_port).await?;
 
         let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
         let bridge_index = bridge.header.index;
@@ -173,7 +176,6 @@ impl BridgeBinding {
         let tap = ensure_tap(handle, &names.tap).await?;
         attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
         ensure_placeholder(handle, &pod, &names.placeholder).await?;
-        leak_guard::install(&names.pod_port).await?;
 
         info!(
             interface = %pod.name,
