@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Once;
 
 mod child;
+pub mod guest;
 mod netns;
 mod owner;
 mod scratch;
@@ -22,6 +23,7 @@ pub mod veth;
 mod wait;
 
 pub use child::{Child, output_within, run};
+pub use guest::{GuestImage, guest_image};
 pub use netns::NetNs;
 pub use owner::{PREFIX, unique_name};
 pub use scratch::{Sandbox, ScratchDir};
