@@ -53,7 +53,10 @@ pub fn load(file: Option<&Path>, env: Option<String>, name: Option<String>) -> R
 
 /// Parses a `VirtualMachine` (recognised by its `kind`) or a bare template. JSON is read as the YAML it also is.
 fn parse(origin: &str, text: &str, name: Option<String>) -> Result<VmSpec, SpecError> {
-    let parse_error = |e: serde_yaml::Error| SpecError::Parse { origin: origin.to_owned(), message: e.to_string() };
+    let parse_error = |e: serde_yaml::Error| SpecError::Parse {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    };
     let document: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_error)?;
     let (metadata_name, namespace, uid, template) = if document.get("kind").is_some() {
         let vm: VirtualMachine = serde_yaml::from_value(document).map_err(parse_error)?;
@@ -65,7 +68,12 @@ fn parse(origin: &str, text: &str, name: Option<String>) -> Result<VmSpec, SpecE
     };
     let name = name.or(metadata_name).ok_or(SpecError::NoName)?;
     template.spec.validate()?;
-    Ok(VmSpec { name, namespace, uid, spec: template.spec })
+    Ok(VmSpec {
+        name,
+        namespace,
+        uid,
+        spec: template.spec,
+    })
 }
 
 #[cfg(test)]
@@ -108,11 +116,18 @@ spec:
 
     #[test]
     fn errors_say_where_and_what() {
-        let err = parse("vm.yaml", &VM.replace("bridge: {}", "sriov: {}"), None).unwrap_err().to_string();
+        let err = parse("vm.yaml", &VM.replace("bridge: {}", "sriov: {}"), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("the VM spec from vm.yaml does not parse: "), "{err}");
         assert!(err.contains("unknown field `sriov`"), "{err}");
-        let err = parse("vm.yaml", &VM.replace("256Mi", "lots"), None).unwrap_err().to_string();
-        assert_eq!(err, "invalid VM spec: domain.memory.guest: \"lots\" is not a quantity of bytes like 256Mi or 2Gi");
+        let err = parse("vm.yaml", &VM.replace("256Mi", "lots"), None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid VM spec: domain.memory.guest: \"lots\" is not a quantity of bytes like 256Mi or 2Gi"
+        );
         let err = load(None, None, None).unwrap_err().to_string();
         assert_eq!(err, "no VM spec: pass --vm-spec FILE or set VMLET_VM_SPEC");
     }
