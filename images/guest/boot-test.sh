@@ -2,14 +2,17 @@
 # Smoke test of the test guest: boots it under bare QEMU (q35) on a tap in a bridge, in a private network
 # namespace where dnsmasq serves it a pod-like lease (a /32 address, gateway 169.254.1.1 reached through an on-link
 # classless static route, MTU 1400), and checks the console: the lease line, a ping of the bridge address, the MTU,
-# and an inbound TCP connection to the guest. Prints timings from QEMU's start; with N > 1 boots N times in a row.
+# and an inbound TCP connection to the guest. Then it presses the ACPI power button (system_powerdown on QEMU's
+# monitor) and checks that the guest reports it and powers off, QEMU exiting by itself. Prints timings from QEMU's
+# start; with N > 1 boots N times in a row.
 #
 #   images/guest/boot-test.sh [N]
 #
 # Environment: VMLET_ACCEL (tcg, the default, or kvm), VMLET_BOOT_TIMEOUT (seconds per boot, default 90),
 # VMLET_GUEST_DIR (a built guest; default: run build.sh), VMLET_KERNEL (vmlinux, the default, or vmlinuz),
 # VMLET_APPEND (more kernel arguments), VMLET_IPV6=1 (also router advertisements and DHCPv6 from dnsmasq, and the
-# guest's vmlet.ipv6=1), VMLET_KEEP_LOGS=1 (keep the work dir and say where).
+# guest's vmlet.ipv6=1), VMLET_POWERDOWN_TIMEOUT (seconds from the power-button press to QEMU's exit, default 30),
+# VMLET_KEEP_LOGS=1 (keep the work dir and say where).
 # Needs root (network namespaces, tap).
 set -euo pipefail
 
@@ -18,6 +21,7 @@ runs=${1:-1}
 accel=${VMLET_ACCEL:-tcg}
 boot_timeout=${VMLET_BOOT_TIMEOUT:-90}
 console_timeout=30 # watchdog: no console output at all within this bound means a hung boot
+powerdown_timeout=${VMLET_POWERDOWN_TIMEOUT:-30}
 
 mac=52:54:00:12:34:56
 guest_ip=10.244.1.7
@@ -32,8 +36,9 @@ die() {
   exit 1
 }
 [[ $runs =~ ^[1-9][0-9]*$ ]] || die "usage: $0 [number of boots]"
+[[ $powerdown_timeout =~ ^[1-9][0-9]*$ ]] || die "VMLET_POWERDOWN_TIMEOUT must be a number of seconds"
 ((EUID == 0)) || die "needs root (network namespace, tap)"
-for tool in ip dnsmasq qemu-system-x86_64 timeout; do
+for tool in ip dnsmasq qemu-system-x86_64 timeout socat; do
   command -v "$tool" >/dev/null || die "$tool not found (run scripts/setup)"
 done
 case $accel in
@@ -97,6 +102,10 @@ show_console() {
   tail -n 20 "$work/dnsmasq.log" >&2 || true
   echo "--- qemu stderr ---" >&2
   cat "$work/qemu.err" >&2 || true
+  if [[ -s $work/monitor.log ]]; then
+    echo "--- qemu monitor ---" >&2
+    sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g' "$work/monitor.log" >&2 || true
+  fi
 }
 
 fail() {
@@ -105,7 +114,7 @@ fail() {
 }
 
 boot() { # RUN: one boot in a fresh namespace; prints a timing line
-  local run=$1 t0 deadline qemu_pid line first init lease ready
+  local run=$1 t0 deadline qemu_pid line first init lease ready t_press rc off i
   ip netns add "$ns"
   ip -n "$ns" link set lo up
   ip -n "$ns" link add br0 type bridge
@@ -142,7 +151,7 @@ boot() { # RUN: one boot in a fresh namespace; prints a timing line
     2>"$work/dnsmasq.err" &
   pids+=($!)
 
-  rm -f "$work/console.fifo"
+  rm -f "$work/console.fifo" "$work/monitor.sock" "$work/monitor.log"
   mkfifo "$work/console.fifo"
   t0=$(now_us)
   : >"$work/console.log"
@@ -150,7 +159,7 @@ boot() { # RUN: one boot in a fresh namespace; prints a timing line
   pids+=($!)
   ip netns exec "$ns" timeout --kill-after=5 "$boot_timeout" qemu-system-x86_64 \
     -machine q35 -accel "$accel" "${cpu[@]}" -m 256 -smp 1 -nodefaults -no-user-config -no-reboot \
-    -display none -serial stdio -monitor none \
+    -display none -serial stdio -monitor unix:"$work/monitor.sock",server=on,wait=off \
     -kernel "$guest/$kernel" -initrd "$guest/initramfs.cpio.gz" \
     -append "console=ttyS0 quiet panic=-1 $append ${VMLET_APPEND:-}" \
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
@@ -199,13 +208,39 @@ boot() { # RUN: one boot in a fresh namespace; prints a timing line
     "exec 3<>/dev/tcp/$guest_ip/$port && IFS= read -r line <&3 && echo \"\$line\"" 2>&1) || true
   [[ $line == "VMLET-GUEST hello hostname=vm1" ]] || fail "boot $run: inbound TCP to $guest_ip:$port got \"$line\""
 
+  # The ACPI power button, as libvirt's virDomainShutdown presses it: the guest must report it and power off, and
+  # QEMU (-no-reboot) then exits by itself, with status 0.
+  t_press=$(now_us)
+  printf 'system_powerdown\n' | timeout 10 socat -t 1 - UNIX-CONNECT:"$work/monitor.sock" >"$work/monitor.log" 2>&1 ||
+    fail "boot $run: cannot send system_powerdown to QEMU's monitor"
+  deadline=$((t_press + powerdown_timeout * 1000000))
+  while kill -0 "$qemu_pid" 2>/dev/null; do
+    (($(now_us) < deadline)) || fail "boot $run: QEMU still running ${powerdown_timeout}s after the power-button press"
+    sleep 0.05
+  done
+  off=$((($(now_us) - t_press) / 1000))
+  rc=0
+  wait "$qemu_pid" || rc=$?
+  ((rc == 0)) || fail "boot $run: QEMU exited with status $rc after the power-button press"
+  # The console reader ends with QEMU (end of file on the fifo); give it a moment to write the last lines.
+  for ((i = 0; i < 40; i++)); do
+    grep -q 'VMLET-GUEST poweroff' "$work/console.log" && break
+    sleep 0.05
+  done
+  grep -qx '[0-9]* VMLET-GUEST poweroff reason=acpi' "$work/console.log" ||
+    fail "boot $run: console lacks \"VMLET-GUEST poweroff reason=acpi\""
+  if grep -q 'VMLET-GUEST error' "$work/console.log"; then
+    fail "boot $run: the guest reported an error"
+  fi
+
   first=$(head -n1 "$work/console.log" | cut -d' ' -f1)
   init=$(ms_of 'VMLET-GUEST init ')
   lease=$(ms_of 'VMLET-GUEST lease ')
   ready=$(ms_of 'VMLET-GUEST ready')
-  printf 'boot %d ok (%s, %s): first console byte %d ms, init %d ms, lease %d ms, ready %d ms\n' \
+  printf 'boot %d ok (%s, %s): first console byte %d ms, init %d ms, lease %d ms, ready %d ms,' \
     "$run" "$accel" "$kernel" "$first" "$init" "$lease" "$ready"
-  echo "$first $init $lease $ready" >>"$work/times"
+  printf ' power button to QEMU exit %d ms\n' "$off"
+  echo "$first $init $lease $ready $off" >>"$work/times"
   cleanup
 }
 
@@ -214,14 +249,14 @@ for ((i = 1; i <= runs; i++)); do
 done
 if ((runs > 1)); then
   awk '
-    { for (i = 1; i <= 4; i++) {
+    { for (i = 1; i <= 5; i++) {
         s[i] += $i
         if (NR == 1 || $i > mx[i]) mx[i] = $i
         if (NR == 1 || $i < mn[i]) mn[i] = $i
     } }
     END {
-      split("first-byte init lease ready", n, " ")
-      for (i = 1; i <= 4; i++) printf "%-10s min %5d  avg %5d  max %5d ms\n", n[i], mn[i], s[i] / NR, mx[i]
+      split("first-byte init lease ready poweroff", n, " ")
+      for (i = 1; i <= 5; i++) printf "%-10s min %5d  avg %5d  max %5d ms\n", n[i], mn[i], s[i] / NR, mx[i]
     }' "$work/times"
 fi
 echo "boot-test: ok ($runs boot(s))"

@@ -3,7 +3,8 @@
 # anything system-wide, into ${VMLET_CACHE_DIR:-$HOME/.cache/vmlet}/guest/<key>/:
 #   vmlinux            uncompressed ELF kernel (PVH entry: boots faster under TCG than vmlinuz)
 #   vmlinuz            the package's bzImage, as a fallback
-#   initramfs.cpio.gz  busybox, the virtio-net modules, dhcpcd (DHCPv6) with its C library, /init
+#   initramfs.cpio.gz  busybox, the virtio-net and power-button modules, dhcpcd (DHCPv6) with its C library,
+#                      the acpid configuration, /init
 #   cmdline            the recommended kernel command line
 #   info               package versions, the modules and how they are provided
 # The .deb files are kept in <cache>/guest/debs; the three newest builds are kept.
@@ -17,9 +18,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_root=${VMLET_CACHE_DIR:-$HOME/.cache/vmlet}/guest
 
 # Loaded by /init with insmod in this order; each one's dependencies must come before it. A module the kernel has
-# built in is left out (and recorded in `info`).
+# built in is left out (and recorded in `info`). virtio_*, failover: the NIC. evdev (the /dev/input/event* nodes)
+# and button (the ACPI power button, an input device sending KEY_POWER): what acpid needs to see a power-button
+# press; in Debian's 6.1 kernel both are modules (CONFIG_INPUT_EVDEV=m, CONFIG_ACPI_BUTTON=m) without dependencies.
 modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio failover net_failover
-  virtio_net)
+  virtio_net evdev button)
 cmdline="console=ttyS0 quiet panic=-1"
 
 log() { echo "guest: $*" >&2; }
@@ -71,7 +74,8 @@ fi
 
 key=$(
   {
-    cat "$here/build.sh" "$here/init" "$here/udhcpc.script" "$here/dhcpcd.conf" "$here/dhcpcd.script"
+    cat "$here/build.sh" "$here/init" "$here/udhcpc.script" "$here/dhcpcd.conf" "$here/dhcpcd.script" \
+      "$here/power-button.script"
     echo "$kernel_pkg=$kernel_ver busybox-static=$busybox_ver dhcpcd-base=$dhcpcd_ver libc6=$libc_ver"
   } | sha256sum | cut -c1-16
 )
@@ -175,7 +179,7 @@ cp "$bb" "$root/bin/busybox"
 while read -r applet; do
   [[ $applet == busybox ]] || ln -s busybox "$root/bin/$applet"
 done < <("$bb" --list)
-for applet in sh udhcpc ip insmod ping nc mount; do
+for applet in sh udhcpc ip insmod ping nc mount acpid poweroff; do
   [[ -e $root/bin/$applet ]] || die "busybox $busybox_ver lacks the $applet applet"
 done
 
@@ -194,6 +198,13 @@ for lib in libc.so.6 ld-linux-x86-64.so.2; do
   cp -L "$f" "$root/lib/x86_64-linux-gnu/$lib"
 done
 ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$root/lib64/ld-linux-x86-64.so.2"
+# acpid (started by /init) maps input events to actions: the map turns a press (value 1) of KEY_POWER (type EV_KEY
+# 0x01, code 116) into the event "button/power", the action file runs /etc/acpi/power-button for it. Explicit, so
+# that nothing depends on the defaults compiled into busybox (which would also map the lid switch).
+mkdir -p "$root/etc/acpi"
+install -m 0755 "$here/power-button.script" "$root/etc/acpi/power-button"
+printf '%s\n' '# type type-hex code code-dec value event' 'EV_KEY 01 KEY_POWER 116 1 button/power' >"$root/etc/acpi.map"
+printf '%s\n' '# event action (relative to /etc/acpi)' 'button/power power-button' >"$root/etc/acpid.conf"
 printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'dhcpcd:x:100:65534:dhcpcd:/usr/lib/dhcpcd:/bin/false' >"$root/etc/passwd"
 printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' >"$root/etc/group"
 
