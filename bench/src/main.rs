@@ -1,1 +1,44 @@
-fn main() {}
+//! `vmlet-bench`: measures vmlet against the program it replaces, both in the same run on the same machine.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod client;
+mod dhcp;
+mod floor;
+mod stats;
+
+#[derive(Parser)]
+#[command(
+    name = "vmlet-bench",
+    about = "Measures vmlet against a real peer in the same run (needs root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// DISCOVER→ACK latency and resident memory of `vmlet-launcher dhcp-serve` and dnsmasq, serving the same
+    /// host on the same veth pair.
+    Dhcp(dhcp::Args),
+    /// The floor the `dhcp` benchmark measures: a responder with canned replies, run by the benchmark.
+    #[command(hide = true)]
+    DhcpFloor(floor::Args),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Dhcp(args) => dhcp::run(&args),
+        Command::DhcpFloor(args) => floor::serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vmlet-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
