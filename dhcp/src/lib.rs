@@ -7,6 +7,7 @@ pub mod config;
 pub mod frame;
 pub mod runner;
 pub mod server;
+pub mod v6;
 mod wire;
 
 pub use config::{ConfigError, LeaseTime, MacAddr, Route, ServerConfig, UserOption};
