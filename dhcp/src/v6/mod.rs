@@ -4,11 +4,12 @@
 //! The guest's address is the pod's exact address, so it comes over DHCPv6 (IA_NA) and router advertisements carry
 //! the Managed flag and never an autonomous prefix (see [`ra`]). [`Server`] (DHCPv6) and [`Advertiser`] (router
 //! advertisements) are pure cores that know nothing of sockets; [`frame`] builds and parses the Ethernet frames
-//! they travel in.
+//! they travel in; the [`runner`] puts both on the guest-facing interface.
 
 pub mod config;
 pub mod frame;
 pub mod ra;
+pub mod runner;
 pub mod server;
 mod wire;
 
