@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod dhcp_serve;
+mod domain;
 // The `run` command will use it; until then only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
 mod guest_addressing;

@@ -1,0 +1,195 @@
+//! A [`DomainSpec`] in libvirt's domain XML (<https://libvirt.org/formatdomain.html>). What varies between VMs
+//! comes from the spec; what vmlet always wants (no USB, no balloon, a virtio RNG, the clock, the lifecycle
+//! actions) is written unconditionally, with the reason next to it.
+
+use super::xml_writer::{XmlError, XmlWriter};
+use super::{Accel, Boot, DiskFormat, DiskMedia, DiskSource, DiskSpec, DomainSpec, InterfaceSpec};
+
+/// The CPU model under TCG: QEMU's baseline, which every x86-64 guest kernel runs on.
+const TCG_CPU_MODEL: &str = "qemu64";
+
+pub fn write(spec: &DomainSpec) -> Result<String, XmlError> {
+    let mut w = XmlWriter::new();
+    let hypervisor = match spec.accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "qemu",
+    };
+    w.open("domain", &[("type", hypervisor)]);
+    w.text("name", &[], &spec.name);
+    w.text("uuid", &[], &spec.uuid.to_string());
+    w.text("memory", &[("unit", "MiB")], &spec.memory_mib.to_string());
+    w.text("vcpu", &[("placement", "static")], &spec.vcpus.to_string());
+    write_os(&mut w, spec);
+    w.open("features", &[]);
+    // ACPI carries the power button that a graceful shutdown presses.
+    w.empty("acpi", &[]);
+    w.empty("apic", &[]);
+    w.close();
+    write_cpu(&mut w, spec.accel);
+    // The timer policies virt-install uses: a guest starved of CPU catches up instead of drifting.
+    w.open("clock", &[("offset", "utc")]);
+    w.empty("timer", &[("name", "rtc"), ("tickpolicy", "catchup")]);
+    w.empty("timer", &[("name", "pit"), ("tickpolicy", "delay")]);
+    w.empty("timer", &[("name", "hpet"), ("present", "no")]);
+    w.close();
+    // A guest that powers off or crashes ends the VM (the controller decides about restarts); a reboot stays
+    // inside the same QEMU.
+    w.text("on_poweroff", &[], "destroy");
+    w.text("on_reboot", &[], "restart");
+    w.text("on_crash", &[], "destroy");
+    write_devices(&mut w, spec);
+    w.close();
+    w.finish()
+}
+
+fn write_os(w: &mut XmlWriter, spec: &DomainSpec) {
+    w.open("os", &[]);
+    w.text("type", &[("arch", "x86_64"), ("machine", &spec.machine)], "hvm");
+    match &spec.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => {
+            let kernel = w.path(kernel);
+            w.text("kernel", &[], &kernel);
+            if let Some(initrd) = initrd {
+                let initrd = w.path(initrd);
+                w.text("initrd", &[], &initrd);
+            }
+            w.text("cmdline", &[], cmdline);
+        }
+        Boot::Disk => w.empty("boot", &[("dev", "hd")]),
+    }
+    w.close();
+}
+
+fn write_cpu(w: &mut XmlWriter, accel: Accel) {
+    match accel {
+        Accel::Kvm => w.empty("cpu", &[("mode", "host-passthrough"), ("check", "none")]),
+        Accel::Tcg => {
+            // check="none": an emulated CPU needs no comparison with the host's.
+            w.open("cpu", &[("mode", "custom"), ("match", "exact"), ("check", "none")]);
+            w.text("model", &[("fallback", "forbid")], TCG_CPU_MODEL);
+            w.close();
+        }
+    }
+}
+
+fn write_devices(w: &mut XmlWriter, spec: &DomainSpec) {
+    w.open("devices", &[]);
+    let (mut virtio_disks, mut sata_disks) = (0, 0);
+    for disk in &spec.disks {
+        let (bus, target) = match disk.media {
+            DiskMedia::Disk => {
+                virtio_disks += 1;
+                ("virtio", disk_target_name("vd", virtio_disks - 1))
+            }
+            // virtio cannot carry a CD-ROM, and q35 has no IDE.
+            DiskMedia::Cdrom => {
+                sata_disks += 1;
+                ("sata", disk_target_name("sd", sata_disks - 1))
+            }
+        };
+        write_disk(w, disk, bus, &target);
+    }
+    // Nothing vmlet attaches uses USB; without this libvirt adds a controller the guest then probes at boot.
+    w.empty("controller", &[("type", "usb"), ("model", "none")]);
+    for interface in &spec.interfaces {
+        write_interface(w, interface);
+    }
+    write_console(w, spec);
+    if let Some(socket) = &spec.guest_agent_socket {
+        let socket = w.path(socket);
+        w.open("channel", &[("type", "unix")]);
+        w.empty("source", &[("mode", "bind"), ("path", &socket)]);
+        w.empty("target", &[("type", "virtio"), ("name", "org.qemu.guest_agent.0")]);
+        w.close();
+    }
+    if let Some(socket) = &spec.vnc_socket {
+        let socket = w.path(socket);
+        w.open("graphics", &[("type", "vnc")]);
+        w.empty("listen", &[("type", "socket"), ("socket", &socket)]);
+        w.close();
+        w.open("video", &[]);
+        w.empty("model", &[("type", "vga")]);
+        w.close();
+    }
+    // The pod's memory limit is the VM's; a balloon would only add a device and a polling thread.
+    w.empty("memballoon", &[("model", "none")]);
+    // Guests can block early in boot waiting for entropy without one.
+    w.open("rng", &[("model", "virtio")]);
+    w.text("backend", &[("model", "random")], "/dev/urandom");
+    w.close();
+    w.close();
+}
+
+/// The guest-side name of the disk at `index` on a bus, counted the way libvirt does: `vda` … `vdz`, `vdaa` …
+/// `vdaz`, `vdba` …
+pub(super) fn disk_target_name(prefix: &str, index: usize) -> String {
+    let mut suffix = Vec::new();
+    // Bijective base 26: there is no zero digit, "z" is followed by "aa".
+    let mut rest = index + 1;
+    while rest > 0 {
+        rest -= 1;
+        suffix.push(char::from(b'a' + (rest % 26) as u8));
+        rest /= 26;
+    }
+    let mut name = prefix.to_owned();
+    name.extend(suffix.iter().rev());
+    name
+}
+
+fn write_disk(w: &mut XmlWriter, disk: &DiskSpec, bus: &str, target: &str) {
+    let (kind, format, source_attr, path) = match &disk.source {
+        DiskSource::File { path, format } => ("file", *format, "file", path),
+        DiskSource::Block { path } => ("block", DiskFormat::Raw, "dev", path),
+    };
+    let device = match disk.media {
+        DiskMedia::Disk => "disk",
+        DiskMedia::Cdrom => "cdrom",
+    };
+    let format = match format {
+        DiskFormat::Raw => "raw",
+        DiskFormat::Qcow2 => "qcow2",
+    };
+    let path = w.path(path);
+    w.open("disk", &[("type", kind), ("device", device)]);
+    w.empty("driver", &[("name", "qemu"), ("type", format)]);
+    w.empty("source", &[(source_attr, &path)]);
+    w.empty("target", &[("dev", target), ("bus", bus)]);
+    // libvirt makes every CD-ROM read-only anyway; saying so keeps the XML it reports back equal to ours.
+    if disk.readonly || disk.media == DiskMedia::Cdrom {
+        w.empty("readonly", &[]);
+    }
+    w.close();
+}
+
+fn write_interface(w: &mut XmlWriter, interface: &InterfaceSpec) {
+    w.open("interface", &[("type", "ethernet")]);
+    w.empty("mac", &[("address", &interface.mac.to_string())]);
+    // managed="no": the launcher's network layer made the tap and owns it; libvirt only opens it.
+    w.empty("target", &[("dev", &interface.tap), ("managed", "no")]);
+    w.empty("model", &[("type", "virtio")]);
+    if let Some(mtu) = interface.mtu {
+        w.empty("mtu", &[("size", &mtu.to_string())]);
+    }
+    // No network boot, so no iPXE option ROM for the firmware to load and run at every start.
+    w.empty("rom", &[("enabled", "no")]);
+    w.close();
+}
+
+fn write_console(w: &mut XmlWriter, spec: &DomainSpec) {
+    let socket = w.path(&spec.console.socket);
+    let log = w.path(&spec.console.log);
+    w.open("serial", &[("type", "unix")]);
+    w.empty("source", &[("mode", "bind"), ("path", &socket)]);
+    w.empty("log", &[("file", &log), ("append", "on")]);
+    w.empty("target", &[("port", "0")]);
+    w.close();
+    // The same character device as the serial port above, named as the console for libvirt's console APIs.
+    w.open("console", &[("type", "unix")]);
+    w.empty("source", &[("mode", "bind"), ("path", &socket)]);
+    w.empty("target", &[("type", "serial"), ("port", "0")]);
+    w.close();
+}

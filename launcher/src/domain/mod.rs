@@ -1,0 +1,174 @@
+//! The VM as libvirt sees it: [`DomainSpec`], the launcher's description of one domain, and its domain XML. Pure:
+//! no I/O, no libvirt.
+// The `run` command will use it; until then only the tests do.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use uuid::Uuid;
+use vmlet_dhcp::MacAddr;
+
+mod libvirt_xml;
+mod xml_writer;
+
+pub use xml_writer::XmlError;
+
+/// libvirt's default machine type for x86: PCIe, and under TCG the one that boots reliably (see ENVIRONMENT.md).
+pub const DEFAULT_MACHINE: &str = "q35";
+
+/// One libvirt domain: what the launcher asks libvirt to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainSpec {
+    pub name: String,
+    pub uuid: Uuid,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// QEMU's machine type, [`DEFAULT_MACHINE`] unless the VM asks for another.
+    pub machine: String,
+    pub accel: Accel,
+    pub boot: Boot,
+    /// In order: the first virtio disk is `vda`, the first CD-ROM `sda`.
+    pub disks: Vec<DiskSpec>,
+    pub interfaces: Vec<InterfaceSpec>,
+    pub console: ConsolePaths,
+    /// A VNC server on this unix socket, if set.
+    pub vnc_socket: Option<PathBuf>,
+    /// A guest agent channel on this unix socket, if set.
+    pub guest_agent_socket: Option<PathBuf>,
+}
+
+/// How QEMU runs guest code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization: the host CPU runs the guest.
+    Kvm,
+    /// QEMU's software emulator: slow, but needs nothing from the host.
+    Tcg,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Boot {
+    /// Direct kernel boot: QEMU loads the kernel and initrd itself, no firmware boot loader.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// The firmware boots the first disk.
+    Disk,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub source: DiskSource,
+    pub media: DiskMedia,
+    pub readonly: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskSource {
+    /// An image file; a qcow2 overlay may have a backing file, which QEMU finds on its own.
+    File { path: PathBuf, format: DiskFormat },
+    /// A block device, used raw.
+    Block { path: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+/// What the guest sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskMedia {
+    /// A virtio disk (`vdX`). A cloud-init NoCloud image works as a read-only one.
+    Disk,
+    /// A SATA CD-ROM (`sdX`), for ISO images that guests expect on optical media.
+    Cdrom,
+}
+
+/// A NIC backed by a tap that the launcher's network layer has already made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceSpec {
+    pub tap: String,
+    /// The pod's MAC under the bridge binding, so the guest takes over the pod's identity.
+    pub mac: MacAddr,
+    pub mtu: Option<u32>,
+}
+
+/// The serial console: a unix socket to attach to, and a log of everything the guest wrote to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsolePaths {
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl ConsolePaths {
+    /// `console.sock` and `console.log` in `dir`.
+    pub fn in_dir(dir: &Path) -> ConsolePaths {
+        ConsolePaths {
+            socket: dir.join("console.sock"),
+            log: dir.join("console.log"),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DomainSpecError {
+    /// libvirt names its files after the domain, so the name cannot be empty nor hold a `/`.
+    #[error("domain name {0:?} is empty or contains '/'")]
+    InvalidName(String),
+    #[error("a domain needs at least one vCPU")]
+    NoVcpus,
+    #[error("a domain needs memory")]
+    NoMemory,
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+}
+
+impl DomainSpec {
+    /// The domain XML libvirt defines the domain from.
+    pub fn to_xml(&self) -> Result<String, DomainSpecError> {
+        if self.name.is_empty() || self.name.contains('/') {
+            return Err(DomainSpecError::InvalidName(self.name.clone()));
+        }
+        if self.vcpus == 0 {
+            return Err(DomainSpecError::NoVcpus);
+        }
+        if self.memory_mib == 0 {
+            return Err(DomainSpecError::NoMemory);
+        }
+        Ok(libvirt_xml::write(self)?)
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown accelerator {0:?}: expected kvm or tcg")]
+pub struct UnknownAccel(pub String);
+
+impl FromStr for Accel {
+    type Err = UnknownAccel;
+
+    fn from_str(text: &str) -> Result<Accel, UnknownAccel> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(UnknownAccel(text.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! The domain XML, parsed back and checked element by element.
+
+use roxmltree::{Document, Node};
+
+use super::*;
+
+const MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
+
+fn kernel_spec() -> DomainSpec {
+    DomainSpec {
+        name: "default_vm1".to_owned(),
+        uuid: Uuid::from_u128(0x5f2b_87a4_1d5e_4c3a_9a4e_3c1f_0b7e_2d11),
+        vcpus: 2,
+        memory_mib: 256,
+        machine: DEFAULT_MACHINE.to_owned(),
+        accel: Accel::Tcg,
+        boot: Boot::Kernel {
+            kernel: "/var/lib/vmlet/guest/vmlinux".into(),
+            initrd: Some("/var/lib/vmlet/guest/initramfs.cpio.gz".into()),
+            cmdline: "console=ttyS0 panic=-1".to_owned(),
+        },
+        disks: Vec::new(),
+        interfaces: vec![InterfaceSpec {
+            tap: "tap0".to_owned(),
+            mac: MAC,
+            mtu: Some(1400),
+        }],
+        console: ConsolePaths::in_dir(Path::new("/run/vmlet")),
+        vnc_socket: None,
+        guest_agent_socket: None,
+    }
+}
+
+/// The one element at `path` (child names separated by `/`) below the root.
+fn one<'a>(doc: &'a Document<'a>, path: &str) -> Node<'a, 'a> {
+    let found = all(doc, path);
+    assert_eq!(found.len(), 1, "expected exactly one <{path}>, found {}", found.len());
+    found[0]
+}
+
+/// Every element at `path` below the root.
+fn all<'a>(doc: &'a Document<'a>, path: &str) -> Vec<Node<'a, 'a>> {
+    let mut nodes = vec![doc.root_element()];
+    for name in path.split('/') {
+        nodes = nodes
+            .iter()
+            .flat_map(|node| node.children().filter(|c| c.has_tag_name(name)))
+            .collect();
+    }
+    nodes
+}
+
+fn attr<'a>(node: Node<'a, 'a>, name: &str) -> &'a str {
+    node.attribute(name)
+        .unwrap_or_else(|| panic!("<{}> has no {name}", node.tag_name().name()))
+}
+
+fn text<'a>(doc: &'a Document<'a>, path: &str) -> &'a str {
+    one(doc, path).text().unwrap_or_default()
+}
+
+#[test]
+fn kernel_boot_under_tcg() {
+    let xml = kernel_spec().to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    let domain = doc.root_element();
+    assert_eq!(domain.tag_name().name(), "domain");
+    assert_eq!(attr(domain, "type"), "qemu");
+    assert_eq!(text(&doc, "name"), "default_vm1");
+    assert_eq!(text(&doc, "uuid"), "5f2b87a4-1d5e-4c3a-9a4e-3c1f0b7e2d11");
+    assert_eq!(text(&doc, "memory"), "256");
+    assert_eq!(attr(one(&doc, "memory"), "unit"), "MiB");
+    assert_eq!(text(&doc, "vcpu"), "2");
+
+    let os_type = one(&doc, "os/type");
+    assert_eq!((attr(os_type, "arch"), attr(os_type, "machine")), ("x86_64", "q35"));
+    assert_eq!(text(&doc, "os/kernel"), "/var/lib/vmlet/guest/vmlinux");
+    assert_eq!(text(&doc, "os/initrd"), "/var/lib/vmlet/guest/initramfs.cpio.gz");
+    assert_eq!(text(&doc, "os/cmdline"), "console=ttyS0 panic=-1");
+    assert!(all(&doc, "os/boot").is_empty());
+
+    let cpu = one(&doc, "cpu");
+    assert_eq!(attr(cpu, "mode"), "custom");
+    assert_eq!(text(&doc, "cpu/model"), "qemu64");
+    one(&doc, "features/acpi");
+    assert_eq!(attr(one(&doc, "clock"), "offset"), "utc");
+    assert_eq!(text(&doc, "on_poweroff"), "destroy");
+    assert_eq!(text(&doc, "on_reboot"), "restart");
+    assert_eq!(text(&doc, "on_crash"), "destroy");
+}
+
+#[test]
+fn kvm_passes_the_host_cpu_through() {
+    let spec = DomainSpec {
+        accel: Accel::Kvm,
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert_eq!(attr(doc.root_element(), "type"), "kvm");
+    assert_eq!(attr(one(&doc, "cpu"), "mode"), "host-passthrough");
+    assert!(all(&doc, "cpu/model").is_empty());
+}
+
+#[test]
+fn disk_boot_boots_the_first_disk() {
+    let spec = DomainSpec {
+        boot: Boot::Disk,
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert_eq!(attr(one(&doc, "os/boot"), "dev"), "hd");
+    assert!(all(&doc, "os/kernel").is_empty());
+    assert!(all(&doc, "os/cmdline").is_empty());
+}
+
+#[test]
+fn disks_get_names_and_buses_in_order() {
+    let file = |path: &str, format| DiskSource::File {
+        path: path.into(),
+        format,
+    };
+    let spec = DomainSpec {
+        disks: vec![
+            DiskSpec {
+                source: file("/var/lib/vmlet/root.qcow2", DiskFormat::Qcow2),
+                media: DiskMedia::Disk,
+                readonly: false,
+            },
+            DiskSpec {
+                source: file("/var/lib/vmlet/cidata.iso", DiskFormat::Raw),
+                media: DiskMedia::Cdrom,
+                readonly: false,
+            },
+            DiskSpec {
+                source: DiskSource::Block {
+                    path: "/dev/vmlet/data".into(),
+                },
+                media: DiskMedia::Disk,
+                readonly: true,
+            },
+        ],
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    let disks = all(&doc, "devices/disk");
+    let summary: Vec<_> = disks
+        .iter()
+        .map(|disk| {
+            let child = |name| disk.children().find(|c| c.has_tag_name(name));
+            let source = child("source").unwrap();
+            let target = child("target").unwrap();
+            (
+                attr(*disk, "type"),
+                attr(*disk, "device"),
+                attr(child("driver").unwrap(), "type"),
+                source.attribute("file").or(source.attribute("dev")).unwrap(),
+                attr(target, "dev"),
+                attr(target, "bus"),
+                child("readonly").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "file",
+                "disk",
+                "qcow2",
+                "/var/lib/vmlet/root.qcow2",
+                "vda",
+                "virtio",
+                false
+            ),
+            ("file", "cdrom", "raw", "/var/lib/vmlet/cidata.iso", "sda", "sata", true),
+            ("block", "disk", "raw", "/dev/vmlet/data", "vdb", "virtio", true),
+        ]
+    );
+}
+
+#[test]
+fn disk_names_count_like_libvirt() {
+    let names: Vec<_> = [0, 1, 25, 26, 27, 51, 52, 701, 702]
+        .into_iter()
+        .map(|index| libvirt_xml::disk_target_name("vd", index))
+        .collect();
+    assert_eq!(
+        names,
+        ["vda", "vdb", "vdz", "vdaa", "vdab", "vdaz", "vdba", "vdzz", "vdaaa"]
+    );
+}
+
+#[test]
+fn interface_is_the_prepared_tap_with_the_pod_mac() {
+    let xml = kernel_spec().to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    let interface = one(&doc, "devices/interface");
+    assert_eq!(attr(interface, "type"), "ethernet");
+    assert_eq!(attr(one(&doc, "devices/interface/mac"), "address"), "0a:58:0a:f4:01:07");
+    let target = one(&doc, "devices/interface/target");
+    assert_eq!((attr(target, "dev"), attr(target, "managed")), ("tap0", "no"));
+    assert_eq!(attr(one(&doc, "devices/interface/model"), "type"), "virtio");
+    assert_eq!(attr(one(&doc, "devices/interface/mtu"), "size"), "1400");
+
+    let spec = DomainSpec {
+        interfaces: vec![InterfaceSpec {
+            mtu: None,
+            ..kernel_spec().interfaces[0].clone()
+        }],
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert!(all(&doc, "devices/interface/mtu").is_empty());
+}
+
+#[test]
+fn serial_console_binds_a_socket_and_logs() {
+    let xml = kernel_spec().to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert_eq!(attr(one(&doc, "devices/serial"), "type"), "unix");
+    let source = one(&doc, "devices/serial/source");
+    assert_eq!(
+        (attr(source, "mode"), attr(source, "path")),
+        ("bind", "/run/vmlet/console.sock")
+    );
+    let log = one(&doc, "devices/serial/log");
+    assert_eq!(
+        (attr(log, "file"), attr(log, "append")),
+        ("/run/vmlet/console.log", "on")
+    );
+    assert_eq!(
+        attr(one(&doc, "devices/console/source"), "path"),
+        "/run/vmlet/console.sock"
+    );
+    assert_eq!(attr(one(&doc, "devices/console/target"), "type"), "serial");
+}
+
+#[test]
+fn only_the_devices_asked_for() {
+    let xml = kernel_spec().to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    let usb = one(&doc, "devices/controller");
+    assert_eq!((attr(usb, "type"), attr(usb, "model")), ("usb", "none"));
+    assert_eq!(attr(one(&doc, "devices/memballoon"), "model"), "none");
+    assert_eq!(attr(one(&doc, "devices/rng"), "model"), "virtio");
+    for absent in ["graphics", "video", "channel", "sound", "disk", "input"] {
+        assert!(
+            all(&doc, &format!("devices/{absent}")).is_empty(),
+            "unexpected <{absent}>"
+        );
+    }
+}
+
+#[test]
+fn vnc_and_guest_agent_on_unix_sockets() {
+    let spec = DomainSpec {
+        vnc_socket: Some("/run/vmlet/vnc.sock".into()),
+        guest_agent_socket: Some("/run/vmlet/guest-agent.sock".into()),
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert_eq!(attr(one(&doc, "devices/graphics"), "type"), "vnc");
+    let listen = one(&doc, "devices/graphics/listen");
+    assert_eq!(
+        (attr(listen, "type"), attr(listen, "socket")),
+        ("socket", "/run/vmlet/vnc.sock")
+    );
+    one(&doc, "devices/video/model");
+    assert_eq!(
+        attr(one(&doc, "devices/channel/source"), "path"),
+        "/run/vmlet/guest-agent.sock"
+    );
+    let target = one(&doc, "devices/channel/target");
+    assert_eq!(
+        (attr(target, "type"), attr(target, "name")),
+        ("virtio", "org.qemu.guest_agent.0")
+    );
+}
+
+#[test]
+fn user_values_cannot_inject_markup() {
+    let cmdline = "console=ttyS0 x='</cmdline></os><devices><disk/></devices>' && y=\"<\"";
+    let spec = DomainSpec {
+        boot: Boot::Kernel {
+            kernel: "/guest/vmlinux<'&'>".into(),
+            initrd: None,
+            cmdline: cmdline.to_owned(),
+        },
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert_eq!(text(&doc, "os/cmdline"), cmdline);
+    assert_eq!(text(&doc, "os/kernel"), "/guest/vmlinux<'&'>");
+    assert!(all(&doc, "os/initrd").is_empty());
+    assert!(all(&doc, "devices/disk").is_empty());
+}
+
+#[test]
+fn invalid_specs_are_refused() {
+    let with = |change: fn(&mut DomainSpec)| {
+        let mut spec = kernel_spec();
+        change(&mut spec);
+        spec.to_xml().unwrap_err()
+    };
+    assert_eq!(
+        with(|s| s.name = String::new()),
+        DomainSpecError::InvalidName(String::new())
+    );
+    assert_eq!(
+        with(|s| s.name = "a/b".to_owned()),
+        DomainSpecError::InvalidName("a/b".to_owned())
+    );
+    assert_eq!(with(|s| s.vcpus = 0), DomainSpecError::NoVcpus);
+    assert_eq!(with(|s| s.memory_mib = 0), DomainSpecError::NoMemory);
+    assert_eq!(
+        with(|s| s.interfaces[0].tap = "tap\u{7}".to_owned()),
+        DomainSpecError::Xml(XmlError::ForbiddenChar('\u{7}'))
+    );
+}
+
+#[test]
+fn accel_parses_case_insensitively() {
+    assert_eq!("kvm".parse(), Ok(Accel::Kvm));
+    assert_eq!(" TCG\n".parse(), Ok(Accel::Tcg));
+    assert_eq!("hvf".parse::<Accel>(), Err(UnknownAccel("hvf".to_owned())));
+    assert_eq!(Accel::Tcg.to_string().parse(), Ok(Accel::Tcg));
+}
