@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod dhcp_serve;
 mod domain;
+mod driver;
 // The `run` command will use it; until then only the tests do.
 #[cfg_attr(not(test), allow(dead_code))]
 mod guest_addressing;

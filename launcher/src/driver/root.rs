@@ -1,0 +1,156 @@
+//! The embedded driver's root directory: where libvirt keeps its configuration, state and logs for this pod, the
+//! `qemu.conf` the launcher writes there, and the link to the node's shared capability cache.
+//!
+//! libvirt's layout under the root (for `qemu:///embed?root=ROOT`): `ROOT/etc/qemu.conf`, domain definitions in
+//! `ROOT/etc/qemu/`, runtime state in `ROOT/run/qemu/`, QEMU's own log in `ROOT/log/qemu/`, the
+//! capability cache in `ROOT/cache/qemu/capabilities/`.
+
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// libvirt's QEMU driver configuration for a container: no systemd, no D-Bus, no daemons besides QEMU.
+pub const QEMU_CONF: &str = r#"# Written by vmlet-launcher at every start; changes here are lost.
+
+# QEMU runs as the launcher does: the pod, not a uid, is the isolation boundary.
+user = "root"
+group = "root"
+
+# The pod's files already have the owners they need: nothing to chown at start nor to restore at stop.
+dynamic_ownership = 0
+remember_owner = 0
+
+# No SELinux or AppArmor labelling inside a container.
+security_driver = "none"
+
+# The container runtime owns the pod's cgroup; libvirt makes none of its own (there is no systemd to ask).
+cgroup_controllers = [ ]
+
+# No private /dev per QEMU: the pod's mount namespace is private already.
+namespaces = [ ]
+
+# QEMU's stdout and stderr go to a plain file under log/: no virtlogd.
+stdio_handler = "file"
+"#;
+
+/// Writes `qemu.conf` under `root` and links libvirt's capability cache to `cache_dir`, creating both as needed.
+///
+/// The cache is what makes a start fast: without it libvirt probes every QEMU binary (about 8 s here) before its
+/// first answer. libvirt checks each entry against the ctime of the QEMU binary and of its own library and probes
+/// again when either changed, so sharing the directory between pods that run the same image is safe. It rewrites a
+/// stale entry in place rather than atomically: two launchers probing at once may both probe, and one that reads a
+/// half-written entry fails to parse it and probes again; neither ever uses a wrong answer.
+pub fn prepare(root: &Path, cache_dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(root.join("etc"))?;
+    std::fs::write(root.join("etc/qemu.conf"), QEMU_CONF)?;
+    std::fs::create_dir_all(cache_dir)?;
+    let link = capabilities_dir(root);
+    match std::fs::symlink_metadata(&link) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&link)?,
+        Ok(_) => std::fs::remove_file(&link)?,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::os::unix::fs::symlink(cache_dir, &link)
+}
+
+/// Where libvirt caches QEMU's capabilities under `root`.
+pub fn capabilities_dir(root: &Path) -> PathBuf {
+    root.join("cache/qemu/capabilities")
+}
+
+/// The URI of the embedded QEMU driver rooted at `root`. The path is a query parameter, so every byte but the
+/// unreserved ones and `/` is percent-encoded.
+pub fn embed_uri(root: &Path) -> String {
+    let mut uri = String::from("qemu:///embed?root=");
+    for &byte in root.as_os_str().as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-._~".contains(&byte) {
+            uri.push(char::from(byte));
+        } else {
+            uri.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    uri
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use vmlet_testkit::ScratchDir;
+
+    use super::*;
+
+    /// The settings [`QEMU_CONF`] must make for libvirt to run inside a pod, as `key = value` lines.
+    const REQUIRED_SETTINGS: [(&str, &str); 8] = [
+        ("user", "\"root\""),
+        ("group", "\"root\""),
+        ("dynamic_ownership", "0"),
+        ("remember_owner", "0"),
+        ("security_driver", "\"none\""),
+        ("cgroup_controllers", "[ ]"),
+        ("namespaces", "[ ]"),
+        ("stdio_handler", "\"file\""),
+    ];
+
+    fn settings(conf: &str) -> Vec<(&str, &str)> {
+        conf.lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                let (key, value) = line.split_once('=').expect("a key = value line");
+                (key.trim(), value.trim())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn qemu_conf_makes_exactly_the_required_settings() {
+        let mut made = settings(QEMU_CONF);
+        made.sort_unstable();
+        let mut required = REQUIRED_SETTINGS.to_vec();
+        required.sort_unstable();
+        assert_eq!(made, required);
+    }
+
+    #[test]
+    fn uri_encodes_the_root() {
+        assert_eq!(
+            embed_uri(Path::new("/run/vmlet/libvirt")),
+            "qemu:///embed?root=/run/vmlet/libvirt"
+        );
+        assert_eq!(
+            embed_uri(Path::new("/tmp/a b&c=d%e")),
+            "qemu:///embed?root=/tmp/a%20b%26c%3Dd%25e"
+        );
+        assert_eq!(
+            embed_uri(Path::new(OsStr::from_bytes(b"/tmp/\xff"))),
+            "qemu:///embed?root=/tmp/%FF"
+        );
+    }
+
+    #[test]
+    fn prepare_writes_the_config_and_links_the_cache() {
+        let scratch = ScratchDir::new();
+        let root = scratch.join("libvirt");
+        let cache = scratch.join("node-cache/image-1");
+        prepare(&root, &cache).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("etc/qemu.conf")).unwrap(), QEMU_CONF);
+        assert!(cache.is_dir());
+        assert_eq!(std::fs::read_link(capabilities_dir(&root)).unwrap(), cache);
+
+        // A restarted launcher may be given another cache, and may find a directory libvirt made itself.
+        let other = scratch.join("node-cache/image-2");
+        prepare(&root, &other).unwrap();
+        assert_eq!(std::fs::read_link(capabilities_dir(&root)).unwrap(), other);
+        std::fs::remove_file(capabilities_dir(&root)).unwrap();
+        std::fs::create_dir(capabilities_dir(&root)).unwrap();
+        std::fs::write(capabilities_dir(&root).join("stale.xml"), "").unwrap();
+        prepare(&root, &cache).unwrap();
+        assert_eq!(std::fs::read_link(capabilities_dir(&root)).unwrap(), cache);
+        assert!(cache.is_dir());
+    }
+}
