@@ -45,11 +45,17 @@ pub fn run_self_as_child() -> io::Result<i32> {
     for signal in FORWARDED.into_iter().chain([Signal::SIGCHLD]) {
         signals.add(signal);
     }
-    // Blocked, they wait for `next_signal` instead of taking their default action; the child starts with an empty
-    // mask (std resets it before exec).
+    // Blocked, they wait for `next_signal` instead of taking their default action.
     signals.thread_block()?;
     let mut args = std::env::args_os();
     let mut command = Command::new("/proc/self/exe");
+    // A child inherits the blocked mask, and std does not reset it: unblocked, the launcher's own handlers see
+    // SIGTERM and the rest.
+    let inherited = signals;
+    // SAFETY: the closure runs between fork and exec and only calls pthread_sigmask, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || inherited.thread_unblock().map_err(io::Error::from));
+    }
     if let Some(program) = args.next() {
         command.arg0(program);
     }
