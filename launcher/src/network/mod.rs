@@ -6,6 +6,7 @@
 pub(crate) mod bridge;
 mod leak_guard;
 mod netlink;
+#[cfg(test)]
 pub(crate) mod netns;
 pub(crate) mod pod_interface;
 pub(crate) mod resolv_conf;

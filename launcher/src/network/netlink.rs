@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use rtnetlink::packet_route::link::{AfSpecUnspec, InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{AfSpecUnspec, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::{Error, Handle};
 use vmlet_dhcp::MacAddr;
 
@@ -94,8 +94,9 @@ pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
         })
 }
 
+#[cfg(test)]
 pub(crate) fn link_is_up(link: &LinkMessage) -> bool {
-    link.header.flags.contains(LinkFlags::Up)
+    link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up)
 }
 
 /// Whether the link has IPv6 state in the kernel: not so when IPv6 is disabled on the node.
