@@ -8,13 +8,11 @@ use clap::{Parser, Subcommand};
 mod dhcp_serve;
 mod domain;
 mod driver;
-// The `run` command will use it; until then only the tests do.
-#[cfg_attr(not(test), allow(dead_code))]
 mod guest_addressing;
-#[cfg_attr(not(test), allow(dead_code))]
 mod network;
-#[cfg_attr(not(test), allow(dead_code))]
+mod run;
 mod spec;
+mod vm_domain;
 
 #[derive(Parser)]
 #[command(
@@ -32,23 +30,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the pod's VM: rewire the pod network for the guest, serve it DHCP, start it, supervise it.
+    Run(run::Args),
     /// Run only the DHCP server for one client on one interface.
     DhcpServe(dhcp_serve::Args),
 }
 
 fn main() -> ExitCode {
+    // A pod's PID 1 must reap orphans, which the launcher cannot do beside libvirt: it first splits in two (see
+    // `driver::init`), before any thread exists.
+    if driver::init::is_pid1() {
+        return match driver::init::run_self_as_child() {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)),
+            Err(err) => {
+                eprintln!("vmlet-launcher: cannot start the launcher under PID 1: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let result = match cli.command {
-        Command::DhcpServe(args) => dhcp_serve::run(args),
+        Command::Run(args) => run::run(args),
+        Command::DhcpServe(args) => dhcp_serve::run(args).map(|()| ExitCode::SUCCESS),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("vmlet-launcher: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    result.unwrap_or_else(|err| {
+        eprintln!("vmlet-launcher: {err:#}");
+        ExitCode::FAILURE
+    })
 }
 
 fn init_logging(json: bool) {

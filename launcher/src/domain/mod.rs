@@ -1,7 +1,5 @@
 //! The VM as libvirt sees it: [`DomainSpec`], the launcher's description of one domain, and its domain XML. Pure:
 //! no I/O, no libvirt.
-// The `run` command will use it; until then only the tests do.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::fmt;
 use std::path::{Path, PathBuf};

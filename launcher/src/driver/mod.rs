@@ -15,8 +15,6 @@
 //! `tokio::task::spawn_blocking` (each takes milliseconds, except [`Driver::start`] and
 //! [`Driver::define_and_start`]). State changes arrive on a tokio watch channel fed by a polling thread, so waiting
 //! for them blocks nothing. libvirt's event loop, which the embedded driver needs, runs on a thread of its own.
-// The `run` command will use it; until then only the tests do.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::io;
 use std::path::{Path, PathBuf};

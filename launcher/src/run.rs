@@ -1,0 +1,442 @@
+//! `vmlet-launcher run`: the VM pod's entrypoint, from the pod's network to a running guest with the pod's identity.
+//!
+//! In order: check the VM spec (before touching anything), rewire the pod interface for the guest, serve the guest
+//! DHCP, start libvirt's QEMU driver and the domain, serve the control socket, then wait until the guest ends. On
+//! SIGTERM the guest gets an ACPI shutdown and, after its grace period, is destroyed. The exit code says how the
+//! guest ended (see [`Ending::exit_code`]).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use vmlet_api::Binding;
+use vmlet_control::{Command, DhcpStatus, Exit, InterfaceStatus, Phase, Status};
+use vmlet_dhcp::runner::{Runner, Status as DhcpRunnerStatus};
+
+use crate::domain::InterfaceSpec;
+use crate::driver::{Domain, DomainState, Driver, ShutOffReason, accel};
+use crate::guest_addressing;
+use crate::network::bridge::BridgeBinding;
+use crate::spec::{self, SPEC_ENV, VmSpec};
+use crate::vm_domain;
+
+/// Kubernetes' default termination grace period, also the guest's when the spec gives none.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The VM: a VirtualMachine manifest or its template, YAML or JSON. Without it, $VMLET_VM_SPEC holds it.
+    #[arg(long)]
+    vm_spec: Option<PathBuf>,
+    /// The VM's name, when the spec is a bare template.
+    #[arg(long, env = "VMLET_VM_NAME")]
+    name: Option<String>,
+    /// The pod interface the guest takes over.
+    #[arg(long, default_value = "eth0")]
+    interface: String,
+    /// The pod's private run directory: network state, libvirt, sockets, console log.
+    #[arg(long, default_value = "/var/run/vmlet")]
+    run_dir: PathBuf,
+    /// QEMU's capability cache, shared by the pods on a node that run the same launcher image.
+    #[arg(long, env = "VMLET_CACHE_DIR", default_value = "/var/cache/vmlet/qemu")]
+    cache_dir: PathBuf,
+    /// The pod's resolver configuration, whose servers and search domains the guest gets.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let vm = spec::load(args.vm_spec.as_deref(), std::env::var(SPEC_ENV).ok(), args.name.clone())?;
+    let binding = match vm.spec.domain.devices.interfaces.first().map(|i| i.binding()) {
+        Some(Some(Binding::Bridge)) => Binding::Bridge,
+        Some(Some(other)) => anyhow::bail!("the {other:?} binding is not supported by this launcher yet"),
+        // Validation guarantees a binding per interface; a VM without an interface has no network to rewire.
+        Some(None) | None => anyhow::bail!("a VM without a network interface is not supported by this launcher yet"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let ending = runtime.block_on(launch(vm, binding, args))?;
+    info!(?ending, "guest ended");
+    Ok(ExitCode::from(ending.exit_code()))
+}
+
+/// How the guest ended, as the launcher reports it with its exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// The guest powered off by itself: exit 0.
+    PoweredOff,
+    /// The guest shut down after an ACPI request (SIGTERM or the control socket): exit 0.
+    ShutDown,
+    /// The guest was destroyed, on request or because the grace period ran out: exit 3.
+    Destroyed,
+    /// QEMU died or the guest crashed: exit 4.
+    Crashed,
+}
+
+impl Ending {
+    /// 0 for an orderly end; 1 and 2 are the launcher's own failures and usage errors.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Ending::PoweredOff | Ending::ShutDown => 0,
+            Ending::Destroyed => 3,
+            Ending::Crashed => 4,
+        }
+    }
+
+    fn from_state(state: DomainState, shutdown_requested: bool) -> Ending {
+        match state {
+            DomainState::ShutOff(ShutOffReason::Shutdown) if shutdown_requested => Ending::ShutDown,
+            DomainState::ShutOff(ShutOffReason::Shutdown) => Ending::PoweredOff,
+            DomainState::ShutOff(ShutOffReason::Destroyed) => Ending::Destroyed,
+            _ => Ending::Crashed,
+        }
+    }
+
+    fn as_exit(self) -> Exit {
+        match self {
+            Ending::PoweredOff => Exit::PoweredOff,
+            Ending::ShutDown => Exit::ShutDown,
+            Ending::Destroyed => Exit::Destroyed,
+            Ending::Crashed => Exit::Crashed,
+        }
+    }
+}
+
+async fn launch(vm: VmSpec, binding: Binding, args: Args) -> anyhow::Result<Ending> {
+    let run_dir = args.run_dir;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
+    let accel = accel::choose()?;
+    info!(vm = %vm.name, ?accel, interface = %args.interface, "starting");
+
+    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
+    tokio::spawn(connection);
+    let bridge = BridgeBinding {
+        resolv_conf: args.resolv_conf,
+        ..BridgeBinding::new(&args.interface, &run_dir)
+    };
+    let setup = bridge
+        .setup(&handle)
+        .await
+        .context("cannot set up the bridge binding")?;
+    info!(bridge = %setup.bridge, tap = %setup.tap, guest_mac = %setup.guest_mac, mtu = setup.mtu, "network ready");
+
+    let (stop_dhcp, dhcp_stopped) = watch::channel(false);
+    let dhcp_status = match guest_addressing::dhcpv4_config(
+        &setup.pod,
+        &setup.dns,
+        setup.guest_mac,
+        setup.server_address,
+        vm.hostname(),
+    ) {
+        Some(config) => {
+            let runner = Runner::bind(config, &setup.bridge, Some(run_dir.join("dhcp-lease.json")))
+                .context("cannot start the DHCP server")?;
+            let status = runner.status();
+            let mut stopped = dhcp_stopped.clone();
+            tokio::spawn(runner.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }));
+            Some(status)
+        }
+        None => None,
+    };
+
+    let nic = InterfaceSpec {
+        tap: setup.tap.clone(),
+        mac: setup.guest_mac,
+        mtu: Some(setup.mtu),
+    };
+    let plan = vm_domain::plan(&vm, nic, accel, &run_dir)?;
+    for disk in &plan.empty_disks {
+        create_sparse(&disk.path, disk.bytes)?;
+    }
+    let (libvirt_dir, cache_dir) = (run_dir.clone(), args.cache_dir.clone());
+    let started = Instant::now();
+    let driver = tokio::task::spawn_blocking(move || Driver::start(&libvirt_dir, &cache_dir)).await??;
+    info!(elapsed_ms = started.elapsed().as_millis() as u64, "libvirt ready");
+    let domain_spec = plan.domain.clone();
+    let (driver, domain) = tokio::task::spawn_blocking(move || {
+        let domain = driver.define_and_start(&domain_spec);
+        (driver, domain)
+    })
+    .await?;
+    let domain = domain.context("cannot start the domain")?;
+    info!(domain = %domain.name(), elapsed_ms = started.elapsed().as_millis() as u64, "domain started");
+
+    let interface = InterfaceStatus {
+        name: vm
+            .spec
+            .domain
+            .devices
+            .interfaces
+            .first()
+            .map(|i| i.name.clone())
+            .unwrap_or_default(),
+        mac: setup.guest_mac.to_string(),
+        ip_addresses: setup
+            .pod
+            .ipv4
+            .iter()
+            .map(|a| a.addr().to_string())
+            .chain(setup.pod.ipv6.iter().map(|a| a.addr().to_string()))
+            .collect(),
+        binding: format!("{binding:?}").to_lowercase(),
+    };
+    let (commands, mut requests) = mpsc::channel(8);
+    let control = Arc::new(Control {
+        domain: domain.clone(),
+        states: domain.watch_state(),
+        dhcp: dhcp_status,
+        interface,
+        started_at: SystemTime::now(),
+        phase: Mutex::new((Phase::Running, None)),
+        commands,
+    });
+    let socket = run_dir.join("control.sock");
+    let listener = bind_control_socket(&socket)?;
+    tokio::spawn(vmlet_control::serve(listener, Arc::clone(&control)));
+
+    let grace = vm
+        .spec
+        .termination_grace_period_seconds
+        .map_or(DEFAULT_GRACE, |s| Duration::from_secs(s.into()));
+    let ending = supervise(&domain, &control, &mut requests, grace).await?;
+    control.set_phase(Phase::Stopped, Some(ending.as_exit()));
+    let _ = stop_dhcp.send(true);
+    drop(driver);
+    Ok(ending)
+}
+
+/// Waits until the guest ends, turning SIGTERM and control requests into shutdown and destroy.
+async fn supervise(
+    domain: &Domain,
+    control: &Control,
+    requests: &mut mpsc::Receiver<Command>,
+    grace: Duration,
+) -> anyhow::Result<Ending> {
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut states = domain.watch_state();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let state = *states.borrow_and_update();
+        if state.is_stopped() {
+            return Ok(Ending::from_state(state, deadline.is_some()));
+        }
+        let shutdown_expired = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let request = tokio::select! {
+            changed = states.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("lost track of the domain's state");
+                }
+                continue;
+            }
+            _ = sigterm.recv() => Command::Shutdown,
+            _ = sigint.recv() => Command::Shutdown,
+            Some(command) = requests.recv() => command,
+            () = shutdown_expired => {
+                warn!(grace_secs = grace.as_secs(), "the guest did not shut down within its grace period: destroying it");
+                Command::Kill
+            }
+        };
+        match request {
+            Command::Shutdown if deadline.is_none() => {
+                info!(grace_secs = grace.as_secs(), "shutting the guest down");
+                deadline = Some(tokio::time::Instant::now() + grace);
+                control.set_phase(Phase::ShuttingDown, None);
+                let target = domain.clone();
+                if let Err(err) = tokio::task::spawn_blocking(move || target.shutdown()).await? {
+                    warn!(error = %err, "ACPI shutdown failed: destroying the guest");
+                    destroy(domain.clone()).await?;
+                }
+            }
+            Command::Kill => destroy(domain.clone()).await?,
+            _ => {}
+        }
+    }
+}
+
+async fn destroy(domain: Domain) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || domain.destroy()).await??;
+    Ok(())
+}
+
+/// The control socket's view of the launcher.
+struct Control {
+    domain: Domain,
+    states: watch::Receiver<DomainState>,
+    dhcp: Option<watch::Receiver<DhcpRunnerStatus>>,
+    interface: InterfaceStatus,
+    started_at: SystemTime,
+    phase: Mutex<(Phase, Option<Exit>)>,
+    /// Shutdown and kill go to [`supervise`], which owns the grace period.
+    commands: mpsc::Sender<Command>,
+}
+
+impl Control {
+    fn set_phase(&self, phase: Phase, exit: Option<Exit>) {
+        if let Ok(mut guard) = self.phase.lock() {
+            *guard = (phase, exit);
+        }
+    }
+
+    fn snapshot(&self) -> Status {
+        let state = *self.states.borrow();
+        let (recorded, exit) = self.phase.lock().map(|g| *g).unwrap_or((Phase::Running, None));
+        let phase = match (recorded, state) {
+            (Phase::Running, DomainState::Paused(_)) => Phase::Paused,
+            (phase, _) => phase,
+        };
+        let started_at = self
+            .started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        Status {
+            phase,
+            domain_state: Some(format!("{state:?}")),
+            interfaces: vec![self.interface.clone()],
+            dhcp: self.dhcp.as_ref().map(|dhcp| dhcp_status(&dhcp.borrow())),
+            launcher_pid: std::process::id(),
+            started_at,
+            uptime_secs: self.started_at.elapsed().unwrap_or_default().as_secs(),
+            exit,
+        }
+    }
+}
+
+fn dhcp_status(status: &DhcpRunnerStatus) -> DhcpStatus {
+    let c = status.counters;
+    let counters = [
+        ("answered", c.answered),
+        ("naks", c.naks),
+        ("ignored", c.ignored),
+        ("malformed", c.malformed),
+        ("releases", c.releases),
+        ("declines", c.declines),
+        ("send_errors", status.send_errors),
+    ];
+    DhcpStatus {
+        lease: status.lease.map(|l| format!("{:?}", l.state).to_lowercase()),
+        counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+impl vmlet_control::Handler for Control {
+    async fn status(&self) -> Status {
+        self.snapshot()
+    }
+
+    async fn act(&self, command: Command) -> Result<Status, vmlet_control::Error> {
+        let refuse = |kind, message: String| vmlet_control::Error { kind, message };
+        if self.states.borrow().is_stopped() {
+            return Err(refuse(
+                vmlet_control::ErrorKind::InvalidState,
+                "the guest has stopped".into(),
+            ));
+        }
+        match command {
+            Command::Pause | Command::Resume => {
+                let domain = self.domain.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    if command == Command::Pause {
+                        domain.pause()
+                    } else {
+                        domain.resume()
+                    }
+                })
+                .await;
+                match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => return Err(refuse(vmlet_control::ErrorKind::Failed, err.to_string())),
+                    Err(err) => return Err(refuse(vmlet_control::ErrorKind::Failed, err.to_string())),
+                }
+            }
+            Command::Shutdown | Command::Kill => {
+                if self.commands.send(command).await.is_err() {
+                    return Err(refuse(
+                        vmlet_control::ErrorKind::InvalidState,
+                        "the launcher is stopping".into(),
+                    ));
+                }
+            }
+            Command::Status => {}
+        }
+        Ok(self.snapshot())
+    }
+}
+
+/// Binds the control socket, replacing one a previous launcher in this pod left behind; only root may connect.
+fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot replace {}", path.display())),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Creates a sparse file of `bytes` for an empty disk, keeping one that exists: a restarted launcher must not wipe
+/// what the guest wrote.
+fn create_sparse(path: &Path, bytes: u64) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::create_new(path).with_context(|| format!("cannot create the disk {}", path.display()))?;
+    file.set_len(bytes)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_say_how_the_guest_ended() {
+        let shutdown = DomainState::ShutOff(ShutOffReason::Shutdown);
+        assert_eq!(Ending::from_state(shutdown, false), Ending::PoweredOff);
+        assert_eq!(Ending::from_state(shutdown, true), Ending::ShutDown);
+        assert_eq!(
+            Ending::from_state(DomainState::ShutOff(ShutOffReason::Destroyed), true),
+            Ending::Destroyed
+        );
+        assert_eq!(
+            Ending::from_state(DomainState::ShutOff(ShutOffReason::Crashed), false),
+            Ending::Crashed
+        );
+        assert_eq!(Ending::from_state(DomainState::Crashed, false), Ending::Crashed);
+        let codes: Vec<u8> = [Ending::PoweredOff, Ending::ShutDown, Ending::Destroyed, Ending::Crashed]
+            .map(Ending::exit_code)
+            .to_vec();
+        assert_eq!(codes, [0, 0, 3, 4]);
+    }
+
+    #[test]
+    fn an_empty_disk_is_created_once_and_never_wiped() {
+        let dir = std::env::temp_dir().join(format!("vmlet-run-test-{}", std::process::id()));
+        let path = dir.join("disks/scratch.img");
+        create_sparse(&path, 1 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        std::fs::write(&path, b"guest data").unwrap();
+        create_sparse(&path, 1 << 20).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"guest data");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
