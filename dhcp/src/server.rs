@@ -205,14 +205,7 @@ impl Server {
     }
 
     fn record(&mut self, state: LeaseState, now: SystemTime) {
-        let since = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
-        let expires = match (state, self.config.lease_time) {
-            (LeaseState::Bound, LeaseTime::Finite(d)) => Some(since.saturating_add(d.as_secs())),
-            _ => None,
-        };
+        let (since, expires) = lease_clock(state, self.config.lease_time, now);
         self.lease = Some(Lease {
             address: self.config.address.addr(),
             state,
@@ -334,6 +327,19 @@ impl Server {
         }
         options
     }
+}
+
+/// When a lease entered `state` and, for a bound finite lease, when it runs out, in seconds since the Unix epoch.
+pub(crate) fn lease_clock(state: LeaseState, lifetime: LeaseTime, now: SystemTime) -> (u64, Option<u64>) {
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let expires = match (state, lifetime) {
+        (LeaseState::Bound, LeaseTime::Finite(d)) => Some(since.saturating_add(d.as_secs())),
+        _ => None,
+    };
+    (since, expires)
 }
 
 /// The codes in the client's parameter request list, if it sent one.

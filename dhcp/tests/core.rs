@@ -1,6 +1,8 @@
 //! The pure core, message by message and option by option.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
@@ -631,23 +633,7 @@ fn mutated_requests_never_panic() {
         selecting().opt(DhcpOption::MaxMessageSize(1500)).bytes(),
         Req::new(MessageType::Inform).ciaddr(POD_IP).bytes(),
     ];
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    for round in 0..30_000 {
-        let mut packet = seeds[round % seeds.len()].clone();
-        for _ in 0..=(next() % 8) {
-            let i = (next() as usize) % packet.len();
-            match next() % 3 {
-                0 => packet[i] = next() as u8,
-                1 => packet.truncate(i.max(1)),
-                _ => packet.insert(i, next() as u8),
-            }
-        }
-        let _ = server.handle(&packet, now());
-    }
+    common::mutations(&seeds, 30_000, |packet| {
+        let _ = server.handle(packet, now());
+    });
 }

@@ -1,6 +1,8 @@
 //! The pure DHCPv6 core, message by message and option by option.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::Ipv6Addr;
 use std::time::{Duration, SystemTime};
 
@@ -657,26 +659,10 @@ fn mutated_messages_never_panic() {
             .bytes(),
         Msg::new(MessageType::Confirm).ia(IAID, &[POD_IP]).bytes(),
     ];
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    for round in 0..30_000 {
-        let mut packet = seeds[round % seeds.len()].clone();
-        for _ in 0..=(next() % 8) {
-            let i = (next() as usize) % packet.len();
-            match next() % 3 {
-                0 => packet[i] = next() as u8,
-                1 => packet.truncate(i.max(1)),
-                _ => packet.insert(i, next() as u8),
-            }
-        }
-        if let Outcome::Reply(reply) = server.handle(CLIENT, &packet, now()) {
+    common::mutations(&seeds, 30_000, |packet| {
+        if let Outcome::Reply(reply) = server.handle(CLIENT, packet, now()) {
             assert!(reply.bytes.len() <= MAX_REPLY_LEN);
             Message::decode(&mut Decoder::new(&reply.bytes)).unwrap();
         }
-    }
+    });
 }

@@ -6,14 +6,14 @@
 //! have before.
 
 use std::net::Ipv6Addr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use dhcproto::v6::{self, DhcpOption, IAAddr, IANA, IAPD, Message, MessageType, OptionCode, Status, StatusCode};
 use dhcproto::{Encodable, Encoder};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{LeaseTime, MacAddr};
-use crate::server::LeaseState;
+use crate::server::{LeaseState, lease_clock};
 use crate::v6::config::{Config, MIN_MTU, wire_names};
 use crate::v6::wire::{self, Malformed};
 
@@ -434,14 +434,7 @@ impl Server {
     }
 
     fn record(&mut self, state: LeaseState, now: SystemTime) {
-        let since = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_secs();
-        let expires = match (state, self.config.valid_lifetime) {
-            (LeaseState::Bound, LeaseTime::Finite(d)) => Some(since.saturating_add(d.as_secs())),
-            _ => None,
-        };
+        let (since, expires) = lease_clock(state, self.config.valid_lifetime, now);
         self.lease = Some(Lease {
             address: self.config.address.addr(),
             state,
