@@ -6,6 +6,8 @@
 
 use std::net::SocketAddrV4;
 
+use crate::checksum::Checksum;
+
 const IPV4_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 const IPPROTO_UDP: u8 = 17;
@@ -37,7 +39,7 @@ pub fn ipv4_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8], ttl: u8) -
     packet.extend_from_slice(&[ttl, IPPROTO_UDP, 0, 0]); // checksum filled in below
     packet.extend_from_slice(&src.ip().octets());
     packet.extend_from_slice(&dst.ip().octets());
-    let ip_checksum = checksum(sum(0, &packet));
+    let ip_checksum = Checksum::of(&[&packet]);
     packet[10..12].copy_from_slice(&ip_checksum.to_be_bytes());
 
     packet.extend_from_slice(&src.port().to_be_bytes());
@@ -52,35 +54,13 @@ pub fn ipv4_udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8], ttl: u8) -
     pseudo[4..8].copy_from_slice(&dst.ip().octets());
     pseudo[9] = IPPROTO_UDP;
     pseudo[10..].copy_from_slice(&udp_len.to_be_bytes());
-    let udp_checksum = match checksum(sum(sum(0, &pseudo), &packet[IPV4_HEADER_LEN..])) {
+    let udp_checksum = match Checksum::of(&[&pseudo, &packet[IPV4_HEADER_LEN..]]) {
         // Zero means "no checksum" in UDP over IPv4, so a computed zero is sent as its other form.
         0 => 0xffff,
         value => value,
     };
     packet[IPV4_HEADER_LEN + 6..IPV4_HEADER_LEN + 8].copy_from_slice(&udp_checksum.to_be_bytes());
     Ok(packet)
-}
-
-/// Adds `bytes` as big-endian 16-bit words to `acc`, the last odd byte padded with zero (RFC 1071).
-fn sum(acc: u64, bytes: &[u8]) -> u64 {
-    let mut words = bytes.chunks_exact(2);
-    let mut acc = acc;
-    for word in &mut words {
-        acc += u64::from(u16::from_be_bytes([word[0], word[1]]));
-    }
-    if let [last] = words.remainder() {
-        acc += u64::from(*last) << 8;
-    }
-    acc
-}
-
-/// The one's complement of the one's complement sum `acc`.
-fn checksum(acc: u64) -> u16 {
-    let mut acc = acc;
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16) // the loop leaves at most 16 bits
 }
 
 #[cfg(test)]
@@ -128,9 +108,9 @@ mod tests {
         assert_eq!(u16::from_be_bytes([packet[24], packet[25]]), 556);
         assert_eq!(packet[8], 1);
         assert_eq!(&packet[28..], payload.as_slice());
-        assert_eq!(checksum(sum(0, &packet[..20])), 0);
+        assert_eq!(Checksum::of(&[&packet[..20]]), 0);
         let pseudo = [10, 244, 1, 1, 10, 244, 1, 7, 0, 17, 0x02, 0x2c];
-        assert_eq!(checksum(sum(sum(0, &pseudo), &packet[20..])), 0);
+        assert_eq!(Checksum::of(&[&pseudo, &packet[20..]]), 0);
     }
 
     #[test]

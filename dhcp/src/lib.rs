@@ -3,6 +3,7 @@
 //! [`Server`] is the pure core (request bytes in, reply bytes out) and knows nothing of sockets; the
 //! [`runner`] puts it on an interface.
 
+mod checksum;
 pub mod config;
 pub mod frame;
 pub mod runner;

@@ -9,6 +9,8 @@ use std::net::Ipv6Addr;
 
 use crate::config::MacAddr;
 
+use crate::checksum::Checksum;
+
 pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 pub const NEXT_HEADER_UDP: u8 = 17;
 pub const NEXT_HEADER_ICMPV6: u8 = 58;
@@ -212,31 +214,6 @@ fn pseudo_header_sum(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, upper: &[u8]
     sum.add(&[0, 0, 0, next_header]);
     sum.add(upper);
     sum
-}
-
-/// The Internet checksum (RFC 1071), accumulated over pieces that each have an even length but the last.
-#[derive(Default)]
-struct Checksum(u64);
-
-impl Checksum {
-    fn add(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(2);
-        for word in &mut words {
-            self.0 += u64::from(u16::from_be_bytes([word[0], word[1]]));
-        }
-        if let [last] = words.remainder() {
-            self.0 += u64::from(*last) << 8;
-        }
-    }
-
-    /// The one's complement of the folded sum: what goes in the checksum field, and zero when verifying.
-    fn finish(&self) -> u16 {
-        let mut sum = self.0;
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16) // the loop leaves at most 16 bits
-    }
 }
 
 #[cfg(test)]
