@@ -273,7 +273,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 /// Waits until a UDP socket listens on port 67 in the server's namespace: how ready looks from outside, the same
 /// for both servers.
-fn wait_listening(ns: &NetNs, server: &Child) -> anyhow::Result<()> {
+pub(crate) fn wait_listening(ns: &NetNs, server: &Child) -> anyhow::Result<()> {
     let listening = poll_until(
         "a socket on UDP port 67",
         Duration::from_secs(10),

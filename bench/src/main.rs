@@ -4,9 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod boot;
 mod client;
 mod dhcp;
 mod floor;
+mod pidns;
 mod stats;
 
 #[derive(Parser)]
@@ -24,6 +26,9 @@ enum Command {
     /// DISCOVER→ACK latency and resident memory of `vmlet-launcher dhcp-serve` and dnsmasq, serving the same
     /// host on the same veth pair.
     Dhcp(dhcp::Args),
+    /// Time from `vmlet-launcher run`'s start to the guest's DHCP lease, phase by phase, against a bare QEMU +
+    /// dnsmasq boot of the same guest; resident memory of every process of the VM pod.
+    Boot(boot::Args),
     /// The floor the `dhcp` benchmark measures: a responder with canned replies, run by the benchmark.
     #[command(hide = true)]
     DhcpFloor(floor::Args),
@@ -32,6 +37,7 @@ enum Command {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Dhcp(args) => dhcp::run(&args),
+        Command::Boot(args) => boot::run(&args),
         Command::DhcpFloor(args) => floor::serve(&args),
     };
     match result {
