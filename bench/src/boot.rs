@@ -241,7 +241,10 @@ spec:
     let phases = (|| {
         let starting = log.last("starting")?;
         let network = log.last("network ready")?;
-        let libvirt = log.last("libvirt ready")?;
+        // The driver's own line where the launcher no longer logs one (the driver in a process of its own).
+        let libvirt = log
+            .last("libvirt ready")
+            .or_else(|_| log.last("libvirt's QEMU driver is ready"))?;
         let domain = log.last("domain started")?;
         Ok::<_, anyhow::Error>(LauncherBoot {
             process_start_ms: ms_between(spawned, starting),
