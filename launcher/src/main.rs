@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod dhcp_serve;
-mod domain;
 mod driver;
 mod guest_addressing;
 mod network;

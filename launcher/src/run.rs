@@ -19,8 +19,9 @@ use vmlet_api::Binding;
 use vmlet_control::{Command, DhcpStatus, Exit, InterfaceStatus, Phase, Status};
 use vmlet_dhcp::runner::{Runner, Status as DhcpRunnerStatus};
 
-use crate::domain::InterfaceSpec;
-use crate::driver::{Domain, DomainState, Driver, ShutOffReason, accel};
+use vmlet_domain::InterfaceSpec;
+
+use crate::driver::{Domain, DomainState, DriverProcess, ShutOffReason, accel};
 use crate::guest_addressing;
 use crate::network::bridge::BridgeBinding;
 use crate::spec::{self, SPEC_ENV, VmSpec};
@@ -156,17 +157,12 @@ async fn launch(vm: VmSpec, binding: Binding, args: Args) -> anyhow::Result<Endi
     for disk in &plan.empty_disks {
         create_sparse(&disk.path, disk.bytes)?;
     }
-    let (libvirt_dir, cache_dir) = (run_dir.clone(), args.cache_dir.clone());
     let started = Instant::now();
-    let driver = tokio::task::spawn_blocking(move || Driver::start(&libvirt_dir, &cache_dir)).await??;
-    info!(elapsed_ms = started.elapsed().as_millis() as u64, "libvirt ready");
-    let domain_spec = plan.domain.clone();
-    let (driver, domain) = tokio::task::spawn_blocking(move || {
-        let domain = driver.define_and_start(&domain_spec);
-        (driver, domain)
-    })
-    .await?;
-    let domain = domain.context("cannot start the domain")?;
+    let driver = DriverProcess::spawn()?;
+    let domain = driver
+        .start(&plan.domain, &run_dir, &args.cache_dir)
+        .await
+        .context("cannot start the domain")?;
     info!(domain = %domain.name(), elapsed_ms = started.elapsed().as_millis() as u64, "domain started");
 
     let interface = InterfaceStatus {
@@ -209,7 +205,7 @@ async fn launch(vm: VmSpec, binding: Binding, args: Args) -> anyhow::Result<Endi
     let ending = supervise(&domain, &control, &mut requests, grace).await?;
     control.set_phase(Phase::Stopped, Some(ending.as_exit()));
     let _ = stop_dhcp.send(true);
-    drop(driver);
+    driver.stop().await;
     Ok(ending)
 }
 
@@ -255,21 +251,15 @@ async fn supervise(
                 info!(grace_secs = grace.as_secs(), "shutting the guest down");
                 deadline = Some(tokio::time::Instant::now() + grace);
                 control.set_phase(Phase::ShuttingDown, None);
-                let target = domain.clone();
-                if let Err(err) = tokio::task::spawn_blocking(move || target.shutdown()).await? {
+                if let Err(err) = domain.shutdown().await {
                     warn!(error = %err, "ACPI shutdown failed: destroying the guest");
-                    destroy(domain.clone()).await?;
+                    domain.destroy().await?;
                 }
             }
-            Command::Kill => destroy(domain.clone()).await?,
+            Command::Kill => domain.destroy().await?,
             _ => {}
         }
     }
-}
-
-async fn destroy(domain: Domain) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || domain.destroy()).await??;
-    Ok(())
 }
 
 /// The control socket's view of the launcher.
@@ -348,19 +338,13 @@ impl vmlet_control::Handler for Control {
         }
         match command {
             Command::Pause | Command::Resume => {
-                let domain = self.domain.clone();
-                let result = tokio::task::spawn_blocking(move || {
-                    if command == Command::Pause {
-                        domain.pause()
-                    } else {
-                        domain.resume()
-                    }
-                })
-                .await;
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => return Err(refuse(vmlet_control::ErrorKind::Failed, err.to_string())),
-                    Err(err) => return Err(refuse(vmlet_control::ErrorKind::Failed, err.to_string())),
+                let result = if command == Command::Pause {
+                    self.domain.pause().await
+                } else {
+                    self.domain.resume().await
+                };
+                if let Err(err) = result {
+                    return Err(refuse(vmlet_control::ErrorKind::Failed, err.to_string()));
                 }
             }
             Command::Shutdown | Command::Kill => {

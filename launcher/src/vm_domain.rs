@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 use vmlet_api::{HostDiskType, Volume, parse_quantity};
 
-use crate::domain::InterfaceSpec;
-use crate::domain::{
+use crate::spec::VmSpec;
+use vmlet_domain::InterfaceSpec;
+use vmlet_domain::{
     Accel, Boot, ConsolePaths, DEFAULT_MACHINE, DiskFormat, DiskMedia, DiskSource, DiskSpec, DomainSpec,
 };
-use crate::spec::VmSpec;
 
 /// Where vmlet's own UUIDs live, so a VM's UUID follows from its identity and survives a launcher restart.
 const UUID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0e_5a2c_9d1b_4c4e_8f3a_7b52_1e9d_0c11);

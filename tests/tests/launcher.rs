@@ -2,7 +2,7 @@
 //! end, in a namespace that plays the node, holds the gateway), as PID 1 of a PID namespace of its own, booting the
 //! real test guest of `images/guest/` under libvirt. Every check reads what the guest printed on its serial console.
 //!
-//! Needs root and a built `vmlet-launcher` (`cargo build -p vmlet-launcher`).
+//! Needs root and the built `vmlet-launcher` and `vmlet-driver` (`cargo build --workspace`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -424,4 +424,36 @@ fn an_invalid_spec_is_refused_and_nothing_is_touched() {
         "the pod interface is as it was"
     );
     assert!(!pod.run_dir().exists(), "nothing was written");
+}
+
+#[test]
+fn a_dead_driver_takes_the_launcher_and_the_guest_down() {
+    let _guest = one_guest_at_a_time();
+    let pod = VmPod::subnet();
+    let mut launcher = pod.start(&pod.manifest("10.244.1.1", "256Mi"));
+    pod.wait_console(&launcher, "VMLET-GUEST lease ", 1);
+    assert!(!pod.vm_processes().is_empty(), "QEMU runs for the pod");
+
+    let driver = poll_until(
+        "vmlet-driver under the launcher",
+        WAIT,
+        Duration::from_millis(50),
+        || {
+            children(launcher.launcher_pid()).into_iter().find(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.ends_with("vmlet-driver"))
+            })
+        },
+    )
+    .unwrap();
+    launcher.signal(driver, nix::sys::signal::Signal::SIGKILL);
+    let code = launcher.exit_code(WAIT);
+    assert!(
+        code.is_some_and(|code| code != 0),
+        "exit {code:?}:\n{}",
+        launcher.process.output()
+    );
+    let left = poll_until("no QEMU left", WAIT, Duration::from_millis(100), || {
+        pod.vm_processes().is_empty().then_some(())
+    });
+    assert!(left.is_ok(), "left behind: {:?}", pod.vm_processes());
 }

@@ -9,7 +9,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::domain::{Accel, UnknownAccel};
+use vmlet_domain::{Accel, UnknownAccel};
 
 /// The environment variable that overrides detection: `kvm` or `tcg`.
 pub const ACCEL_ENV: &str = "VMLET_ACCEL";

@@ -1,182 +1,169 @@
-//! libvirt's QEMU driver, embedded in the launcher (`qemu:///embed?root=RUN_DIR/libvirt`), and the lifecycle of the
-//! pod's domain.
-//!
-//! Embedded rather than a per-pod `libvirtd`: measured in `docs/driver-choice.md`, it starts domains as fast, uses
-//! about 23 MB less memory, and needs no daemon to supervise nor a mount namespace to hide its paths.
+//! The pod's domain, run by libvirt's QEMU driver in `vmlet-driver`, a child process, so that the launcher links no
+//! libvirt: a launcher (and its PID 1) without libvirt's fifty libraries takes a fraction of the memory
+//! (`docs/driver-choice.md`).
 //!
 //! The launcher runs as PID 1 of a PID namespace (the pod's, or one of its own in tests and standalone mode), split
-//! by [`init`] into a reaper that stays PID 1 and the launcher proper, its child, which hosts this driver. libvirt
-//! daemonizes QEMU, so QEMU is re-parented to that PID 1, which reaps it as soon as it exits and exits itself when
-//! the launcher does, whatever the cause: the kernel then kills everything left in the namespace, QEMU included.
-//! Dropping the [`Driver`] destroys its domains, which also covers a launcher that exits normally outside a PID
-//! namespace (libvirt's own autodestroy is not available to embedded drivers).
+//! by [`init`] into a reaper that stays PID 1 and the launcher proper, its child, whose child is the driver. libvirt
+//! daemonizes QEMU, so QEMU is re-parented to that PID 1, which reaps it as soon as it exits and exits itself when the
+//! launcher does, whatever the cause: the kernel then kills everything left in the namespace, QEMU and the driver
+//! included. The driver also exits when its stdin closes, destroying the domain first, and dies with the launcher
+//! (`PR_SET_PDEATHSIG`) even outside a PID namespace.
 //!
-//! virt is synchronous; its handles are `Send + Sync` and libvirt is thread-safe. Async callers run these calls in
-//! `tokio::task::spawn_blocking` (each takes milliseconds, except [`Driver::start`] and
-//! [`Driver::define_and_start`]). State changes arrive on a tokio watch channel fed by a polling thread, so waiting
-//! for them blocks nothing. libvirt's event loop, which the embedded driver needs, runs on a thread of its own.
+//! Requests and events are JSON lines (`vmlet_domain::protocol`): a task writes requests to the driver's stdin,
+//! another reads its stdout, hands each reply to the request it answers and state changes to a watch channel, which
+//! closes when the driver exits.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::watch;
-use virt::connect::Connect;
-use virt::sys;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use vmlet_domain::DomainSpec;
+use vmlet_domain::protocol::{Command, Event, Request, to_line};
 
-use crate::domain::{DomainSpec, DomainSpecError};
+pub use vmlet_domain::{DomainState, ShutOffReason};
 
 pub mod accel;
 pub mod init;
-mod root;
-mod state;
+
+/// The environment variable that names the driver program; by default `vmlet-driver` next to the launcher's own.
+pub const DRIVER_ENV: &str = "VMLET_DRIVER";
+/// How long a driver whose stdin closed may take to destroy its domain and exit: libvirt gives a QEMU that ignores
+/// SIGTERM 10 s before SIGKILL.
+const STOP_BOUND: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("libvirt's QEMU driver cannot run in PID 1, which must reap QEMU: run the launcher under its init")]
-    Pid1,
-    #[error("cannot prepare libvirt's directory {}", .path.display())]
-    Prepare {
-        path: PathBuf,
+    #[error("cannot locate the launcher's own program")]
+    Locate(#[source] io::Error),
+    #[error("cannot run {}", .program.display())]
+    Spawn {
+        program: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot run libvirt's event loop: {0}")]
-    EventLoop(String),
-    #[error("cannot open libvirt's QEMU driver in {}", .root.display())]
-    Connect {
-        root: PathBuf,
-        #[source]
-        source: LibvirtError,
-    },
-    #[error("invalid domain {name}")]
-    Spec {
-        name: String,
-        #[source]
-        source: DomainSpecError,
-    },
-    #[error("cannot define domain {name}")]
-    Define {
-        name: String,
-        #[source]
-        source: LibvirtError,
-    },
-    #[error("cannot start domain {name}")]
-    Start {
-        name: String,
-        #[source]
-        source: LibvirtError,
-    },
-    #[error("cannot start a thread")]
-    Thread(#[source] io::Error),
-    #[error("cannot {action} domain {name}")]
-    Domain {
-        action: &'static str,
-        name: String,
-        #[source]
-        source: LibvirtError,
-    },
+    #[error("cannot encode a request")]
+    Encode(#[source] serde_json::Error),
+    #[error("vmlet-driver has exited")]
+    Gone,
+    /// The driver's own message, which names what failed.
+    #[error("{0}")]
+    Failed(String),
+    #[error("vmlet-driver answered out of turn: {0:?}")]
+    Unexpected(Event),
 }
 
-/// libvirt's message for a failed call.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LibvirtError(String);
+/// The running `vmlet-driver`. Dropping it closes the driver's stdin, and the driver destroys the domain and exits.
+pub struct DriverProcess {
+    connection: Arc<Connection>,
+    states: watch::Receiver<DomainState>,
+    /// Ends once the driver has exited and been reaped.
+    exited: JoinHandle<()>,
+    /// Dropped or sent, it closes the driver's stdin.
+    close: Option<oneshot::Sender<()>>,
+    kill: Option<oneshot::Sender<()>>,
+}
 
-impl From<virt::error::Error> for LibvirtError {
-    fn from(error: virt::error::Error) -> LibvirtError {
-        LibvirtError(error.message().to_owned())
+impl DriverProcess {
+    /// Starts `vmlet-driver` ([`DRIVER_ENV`], else next to this program), idle until [`DriverProcess::start`].
+    ///
+    /// Call it from a thread that lives as long as the launcher, such as the one running the launcher's
+    /// single-threaded runtime: the driver's `PR_SET_PDEATHSIG` fires when the *thread* that spawned it exits.
+    pub fn spawn() -> Result<DriverProcess, DriverError> {
+        let program = match std::env::var_os(DRIVER_ENV) {
+            Some(program) => PathBuf::from(program),
+            None => std::env::current_exe()
+                .map_err(DriverError::Locate)?
+                .with_file_name("vmlet-driver"),
+        };
+        let spawn_error = |source| DriverError::Spawn {
+            program: program.clone(),
+            source,
+        };
+        let mut child = tokio::process::Command::new(&program)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(spawn_error)?;
+        let pipes = child.stdin.take().zip(child.stdout.take());
+        let Some((stdin, stdout)) = pipes else {
+            return Err(spawn_error(io::Error::other("no pipe to its stdin or stdout")));
+        };
+        let (requests, lines) = mpsc::unbounded_channel();
+        let (close, closed) = oneshot::channel();
+        let (kill, killed) = oneshot::channel();
+        let (state_sender, states) = watch::channel(DomainState::NoState);
+        let connection = Arc::new(Connection {
+            requests,
+            pending: Mutex::new(Some(HashMap::new())),
+            next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(write_requests(stdin, lines, closed));
+        let exited = tokio::spawn(read_events(
+            child,
+            stdout,
+            Arc::clone(&connection),
+            state_sender,
+            killed,
+        ));
+        Ok(DriverProcess {
+            connection,
+            states,
+            exited,
+            close: Some(close),
+            kill: Some(kill),
+        })
     }
-}
 
-/// The embedded QEMU driver: one per launcher process.
-pub struct Driver {
-    connection: Connect,
-}
-
-impl Driver {
     /// Opens libvirt's QEMU driver with its files in `run_dir/libvirt` and QEMU's capabilities cached in
-    /// `cache_dir`, shared by the pods on the node that run the same launcher image: with a warm cache this takes
-    /// about 50 ms, without one about 1.5 s, the time libvirt takes to probe QEMU.
-    pub fn start(run_dir: &Path, cache_dir: &Path) -> Result<Driver, DriverError> {
-        if init::is_pid1() {
-            return Err(DriverError::Pid1);
-        }
-        let started = Instant::now();
-        let root = run_dir.join("libvirt");
-        root::prepare(&root, cache_dir).map_err(|source| DriverError::Prepare {
-            path: root.clone(),
-            source,
+    /// `cache_dir` (about 50 ms with a warm cache, 1.5 s without), then defines and starts the domain.
+    pub async fn start(&self, spec: &DomainSpec, run_dir: &Path, cache_dir: &Path) -> Result<Domain, DriverError> {
+        let mut events = self.connection.request(Command::Start {
+            domain: Box::new(spec.clone()),
+            run_dir: run_dir.to_owned(),
+            cache_dir: cache_dir.to_owned(),
         })?;
-        start_event_loop()?;
-        let connect_error = |error: virt::error::Error| DriverError::Connect {
-            root: root.clone(),
-            source: error.into(),
-        };
-        let connection = Connect::open(Some(&root::embed_uri(&root))).map_err(connect_error)?;
-        // libvirt probes QEMU on the first call that needs its capabilities: make it this one, not the first start.
-        let version = connection.get_hyp_version().map_err(connect_error)?;
-        tracing::info!(
-            root = %root.display(),
-            qemu = %format_args!("{}.{}.{}", version / 1_000_000, version / 1000 % 1000, version % 1000),
-            elapsed_ms = started.elapsed().as_millis(),
-            "libvirt's QEMU driver is ready"
-        );
-        Ok(Driver { connection })
+        loop {
+            match events.recv().await.ok_or(DriverError::Gone)? {
+                Event::Ready {
+                    qemu_version,
+                    elapsed_ms,
+                    ..
+                } => tracing::info!(qemu = qemu_version, elapsed_ms, "libvirt ready"),
+                Event::Started { .. } => {
+                    return Ok(Domain {
+                        name: spec.name.clone(),
+                        connection: Arc::clone(&self.connection),
+                        states: self.states.clone(),
+                    });
+                }
+                Event::Error { message, .. } => return Err(DriverError::Failed(message)),
+                other => return Err(DriverError::Unexpected(other)),
+            }
+        }
     }
 
-    /// Defines the domain (replacing an earlier definition of the same name) and starts it.
-    pub fn define_and_start(&self, spec: &DomainSpec) -> Result<Domain, DriverError> {
-        let started = Instant::now();
-        let name = spec.name.clone();
-        let xml = spec.to_xml().map_err(|source| DriverError::Spec {
-            name: name.clone(),
-            source,
-        })?;
-        let domain = virt::domain::Domain::define_xml(&self.connection, &xml).map_err(|error| DriverError::Define {
-            name: name.clone(),
-            source: error.into(),
-        })?;
-        domain.create().map_err(|error| DriverError::Start {
-            name: name.clone(),
-            source: error.into(),
-        })?;
-        let states = match state::watch(&name, domain.clone(), DomainState::Running) {
-            Ok(states) => states,
-            Err(error) => {
-                if let Err(destroy_error) = domain.destroy() {
-                    let error = LibvirtError::from(destroy_error);
-                    tracing::warn!(domain = name, %error, "cannot destroy the unwatched domain");
-                }
-                return Err(DriverError::Thread(error));
+    /// Closes the driver's stdin and waits until it has destroyed the domain and exited; kills it after
+    /// [`STOP_BOUND`].
+    pub async fn stop(mut self) {
+        drop(self.close.take());
+        if tokio::time::timeout(STOP_BOUND, &mut self.exited).await.is_err() {
+            tracing::warn!(
+                bound_secs = STOP_BOUND.as_secs(),
+                "vmlet-driver did not exit: killing it"
+            );
+            if let Some(kill) = self.kill.take() {
+                let _ = kill.send(());
             }
-        };
-        tracing::info!(
-            domain = name,
-            elapsed_ms = started.elapsed().as_millis(),
-            "domain started"
-        );
-        Ok(Domain { name, domain, states })
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // The guest lives and dies with the launcher.
-        match self.connection.list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE) {
-            Ok(domains) => {
-                for domain in domains {
-                    if let Err(error) = domain.destroy() {
-                        tracing::warn!(error = %LibvirtError::from(error), "cannot destroy a domain");
-                    }
-                }
-            }
-            Err(error) => tracing::warn!(error = %LibvirtError::from(error), "cannot list the running domains"),
-        }
-        if let Err(error) = self.connection.close() {
-            tracing::warn!(error = %LibvirtError::from(error), "cannot close the connection to libvirt");
+            let _ = (&mut self.exited).await;
         }
     }
 }
@@ -185,7 +172,7 @@ impl Drop for Driver {
 #[derive(Clone)]
 pub struct Domain {
     name: String,
-    domain: virt::domain::Domain,
+    connection: Arc<Connection>,
     states: watch::Receiver<DomainState>,
 }
 
@@ -194,132 +181,150 @@ impl Domain {
         &self.name
     }
 
-    /// The state now, asked of libvirt.
-    pub fn state(&self) -> Result<DomainState, DriverError> {
-        let (state, reason) = self
-            .domain
-            .get_state()
-            .map_err(|error| self.error("read the state of", error))?;
-        Ok(DomainState::from_libvirt(state, reason))
-    }
-
-    /// The state as polled every 200 ms; `changed()` on the receiver wakes on every change, including QEMU dying.
+    /// The state as the driver polls it, every 200 ms; `changed()` on the receiver wakes on every change, including
+    /// QEMU dying, and fails once the driver has exited.
     pub fn watch_state(&self) -> watch::Receiver<DomainState> {
         self.states.clone()
     }
 
     /// Presses the ACPI power button; the guest decides whether and when to power off.
-    pub fn shutdown(&self) -> Result<(), DriverError> {
-        self.domain
-            .shutdown_flags(sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-            .map(drop)
-            .map_err(|error| self.error("shut down", error))
+    pub async fn shutdown(&self) -> Result<(), DriverError> {
+        self.connection.call(Command::Shutdown).await
     }
 
     /// Kills QEMU. A domain that has already stopped is left as it is.
-    pub fn destroy(&self) -> Result<(), DriverError> {
-        match self.domain.destroy() {
-            Ok(()) => Ok(()),
-            Err(_) if self.state().is_ok_and(DomainState::is_stopped) => Ok(()),
-            Err(error) => Err(self.error("destroy", error)),
-        }
+    pub async fn destroy(&self) -> Result<(), DriverError> {
+        self.connection.call(Command::Destroy).await
     }
 
     /// Stops the guest's vCPUs; QEMU keeps its memory.
-    pub fn pause(&self) -> Result<(), DriverError> {
-        self.domain
-            .suspend()
-            .map(drop)
-            .map_err(|error| self.error("pause", error))
+    pub async fn pause(&self) -> Result<(), DriverError> {
+        self.connection.call(Command::Pause).await
     }
 
-    pub fn resume(&self) -> Result<(), DriverError> {
-        self.domain
-            .resume()
-            .map(drop)
-            .map_err(|error| self.error("resume", error))
+    pub async fn resume(&self) -> Result<(), DriverError> {
+        self.connection.call(Command::Resume).await
+    }
+}
+
+/// The launcher's end of the pipes.
+struct Connection {
+    /// Lines for the driver's stdin.
+    requests: mpsc::UnboundedSender<String>,
+    /// Where to deliver the events that answer each request; `None` once the driver has exited.
+    pending: Mutex<Option<HashMap<u64, mpsc::UnboundedSender<Event>>>>,
+    next_id: AtomicU64,
+}
+
+impl Connection {
+    /// Sends `command`; the receiver gets the events that answer it, and ends if the driver exits first.
+    fn request(&self, command: Command) -> Result<mpsc::UnboundedReceiver<Event>, DriverError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let line = to_line(&Request { id, command }).map_err(DriverError::Encode)?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.pending
+            .lock()
+            .map_err(|_| DriverError::Gone)?
+            .as_mut()
+            .ok_or(DriverError::Gone)?
+            .insert(id, sender);
+        self.requests.send(line).map_err(|_| DriverError::Gone)?;
+        Ok(receiver)
     }
 
-    fn error(&self, action: &'static str, error: virt::error::Error) -> DriverError {
-        DriverError::Domain {
-            action,
-            name: self.name.clone(),
-            source: error.into(),
+    /// Sends a command that the driver answers with `done` or `error`.
+    async fn call(&self, command: Command) -> Result<(), DriverError> {
+        match self.request(command)?.recv().await.ok_or(DriverError::Gone)? {
+            Event::Done { .. } => Ok(()),
+            Event::Error { message, .. } => Err(DriverError::Failed(message)),
+            other => Err(DriverError::Unexpected(other)),
+        }
+    }
+
+    fn deliver(&self, event: Event) {
+        let Some(id) = event.request_id() else { return };
+        let Ok(mut pending) = self.pending.lock() else { return };
+        let Some(pending) = pending.as_mut() else { return };
+        let delivered = if event.is_final() {
+            pending.remove(&id).map(|sender| sender.send(event))
+        } else {
+            pending.get(&id).map(|sender| sender.send(event))
+        };
+        if delivered.is_none() {
+            tracing::warn!(id, "vmlet-driver answered a request that was never made");
+        }
+    }
+
+    /// Fails every request in flight and every later one.
+    fn close(&self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            *pending = None;
         }
     }
 }
 
-/// A domain's state, as libvirt reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DomainState {
-    /// Defined, or between two states.
-    NoState,
-    Running,
-    Paused(PausedReason),
-    /// The guest is shutting down after a request.
-    ShuttingDown,
-    ShutOff(ShutOffReason),
-    /// The guest crashed and QEMU was kept (never with vmlet's `on_crash=destroy`).
-    Crashed,
-    /// The guest suspended itself (ACPI S3).
-    PmSuspended,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PausedReason {
-    /// Someone asked: [`Domain::pause`].
-    User,
-    /// A disk failed, typically out of space on the host; the guest resumes once it is fixed.
-    IoError,
-    Other,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShutOffReason {
-    /// The guest powered off.
-    Shutdown,
-    /// [`Domain::destroy`].
-    Destroyed,
-    /// The guest crashed, or QEMU died.
-    Crashed,
-    /// QEMU could not start.
-    Failed,
-    Other,
-}
-
-impl DomainState {
-    /// Whether QEMU has exited: the guest will not run again unless started anew.
-    pub fn is_stopped(self) -> bool {
-        matches!(self, DomainState::ShutOff(_) | DomainState::Crashed)
-    }
-}
-
-/// libvirt's default event loop, registered once per process and run on its own thread: the embedded driver
-/// handles QEMU's monitor and QEMU's exit through it.
-fn start_event_loop() -> Result<(), DriverError> {
-    static EVENT_LOOP: OnceLock<Result<(), String>> = OnceLock::new();
-    EVENT_LOOP
-        .get_or_init(|| {
-            // By default libvirt also prints every error to stderr; the errors returned here carry them.
-            virt::error::clear_error_callback();
-            virt::event::event_register_default_impl().map_err(|error| LibvirtError::from(error).to_string())?;
-            thread::Builder::new()
-                .name("libvirt-events".to_owned())
-                .spawn(run_event_loop)
-                .map(drop)
-                .map_err(|error| format!("cannot start its thread: {error}"))
-        })
-        .clone()
-        .map_err(DriverError::EventLoop)
-}
-
-fn run_event_loop() {
+async fn write_requests(
+    mut stdin: ChildStdin,
+    mut lines: mpsc::UnboundedReceiver<String>,
+    mut close: oneshot::Receiver<()>,
+) {
     loop {
-        if let Err(error) = virt::event::event_run_default_impl() {
-            tracing::warn!(error = %LibvirtError::from(error), "libvirt's event loop failed an iteration");
-            thread::sleep(Duration::from_millis(100));
+        tokio::select! {
+            line = lines.recv() => {
+                let Some(line) = line else { break };
+                // A driver that cannot read is gone, which the reader of its stdout reports.
+                if stdin.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            _ = &mut close => break,
         }
     }
+}
+
+async fn read_events(
+    mut child: Child,
+    stdout: ChildStdout,
+    connection: Arc<Connection>,
+    states: watch::Sender<DomainState>,
+    mut kill: oneshot::Receiver<()>,
+) {
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line,
+            Ok(()) = &mut kill => {
+                let _ = child.start_kill();
+                break;
+            }
+        };
+        match line {
+            Ok(Some(line)) => match serde_json::from_str(&line) {
+                Ok(Event::State { state }) => {
+                    states.send_replace(state);
+                }
+                // The domain runs from now on; no state change precedes `started`.
+                Ok(event @ Event::Started { .. }) => {
+                    states.send_replace(DomainState::Running);
+                    connection.deliver(event);
+                }
+                Ok(event) => connection.deliver(event),
+                Err(error) => tracing::warn!(%error, line, "vmlet-driver wrote something other than an event"),
+            },
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read vmlet-driver's events");
+                break;
+            }
+        }
+    }
+    connection.close();
+    match child.wait().await {
+        Ok(status) if status.success() => tracing::info!("vmlet-driver exited"),
+        Ok(status) => tracing::error!(%status, "vmlet-driver exited"),
+        Err(error) => tracing::error!(%error, "cannot wait for vmlet-driver"),
+    }
+    // Dropping `states` here tells every watcher that the domain is out of reach.
 }
 
 #[cfg(test)]

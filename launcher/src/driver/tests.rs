@@ -1,5 +1,6 @@
-//! The driver against the real libvirt and QEMU, booting vmlet's test guest (`images/guest/build.sh`) under the
-//! accelerator the launcher would choose (TCG on the CI machines). Needs root.
+//! [`DriverProcess`] against the built `vmlet-driver`, the real libvirt and QEMU, booting vmlet's test guest
+//! (`images/guest/build.sh`) under the accelerator the launcher would choose (TCG on the CI machines). Needs root and
+//! `cargo build -p vmlet-driver`.
 //!
 //! Each `root_*` test runs a scenario (an ignored test below) as PID 1 of a new PID namespace, as the launcher runs
 //! in a pod, through `unshare --pid --fork --mount-proc --kill-child`; PID 1 splits with [`init`] as the launcher
@@ -12,10 +13,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use vmlet_testkit::{Child, ScratchDir, output_within, poll_until, require_root, unique_name};
+use vmlet_domain::{Accel, Boot, ConsolePaths, DEFAULT_MACHINE, PausedReason};
+use vmlet_testkit::{Child, ScratchDir, binary, output_within, poll_until, require_root, unique_name};
 
 use super::*;
-use crate::domain::{Boot, ConsolePaths, DEFAULT_MACHINE};
 
 // How a root_* test tells its scenario what to use.
 const RUN_DIR_ENV: &str = "VMLET_TEST_RUN_DIR";
@@ -77,62 +78,59 @@ fn root_qemu_dies_with_the_launcher() {
 #[test]
 #[ignore = "a scenario: root_guest_lifecycle runs it in a PID namespace"]
 fn scenario_lifecycle() {
-    run_scenario(|env| {
-        let driver = Driver::start(&env.run_dir, &test_cache_dir()).unwrap();
+    run_scenario(|env| async move {
         let accel = accel::choose().unwrap();
-
         let spec = env.spec(accel, "console=ttyS0 panic=-1");
-        let domain = DestroyOnDrop(driver.define_and_start(&spec).unwrap());
-        wait_for_console(&domain, &spec.console, "Linux version");
-        wait_for_console(&domain, &spec.console, "VMLET-GUEST init");
-        assert_eq!(domain.state().unwrap(), DomainState::Running);
-        let states = domain.watch_state();
+        let driver = DriverProcess::spawn().unwrap();
+        let domain = driver.start(&spec, &env.run_dir, &test_cache_dir()).await.unwrap();
+        let mut states = domain.watch_state();
         assert_eq!(*states.borrow(), DomainState::Running);
+        wait_for_console(&spec.console, "Linux version");
+        wait_for_console(&spec.console, "VMLET-GUEST init");
+        let again = driver.start(&spec, &env.run_dir, &test_cache_dir()).await;
+        assert!(matches!(again, Err(DriverError::Failed(_))), "{:?}", again.err());
 
-        domain.pause().unwrap();
-        assert_eq!(domain.state().unwrap(), DomainState::Paused(PausedReason::User));
-        wait_for_state(&states, DomainState::Paused(PausedReason::User));
-        domain.resume().unwrap();
-        wait_for_state(&states, DomainState::Running);
+        domain.pause().await.unwrap();
+        wait_for_state(&mut states, DomainState::Paused(PausedReason::User)).await;
+        domain.resume().await.unwrap();
+        wait_for_state(&mut states, DomainState::Running).await;
 
         // The test guest runs no ACPI daemon and ignores the button: that the request is accepted is all to check.
-        domain.shutdown().unwrap();
+        domain.shutdown().await.unwrap();
         let destroying = Instant::now();
-        domain.destroy().unwrap();
+        domain.destroy().await.unwrap();
         assert!(
             destroying.elapsed() < DESTROY_BOUND,
             "destroy took {:?}",
             destroying.elapsed()
         );
-        assert_eq!(domain.state().unwrap(), DomainState::ShutOff(ShutOffReason::Destroyed));
-        wait_for_state(&states, DomainState::ShutOff(ShutOffReason::Destroyed));
-        domain.destroy().unwrap();
+        wait_for_state(&mut states, DomainState::ShutOff(ShutOffReason::Destroyed)).await;
+        domain.destroy().await.unwrap();
         assert_no_qemu_in_this_namespace();
-        drop(domain);
+        driver.stop().await;
+        assert!(states.changed().await.is_err(), "the states end with the driver");
+        assert!(matches!(domain.pause().await, Err(DriverError::Gone)));
 
-        // Defined again under the same name, the guest now powers itself off; the watch sees QEMU go.
+        // Defined again under the same name by a new driver, the guest now powers itself off; the driver sees QEMU go.
         let spec = env.spec(accel, "console=ttyS0 panic=-1 vmlet.poweroff=1");
-        let domain = DestroyOnDrop(driver.define_and_start(&spec).unwrap());
-        let states = domain.watch_state();
-        let stopped = poll_until(
-            "the guest to power off",
-            POWEROFF_TIMEOUT,
-            Duration::from_millis(50),
-            || {
-                let state = *states.borrow();
-                state.is_stopped().then_some(state)
-            },
-        )
-        .unwrap_or_else(|timeout| panic!("{timeout}\nconsole:\n{}", console_log(&spec.console)));
+        let driver = DriverProcess::spawn().unwrap();
+        let domain = driver.start(&spec, &env.run_dir, &test_cache_dir()).await.unwrap();
+        let mut states = domain.watch_state();
+        let stopped = tokio::time::timeout(POWEROFF_TIMEOUT, states.wait_for(|state| state.is_stopped()))
+            .await
+            .unwrap_or_else(|_| panic!("the guest did not power off\nconsole:\n{}", console_log(&spec.console)))
+            .map(|state| *state)
+            .unwrap();
         assert_eq!(stopped, DomainState::ShutOff(ShutOffReason::Shutdown));
         assert!(console_log(&spec.console).contains("VMLET-GUEST ready"));
         assert_no_qemu_in_this_namespace();
+        driver.stop().await;
 
-        // Dropping the driver destroys what still runs.
+        // A driver whose stdin closes destroys what still runs.
         let spec = env.spec(accel, "console=ttyS0 panic=-1");
-        let domain = driver.define_and_start(&spec).unwrap();
-        drop(driver);
-        assert!(domain.state().unwrap().is_stopped());
+        let driver = DriverProcess::spawn().unwrap();
+        driver.start(&spec, &env.run_dir, &test_cache_dir()).await.unwrap();
+        driver.stop().await;
         assert_no_qemu_in_this_namespace();
     });
 }
@@ -140,20 +138,20 @@ fn scenario_lifecycle() {
 #[test]
 #[ignore = "a scenario: root_qemu_dies_with_the_launcher runs it in a PID namespace, then kills it"]
 fn scenario_running_guest() {
-    run_scenario(|env| {
-        let driver = Driver::start(&env.run_dir, &test_cache_dir()).unwrap();
+    run_scenario(|env| async move {
         let spec = env.spec(accel::choose().unwrap(), "console=ttyS0 panic=-1");
-        let domain = DestroyOnDrop(driver.define_and_start(&spec).unwrap());
-        wait_for_console(&domain, &spec.console, "VMLET-GUEST init");
+        let driver = DriverProcess::spawn().unwrap();
+        let _domain = driver.start(&spec, &env.run_dir, &test_cache_dir()).await.unwrap();
+        wait_for_console(&spec.console, "VMLET-GUEST init");
         println!("{RUNNING_LINE}");
-        std::thread::sleep(SCENARIO_TIMEOUT);
+        tokio::time::sleep(SCENARIO_TIMEOUT).await;
         panic!("not killed within {SCENARIO_TIMEOUT:?}");
     });
 }
 
 /// Runs a scenario the way the launcher runs: PID 1 of the namespace runs this test again as its child, under
-/// [`init`], and the child runs `body`.
-fn run_scenario(body: impl FnOnce(&ScenarioEnv)) {
+/// [`init`], and the child runs `body` on a runtime like the launcher's, whose thread spawns the driver.
+fn run_scenario<F: Future<Output = ()>>(body: impl FnOnce(ScenarioEnv) -> F) {
     if std::env::var_os(RUN_DIR_ENV).is_none() {
         eprintln!("skipped: scenarios run only inside the root_* tests");
         return;
@@ -166,7 +164,11 @@ fn run_scenario(body: impl FnOnce(&ScenarioEnv)) {
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .with_test_writer()
         .try_init();
-    body(&ScenarioEnv::from_env());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(body(ScenarioEnv::from_env()));
 }
 
 /// What a scenario gets from the test that starts it.
@@ -187,7 +189,7 @@ impl ScenarioEnv {
     }
 
     /// The test guest, booted directly, with no disk and no NIC.
-    fn spec(&self, accel: crate::domain::Accel, cmdline: &str) -> DomainSpec {
+    fn spec(&self, accel: Accel, cmdline: &str) -> DomainSpec {
         DomainSpec {
             name: self.domain.clone(),
             uuid: uuid::Uuid::from_u128(0x766d_6c65_7400_4000_8000_0000_0000_0001),
@@ -209,25 +211,6 @@ impl ScenarioEnv {
     }
 }
 
-/// Destroys the domain when the scenario ends, whether it passes or panics.
-struct DestroyOnDrop(Domain);
-
-impl std::ops::Deref for DestroyOnDrop {
-    type Target = Domain;
-
-    fn deref(&self) -> &Domain {
-        &self.0
-    }
-}
-
-impl Drop for DestroyOnDrop {
-    fn drop(&mut self) {
-        if let Err(error) = self.0.destroy() {
-            eprintln!("cannot destroy {}: {error}", self.0.name());
-        }
-    }
-}
-
 /// Starts `scenario` of this test binary as PID 1 of a new PID namespace, with its own /proc.
 fn start_scenario(scenario: &str, run_dir: &ScratchDir, domain: &str) -> Child {
     let test_binary = std::env::current_exe().unwrap();
@@ -239,7 +222,8 @@ fn start_scenario(scenario: &str, run_dir: &ScratchDir, domain: &str) -> Child {
         .args(["--include-ignored", "--nocapture", "--test-threads=1"])
         .env(RUN_DIR_ENV, run_dir.path())
         .env(GUEST_DIR_ENV, test_guest())
-        .env(DOMAIN_ENV, domain);
+        .env(DOMAIN_ENV, domain)
+        .env(DRIVER_ENV, binary("vmlet-driver"));
     Child::spawn(scenario, &mut command)
 }
 
@@ -280,8 +264,9 @@ fn console_log(console: &ConsolePaths) -> String {
         .unwrap_or_default()
 }
 
-/// Waits for the guest to write `text` to its console; a guest that does not is destroyed and reported.
-fn wait_for_console(domain: &Domain, console: &ConsolePaths, text: &str) {
+/// Waits for the guest to write `text` to its console; a guest that does not is reported, and destroyed by its
+/// driver when the scenario's runtime drops it.
+fn wait_for_console(console: &ConsolePaths, text: &str) {
     let found = poll_until(
         format!("{text:?} on the console"),
         CONSOLE_TIMEOUT,
@@ -289,20 +274,15 @@ fn wait_for_console(domain: &Domain, console: &ConsolePaths, text: &str) {
         || console_log(console).contains(text).then_some(()),
     );
     if let Err(timeout) = found {
-        let state = domain.state();
-        let _ = domain.destroy();
-        panic!("{timeout}\nstate: {state:?}\nconsole:\n{}", console_log(console));
+        panic!("{timeout}\nconsole:\n{}", console_log(console));
     }
 }
 
-fn wait_for_state(states: &watch::Receiver<DomainState>, expected: DomainState) {
-    poll_until(
-        format!("the watched state to become {expected:?}"),
-        Duration::from_secs(5),
-        Duration::from_millis(20),
-        || (*states.borrow() == expected).then_some(()),
-    )
-    .unwrap();
+async fn wait_for_state(states: &mut watch::Receiver<DomainState>, expected: DomainState) {
+    tokio::time::timeout(Duration::from_secs(5), states.wait_for(|state| *state == expected))
+        .await
+        .unwrap_or_else(|_| panic!("the watched state did not become {expected:?}"))
+        .unwrap();
 }
 
 /// QEMU exits and is reaped: no process of this namespace, zombies included, is a QEMU.

@@ -1,23 +1,28 @@
-//! The VM as libvirt sees it: [`DomainSpec`], the launcher's description of one domain, and its domain XML. Pure:
-//! no I/O, no libvirt.
+//! The VM as libvirt sees it: [`DomainSpec`], the launcher's description of one domain, its domain XML and the
+//! [`DomainState`]s it goes through; and the [`protocol`] in which `vmlet-launcher` asks `vmlet-driver` to run it.
+//! Pure: no I/O, no libvirt, so the launcher links no libvirt.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use vmlet_dhcp::MacAddr;
 
 mod libvirt_xml;
+pub mod protocol;
+mod state;
 mod xml_writer;
 
+pub use state::{DomainState, PausedReason, ShutOffReason};
 pub use xml_writer::XmlError;
 
 /// libvirt's default machine type for x86: PCIe, and under TCG the one that boots reliably (see ENVIRONMENT.md).
 pub const DEFAULT_MACHINE: &str = "q35";
 
 /// One libvirt domain: what the launcher asks libvirt to run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainSpec {
     pub name: String,
     pub uuid: Uuid,
@@ -38,7 +43,8 @@ pub struct DomainSpec {
 }
 
 /// How QEMU runs guest code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Accel {
     /// Hardware virtualization: the host CPU runs the guest.
     Kvm,
@@ -46,7 +52,8 @@ pub enum Accel {
     Tcg,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Boot {
     /// Direct kernel boot: QEMU loads the kernel and initrd itself, no firmware boot loader.
     Kernel {
@@ -58,14 +65,15 @@ pub enum Boot {
     Disk,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpec {
     pub source: DiskSource,
     pub media: DiskMedia,
     pub readonly: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DiskSource {
     /// An image file; a qcow2 overlay may have a backing file, which QEMU finds on its own.
     File { path: PathBuf, format: DiskFormat },
@@ -73,14 +81,16 @@ pub enum DiskSource {
     Block { path: PathBuf },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DiskFormat {
     Raw,
     Qcow2,
 }
 
 /// What the guest sees.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DiskMedia {
     /// A virtio disk (`vdX`). A cloud-init NoCloud image works as a read-only one.
     Disk,
@@ -89,7 +99,7 @@ pub enum DiskMedia {
 }
 
 /// A NIC backed by a tap that the launcher's network layer has already made.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceSpec {
     pub tap: String,
     /// The pod's MAC under the bridge binding, so the guest takes over the pod's identity.
@@ -98,7 +108,7 @@ pub struct InterfaceSpec {
 }
 
 /// The serial console: a unix socket to attach to, and a log of everything the guest wrote to it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsolePaths {
     pub socket: PathBuf,
     pub log: PathBuf,

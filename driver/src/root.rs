@@ -1,5 +1,5 @@
 //! The embedded driver's root directory: where libvirt keeps its configuration, state and logs for this pod, the
-//! `qemu.conf` the launcher writes there, and the link to the node's shared capability cache.
+//! `qemu.conf` the driver writes there, and the link to the node's shared capability cache.
 //!
 //! libvirt's layout under the root (for `qemu:///embed?root=ROOT`): `ROOT/etc/qemu.conf`, domain definitions in
 //! `ROOT/etc/qemu/`, runtime state in `ROOT/run/qemu/`, QEMU's own log in `ROOT/log/qemu/`, the
@@ -10,9 +10,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// libvirt's QEMU driver configuration for a container: no systemd, no D-Bus, no daemons besides QEMU.
-pub const QEMU_CONF: &str = r#"# Written by vmlet-launcher at every start; changes here are lost.
+pub const QEMU_CONF: &str = r#"# Written by vmlet-driver at every start; changes here are lost.
 
-# QEMU runs as the launcher does: the pod, not a uid, is the isolation boundary.
+# QEMU runs as vmlet-driver does: the pod, not a uid, is the isolation boundary.
 user = "root"
 group = "root"
 

@@ -6,65 +6,70 @@
 use std::thread;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use virt::sys;
-
-use super::{DomainState, PausedReason, ShutOffReason};
+use vmlet_domain::{DomainState, PausedReason, ShutOffReason};
 
 const POLL_PERIOD: Duration = Duration::from_millis(200);
 
-impl DomainState {
-    /// From `virDomainGetState`'s state and reason.
-    pub fn from_libvirt(state: sys::virDomainState, reason: i32) -> DomainState {
-        let reason = u32::try_from(reason).unwrap_or(u32::MAX);
-        match state {
-            // "Blocked on a resource" is a running guest waiting for I/O.
-            sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => DomainState::Running,
-            sys::VIR_DOMAIN_PAUSED => DomainState::Paused(match reason {
-                sys::VIR_DOMAIN_PAUSED_USER => PausedReason::User,
-                sys::VIR_DOMAIN_PAUSED_IOERROR => PausedReason::IoError,
-                _ => PausedReason::Other,
-            }),
-            sys::VIR_DOMAIN_SHUTDOWN => DomainState::ShuttingDown,
-            sys::VIR_DOMAIN_SHUTOFF => DomainState::ShutOff(match reason {
-                sys::VIR_DOMAIN_SHUTOFF_SHUTDOWN => ShutOffReason::Shutdown,
-                sys::VIR_DOMAIN_SHUTOFF_DESTROYED => ShutOffReason::Destroyed,
-                sys::VIR_DOMAIN_SHUTOFF_CRASHED => ShutOffReason::Crashed,
-                sys::VIR_DOMAIN_SHUTOFF_FAILED => ShutOffReason::Failed,
-                _ => ShutOffReason::Other,
-            }),
-            sys::VIR_DOMAIN_CRASHED => DomainState::Crashed,
-            sys::VIR_DOMAIN_PMSUSPENDED => DomainState::PmSuspended,
-            _ => DomainState::NoState,
-        }
+/// From `virDomainGetState`'s state and reason.
+pub fn from_libvirt(state: sys::virDomainState, reason: i32) -> DomainState {
+    let reason = u32::try_from(reason).unwrap_or(u32::MAX);
+    match state {
+        // "Blocked on a resource" is a running guest waiting for I/O.
+        sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => DomainState::Running,
+        sys::VIR_DOMAIN_PAUSED => DomainState::Paused(match reason {
+            sys::VIR_DOMAIN_PAUSED_USER => PausedReason::User,
+            sys::VIR_DOMAIN_PAUSED_IOERROR => PausedReason::IoError,
+            _ => PausedReason::Other,
+        }),
+        sys::VIR_DOMAIN_SHUTDOWN => DomainState::ShuttingDown,
+        sys::VIR_DOMAIN_SHUTOFF => DomainState::ShutOff(match reason {
+            sys::VIR_DOMAIN_SHUTOFF_SHUTDOWN => ShutOffReason::Shutdown,
+            sys::VIR_DOMAIN_SHUTOFF_DESTROYED => ShutOffReason::Destroyed,
+            sys::VIR_DOMAIN_SHUTOFF_CRASHED => ShutOffReason::Crashed,
+            sys::VIR_DOMAIN_SHUTOFF_FAILED => ShutOffReason::Failed,
+            _ => ShutOffReason::Other,
+        }),
+        sys::VIR_DOMAIN_CRASHED => DomainState::Crashed,
+        sys::VIR_DOMAIN_PMSUSPENDED => DomainState::PmSuspended,
+        _ => DomainState::NoState,
     }
 }
 
-/// Starts a thread that polls `domain`'s state into a watch channel, until every receiver is gone.
+/// Starts a thread that polls `domain`'s state, starting from `initial`, and calls `on_change` with every new one,
+/// until `on_change` returns false.
 pub fn watch(
     name: &str,
     domain: virt::domain::Domain,
     initial: DomainState,
-) -> std::io::Result<watch::Receiver<DomainState>> {
-    let (sender, receiver) = watch::channel(initial);
+    on_change: impl FnMut(DomainState) -> bool + Send + 'static,
+) -> std::io::Result<()> {
     let name = name.to_owned();
     thread::Builder::new()
         .name("domain-state".to_owned())
-        .spawn(move || poll(&name, &domain, &sender))?;
-    Ok(receiver)
+        .spawn(move || poll(&name, &domain, initial, on_change))
+        .map(drop)
 }
 
-fn poll(name: &str, domain: &virt::domain::Domain, sender: &watch::Sender<DomainState>) {
+fn poll(
+    name: &str,
+    domain: &virt::domain::Domain,
+    mut previous: DomainState,
+    mut on_change: impl FnMut(DomainState) -> bool,
+) {
     let mut failing = false;
-    while !sender.is_closed() {
+    loop {
         thread::sleep(POLL_PERIOD);
         match domain.get_state() {
             Ok((state, reason)) => {
                 failing = false;
-                let state = DomainState::from_libvirt(state, reason);
-                let previous = sender.send_replace(state);
-                if previous != state {
+                let state = from_libvirt(state, reason);
+                if state != previous {
                     tracing::info!(domain = name, from = ?previous, to = ?state, "domain state changed");
+                    previous = state;
+                    if !on_change(state) {
+                        return;
+                    }
                 }
             }
             Err(err) => {
@@ -110,26 +115,7 @@ mod tests {
             (99, 0, DomainState::NoState),
         ];
         for (state, reason, expected) in cases {
-            assert_eq!(
-                DomainState::from_libvirt(state, reason),
-                expected,
-                "state {state} reason {reason}"
-            );
-        }
-    }
-
-    #[test]
-    fn only_shut_off_and_crashed_are_stopped() {
-        assert!(DomainState::ShutOff(ShutOffReason::Destroyed).is_stopped());
-        assert!(DomainState::Crashed.is_stopped());
-        for state in [
-            DomainState::NoState,
-            DomainState::Running,
-            DomainState::Paused(PausedReason::User),
-            DomainState::ShuttingDown,
-            DomainState::PmSuspended,
-        ] {
-            assert!(!state.is_stopped(), "{state:?}");
+            assert_eq!(from_libvirt(state, reason), expected, "state {state} reason {reason}");
         }
     }
 }
