@@ -323,7 +323,8 @@ fn sigkill_leaves_nothing_behind_and_a_new_launcher_carries_on() {
     let pod = VmPod::subnet();
     let manifest = pod.manifest("10.244.1.1", "256Mi");
     let mut first = pod.start(&manifest);
-    pod.wait_console(&first, "VMLET-GUEST lease ", 1);
+    // The ping line, not only the lease: the second guest's lines are counted after the first guest's.
+    pod.wait_console(&first, "VMLET-GUEST ping ", 1);
     assert!(!pod.vm_processes().is_empty(), "QEMU runs for the pod");
 
     first.signal(first.launcher_pid(), nix::sys::signal::Signal::SIGKILL);
