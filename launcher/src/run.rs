@@ -27,6 +27,9 @@ use crate::network::bridge::BridgeBinding;
 use crate::spec::{self, SPEC_ENV, VmSpec};
 use crate::vm_domain;
 
+/// How long a pause or resume may take to show in the polled domain state before the control socket answers.
+const STATE_SETTLE: Duration = Duration::from_secs(2);
+
 /// Kubernetes' default termination grace period, also the guest's when the spec gives none.
 const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
@@ -338,6 +341,14 @@ impl vmlet_control::Handler for Control {
         }
         match command {
             Command::Pause | Command::Resume => {
+                let paused = matches!(*self.states.borrow(), DomainState::Paused(_));
+                if paused == (command == Command::Pause) {
+                    let now = if paused { "paused" } else { "not paused" };
+                    return Err(refuse(
+                        vmlet_control::ErrorKind::InvalidState,
+                        format!("the guest is {now}"),
+                    ));
+                }
                 let result = if command == Command::Pause {
                     self.domain.pause().await
                 } else {
@@ -346,6 +357,11 @@ impl vmlet_control::Handler for Control {
                 if let Err(err) = result {
                     return Err(refuse(vmlet_control::ErrorKind::Failed, err.to_string()));
                 }
+                // The state is polled: answer with the state the command led to, not the one before it.
+                let paused = command == Command::Pause;
+                let mut states = self.states.clone();
+                let settled = states.wait_for(|state| matches!(state, DomainState::Paused(_)) == paused);
+                let _ = tokio::time::timeout(STATE_SETTLE, settled).await;
             }
             Command::Shutdown | Command::Kill => {
                 if self.commands.send(command).await.is_err() {

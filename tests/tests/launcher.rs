@@ -458,3 +458,39 @@ fn a_dead_driver_takes_the_launcher_and_the_guest_down() {
     });
     assert!(left.is_ok(), "left behind: {:?}", pod.vm_processes());
 }
+
+#[test]
+fn the_control_socket_pauses_and_resumes_and_a_dead_qemu_ends_the_launcher() {
+    let _guest = one_guest_at_a_time();
+    let pod = VmPod::subnet();
+    let mut launcher = pod.start(&pod.manifest("10.244.1.1", "256Mi"));
+    pod.wait_console(&launcher, "VMLET-GUEST ping ", 1);
+
+    let paused = pod.control("pause");
+    assert_eq!(paused["status"]["phase"], "paused", "{paused}");
+    assert_eq!(pod.control("status")["status"]["phase"], "paused");
+    let resumed = pod.control("resume");
+    assert_eq!(resumed["status"]["phase"], "running", "{resumed}");
+    let refused = pod.control("resume");
+    assert_eq!(refused["error"]["kind"], "invalid_state", "{refused}");
+    assert_eq!(refused["error"]["message"], "the guest is not paused", "{refused}");
+
+    let qemu = pod
+        .vm_processes()
+        .iter()
+        .find(|line| line.contains("qemu-system"))
+        .and_then(|line| line.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("QEMU runs for the pod");
+    launcher.signal(qemu, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(
+        launcher.exit_code(WAIT),
+        Some(4),
+        "exit code 4: the guest crashed\n{}",
+        launcher.process.output()
+    );
+    assert!(
+        launcher.process.output().contains("guest ended ending=Crashed"),
+        "{}",
+        launcher.process.output()
+    );
+}
