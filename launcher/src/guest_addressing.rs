@@ -1,10 +1,11 @@
-//! What the guest is told by DHCP when it takes over the pod's identity (the `bridge` and `tap` bindings): the
-//! pod's first IPv4 address, its gateway and routes, its DNS, its MTU.
+//! What the guest is told by DHCP, DHCPv6 and router advertisements when it takes over the pod's identity (the
+//! `bridge` and `tap` bindings): the pod's first IPv4 and first global IPv6 address, its gateways and routes, its
+//! DNS, its MTU.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use vmlet_dhcp::{MacAddr, Route, ServerConfig};
+use vmlet_dhcp::{MacAddr, Route, ServerConfig, v6};
 
 use crate::network::pod_interface::PodInterface;
 use crate::network::resolv_conf::DnsConfig;
@@ -49,6 +50,49 @@ pub(crate) fn dhcpv4_config(
     config.search = dns.search.clone();
     config.mtu = u16::try_from(pod.mtu).ok();
     config.hostname = Some(hostname.to_owned());
+    Some(config)
+}
+
+/// The DHCPv6 and router advertisement configuration for a guest that takes `pod`'s address, or `None` for a pod
+/// without a global IPv6 address. `server_mac` is the hardware address of the interface they are served on.
+///
+/// Router advertisements must come from the router's link-local address, so the pod's IPv6 default gateway becomes
+/// the guest's router only when it is link-local, as the CNIs that give pods IPv6 set it. A global gateway's
+/// link-local address is not known without asking the pod network, so such a pod's guest gets its address, DNS
+/// and MTU but no default route or further routes.
+pub(crate) fn dhcpv6_config(
+    pod: &PodInterface,
+    dns: &DnsConfig,
+    guest_mac: MacAddr,
+    server_mac: MacAddr,
+) -> Option<v6::Config> {
+    let address = *pod.ipv6.first()?;
+    let mut config = v6::Config::new(guest_mac, address, server_mac);
+    let router = pod.gateway_v6.filter(|gateway| gateway.is_unicast_link_local());
+    config.router = router.map(|link_local| v6::Router { link_local, mac: None });
+    // Route information options name no gateway of their own: only routes through the advertised router fit.
+    config.routes = pod
+        .routes
+        .iter()
+        .filter_map(|route| match (route.destination, route.gateway) {
+            (IpNet::V6(destination), Some(IpAddr::V6(gateway)))
+                if destination.prefix_len() > 0 && Some(gateway) == router =>
+            {
+                Some(destination)
+            }
+            _ => None,
+        })
+        .collect();
+    config.dns = dns
+        .nameservers
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
+        .collect();
+    config.search = dns.search.clone();
+    config.mtu = Some(pod.mtu);
     Some(config)
 }
 
@@ -143,6 +187,99 @@ mod tests {
                 "0.0.0.0/0=169.254.1.1"
             ]
         );
+    }
+
+    const SERVER_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+
+    fn dual_stack(ipv6: &str, routes: Vec<PodRoute>, gateway_v6: Option<&str>) -> PodInterface {
+        PodInterface {
+            ipv6: vec![ipv6.parse().unwrap()],
+            ipv6_link_local: Some("fe80::42:aff:fef4:107".parse().unwrap()),
+            gateway_v6: gateway_v6.map(|g| g.parse().unwrap()),
+            ..pod(&["10.244.1.7/24"], routes, Some("10.244.1.1"))
+        }
+    }
+
+    fn config6(pod: &PodInterface) -> v6::Config {
+        dhcpv6_config(pod, &dns(), pod.mac, SERVER_MAC).unwrap()
+    }
+
+    #[test]
+    fn the_guest_gets_the_pods_ipv6_address_router_dns_and_mtu() {
+        let pod = dual_stack(
+            "fd00:10:244:1::7/64",
+            vec![
+                route("10.244.1.0/24", None),
+                route("0.0.0.0/0", Some("10.244.1.1")),
+                route("fd00:10:244:1::/64", None),
+                route("fd00:10:96::/112", Some("fe80::1")),
+                route("fd00:20::/64", Some("fe80::2")),
+                route("::/0", Some("fe80::1")),
+            ],
+            Some("fe80::1"),
+        );
+        let c = config6(&pod);
+        assert_eq!(c.client_mac, pod.mac);
+        assert_eq!(c.server_mac, SERVER_MAC);
+        assert_eq!(c.address, "fd00:10:244:1::7/64".parse().unwrap());
+        assert_eq!(
+            c.router,
+            Some(v6::Router {
+                link_local: "fe80::1".parse().unwrap(),
+                mac: None
+            })
+        );
+        assert_eq!(
+            c.routes,
+            ["fd00:10:96::/112".parse().unwrap()],
+            "the subnet is the prefix's, the default the router's; another gateway's route cannot be advertised"
+        );
+        assert_eq!(
+            c.dns,
+            ["fd00::10".parse::<std::net::Ipv6Addr>().unwrap()],
+            "IPv6 resolvers only"
+        );
+        assert_eq!(c.search, ["default.svc.cluster.local", "cluster.local"]);
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_pod_with_a_128_keeps_it() {
+        let pod = dual_stack(
+            "fd00:10:244:1::7/128",
+            vec![route("::/0", Some("fe80::1"))],
+            Some("fe80::1"),
+        );
+        let c = config6(&pod);
+        assert_eq!(c.address, "fd00:10:244:1::7/128".parse().unwrap());
+        assert_eq!(c.router.map(|r| r.link_local), Some("fe80::1".parse().unwrap()));
+        assert_eq!(c.routes, []);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_global_ipv6_gateway_gives_no_router() {
+        let pod = dual_stack(
+            "fd00:10:244:1::7/64",
+            vec![
+                route("fd00:10:96::/112", Some("fd00:10:244:1::1")),
+                route("::/0", Some("fd00:10:244:1::1")),
+            ],
+            Some("fd00:10:244:1::1"),
+        );
+        let c = config6(&pod);
+        assert_eq!((c.router, c.routes.len()), (None, 0));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_pod_without_ipv6_has_no_dhcpv6() {
+        let pod = PodInterface {
+            ipv6: vec![],
+            ..pod(&["10.244.1.7/24"], vec![], Some("10.244.1.1"))
+        };
+        assert!(dhcpv6_config(&pod, &dns(), pod.mac, SERVER_MAC).is_none());
     }
 
     #[test]

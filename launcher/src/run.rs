@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use vmlet_api::Binding;
 use vmlet_control::{Command, DhcpStatus, Exit, InterfaceStatus, Phase, Status};
 use vmlet_dhcp::runner::{Runner, Status as DhcpRunnerStatus};
+use vmlet_dhcp::v6;
 
 use vmlet_domain::InterfaceSpec;
 
@@ -150,6 +151,14 @@ async fn launch(vm: VmSpec, binding: Binding, args: Args) -> anyhow::Result<Endi
         }
         None => None,
     };
+    if let Some(config) = guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, setup.guest_mac, setup.bridge_mac) {
+        let runner = v6::runner::Runner::bind(config, &setup.bridge)
+            .context("cannot start the DHCPv6 server and router advertisements")?;
+        let mut stopped = dhcp_stopped.clone();
+        tokio::spawn(runner.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+    }
 
     let nic = InterfaceSpec {
         tap: setup.tap.clone(),

@@ -93,6 +93,8 @@ pub(crate) struct BridgeBinding {
 pub(crate) struct BridgeSetup {
     pub(crate) bridge: String,
     pub(crate) bridge_index: u32,
+    /// The bridge's own hardware address, the source of what the launcher serves the guest over IPv6.
+    pub(crate) bridge_mac: MacAddr,
     pub(crate) tap: String,
     /// The pod interface's original MAC address, now the guest's.
     pub(crate) guest_mac: MacAddr,
@@ -176,6 +178,16 @@ impl BridgeBinding {
         let tap = ensure_tap(handle, &names.tap).await?;
         attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
         ensure_placeholder(handle, &pod, &names.placeholder).await?;
+        // Read once the ports are attached: a bridge takes the lowest of its ports' addresses.
+        let bridge_mac = netlink::link_by_index(handle, bridge_index)
+            .await
+            .map_err(failed_to("read the bridge's hardware address"))?
+            .as_ref()
+            .and_then(netlink::link_mac)
+            .ok_or_else(|| BridgeError::UnexpectedLink {
+                name: names.bridge.clone(),
+                expected: "bridge with an Ethernet address",
+            })?;
 
         info!(
             interface = %pod.name,
@@ -187,6 +199,7 @@ impl BridgeBinding {
         Ok(BridgeSetup {
             bridge: names.bridge,
             bridge_index,
+            bridge_mac,
             tap: names.tap,
             guest_mac: pod.mac,
             mtu: pod.mtu,

@@ -1,4 +1,4 @@
-//! The nftables rules that keep the guest's DHCP (and, later, router advertisements and DHCPv6) inside the pod.
+//! The nftables rules that keep the guest's DHCP, DHCPv6 and router advertisements inside the pod.
 //!
 //! The rules live in the `bridge` family, in a table of their own named `vmlet`, and match on the bridge port that
 //! leads to the pod network. Bridge-family rules see frames as they cross the bridge, so no `br_netfilter` and no
@@ -27,11 +27,12 @@ pub(crate) enum LeakGuardError {
 
 /// The ruleset that guards the pod interface `pod_port`, now a port of the guest's bridge.
 ///
-/// - `output`: frames the pod's own stack sends (the DHCP server, later router advertisements and DHCPv6) never
+/// - `output`: frames the pod's own stack sends (the DHCP and DHCPv6 servers, the router advertisements) never
 ///   leave through the pod port. The stack has no business on the pod network once the guest owns the pod's
-///   address, and the DHCP server must answer only the guest.
-/// - `forward`: DHCP and DHCPv6 between the guest and the pod network are dropped both ways: the guest's only server
-///   is the launcher's, and a server in the guest answers no one outside.
+///   address, and the servers must answer only the guest.
+/// - `forward`: DHCP, DHCPv6 and router advertisements between the guest and the pod network are dropped both ways:
+///   the guest's only servers and router advertisements are the launcher's (one on the pod network would give the
+///   guest a router or an address of its own), and a server or router in the guest answers no one outside.
 /// - `input`: the pod's DHCP servers hear only the guest; and no router advertisement reaches the pod's stack, from
 ///   the pod network or from the guest, so the bridge never configures an address of its own from one (it keeps
 ///   IPv6 for its link-local address, which later serves router advertisements to the guest).
@@ -51,6 +52,8 @@ table bridge vmlet {{
         type filter hook forward priority filter; policy accept;
         oifname "{pod_port}" udp dport {{ 67, 68, 546, 547 }} drop
         iifname "{pod_port}" udp dport {{ 67, 68, 546, 547 }} drop
+        oifname "{pod_port}" icmpv6 type nd-router-advert drop
+        iifname "{pod_port}" icmpv6 type nd-router-advert drop
     }}
     chain input {{
         type filter hook input priority filter; policy accept;
@@ -105,10 +108,10 @@ mod tests {
             .map(str::trim)
             .filter(|line| line.ends_with(" drop"))
             .collect();
-        assert_eq!(rule_lines.len(), 5);
+        assert_eq!(rule_lines.len(), 7);
         assert_eq!(
             rule_lines.iter().filter(|line| line.contains("\"eth0-nic\"")).count(),
-            4
+            6
         );
     }
 }

@@ -24,6 +24,7 @@ use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::frame::ipv4_udp;
+use vmlet_dhcp::v6;
 
 use super::bridge::{BridgeBinding, BridgeError, BridgeSetup, DEFAULT_SERVER_ADDRESS};
 use super::netlink::{self, link_by_name};
@@ -813,6 +814,87 @@ fn guest_reaches_the_pod_network_and_dhcp_stays_in_the_pod() {
     });
     assert!(marker.is_some(), "the guest never saw the node's broadcast");
     assert!(foreign.is_empty(), "the guest saw UDP to ports {foreign:?}");
+}
+
+/// The Ethernet source of a router advertisement without IPv6 extension headers.
+fn router_advertisement_source(frame: &[u8]) -> Option<&[u8]> {
+    let is_advertisement = frame.len() > 54 && frame[12..14] == [0x86, 0xdd] && frame[20] == 58 && frame[54] == 134;
+    is_advertisement.then(|| &frame[6..12])
+}
+
+/// Sends a router advertisement for all nodes from fe80::1 out of `interface`, in the current thread's namespace.
+/// The kernel fills in the checksum.
+fn advertise_from(interface: &str, index: u32) {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::ICMPV6),
+    )
+    .unwrap();
+    socket.bind_device(Some(interface.as_bytes())).unwrap();
+    socket.set_multicast_hops_v6(255).unwrap();
+    socket.set_multicast_if_v6(index).unwrap();
+    // Type 134, code 0, checksum, hop limit 64, no flags, router lifetime 1800 s, no timers.
+    let advertisement = [134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    let all_nodes = std::net::SocketAddrV6::new(v6::ra::ALL_NODES, 0, 0, index);
+    socket.send_to(&advertisement, &all_nodes.into()).unwrap();
+}
+
+#[test]
+fn router_advertisements_reach_the_guest_only_from_the_pod() {
+    let test_pod = TestPod::new(Cni::Subnet);
+    let setup = test_pod.setup().unwrap();
+    let guest = Guest::attach(&test_pod);
+    let node = node_capture(&test_pod);
+
+    // The launcher's advertisements, served on the bridge, reach the guest (the first ones may come before the tap
+    // port forwards: the runner repeats them every 3 s at start). Without the router's hardware address, as the
+    // launcher runs it, they come from the bridge's.
+    let mut config = v6::Config::new(POD_MAC, POD_IPV6.parse().unwrap(), setup.bridge_mac);
+    config.router = Some(v6::Router {
+        link_local: NODE_LINK_LOCAL,
+        mac: None,
+    });
+    let advertisement = thread::scope(|scope| {
+        scope.spawn(|| {
+            test_pod.pod.run(|_| async move {
+                let runner = v6::runner::Runner::bind(config, &setup.bridge).unwrap();
+                runner.run(tokio::time::sleep(Duration::from_secs(7))).await
+            })
+        });
+        guest.receive(Duration::from_secs(7), |frame| {
+            router_advertisement_source(frame) == Some(&setup.bridge_mac.0)
+        })
+    });
+    assert!(
+        advertisement.is_some(),
+        "the guest never saw the launcher's advertisement"
+    );
+
+    // ... and never the node, which sees the guest's marker broadcast after them.
+    let mut guest = guest;
+    guest.send(&guest_broadcast(MARKER_PORT, MARKER_PORT));
+    let mut leaked = false;
+    let marker = receive(node.as_fd(), 0, Duration::from_secs(5), |frame| {
+        leaked |= router_advertisement_source(frame).is_some();
+        udp_destination_port(frame) == Some(MARKER_PORT)
+    });
+    assert!(marker.is_some(), "the node never saw the guest's broadcast");
+    assert!(!leaked, "the launcher's advertisement reached the node");
+
+    // The pod network's advertisements never reach the guest.
+    test_pod.node.run(|handle| async move {
+        let index = index_of(&handle, "veth-node").await;
+        advertise_from("veth-node", index);
+        broadcast_from(SocketAddrV4::new(NODE_IP, MARKER_PORT), "veth-node", MARKER_PORT);
+    });
+    let mut foreign = false;
+    let marker = guest.receive(Duration::from_secs(5), |frame| {
+        foreign |= router_advertisement_source(frame) == Some(&NODE_MAC);
+        udp_destination_port(frame) == Some(MARKER_PORT)
+    });
+    assert!(marker.is_some(), "the guest never saw the node's broadcast");
+    assert!(!foreign, "the node's advertisement reached the guest");
 }
 
 #[test]
