@@ -58,6 +58,39 @@ impl VmPod {
         vm_pod
     }
 
+    /// [`VmPod::subnet`] with IPv6 too: fd00:10:244:1::7/64 with the default route through fe80::1, the node end's
+    /// link-local address (its global one fd00:10:244:1::1/64); its resolv.conf also names an IPv6 server.
+    fn dual_stack() -> VmPod {
+        let vm_pod = VmPod::subnet();
+        vm_pod
+            .node
+            .ip(&["-6", "addr", "add", "fd00:10:244:1::1/64", "dev", "veth-node", "nodad"]);
+        vm_pod.with_ipv6();
+        vm_pod.dir.write(
+            "resolv.conf",
+            "nameserver 10.96.0.10\nnameserver fd00:10:96::a\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+        );
+        vm_pod
+    }
+
+    /// [`VmPod::dual_stack`]'s IPv6 alone: the pod has no IPv4 address.
+    fn ipv6_only() -> VmPod {
+        let vm_pod = VmPod::linked("fd00:10:244:1::1/64");
+        vm_pod.with_ipv6();
+        vm_pod
+    }
+
+    /// Gives the pod fd00:10:244:1::7/64 and its default route through the node end's fe80::1, without duplicate
+    /// address detection so that the addresses are usable at once.
+    fn with_ipv6(&self) {
+        self.node
+            .ip(&["-6", "addr", "add", "fe80::1/64", "dev", "veth-node", "nodad"]);
+        self.pod
+            .ip(&["-6", "addr", "add", "fd00:10:244:1::7/64", "dev", "eth0", "nodad"]);
+        self.pod
+            .ip(&["-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"]);
+    }
+
     fn linked(node_address: &str) -> VmPod {
         let vm_pod = VmPod {
             node: NetNs::new(),
@@ -80,6 +113,13 @@ impl VmPod {
     /// Writes a VM manifest whose guest pings `ping` and stays up, and returns its path.
     fn manifest(&self, ping: &str, memory: &str) -> PathBuf {
         self.manifest_named("vm.yaml", ping, memory)
+    }
+
+    /// [`VmPod::manifest`] for a guest that also configures IPv6 (DHCPv6 and router advertisements).
+    fn manifest_ipv6(&self, ping: &str) -> PathBuf {
+        let manifest = std::fs::read_to_string(self.manifest(ping, "256Mi")).unwrap();
+        self.dir
+            .write("vm.yaml", manifest.replace("vmlet.ping=", "vmlet.ipv6=1 vmlet.ping="))
     }
 
     fn manifest_named(&self, file: &str, ping: &str, memory: &str) -> PathBuf {
@@ -492,5 +532,84 @@ fn the_control_socket_pauses_and_resumes_and_a_dead_qemu_ends_the_launcher() {
         launcher.process.output().contains("guest ended ending=Crashed"),
         "{}",
         launcher.process.output()
+    );
+}
+
+#[test]
+fn a_dual_stack_guest_gets_the_pods_ipv6_address_and_route_with_no_configuration() {
+    let _guest = one_guest_at_a_time();
+    let pod = VmPod::dual_stack();
+    let launcher = pod.start(&pod.manifest_ipv6("10.244.1.1,fd00:10:244:1::1"));
+
+    let lease = fields(&pod.wait_console(&launcher, "VMLET-GUEST lease ", 1));
+    assert_eq!(lease["ip"], "10.244.1.7/24");
+    assert_eq!(lease["dns"], "10.96.0.10", "DHCPv4 carries the IPv4 server");
+    let link = fields(&pod.wait_console(&launcher, "VMLET-GUEST link ", 1));
+    assert_eq!(link["mtu"], MTU.to_string());
+    let lease6 = fields(&pod.wait_console(&launcher, "VMLET-GUEST lease6 ", 1));
+    assert_eq!(lease6["ip"], "fd00:10:244:1::7", "the guest has the pod's IPv6 address");
+    assert_eq!(lease6["dns"], "fd00:10:96::a", "and the pod's IPv6 DNS server");
+    assert_eq!(
+        lease6["search"],
+        "default.svc.cluster.local,svc.cluster.local,cluster.local"
+    );
+    let route6 = pod.wait_console(&launcher, "VMLET-GUEST route6 default", 1);
+    assert!(
+        route6.starts_with("VMLET-GUEST route6 default via fe80::1 dev eth0 "),
+        "the pod's IPv6 gateway is the guest's: {route6}"
+    );
+    pod.wait_console(&launcher, "VMLET-GUEST ping ", 2);
+    let pings: Vec<String> = pod
+        .console()
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("VMLET-GUEST ping "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        pings,
+        [
+            "VMLET-GUEST ping target=10.244.1.1 ok",
+            "VMLET-GUEST ping target=fd00:10:244:1::1 ok"
+        ],
+        "the guest reaches the node over both families"
+    );
+    assert!(!pod.console().contains("VMLET-GUEST error"), "{}", pod.console());
+
+    let status = pod.control("status");
+    let addresses = &status["status"]["interfaces"][0]["ip_addresses"];
+    assert_eq!(
+        *addresses,
+        serde_json::json!(["10.244.1.7", "fd00:10:244:1::7"]),
+        "{status}"
+    );
+}
+
+#[test]
+fn an_ipv6_only_guest_gets_its_address_and_route_without_dhcpv4() {
+    let _guest = one_guest_at_a_time();
+    let pod = VmPod::ipv6_only();
+    let launcher = pod.start(&pod.manifest_ipv6("fd00:10:244:1::1"));
+
+    assert_eq!(
+        pod.wait_console(&launcher, "VMLET-GUEST lease ", 1),
+        "VMLET-GUEST lease failed"
+    );
+    let lease6 = fields(&pod.wait_console(&launcher, "VMLET-GUEST lease6 ", 1));
+    assert_eq!(lease6["ip"], "fd00:10:244:1::7");
+    let route6 = pod.wait_console(&launcher, "VMLET-GUEST route6 default", 1);
+    assert!(
+        route6.starts_with("VMLET-GUEST route6 default via fe80::1 dev eth0 "),
+        "{route6}"
+    );
+    assert_eq!(
+        pod.wait_console(&launcher, "VMLET-GUEST ping ", 1),
+        "VMLET-GUEST ping target=fd00:10:244:1::1 ok"
+    );
+    let status = pod.control("status");
+    assert_eq!(
+        status["status"]["dhcp"],
+        serde_json::Value::Null,
+        "no DHCPv4 server: {status}"
     );
 }
