@@ -5,6 +5,7 @@
 //! this machine, and what a server takes beyond it is its own work.
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,10 @@ pub struct Args {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// A `vmlet-launcher` executable to measure [default: the one next to this program, or in $VMLET_BIN_DIR];
+    /// repeatable, to compare builds in one run (the ratio row compares the first with dnsmasq).
+    #[arg(long = "launcher", value_name = "PATH")]
+    launchers: Vec<PathBuf>,
 }
 
 // The host both servers serve. The server end of the veth has only a link-local address, as in a pod whose
@@ -57,26 +62,29 @@ const ROUTE: &str = "10.96.0.0/12";
 /// Lost exchanges a batch tolerates before the run is called off as broken.
 const MAX_LOST_PER_BATCH: usize = 10;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Server {
-    Vmlet,
+    /// `vmlet-launcher dhcp-serve`, from this executable.
+    Vmlet(PathBuf),
     Dnsmasq,
     /// Not a server: the floor every server's latency sits on (see [`crate::floor`]).
     Floor,
 }
 
 impl Server {
-    fn name(self) -> &'static str {
-        match self {
-            Server::Vmlet => "vmlet dhcp-serve",
-            Server::Dnsmasq => "dnsmasq",
-            Server::Floor => "floor (canned)",
+    /// `label` tells apart several vmlet builds in one run.
+    fn name(&self, label: Option<&str>) -> String {
+        match (self, label) {
+            (Server::Vmlet(_), None) => "vmlet dhcp-serve".to_owned(),
+            (Server::Vmlet(_), Some(label)) => format!("vmlet {label}"),
+            (Server::Dnsmasq, _) => "dnsmasq".to_owned(),
+            (Server::Floor, _) => "floor (canned)".to_owned(),
         }
     }
 
-    fn version(self) -> anyhow::Result<String> {
+    fn version(&self) -> anyhow::Result<String> {
         let program = match self {
-            Server::Vmlet => binary("vmlet-launcher"),
+            Server::Vmlet(path) => path.clone(),
             Server::Dnsmasq => "dnsmasq".into(),
             Server::Floor => return Ok("vmlet-bench dhcp-floor: canned replies, no server logic".to_owned()),
         };
@@ -86,19 +94,19 @@ impl Server {
         Ok(text.lines().next().unwrap_or_default().to_owned())
     }
 
-    fn start(self, server_ns: &NetNs, scratch: &ScratchDir, quiet: bool) -> anyhow::Result<Child> {
+    fn start(&self, name: &str, server_ns: &NetNs, scratch: &ScratchDir, quiet: bool) -> anyhow::Result<Child> {
         let mut command = match self {
-            Server::Vmlet => vmlet_command(server_ns, quiet),
+            Server::Vmlet(path) => vmlet_command(path, server_ns, quiet),
             Server::Dnsmasq => dnsmasq_command(server_ns, scratch, quiet),
             Server::Floor => floor_command(server_ns)?,
         };
-        Ok(Child::spawn(self.name(), &mut command))
+        Ok(Child::spawn(name, &mut command))
     }
 }
 
 /// `vmlet-launcher dhcp-serve` serving the benchmark's host.
-fn vmlet_command(ns: &NetNs, quiet: bool) -> Command {
-    let mut command = ns.exec(binary("vmlet-launcher"));
+fn vmlet_command(launcher: &Path, ns: &NetNs, quiet: bool) -> Command {
+    let mut command = ns.exec(launcher);
     command.arg("dhcp-serve").args([
         format!("--interface={SERVER_IF}"),
         format!("--client-mac={CLIENT_MAC_TEXT}"),
@@ -164,7 +172,7 @@ fn dnsmasq_command(ns: &NetNs, scratch: &ScratchDir, quiet: bool) -> Command {
 /// What one server did over the whole run.
 #[derive(Serialize)]
 struct ServerResult {
-    name: &'static str,
+    name: String,
     version: String,
     latency: Option<Latency>,
     lost: usize,
@@ -212,11 +220,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     );
     let scratch = ScratchDir::new();
 
-    let servers = [Server::Vmlet, Server::Dnsmasq, Server::Floor];
+    let launchers = match args.launchers.as_slice() {
+        [] => vec![binary("vmlet-launcher")],
+        paths => paths.to_vec(),
+    };
+    // The first build, then dnsmasq, then the others: the ratio row compares the first two.
+    let mut servers = vec![Server::Vmlet(launchers[0].clone()), Server::Dnsmasq, Server::Floor];
+    servers.extend(launchers[1..].iter().cloned().map(Server::Vmlet));
+    let several = launchers.len() > 1;
     let mut results = Vec::new();
-    for server in servers {
+    for server in &servers {
+        let label = match server {
+            Server::Vmlet(path) if several => Some(path.display().to_string()),
+            _ => None,
+        };
         results.push(ServerResult {
-            name: server.name(),
+            name: server.name(label.as_deref()),
             version: server.version()?,
             latency: None,
             lost: 0,
@@ -239,14 +258,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 "the run took longer than {} s",
                 args.max_seconds
             );
-            let server = servers[index];
-            let process = server.start(&server_ns, &scratch, args.quiet)?;
+            let server = &servers[index];
+            let result = &mut results[index];
+            let process = server.start(&result.name, &server_ns, &scratch, args.quiet)?;
             wait_listening(&server_ns, &process)?;
             let batch_result = run_batch(&client_ns, xid, args.warmup, per_batch)
-                .with_context(|| format!("batch {} against {}", batch + 1, server.name()))?;
+                .with_context(|| format!("batch {} against {}", batch + 1, result.name))?;
             xid += (args.warmup + per_batch) as u32;
-            let result = &mut results[index];
-            result.memory = Some(stop(process).with_context(|| server.name())?);
+            result.memory = Some(stop(process).with_context(|| result.name.clone())?);
             result.samples.extend(batch_result.samples);
             result.lost += batch_result.lost;
             result.ack_bytes = batch_result.ack_bytes;
@@ -382,7 +401,7 @@ fn print_table(report: &Report) {
     for server in &report.servers {
         let (latency, memory) = (server.latency, server.memory);
         rows.push([
-            server.name.to_owned(),
+            server.name.clone(),
             latency.map_or_else(dash, |l| format!("{:.0}", l.median_us)),
             latency.map_or_else(dash, |l| format!("{:.0}", l.p99_us)),
             latency.map_or_else(dash, |l| format!("{:.0}", l.mean_us)),
@@ -409,9 +428,10 @@ fn print_table(report: &Report) {
             String::new(),
         ]);
     }
+    let width = rows.iter().map(|row| row[0].chars().count()).max().unwrap_or(0);
     for row in rows {
         let cells: String = row[1..].iter().map(|cell| format!(" {cell:>9}")).collect();
-        println!("{:<16}{cells}", row[0]);
+        println!("{:<width$}{cells}", row[0]);
     }
     println!();
     for server in &report.servers {
