@@ -1,6 +1,5 @@
 //! `vmlet-launcher`: the entrypoint of a VM pod.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -21,7 +20,7 @@ mod vm_domain;
 )]
 struct Cli {
     /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = "VMLET_LOG_JSON")]
+    #[arg(long, global = true, env = vmlet_log::JSON_ENV)]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
@@ -48,7 +47,12 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    if cli.log_json && !vmlet_log::json_from_env() {
+        // SAFETY: no other thread exists yet (PID 1's split, above, runs this program anew), so nothing reads the
+        // environment while it changes. vmlet-driver, a child, inherits it and logs JSON lines too.
+        unsafe { std::env::set_var(vmlet_log::JSON_ENV, "1") };
+    }
+    vmlet_log::init(cli.log_json);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::DhcpServe(args) => dhcp_serve::run(args).map(|()| ExitCode::SUCCESS),
@@ -57,19 +61,4 @@ fn main() -> ExitCode {
         eprintln!("vmlet-launcher: {err:#}");
         ExitCode::FAILURE
     })
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VMLET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal: `kubectl logs` and log files get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
