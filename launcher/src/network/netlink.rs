@@ -81,6 +81,14 @@ pub(crate) fn link_controller(link: &LinkMessage) -> Option<u32> {
 
 /// What kind of device the link is (`bridge`, `tun`, `veth`...).
 pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+    link_infos(link).find_map(|info| match info {
+        LinkInfo::Kind(kind) => Some(kind),
+        _ => None,
+    })
+}
+
+/// The link's `IFLA_LINKINFO` entries: its kind, and its data as a device and as a port.
+pub(crate) fn link_infos(link: &LinkMessage) -> impl Iterator<Item = &LinkInfo> {
     link.attributes
         .iter()
         .filter_map(|attribute| match attribute {
@@ -88,10 +96,6 @@ pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
             _ => None,
         })
         .flatten()
-        .find_map(|info| match info {
-            LinkInfo::Kind(kind) => Some(kind),
-            _ => None,
-        })
 }
 
 #[cfg(test)]

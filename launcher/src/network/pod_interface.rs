@@ -201,7 +201,7 @@ fn ip(address: &RouteAddress) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rtnetlink::packet_route::link::LinkAttribute;
     use rtnetlink::{AddressMessageBuilder, LinkUnspec};
@@ -263,7 +263,8 @@ mod tests {
         builder.build()
     }
 
-    fn route(destination: &str, gateway: Option<&str>, on_link: bool, metric: u32) -> PodRoute {
+    /// A route as discovery reports it, from text.
+    pub(crate) fn route(destination: &str, gateway: Option<&str>, on_link: bool, metric: u32) -> PodRoute {
         PodRoute {
             destination: destination.parse().unwrap(),
             gateway: gateway.map(|gateway| gateway.parse().unwrap()),

@@ -29,6 +29,7 @@ use vmlet_dhcp::v6;
 use super::bridge::{BridgeBinding, BridgeError, BridgeSetup, DEFAULT_SERVER_ADDRESS};
 use super::netlink::{self, link_by_name};
 use super::netns::in_netns;
+use super::pod_interface::tests::route;
 use super::pod_interface::{PodInterface, PodRoute, discover};
 use super::resolv_conf::DnsConfig;
 use super::tap::open_tap;
@@ -346,7 +347,7 @@ fn af_spec(link: &LinkMessage) -> impl Iterator<Item = &AfSpecUnspec> {
 
 /// Whether the bridge learns addresses behind the port `link`.
 fn bridge_port_learning(link: &LinkMessage) -> Option<bool> {
-    link_infos(link)
+    netlink::link_infos(link)
         .filter_map(|info| match info {
             LinkInfo::PortData(InfoPortData::BridgePort(attributes)) => Some(attributes),
             _ => None,
@@ -358,16 +359,6 @@ fn bridge_port_learning(link: &LinkMessage) -> Option<bool> {
         })
 }
 
-fn link_infos(link: &LinkMessage) -> impl Iterator<Item = &LinkInfo> {
-    link.attributes
-        .iter()
-        .filter_map(|attribute| match attribute {
-            LinkAttribute::LinkInfo(infos) => Some(infos),
-            _ => None,
-        })
-        .flatten()
-}
-
 /// `IFLA_TUN_*` attributes the kernel reports for a tap, by their numbers in `if_link.h`.
 const IFLA_TUN_OWNER: u16 = 1;
 const IFLA_TUN_TYPE: u16 = 3;
@@ -376,7 +367,7 @@ const IFLA_TUN_PERSIST: u16 = 6;
 
 /// The value of the tun attribute `kind`, as bytes.
 fn tun_attribute(link: &LinkMessage, kind: u16) -> Option<Vec<u8>> {
-    link_infos(link)
+    netlink::link_infos(link)
         .filter_map(|info| match info {
             LinkInfo::Data(InfoData::Tun(attributes)) => Some(attributes),
             _ => None,
@@ -410,15 +401,6 @@ async fn nft(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
-}
-
-fn route(destination: &str, gateway: Option<&str>, on_link: bool, metric: u32) -> PodRoute {
-    PodRoute {
-        destination: destination.parse().unwrap(),
-        gateway: gateway.map(|gateway| gateway.parse().unwrap()),
-        on_link,
-        metric,
-    }
 }
 
 fn sorted(mut routes: Vec<PodRoute>) -> Vec<PodRoute> {
