@@ -18,9 +18,15 @@ use serde::{Deserialize, Serialize};
 
 pub use quantity::{ParseQuantityError, parse_quantity};
 pub use status::{
-    Condition, ConditionType, InterfaceStatus, Phase, PhaseTransition, PrintableStatus, VirtualMachineStatus,
+    Condition, ConditionType, InterfaceStatus, Phase, PhaseTransition, PrintableStatus, StartFailure,
+    VirtualMachineStatus,
 };
 pub use validate::{Binding, InvalidSpec, Problem};
+
+/// The annotation that starts or stops a VM whose run strategy is `Manual`: `start` or `stop`. It is a request, not
+/// a state: the controller acts on it once and removes it (KubeVirt's start and stop subresources). Under any other
+/// run strategy it is removed with a warning event, since `spec.runStrategy` decides.
+pub const RUN_ANNOTATION: &str = "vmlet.dev/run";
 
 /// A virtual machine that runs in a pod of its own and takes that pod's network identity.
 // Each printer column repeats `type_`, which clippy takes for a duplicated attribute.

@@ -12,7 +12,10 @@ pub struct VirtualMachineStatus {
     /// A one-word summary for people (`kubectl get vm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub printable_status: Option<PrintableStatus>,
+    /// Keyed by type, so that each writer (the controller: Ready and Failure; the node agent: Paused) owns its own
+    /// conditions under server-side apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceStatus>,
@@ -20,10 +23,33 @@ pub struct VirtualMachineStatus {
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launcher_pod: Option<String>,
-    #[serde(default)]
+    /// Restarts the run strategy made on its own after a run ended (not the starts a person asked for). Left out
+    /// when zero, so that a server-side apply that does not mean to set it does not claim it.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub restart_count: u32,
+    /// Why and until when the next automatic start waits (crash-loop back-off); absent when the VM is not failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_failure: Option<StartFailure>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phase_transition_timestamps: Vec<PhaseTransition>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The crash-loop back-off's memory (KubeVirt's `startFailure`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartFailure {
+    /// Failed runs in a row; a run that lasts long enough starts the count afresh.
+    pub consecutive_fail_count: u32,
+    /// The launcher whose failure was counted last, so that seeing it again does not count it twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_launcher: Option<String>,
+    /// No automatic start before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_timestamp: Option<Time>,
 }
 
 /// Where the VM instance is in its life (KubeVirt's VMI phases).

@@ -1,6 +1,10 @@
 //! `vmlet-handler`: the node agent. Its reconciling roles (controller, node, standalone) are not written yet; what
 //! it offers today is the CRD, generated from the Rust types so the schema never drifts from the code.
 
+// Used by the reconciling roles; until they exist only its tests call it.
+#[allow(dead_code)]
+mod lifecycle;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

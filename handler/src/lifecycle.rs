@@ -1,0 +1,1283 @@
+//! When a VM's launcher runs: the run strategy (KubeVirt's semantics) and the crash-loop back-off, as a pure
+//! function from what is observed to a plan.
+//!
+//! Nothing here knows what a launcher is made of: the controller's launcher is a Pod, standalone mode's a network
+//! namespace and a process. Both observe it as a [`Launcher`], carry out the plan's [`LauncherAction`], and write
+//! the plan's status. The status is also this module's memory (the phase a run ended in, the restart count, the
+//! back-off), so a restarted handler decides exactly as the one before it did.
+//!
+//! | strategy | starts the launcher | after the guest ends |
+//! | --- | --- | --- |
+//! | `Always` | at once | restarts it, with back-off after a failure |
+//! | `RerunOnFailure` | at once | restarts it after a failure (with back-off), not after a clean end |
+//! | `Once` | when it never ran | never restarts it |
+//! | `Manual` | on a `start` request | never restarts it; `stop` requests stop it |
+//! | `Halted` | never | (stops a running one) |
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use vmlet_api::{
+    Condition, ConditionType, Phase, PhaseTransition, PrintableStatus, RunStrategy, StartFailure, VirtualMachineStatus,
+};
+
+/// The first automatic restart after a failure waits this long; each further failure in a row doubles it.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+/// The longest wait between automatic restarts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A run that lasted this long ends a crash loop: the next failure waits [`BACKOFF_INITIAL`] again.
+pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+/// How often a VM whose launcher's node stopped answering is looked at again.
+pub const NODE_LOST_RECHECK: Duration = Duration::from_secs(30);
+
+/// The wait before the automatic start that follows `consecutive_failures` failed runs in a row.
+pub fn backoff(consecutive_failures: u32) -> Duration {
+    let doublings = consecutive_failures.saturating_sub(1).min(31);
+    BACKOFF_INITIAL.saturating_mul(1 << doublings).min(BACKOFF_MAX)
+}
+
+/// A request to start or stop a `Manual` VM (the value of [`vmlet_api::RUN_ANNOTATION`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunRequest {
+    Start,
+    Stop,
+    /// A value that is neither; it is dropped with a warning.
+    Invalid(String),
+}
+
+impl RunRequest {
+    pub fn parse(value: &str) -> Self {
+        match value.trim() {
+            "start" => Self::Start,
+            "stop" => Self::Stop,
+            other => Self::Invalid(other.to_owned()),
+        }
+    }
+}
+
+/// How a launcher's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit code 0: the guest powered off, or shut down when asked.
+    Succeeded,
+    /// Any other end. `code` is the launcher's exit code when it exited (1: it never ran the guest, 3: the guest
+    /// was destroyed, 4: the guest crashed); `None` when it was killed or vanished with no code.
+    Failed { code: Option<i32>, reason: Option<String> },
+}
+
+/// What is observed of the VM's launcher. `id` names one launcher instance (a Pod's uid, a process's start), so
+/// that a failure is counted once however often it is seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launcher {
+    Absent,
+    /// Made, not running yet: waiting for a node (`node` is `None`; `unschedulable` says why it cannot get one),
+    /// or starting on one.
+    Pending {
+        id: String,
+        node: Option<String>,
+        unschedulable: Option<String>,
+    },
+    Running {
+        id: String,
+        node: Option<String>,
+        since: Timestamp,
+    },
+    /// Its run is over, and the launcher is still there to be looked at.
+    Ended {
+        id: String,
+        node: Option<String>,
+        started: Option<Timestamp>,
+        finished: Timestamp,
+        exit: Exit,
+    },
+    /// Asked to stop, and not gone yet.
+    Terminating {
+        id: String,
+        node: Option<String>,
+    },
+}
+
+impl Launcher {
+    fn node(&self) -> Option<&str> {
+        match self {
+            Self::Absent => None,
+            Self::Pending { node, .. }
+            | Self::Running { node, .. }
+            | Self::Ended { node, .. }
+            | Self::Terminating { node, .. } => node.as_deref(),
+        }
+    }
+}
+
+/// Whether the node the launcher is on still answers ([`node_health`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeHealth {
+    Alive,
+    /// It stopped answering: the launcher's state as last reported may be long out of date.
+    Lost,
+    /// Not known (no node, or a node that never reported).
+    Unknown,
+}
+
+/// Judges a node by its agent's last heartbeat: alive while that is younger than `timeout`. A heartbeat from the
+/// future (clocks that disagree) counts as fresh.
+pub fn node_health(last_heartbeat: Option<Timestamp>, timeout: Duration, now: Timestamp) -> NodeHealth {
+    match last_heartbeat {
+        None => NodeHealth::Unknown,
+        Some(at) if duration_between(at, now) > timeout => NodeHealth::Lost,
+        Some(_) => NodeHealth::Alive,
+    }
+}
+
+/// Everything [`plan`] decides from.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    pub run_strategy: RunStrategy,
+    /// A pending start or stop request, if any.
+    pub request: Option<RunRequest>,
+    /// The VM itself is being deleted: its launcher must go before it may.
+    pub deleting: bool,
+    /// Why the spec cannot run, if it cannot (`VirtualMachineInstanceSpec::validate`); no launcher is made for it.
+    pub spec_error: Option<String>,
+    pub status: &'a VirtualMachineStatus,
+    pub launcher: Launcher,
+    pub node: NodeHealth,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LauncherAction {
+    None,
+    Create,
+    /// Stop the launcher and remove it (gracefully: the guest gets its ACPI shutdown).
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    Warning,
+}
+
+/// An event to record on the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// UpperCamelCase, as Kubernetes event reasons are.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What to do, and what to report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub action: LauncherAction,
+    /// The lifecycle's part of the status: phase, printable status, the Ready and Failure conditions, node name,
+    /// restart count, back-off and phase transitions. The other fields are left empty for their writers.
+    pub status: VirtualMachineStatus,
+    pub events: Vec<Event>,
+    /// Look again after this long even if nothing changes (a back-off that ends, a run that becomes long enough).
+    pub requeue_after: Option<Duration>,
+    /// The run request was acted on (or refused) and should be removed.
+    pub consume_request: bool,
+    /// The VM is being deleted and its launcher is gone: nothing holds it any longer.
+    pub release: bool,
+}
+
+/// What the run strategy wants of the launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Desire {
+    /// Have it running. `automatic`: the strategy's own (re)start, subject to back-off and counted as a restart;
+    /// otherwise a person's request.
+    Run { automatic: bool },
+    /// Have none.
+    Stop,
+    /// Leave it be: do not start one, do not stop one.
+    Leave,
+}
+
+/// Decides what to do about one VM's launcher.
+pub fn plan(obs: &Observation<'_>) -> Plan {
+    Planner::new(obs).decide()
+}
+
+/// Builds one plan: the observation, the status as it will be written, and what was decided so far.
+struct Planner<'o, 'a> {
+    obs: &'o Observation<'a>,
+    phase: Option<Phase>,
+    printable: PrintableStatus,
+    ready: (bool, &'static str, String),
+    failure: Option<(&'static str, String)>,
+    restart_count: u32,
+    start_failure: Option<StartFailure>,
+    action: LauncherAction,
+    events: Vec<Event>,
+    requeue_after: Option<Duration>,
+    consume_request: bool,
+    release: bool,
+}
+
+impl<'o, 'a> Planner<'o, 'a> {
+    fn new(obs: &'o Observation<'a>) -> Self {
+        let previous = obs.status;
+        Self {
+            obs,
+            phase: previous.phase,
+            printable: previous.printable_status.unwrap_or(PrintableStatus::Stopped),
+            ready: (false, "Stopped", "the VM is not running".into()),
+            failure: previous_failure(previous),
+            restart_count: previous.restart_count,
+            start_failure: previous.start_failure.clone(),
+            action: LauncherAction::None,
+            events: Vec::new(),
+            requeue_after: None,
+            consume_request: false,
+            release: false,
+        }
+    }
+
+    fn decide(mut self) -> Plan {
+        let obs = self.obs;
+        self.settle_vanished();
+        if obs.deleting {
+            self.delete_vm();
+        } else if obs.node == NodeHealth::Lost && obs.launcher.node().is_some() {
+            self.node_lost();
+        } else {
+            let desire = self.desire();
+            match desire {
+                Desire::Run { automatic } => self.run(automatic),
+                Desire::Stop => self.stop(),
+                Desire::Leave => self.leave(),
+            }
+        }
+        self.finish()
+    }
+
+    /// A launcher that is gone while the status still has it pending or running was not stopped by this handler
+    /// (stops show `Stopping` first): it vanished (evicted, deleted by someone, its node removed), which ends its
+    /// run as a failure.
+    fn settle_vanished(&mut self) {
+        let previous = self.obs.status;
+        let active = matches!(
+            previous.phase,
+            Some(Phase::Pending | Phase::Scheduling | Phase::Scheduled | Phase::Running)
+        );
+        if self.obs.launcher != Launcher::Absent || !active {
+            return;
+        }
+        if matches!(
+            previous.printable_status,
+            Some(PrintableStatus::Stopping | PrintableStatus::Terminating)
+        ) {
+            self.phase = Some(Phase::Succeeded);
+        } else {
+            self.phase = Some(Phase::Failed);
+            let message = "the launcher disappeared while the VM ran".to_owned();
+            self.event(EventKind::Warning, "LauncherVanished", message.clone());
+            self.failure = Some(("LauncherVanished", message));
+            self.count_failure(None, None, self.obs.now);
+        }
+    }
+
+    fn desire(&mut self) -> Desire {
+        let obs = self.obs;
+        let request = obs.request.as_ref();
+        if obs.run_strategy != RunStrategy::Manual
+            && let Some(request) = request
+        {
+            self.consume_request = true;
+            self.event(
+                EventKind::Warning,
+                "RunRequestIgnored",
+                format!(
+                    "run request {} ignored: runStrategy {:?} decides when this VM runs; use runStrategy Manual",
+                    request_name(request),
+                    obs.run_strategy
+                ),
+            );
+        }
+        let ended_cleanly = match &obs.launcher {
+            Launcher::Ended { exit, .. } => *exit == Exit::Succeeded,
+            Launcher::Absent => self.phase == Some(Phase::Succeeded),
+            _ => false,
+        };
+        match obs.run_strategy {
+            RunStrategy::Always => Desire::Run { automatic: true },
+            RunStrategy::RerunOnFailure if ended_cleanly => Desire::Leave,
+            RunStrategy::RerunOnFailure => Desire::Run { automatic: true },
+            RunStrategy::Once if obs.launcher == Launcher::Absent && self.phase.is_none() => {
+                Desire::Run { automatic: false }
+            }
+            RunStrategy::Once => Desire::Leave,
+            RunStrategy::Halted => Desire::Stop,
+            RunStrategy::Manual => match request {
+                Some(RunRequest::Start) => Desire::Run { automatic: false },
+                Some(RunRequest::Stop) => Desire::Stop,
+                Some(RunRequest::Invalid(value)) => {
+                    self.consume_request = true;
+                    self.event(
+                        EventKind::Warning,
+                        "RunRequestInvalid",
+                        format!("run request {value:?} is neither start nor stop"),
+                    );
+                    Desire::Leave
+                }
+                None => Desire::Leave,
+            },
+        }
+    }
+
+    fn run(&mut self, automatic: bool) {
+        let obs = self.obs;
+        let manual_start = obs.run_strategy == RunStrategy::Manual;
+        match &obs.launcher {
+            Launcher::Absent => self.start(automatic),
+            Launcher::Pending { .. } | Launcher::Running { .. } => {
+                self.consume_request |= manual_start;
+                self.track_live();
+            }
+            Launcher::Ended {
+                id,
+                started,
+                finished,
+                exit,
+                ..
+            } => {
+                self.ended(exit);
+                if let Exit::Failed { .. } = exit
+                    && automatic
+                {
+                    self.count_failure(Some(id), *started, *finished);
+                }
+                // The finished launcher makes way for the next; its logs go with it.
+                self.action = LauncherAction::Delete;
+                self.printable = match (exit, automatic) {
+                    (Exit::Failed { .. }, true) => PrintableStatus::CrashLoopBackOff,
+                    _ => PrintableStatus::Starting,
+                };
+                self.requeue_after = self.backoff_left();
+            }
+            Launcher::Terminating { .. } => {
+                if self.printable != PrintableStatus::CrashLoopBackOff {
+                    self.printable = PrintableStatus::Stopping;
+                }
+                self.ready = (false, "Stopping", "the launcher is stopping".into());
+            }
+        }
+    }
+
+    /// Starts a launcher, unless the spec cannot run or the back-off says to wait.
+    fn start(&mut self, automatic: bool) {
+        let obs = self.obs;
+        if let Some(problem) = &obs.spec_error {
+            if self.failure.as_ref().is_none_or(|(reason, _)| *reason != "InvalidSpec") {
+                self.event(EventKind::Warning, "InvalidSpec", problem.clone());
+            }
+            self.failure = Some(("InvalidSpec", problem.clone()));
+            self.printable = PrintableStatus::Stopped;
+            self.ready = (false, "InvalidSpec", "the VM's spec cannot run".into());
+            return;
+        }
+        if automatic && let Some(wait) = self.backoff_left() {
+            self.printable = PrintableStatus::CrashLoopBackOff;
+            self.ready = (
+                false,
+                "CrashLoopBackOff",
+                format!("the VM failed; next start in {}s", wait.as_secs()),
+            );
+            self.requeue_after = Some(wait);
+            return;
+        }
+        let restart = matches!(self.phase, Some(Phase::Succeeded | Phase::Failed));
+        if automatic && restart {
+            self.restart_count = self.restart_count.saturating_add(1);
+            self.event(
+                EventKind::Normal,
+                "Restarting",
+                format!("starting the VM again (restart {})", self.restart_count),
+            );
+        } else {
+            self.event(EventKind::Normal, "Starting", "starting the VM".into());
+        }
+        if !automatic {
+            // A person's start is not part of a crash loop.
+            self.start_failure = None;
+        }
+        self.consume_request = obs.run_strategy == RunStrategy::Manual;
+        self.action = LauncherAction::Create;
+        self.phase = Some(Phase::Pending);
+        self.printable = PrintableStatus::Starting;
+        self.failure = None;
+        self.ready = (false, "Starting", "the launcher is starting".into());
+    }
+
+    /// The status of a launcher that is pending or running.
+    fn track_live(&mut self) {
+        let obs = self.obs;
+        self.failure = None;
+        match &obs.launcher {
+            Launcher::Pending {
+                node, unschedulable, ..
+            } => {
+                self.phase = Some(if node.is_some() {
+                    Phase::Scheduled
+                } else {
+                    Phase::Scheduling
+                });
+                if let Some(why) = unschedulable {
+                    self.printable = PrintableStatus::ErrorUnschedulable;
+                    self.ready = (false, "Unschedulable", why.clone());
+                } else {
+                    self.printable = PrintableStatus::Starting;
+                    self.ready = (false, "Starting", "the launcher is starting".into());
+                }
+            }
+            Launcher::Running { since, .. } => {
+                if self.phase != Some(Phase::Running) {
+                    self.event(EventKind::Normal, "Started", "the VM's launcher is running".into());
+                }
+                self.phase = Some(Phase::Running);
+                self.printable = PrintableStatus::Running;
+                self.ready = (true, "Running", "the VM's launcher is running".into());
+                if self.start_failure.is_some() {
+                    let ran = duration_between(*since, obs.now);
+                    if ran >= BACKOFF_RESET_AFTER {
+                        self.start_failure = None;
+                    } else {
+                        self.requeue_after = Some(BACKOFF_RESET_AFTER - ran);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records how a run ended (its event once: the phase says whether it was seen already).
+    fn ended(&mut self, exit: &Exit) {
+        match exit {
+            Exit::Succeeded => {
+                if self.phase != Some(Phase::Succeeded) {
+                    self.event(EventKind::Normal, "Succeeded", "the guest shut down".into());
+                }
+                self.phase = Some(Phase::Succeeded);
+                self.failure = None;
+                self.ready = (false, "Succeeded", "the guest shut down".into());
+            }
+            Exit::Failed { code, reason } => {
+                let (why, message) = failure_of(*code, reason.as_deref());
+                if self.phase != Some(Phase::Failed) {
+                    self.event(EventKind::Warning, why, message.clone());
+                }
+                self.phase = Some(Phase::Failed);
+                self.ready = (false, why, message.clone());
+                self.failure = Some((why, message));
+            }
+        }
+        self.printable = PrintableStatus::Stopped;
+    }
+
+    /// Counts a failed run toward the back-off, once per launcher.
+    fn count_failure(&mut self, id: Option<&String>, started: Option<Timestamp>, finished: Timestamp) {
+        let previous = self.start_failure.clone().unwrap_or_default();
+        if id.is_some() && previous.last_failed_launcher.as_ref() == id {
+            return;
+        }
+        let ran_long = started.is_some_and(|s| duration_between(s, finished) >= BACKOFF_RESET_AFTER);
+        let count = if ran_long {
+            1
+        } else {
+            previous.consecutive_fail_count.saturating_add(1)
+        };
+        let retry_after = finished
+            .checked_add(SignedDuration::try_from(backoff(count)).unwrap_or(SignedDuration::MAX))
+            .unwrap_or(Timestamp::MAX);
+        self.start_failure = Some(StartFailure {
+            consecutive_fail_count: count,
+            last_failed_launcher: id.cloned(),
+            retry_after_timestamp: Some(Time(retry_after)),
+        });
+    }
+
+    /// How long the back-off still holds the next automatic start, if it does.
+    fn backoff_left(&self) -> Option<Duration> {
+        let until = self.start_failure.as_ref()?.retry_after_timestamp.as_ref()?.0;
+        let left = duration_between(self.obs.now, until);
+        (!left.is_zero()).then_some(left)
+    }
+
+    fn stop(&mut self) {
+        let obs = self.obs;
+        self.start_failure = None;
+        self.ready = (false, "Stopped", "the VM is not running".into());
+        match &obs.launcher {
+            Launcher::Absent => {
+                self.consume_request |= obs.request == Some(RunRequest::Stop);
+                self.phase = None;
+                self.failure = None;
+                self.printable = PrintableStatus::Stopped;
+            }
+            Launcher::Terminating { .. } => {
+                self.consume_request |= obs.request == Some(RunRequest::Stop);
+                self.printable = PrintableStatus::Stopping;
+                self.ready = (false, "Stopping", "the launcher is stopping".into());
+            }
+            Launcher::Pending { .. } | Launcher::Running { .. } | Launcher::Ended { .. } => {
+                self.consume_request |= obs.request == Some(RunRequest::Stop);
+                if let Launcher::Ended { exit, .. } = &obs.launcher {
+                    self.ended(exit);
+                } else {
+                    self.event(EventKind::Normal, "Stopping", "stopping the VM".into());
+                }
+                self.action = LauncherAction::Delete;
+                self.printable = PrintableStatus::Stopping;
+                self.ready = (false, "Stopping", "the launcher is stopping".into());
+            }
+        }
+    }
+
+    fn leave(&mut self) {
+        let obs = self.obs;
+        match &obs.launcher {
+            Launcher::Absent => {
+                self.printable = PrintableStatus::Stopped;
+                if let Some(Phase::Succeeded) = self.phase {
+                    self.ready = (false, "Succeeded", "the guest shut down".into());
+                }
+            }
+            Launcher::Pending { .. } | Launcher::Running { .. } => self.track_live(),
+            Launcher::Ended { exit, .. } => self.ended(exit),
+            Launcher::Terminating { .. } => {
+                self.printable = PrintableStatus::Stopping;
+                self.ready = (false, "Stopping", "the launcher is stopping".into());
+            }
+        }
+    }
+
+    fn delete_vm(&mut self) {
+        let obs = self.obs;
+        self.printable = PrintableStatus::Terminating;
+        self.ready = (false, "Terminating", "the VM is being deleted".into());
+        match &obs.launcher {
+            Launcher::Absent => self.release = true,
+            Launcher::Terminating { .. } => {}
+            _ => {
+                self.event(
+                    EventKind::Normal,
+                    "Stopping",
+                    "the VM is being deleted: stopping its launcher".into(),
+                );
+                self.action = LauncherAction::Delete;
+            }
+        }
+    }
+
+    /// The launcher's node stopped answering: what it last reported cannot be trusted, so the VM is marked failed.
+    /// Its launcher is left alone: the node may only be cut off, with the guest still running (or its agent being
+    /// upgraded); if the node comes back, the status follows the launcher again. The run strategy acts once the
+    /// launcher is gone (the node removed, or the launcher deleted by force).
+    fn node_lost(&mut self) {
+        let message = format!(
+            "node {} stopped answering; the VM's state is unknown",
+            self.obs.launcher.node().unwrap_or_default()
+        );
+        if self
+            .failure
+            .as_ref()
+            .is_none_or(|(reason, _)| *reason != "NodeUnresponsive")
+        {
+            self.event(EventKind::Warning, "NodeUnresponsive", message.clone());
+        }
+        self.phase = Some(Phase::Failed);
+        self.printable = PrintableStatus::Unknown;
+        self.ready = (false, "NodeUnresponsive", message.clone());
+        self.failure = Some(("NodeUnresponsive", message));
+        self.requeue_after = Some(NODE_LOST_RECHECK);
+    }
+
+    fn event(&mut self, kind: EventKind, reason: &'static str, message: String) {
+        self.events.push(Event { kind, reason, message });
+    }
+
+    fn finish(self) -> Plan {
+        let obs = self.obs;
+        let previous = obs.status;
+        let mut conditions = vec![condition(
+            previous,
+            ConditionType::Ready,
+            self.ready.0,
+            self.ready.1,
+            &self.ready.2,
+            obs.now,
+        )];
+        if let Some((reason, message)) = &self.failure {
+            conditions.push(condition(
+                previous,
+                ConditionType::Failure,
+                true,
+                reason,
+                message,
+                obs.now,
+            ));
+        }
+        let mut transitions = previous.phase_transition_timestamps.clone();
+        if let Some(phase) = self.phase
+            && previous.phase != Some(phase)
+        {
+            transitions.retain(|t| t.phase != phase);
+            transitions.push(PhaseTransition {
+                phase,
+                phase_transition_timestamp: Time(obs.now),
+            });
+        }
+        let status = VirtualMachineStatus {
+            phase: self.phase,
+            printable_status: Some(self.printable),
+            conditions,
+            node_name: obs.launcher.node().map(str::to_owned),
+            restart_count: self.restart_count,
+            start_failure: self.start_failure,
+            phase_transition_timestamps: transitions,
+            ..VirtualMachineStatus::default()
+        };
+        Plan {
+            action: self.action,
+            status,
+            events: self.events,
+            requeue_after: self.requeue_after,
+            consume_request: self.consume_request,
+            release: self.release,
+        }
+    }
+}
+
+fn previous_failure(status: &VirtualMachineStatus) -> Option<(&'static str, String)> {
+    let failure = status
+        .conditions
+        .iter()
+        .find(|c| c.condition_type == ConditionType::Failure && c.status == "True")?;
+    let reason = FAILURE_REASONS
+        .iter()
+        .find(|r| failure.reason.as_deref() == Some(**r))
+        .copied()?;
+    Some((reason, failure.message.clone().unwrap_or_default()))
+}
+
+/// Every reason the Failure condition can carry.
+const FAILURE_REASONS: &[&str] = &[
+    "LauncherFailed",
+    "GuestDestroyed",
+    "GuestCrashed",
+    "LauncherKilled",
+    "LauncherVanished",
+    "InvalidSpec",
+    "NodeUnresponsive",
+];
+
+/// The Failure reason and message for a launcher's exit code (docs/launcher.md).
+fn failure_of(code: Option<i32>, reason: Option<&str>) -> (&'static str, String) {
+    let detail = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+    match code {
+        Some(1) => ("LauncherFailed", format!("the launcher could not run the VM{detail}")),
+        Some(3) => ("GuestDestroyed", format!("the guest was destroyed{detail}")),
+        Some(4) => ("GuestCrashed", format!("the guest crashed or QEMU died{detail}")),
+        Some(code) => (
+            "LauncherFailed",
+            format!("the launcher exited with code {code}{detail}"),
+        ),
+        None => ("LauncherKilled", format!("the launcher was killed{detail}")),
+    }
+}
+
+fn request_name(request: &RunRequest) -> String {
+    match request {
+        RunRequest::Start => "start".into(),
+        RunRequest::Stop => "stop".into(),
+        RunRequest::Invalid(value) => format!("{value:?}"),
+    }
+}
+
+/// A condition, keeping its last transition time when its status did not change.
+fn condition(
+    previous: &VirtualMachineStatus,
+    condition_type: ConditionType,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .conditions
+        .iter()
+        .find(|c| c.condition_type == condition_type && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        condition_type,
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: Some(last_transition_time),
+    }
+}
+
+/// `to - from`, or zero when `to` is not later.
+fn duration_between(from: Timestamp, to: Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(T0 + seconds).unwrap()
+    }
+
+    fn status(phase: Option<Phase>, printable: Option<PrintableStatus>) -> VirtualMachineStatus {
+        VirtualMachineStatus {
+            phase,
+            printable_status: printable,
+            ..VirtualMachineStatus::default()
+        }
+    }
+
+    fn pending(node: Option<&str>) -> Launcher {
+        Launcher::Pending {
+            id: "l1".into(),
+            node: node.map(Into::into),
+            unschedulable: None,
+        }
+    }
+
+    fn running(since: i64) -> Launcher {
+        Launcher::Running {
+            id: "l1".into(),
+            node: Some("n1".into()),
+            since: at(since),
+        }
+    }
+
+    fn ended(exit: Exit) -> Launcher {
+        Launcher::Ended {
+            id: "l1".into(),
+            node: Some("n1".into()),
+            started: Some(at(0)),
+            finished: at(5),
+            exit,
+        }
+    }
+
+    fn failed(code: i32) -> Launcher {
+        ended(Exit::Failed {
+            code: Some(code),
+            reason: None,
+        })
+    }
+
+    fn terminating() -> Launcher {
+        Launcher::Terminating {
+            id: "l1".into(),
+            node: Some("n1".into()),
+        }
+    }
+
+    fn observe(strategy: RunStrategy, status: &VirtualMachineStatus, launcher: Launcher, now: i64) -> Observation<'_> {
+        Observation {
+            run_strategy: strategy,
+            request: None,
+            deleting: false,
+            spec_error: None,
+            status,
+            launcher,
+            node: NodeHealth::Alive,
+            now: at(now),
+        }
+    }
+
+    fn reasons(plan: &Plan) -> Vec<&'static str> {
+        plan.events.iter().map(|e| e.reason).collect()
+    }
+
+    fn condition_of(plan: &Plan, kind: ConditionType) -> Option<(&str, &str)> {
+        plan.status
+            .conditions
+            .iter()
+            .find(|c| c.condition_type == kind)
+            .map(|c| (c.status.as_str(), c.reason.as_deref().unwrap_or_default()))
+    }
+
+    use LauncherAction::{Create, Delete, None as Nothing};
+    use Phase::{Failed, Pending, Running, Scheduled, Scheduling, Succeeded};
+    use PrintableStatus as P;
+    use RunStrategy::{Always, Halted, Manual, Once, RerunOnFailure};
+
+    /// One row: strategy, previous phase and printable status, the launcher → action, phase, printable status.
+    struct Row {
+        strategy: RunStrategy,
+        phase: Option<Phase>,
+        printable: Option<PrintableStatus>,
+        launcher: Launcher,
+        action: LauncherAction,
+        new_phase: Option<Phase>,
+        new_printable: PrintableStatus,
+    }
+
+    fn row(
+        strategy: RunStrategy,
+        (phase, printable): (Option<Phase>, Option<PrintableStatus>),
+        launcher: Launcher,
+        action: LauncherAction,
+        new_phase: Option<Phase>,
+        new_printable: PrintableStatus,
+    ) -> Row {
+        Row {
+            strategy,
+            phase,
+            printable,
+            launcher,
+            action,
+            new_phase,
+            new_printable,
+        }
+    }
+
+    #[test]
+    fn every_strategy_and_launcher_state() {
+        let new = (None, None);
+        let was_running = (Some(Running), Some(P::Running));
+        let was_stopping = (Some(Running), Some(P::Stopping));
+        let was_done = (Some(Succeeded), Some(P::Stopped));
+        let was_failed = (Some(Failed), Some(P::Stopped));
+        let rows = [
+            // Always: start, track, restart after any end.
+            row(Always, new, Launcher::Absent, Create, Some(Pending), P::Starting),
+            row(Always, new, pending(None), Nothing, Some(Scheduling), P::Starting),
+            row(Always, new, pending(Some("n1")), Nothing, Some(Scheduled), P::Starting),
+            row(Always, new, running(0), Nothing, Some(Running), P::Running),
+            row(
+                Always,
+                was_running,
+                ended(Exit::Succeeded),
+                Delete,
+                Some(Succeeded),
+                P::Starting,
+            ),
+            row(
+                Always,
+                was_running,
+                failed(4),
+                Delete,
+                Some(Failed),
+                P::CrashLoopBackOff,
+            ),
+            row(Always, was_done, Launcher::Absent, Create, Some(Pending), P::Starting),
+            row(Always, was_running, terminating(), Nothing, Some(Running), P::Stopping),
+            row(
+                Always,
+                was_stopping,
+                Launcher::Absent,
+                Create,
+                Some(Pending),
+                P::Starting,
+            ),
+            // RerunOnFailure: a clean end is final, a failure is not.
+            row(
+                RerunOnFailure,
+                new,
+                Launcher::Absent,
+                Create,
+                Some(Pending),
+                P::Starting,
+            ),
+            row(
+                RerunOnFailure,
+                was_running,
+                ended(Exit::Succeeded),
+                Nothing,
+                Some(Succeeded),
+                P::Stopped,
+            ),
+            row(
+                RerunOnFailure,
+                was_done,
+                Launcher::Absent,
+                Nothing,
+                Some(Succeeded),
+                P::Stopped,
+            ),
+            row(
+                RerunOnFailure,
+                was_running,
+                failed(3),
+                Delete,
+                Some(Failed),
+                P::CrashLoopBackOff,
+            ),
+            // Once: one run, whatever its end.
+            row(Once, new, Launcher::Absent, Create, Some(Pending), P::Starting),
+            row(Once, new, running(0), Nothing, Some(Running), P::Running),
+            row(
+                Once,
+                was_running,
+                ended(Exit::Succeeded),
+                Nothing,
+                Some(Succeeded),
+                P::Stopped,
+            ),
+            row(Once, was_running, failed(4), Nothing, Some(Failed), P::Stopped),
+            row(Once, was_done, Launcher::Absent, Nothing, Some(Succeeded), P::Stopped),
+            row(Once, was_failed, Launcher::Absent, Nothing, Some(Failed), P::Stopped),
+            row(Once, was_running, Launcher::Absent, Nothing, Some(Failed), P::Stopped),
+            // Manual, with no request: nothing starts or stops by itself.
+            row(Manual, new, Launcher::Absent, Nothing, None, P::Stopped),
+            row(Manual, new, running(0), Nothing, Some(Running), P::Running),
+            row(
+                Manual,
+                was_running,
+                ended(Exit::Succeeded),
+                Nothing,
+                Some(Succeeded),
+                P::Stopped,
+            ),
+            row(Manual, was_running, failed(1), Nothing, Some(Failed), P::Stopped),
+            row(Manual, was_done, Launcher::Absent, Nothing, Some(Succeeded), P::Stopped),
+            // Halted: stop whatever there is, then forget the last run.
+            row(Halted, new, Launcher::Absent, Nothing, None, P::Stopped),
+            row(Halted, was_running, running(0), Delete, Some(Running), P::Stopping),
+            row(Halted, new, pending(None), Delete, None, P::Stopping),
+            row(
+                Halted,
+                was_running,
+                ended(Exit::Succeeded),
+                Delete,
+                Some(Succeeded),
+                P::Stopping,
+            ),
+            row(Halted, was_stopping, terminating(), Nothing, Some(Running), P::Stopping),
+            row(Halted, was_stopping, Launcher::Absent, Nothing, None, P::Stopped),
+            row(Halted, was_failed, Launcher::Absent, Nothing, None, P::Stopped),
+        ];
+        for (i, r) in rows.into_iter().enumerate() {
+            let previous = status(r.phase, r.printable);
+            let plan = plan(&observe(r.strategy, &previous, r.launcher.clone(), 100));
+            let got = (plan.action, plan.status.phase, plan.status.printable_status);
+            let want = (r.action, r.new_phase, Some(r.new_printable));
+            assert_eq!(got, want, "row {i}: {:?} {:?} {:?}", r.strategy, r.phase, r.launcher);
+            assert!(!plan.release && !plan.consume_request, "row {i}");
+        }
+    }
+
+    #[test]
+    fn ready_follows_the_running_launcher() {
+        let previous = VirtualMachineStatus::default();
+        let plan = plan(&observe(Always, &previous, running(0), 5));
+        assert_eq!(condition_of(&plan, ConditionType::Ready), Some(("True", "Running")));
+        assert_eq!(condition_of(&plan, ConditionType::Failure), None);
+        assert_eq!(plan.status.node_name.as_deref(), Some("n1"));
+        assert_eq!(reasons(&plan), ["Started"]);
+        // Seen again: the same status, the transition time kept, no second event.
+        let again = super::plan(&observe(Always, &plan.status, running(0), 50));
+        assert_eq!(again.status, plan.status);
+        assert!(again.events.is_empty());
+    }
+
+    #[test]
+    fn failures_back_off_doubling_up_to_the_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(2), Duration::from_secs(20));
+        assert_eq!(backoff(5), Duration::from_secs(160));
+        assert_eq!(backoff(6), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    /// A guest that crashes at once, again and again, under Always: each failure waits twice as long.
+    #[test]
+    fn a_crash_loop_waits_longer_each_time() {
+        let mut current = status(Some(Running), Some(P::Running));
+        let mut now = 0;
+        for (n, wait) in [(1, 10), (2, 20), (3, 40), (4, 80), (5, 160), (6, 300), (7, 300)] {
+            let id = format!("l{n}");
+            let launcher = Launcher::Ended {
+                id: id.clone(),
+                node: Some("n1".into()),
+                started: Some(at(now)),
+                finished: at(now + 2),
+                exit: Exit::Failed {
+                    code: Some(4),
+                    reason: None,
+                },
+            };
+            let seen = plan(&observe(Always, &current, launcher.clone(), now + 3));
+            assert_eq!(seen.action, Delete);
+            let failure = seen.status.start_failure.clone().unwrap();
+            assert_eq!(failure.consecutive_fail_count, n);
+            assert_eq!(failure.last_failed_launcher.as_deref(), Some(id.as_str()));
+            assert_eq!(failure.retry_after_timestamp, Some(Time(at(now + 2 + wait))));
+            assert_eq!(seen.requeue_after, Some(Duration::from_secs(wait as u64 - 1)));
+            assert_eq!(reasons(&seen), ["GuestCrashed"]);
+            assert_eq!(
+                condition_of(&seen, ConditionType::Failure),
+                Some(("True", "GuestCrashed"))
+            );
+
+            // Seen again before the launcher is gone: counted once.
+            let twice = plan(&observe(Always, &seen.status, launcher, now + 4));
+            assert_eq!(twice.status.start_failure, seen.status.start_failure);
+            assert!(twice.events.is_empty());
+
+            // Gone, but the back-off holds.
+            let waiting = plan(&observe(Always, &twice.status, Launcher::Absent, now + 2 + wait - 1));
+            assert_eq!(waiting.action, Nothing);
+            assert_eq!(waiting.status.printable_status, Some(P::CrashLoopBackOff));
+            assert_eq!(waiting.requeue_after, Some(Duration::from_secs(1)));
+
+            // The back-off is over: restart, counted.
+            now += 2 + wait;
+            let restart = plan(&observe(Always, &waiting.status, Launcher::Absent, now));
+            assert_eq!(restart.action, Create);
+            assert_eq!(restart.status.restart_count, n);
+            assert_eq!(reasons(&restart), ["Restarting"]);
+            assert_eq!(condition_of(&restart, ConditionType::Failure), None);
+            current = plan(&observe(Always, &restart.status, running(now), now)).status;
+        }
+    }
+
+    #[test]
+    fn a_long_run_ends_the_crash_loop() {
+        let mut previous = status(Some(Running), Some(P::Running));
+        previous.start_failure = Some(StartFailure {
+            consecutive_fail_count: 5,
+            last_failed_launcher: Some("l0".into()),
+            retry_after_timestamp: Some(Time(at(0))),
+        });
+        // Running, not long enough yet: look again when it will be.
+        let young = plan(&observe(Always, &previous, running(0), 100));
+        assert_eq!(young.status.start_failure, previous.start_failure);
+        assert_eq!(
+            young.requeue_after,
+            Some(BACKOFF_RESET_AFTER - Duration::from_secs(100))
+        );
+        // Long enough: forgotten.
+        let old = plan(&observe(Always, &previous, running(0), 600));
+        assert_eq!(old.status.start_failure, None);
+        assert_eq!(old.requeue_after, None);
+        // A failure after a long run (not seen while running) counts as the first of a new loop.
+        let late = Launcher::Ended {
+            id: "l1".into(),
+            node: None,
+            started: Some(at(0)),
+            finished: at(700),
+            exit: Exit::Failed {
+                code: Some(4),
+                reason: None,
+            },
+        };
+        let failed = plan(&observe(Always, &previous, late, 701));
+        let failure = failed.status.start_failure.unwrap();
+        assert_eq!(failure.consecutive_fail_count, 1);
+        assert_eq!(failure.retry_after_timestamp, Some(Time(at(710))));
+    }
+
+    #[test]
+    fn a_clean_end_under_always_restarts_at_once() {
+        let previous = status(Some(Running), Some(P::Running));
+        let ended = plan(&observe(Always, &previous, ended(Exit::Succeeded), 10));
+        assert_eq!((ended.action, ended.requeue_after), (Delete, None));
+        assert_eq!(ended.status.start_failure, None);
+        assert_eq!(reasons(&ended), ["Succeeded"]);
+        let restart = plan(&observe(Always, &ended.status, Launcher::Absent, 11));
+        assert_eq!((restart.action, restart.status.restart_count), (Create, 1));
+    }
+
+    #[test]
+    fn exit_codes_name_the_failure() {
+        for (code, reason) in [
+            (Some(1), "LauncherFailed"),
+            (Some(3), "GuestDestroyed"),
+            (Some(4), "GuestCrashed"),
+            (Some(137), "LauncherFailed"),
+            (None, "LauncherKilled"),
+        ] {
+            let previous = status(Some(Running), Some(P::Running));
+            let launcher = ended(Exit::Failed {
+                code,
+                reason: Some("OOMKilled".into()),
+            });
+            let plan = plan(&observe(Once, &previous, launcher, 10));
+            assert_eq!(condition_of(&plan, ConditionType::Failure), Some(("True", reason)));
+            assert_eq!(condition_of(&plan, ConditionType::Ready), Some(("False", reason)));
+            assert!(plan.events[0].message.contains("OOMKilled"), "{:?}", plan.events);
+            assert_eq!(plan.events[0].kind, EventKind::Warning);
+        }
+    }
+
+    #[test]
+    fn a_vanished_launcher_is_a_failure() {
+        let previous = status(Some(Running), Some(P::Running));
+        let plan = plan(&observe(Always, &previous, Launcher::Absent, 10));
+        assert_eq!(plan.action, Nothing);
+        assert_eq!(plan.status.phase, Some(Failed));
+        assert_eq!(plan.status.printable_status, Some(P::CrashLoopBackOff));
+        assert_eq!(plan.status.start_failure.as_ref().unwrap().consecutive_fail_count, 1);
+        assert_eq!(plan.requeue_after, Some(BACKOFF_INITIAL));
+        assert_eq!(reasons(&plan), ["LauncherVanished"]);
+    }
+
+    #[test]
+    fn manual_start_and_stop_requests() {
+        let stopped = status(Some(Succeeded), Some(P::Stopped));
+        let mut obs = observe(Manual, &stopped, Launcher::Absent, 10);
+        obs.request = Some(RunRequest::Start);
+        let start = plan(&obs);
+        assert_eq!((start.action, start.consume_request), (Create, true));
+        assert_eq!(start.status.restart_count, 0, "a person's start is no restart");
+
+        // The request still there while the launcher starts: consumed, nothing more.
+        obs.launcher = pending(None);
+        let again = plan(&obs);
+        assert_eq!((again.action, again.consume_request), (Nothing, true));
+
+        // A start after an ended run removes that run's launcher first, and ignores any back-off.
+        let mut failing = status(Some(Failed), Some(P::Stopped));
+        failing.start_failure = Some(StartFailure {
+            consecutive_fail_count: 3,
+            last_failed_launcher: Some("l1".into()),
+            retry_after_timestamp: Some(Time(at(1000))),
+        });
+        let mut obs = observe(Manual, &failing, failed(4), 10);
+        obs.request = Some(RunRequest::Start);
+        let clear = plan(&obs);
+        assert_eq!((clear.action, clear.consume_request), (Delete, false));
+        obs.launcher = Launcher::Absent;
+        let start = plan(&obs);
+        assert_eq!((start.action, start.consume_request), (Create, true));
+        assert_eq!(start.status.start_failure, None);
+
+        // Stop: delete, consumed; with nothing running, consumed at once.
+        let running_status = status(Some(Running), Some(P::Running));
+        let mut obs = observe(Manual, &running_status, running(0), 10);
+        obs.request = Some(RunRequest::Stop);
+        let stop = plan(&obs);
+        assert_eq!((stop.action, stop.consume_request), (Delete, true));
+        assert_eq!(reasons(&stop), ["Stopping"]);
+        obs.launcher = Launcher::Absent;
+        obs.status = &stopped;
+        let stop = plan(&obs);
+        assert_eq!((stop.action, stop.consume_request), (Nothing, true));
+        assert_eq!(stop.status.phase, None);
+    }
+
+    #[test]
+    fn requests_outside_manual_and_nonsense_are_dropped_with_a_warning() {
+        let previous = VirtualMachineStatus::default();
+        let mut obs = observe(Halted, &previous, Launcher::Absent, 10);
+        obs.request = Some(RunRequest::Start);
+        let ignored = plan(&obs);
+        assert_eq!((ignored.action, ignored.consume_request), (Nothing, true));
+        assert_eq!(reasons(&ignored), ["RunRequestIgnored"]);
+
+        let mut obs = observe(Manual, &previous, Launcher::Absent, 10);
+        obs.request = Some(RunRequest::parse("reboot"));
+        let invalid = plan(&obs);
+        assert_eq!((invalid.action, invalid.consume_request), (Nothing, true));
+        assert_eq!(invalid.events[0].kind, EventKind::Warning);
+        assert_eq!(reasons(&invalid), ["RunRequestInvalid"]);
+        assert_eq!(RunRequest::parse(" stop\n"), RunRequest::Stop);
+    }
+
+    #[test]
+    fn deleting_the_vm_stops_its_launcher_then_releases_it() {
+        let previous = status(Some(Running), Some(P::Running));
+        for (launcher, action, release) in [
+            (running(0), Delete, false),
+            (pending(None), Delete, false),
+            (ended(Exit::Succeeded), Delete, false),
+            (terminating(), Nothing, false),
+            (Launcher::Absent, Nothing, true),
+        ] {
+            let mut obs = observe(Always, &previous, launcher.clone(), 10);
+            obs.deleting = true;
+            let plan = plan(&obs);
+            assert_eq!((plan.action, plan.release), (action, release), "{launcher:?}");
+            assert_eq!(plan.status.printable_status, Some(P::Terminating));
+        }
+    }
+
+    #[test]
+    fn an_invalid_spec_is_not_started() {
+        let previous = VirtualMachineStatus::default();
+        let mut obs = observe(Always, &previous, Launcher::Absent, 10);
+        obs.spec_error = Some("domain.memory.guest: the guest's memory is required".into());
+        let refused = plan(&obs);
+        assert_eq!(refused.action, Nothing);
+        assert_eq!(
+            condition_of(&refused, ConditionType::Failure),
+            Some(("True", "InvalidSpec"))
+        );
+        assert_eq!(reasons(&refused), ["InvalidSpec"]);
+        obs.status = &refused.status;
+        assert!(plan(&obs).events.is_empty(), "reported once");
+    }
+
+    #[test]
+    fn a_lost_node_fails_the_vm_and_leaves_its_launcher() {
+        let previous = status(Some(Running), Some(P::Running));
+        let mut obs = observe(Always, &previous, running(0), 100);
+        obs.node = NodeHealth::Lost;
+        let lost = plan(&obs);
+        assert_eq!(lost.action, Nothing);
+        assert_eq!(lost.status.phase, Some(Failed));
+        assert_eq!(lost.status.printable_status, Some(P::Unknown));
+        assert_eq!(
+            condition_of(&lost, ConditionType::Failure),
+            Some(("True", "NodeUnresponsive"))
+        );
+        assert_eq!(reasons(&lost), ["NodeUnresponsive"]);
+        assert_eq!(lost.requeue_after, Some(NODE_LOST_RECHECK));
+        obs.status = &lost.status;
+        assert!(plan(&obs).events.is_empty(), "reported once");
+        // The node answers again, its launcher still running: the VM is running.
+        obs.node = NodeHealth::Alive;
+        let back = plan(&obs);
+        assert_eq!(back.status.phase, Some(Running));
+        assert_eq!(condition_of(&back, ConditionType::Failure), None);
+    }
+
+    #[test]
+    fn node_health_from_the_heartbeat() {
+        let timeout = Duration::from_secs(40);
+        assert_eq!(node_health(None, timeout, at(100)), NodeHealth::Unknown);
+        assert_eq!(node_health(Some(at(60)), timeout, at(100)), NodeHealth::Alive);
+        assert_eq!(node_health(Some(at(59)), timeout, at(100)), NodeHealth::Lost);
+        assert_eq!(node_health(Some(at(200)), timeout, at(100)), NodeHealth::Alive);
+    }
+
+    #[test]
+    fn phase_transitions_keep_one_time_per_phase() {
+        let mut previous = status(Some(Running), Some(P::Running));
+        previous.phase_transition_timestamps = vec![
+            PhaseTransition {
+                phase: Pending,
+                phase_transition_timestamp: Time(at(0)),
+            },
+            PhaseTransition {
+                phase: Running,
+                phase_transition_timestamp: Time(at(1)),
+            },
+        ];
+        let ended = plan(&observe(Always, &previous, ended(Exit::Succeeded), 10));
+        let restarted = plan(&observe(Always, &ended.status, Launcher::Absent, 11));
+        let phases: Vec<_> = restarted
+            .status
+            .phase_transition_timestamps
+            .iter()
+            .map(|t| (t.phase, t.phase_transition_timestamp.0))
+            .collect();
+        assert_eq!(phases, [(Running, at(1)), (Succeeded, at(10)), (Pending, at(11))]);
+    }
+}
