@@ -1,6 +1,10 @@
 //! `vmlet-handler`: the node agent. Its reconciling roles (controller, node, standalone) are not written yet; what
 //! it offers today is the CRD, generated from the Rust types so the schema never drifts from the code.
 
+// Used by the node role and the standalone mode, which come next.
+#[allow(dead_code)]
+mod vm_status;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
