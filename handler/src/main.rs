@@ -4,6 +4,8 @@
 // Used by the reconciling roles; until they exist only its tests call it.
 #[allow(dead_code)]
 mod lifecycle;
+#[allow(dead_code)]
+mod vm_status;
 
 use std::process::ExitCode;
 
