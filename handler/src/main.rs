@@ -1,11 +1,6 @@
-//! `vmlet-handler`: the node agent. Its reconciling roles (controller, node, standalone) are not written yet; what
-//! it offers today is the CRD, generated from the Rust types so the schema never drifts from the code.
-
-// Used by the reconciling roles; until they exist only its tests call it.
-#[allow(dead_code)]
-mod lifecycle;
-#[allow(dead_code)]
-mod vm_status;
+//! `vmlet-handler`: reconciles vmlet `VirtualMachine`s. `standalone` runs VMs on this machine from manifest files,
+//! with no cluster; `crd` prints the CustomResourceDefinition, generated from the Rust types so the schema never
+//! drifts from the code.
 
 use std::process::ExitCode;
 
@@ -13,9 +8,19 @@ use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 use vmlet_api::VirtualMachine;
 
+// Parts of both are for the controller and node roles.
+#[allow(dead_code)]
+mod lifecycle;
+mod standalone;
+#[allow(dead_code)]
+mod vm_status;
+
 #[derive(Parser)]
 #[command(name = "vmlet-handler", version, about = "Reconciles vmlet VirtualMachines")]
 struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = vmlet_log::JSON_ENV)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,21 +29,38 @@ struct Cli {
 enum Command {
     /// Print the VirtualMachine CustomResourceDefinition as YAML (what deploy/crd.yaml holds).
     Crd,
+    /// Run the VMs of a folder of manifests on this machine, each in a network namespace of its own, no cluster.
+    Standalone(standalone::Args),
+    /// Show the VMs that standalone mode runs from a folder of manifests.
+    Status(standalone::StatusArgs),
+    /// Run one launcher as a pod's runtime would (started by standalone mode).
+    #[command(hide = true)]
+    Shim(standalone::shim::Args),
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Crd => match crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("vmlet-handler: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    let cli = Cli::parse();
+    // The shim must stay single-threaded until it has entered the pod's namespaces, and logs nothing itself.
+    let command = match cli.command {
+        Command::Shim(args) => return finish(standalone::shim::run(args)),
+        command => command,
+    };
+    vmlet_log::init(cli.log_json);
+    let result = match command {
+        Command::Crd => crd_yaml().map(|yaml| print!("{yaml}")),
+        Command::Standalone(args) => standalone::run(args),
+        Command::Status(args) => standalone::print_status(&args),
+        Command::Shim(_) => Ok(()),
+    };
+    finish(result.map(|()| ExitCode::SUCCESS))
+}
+
+/// The program's one line on failure.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|err| {
+        eprintln!("vmlet-handler: {err:#}");
+        ExitCode::FAILURE
+    })
 }
 
 fn crd_yaml() -> anyhow::Result<String> {

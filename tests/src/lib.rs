@@ -24,7 +24,7 @@ mod wait;
 
 pub use child::{Child, output_within, run};
 pub use guest::{GuestImage, guest_image};
-pub use netns::NetNs;
+pub use netns::{NetNs, namespaces, remove_namespaces};
 pub use owner::{PREFIX, unique_name};
 pub use scratch::{Sandbox, ScratchDir};
 pub use veth::VethEnd;

@@ -86,6 +86,24 @@ fn pids(name: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Removes the namespaces whose names start with `prefix`, made by a program under test, and what runs in them.
+pub fn remove_namespaces(prefix: &str) {
+    for name in namespaces().into_iter().filter(|n| n.starts_with(prefix)) {
+        remove(&name);
+    }
+}
+
+/// The names of the namespaces under [`NETNS_DIR`].
+pub fn namespaces() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(Path::new(NETNS_DIR)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Kills what runs in the namespace, then deletes it. Best effort: a drop must not panic, and the next sweep
 /// retries what is left.
 fn remove(name: &str) {
@@ -120,11 +138,7 @@ fn remove(name: &str) {
 
 /// Removes the namespaces of test processes that are gone.
 pub(crate) fn sweep_stale() {
-    let Ok(entries) = std::fs::read_dir(Path::new(NETNS_DIR)) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in namespaces() {
         if Owner::from_name(&name).is_some_and(|owner| !owner.is_alive()) {
             remove(&name);
         }

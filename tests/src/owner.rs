@@ -35,6 +35,8 @@ impl Owner {
 
     /// The owner recorded in a name made by [`unique_name`], if it is one.
     pub(crate) fn from_name(name: &str) -> Option<Owner> {
+        // A program under test may name what it makes after a test's name: `NAME.SUFFIX` has NAME's owner.
+        let name = name.split_once('.').map_or(name, |(name, _)| name);
         let mut fields = name.strip_prefix(PREFIX)?.split('-');
         let pid = fields.next()?.parse().ok()?;
         let start = fields.next()?.parse().ok()?;
@@ -75,6 +77,12 @@ mod tests {
         assert!(name.starts_with(PREFIX));
         assert_eq!(Owner::from_name(&name), Some(Owner::current()));
         assert_ne!(unique_name(), name);
+    }
+
+    #[test]
+    fn names_made_after_a_test_name_have_its_owner() {
+        let name = format!("{}.default-vm", unique_name());
+        assert_eq!(Owner::from_name(&name), Some(Owner::current()));
     }
 
     #[test]

@@ -1,0 +1,219 @@
+//! The VMs of standalone mode: `VirtualMachine` manifests in a folder, the same YAML as for Kubernetes.
+//!
+//! Every `*.yaml`, `*.yml` and `*.json` file in the folder is read, each YAML document in it a manifest; status
+//! files (`*.status.yaml`, written beside the manifests) are skipped. A manifest that does not parse or does not
+//! validate is kept as an error under the VM's name when the name can be read, so its status says what is wrong
+//! and a VM that already runs is left alone rather than stopped over a typo.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use vmlet_api::VirtualMachine;
+
+/// A VM's identity: namespace (`default` when the manifest gives none) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl VmKey {
+    /// The key as one path component: `NAMESPACE_NAME` (neither may hold `_` in Kubernetes).
+    pub fn file_stem(&self) -> String {
+        format!("{}_{}", self.namespace, self.name)
+    }
+
+    pub fn from_file_stem(stem: &str) -> Option<VmKey> {
+        let (namespace, name) = stem.split_once('_')?;
+        Some(VmKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+}
+
+impl fmt::Display for VmKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One manifest as read: the VM, or why it cannot run.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub file: PathBuf,
+    pub vm: Result<Box<VirtualMachine>, String>,
+}
+
+/// What the folder holds: the manifests by VM, and the problems that have no VM name to be reported under.
+#[derive(Debug, Default)]
+pub struct Folder {
+    pub vms: BTreeMap<VmKey, Manifest>,
+    pub unnamed: Vec<String>,
+}
+
+/// Whether a file of the folder is a status file rather than a manifest.
+pub fn is_status_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".status.yaml"))
+}
+
+/// Reads every manifest in `dir`.
+pub fn read(dir: &Path) -> std::io::Result<Folder> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            let ext = path.extension().and_then(|e| e.to_str());
+            matches!(ext, Some("yaml" | "yml" | "json")) && !is_status_file(path) && path.is_file()
+        })
+        .collect();
+    files.sort();
+    let mut folder = Folder::default();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(err) => {
+                folder.unnamed.push(format!("{}: {err}", file.display()));
+                continue;
+            }
+        };
+        parse_file(&file, &text, &mut folder);
+    }
+    Ok(folder)
+}
+
+/// Adds the manifests of one file to `folder`.
+pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = match serde_yaml::Value::deserialize(document) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(value) => value,
+            Err(err) => {
+                folder.unnamed.push(format!("{}: {err}", file.display()));
+                break;
+            }
+        };
+        let key = name_of(&value);
+        let vm = parse_vm(value);
+        match key {
+            Some(key) if folder.vms.contains_key(&key) => folder.unnamed.push(format!(
+                "{}: {key} is defined more than once; the first definition counts",
+                file.display()
+            )),
+            Some(key) => {
+                folder.vms.insert(
+                    key,
+                    Manifest {
+                        file: file.to_owned(),
+                        vm,
+                    },
+                );
+            }
+            None => {
+                let why = vm
+                    .err()
+                    .unwrap_or_else(|| "the VirtualMachine has no metadata.name".into());
+                folder.unnamed.push(format!("{}: {why}", file.display()));
+            }
+        }
+    }
+}
+
+/// The VM's key as far as the document gives it, before it is parsed as a whole.
+fn name_of(value: &serde_yaml::Value) -> Option<VmKey> {
+    let metadata = value.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?;
+    let namespace = metadata.get("namespace").and_then(|n| n.as_str()).unwrap_or("default");
+    Some(VmKey {
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+fn parse_vm(value: serde_yaml::Value) -> Result<Box<VirtualMachine>, String> {
+    let kind = value.get("kind").and_then(|k| k.as_str());
+    if kind != Some("VirtualMachine") {
+        return Err(format!("kind is {kind:?}: only VirtualMachine manifests are read"));
+    }
+    let api_version = value.get("apiVersion").and_then(|k| k.as_str());
+    if api_version != Some("vmlet.dev/v1alpha1") {
+        return Err(format!("apiVersion is {api_version:?}: vmlet reads vmlet.dev/v1alpha1"));
+    }
+    let vm: VirtualMachine = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+    vm.spec.template.spec.validate().map_err(|e| e.to_string())?;
+    Ok(Box::new(vm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VM: &str = "apiVersion: vmlet.dev/v1alpha1
+kind: VirtualMachine
+metadata: {name: a}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      domain:
+        memory: {guest: 128Mi}
+        firmware:
+          kernelBoot:
+            hostPath: {kernelPath: /boot/vmlinux, initrdPath: /boot/initrd}
+        devices:
+          interfaces: [{name: default, bridge: {}}]
+      networks: [{name: default, pod: {}}]
+";
+
+    fn parse(text: &str) -> Folder {
+        let mut folder = Folder::default();
+        parse_file(Path::new("vms.yaml"), text, &mut folder);
+        folder
+    }
+
+    #[test]
+    fn every_document_is_a_vm_under_its_namespace_and_name() {
+        let two = format!("{VM}---\n{}", VM.replace("{name: a}", "{name: b, namespace: lab}"));
+        let folder = parse(&two);
+        let keys: Vec<String> = folder.vms.keys().map(ToString::to_string).collect();
+        assert_eq!(keys, ["default/a", "lab/b"]);
+        for manifest in folder.vms.values() {
+            assert!(manifest.vm.is_ok(), "{:?}", manifest.vm);
+        }
+        assert!(folder.unnamed.is_empty());
+    }
+
+    #[test]
+    fn an_invalid_manifest_is_kept_under_its_name_with_the_reason() {
+        let bad = VM.replace("bridge: {}", "bridge: {}, masquerade: {}");
+        let folder = parse(&bad);
+        let manifest = &folder.vms[&VmKey::from_file_stem("default_a").unwrap()];
+        let why = manifest.vm.as_ref().unwrap_err();
+        assert!(why.contains("binding"), "{why}");
+        let unknown = parse(&VM.replace("runStrategy: Always", "runStrategy: Always\n  colour: blue"));
+        let why = unknown.vms.values().next().unwrap().vm.as_ref().unwrap_err();
+        assert!(why.contains("colour"), "{why}");
+    }
+
+    #[test]
+    fn documents_without_a_name_or_of_another_kind_are_reported() {
+        let folder = parse(&format!(
+            "{}---\nkind: ConfigMap\nmetadata: {{name: c}}\n",
+            VM.replace("{name: a}", "{}")
+        ));
+        assert_eq!(folder.unnamed.len(), 1, "{:?}", folder.unnamed);
+        let other = &folder.vms[&VmKey::from_file_stem("default_c").unwrap()];
+        assert!(other.vm.as_ref().unwrap_err().contains("ConfigMap"));
+        let garbage = parse("{ not yaml");
+        assert_eq!(garbage.unnamed.len(), 1);
+    }
+
+    #[test]
+    fn status_files_are_not_manifests() {
+        assert!(is_status_file(Path::new("/x/a.status.yaml")));
+        assert!(!is_status_file(Path::new("/x/a.yaml")));
+    }
+}

@@ -1,0 +1,530 @@
+//! `vmlet-handler standalone`: both roles of the handler on one machine with no cluster.
+//!
+//! VMs come from `VirtualMachine` manifests in a folder; each VM's status is written beside its manifest
+//! (`NAME.status.yaml`, or `NAMESPACE_NAME.status.yaml` outside the `default` namespace). A VM's "pod" is a network
+//! namespace on a host bridge with an address from a local pool ([`vmlet_podnet`]) and a shim that runs the launcher
+//! in it as PID 1, exactly as in a real pod. The run strategy is decided by the same [`lifecycle`] code as the
+//! controller's, and the status from the launcher's control socket by the same [`vm_status`] code as the node's.
+//!
+//! The handler keeps no state of its own: pods live in the state folder ([`pod`]) and status files, so a handler
+//! that is stopped or killed and started again re-adopts running VMs without restarting them.
+
+mod manifests;
+mod pod;
+pub mod shim;
+mod status_file;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use jiff::Timestamp;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+use vmlet_api::{RUN_ANNOTATION, RunStrategy, VirtualMachine, VirtualMachineStatus};
+use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
+
+use crate::lifecycle::{self, Exit, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
+use crate::vm_status::{self, NodeStatus};
+use manifests::{Manifest, VmKey};
+use pod::{LauncherState, PodDir, PodRecord};
+
+pub use status_file::{StatusArgs, print_status};
+
+/// How long a launcher that was asked to stop may take beyond its guest's grace period before it is killed.
+const STOP_MARGIN: Duration = Duration::from_secs(15);
+/// Kubernetes' default termination grace period.
+const DEFAULT_GRACE_SECS: u64 = 30;
+/// A launcher answers its control socket in milliseconds; one that takes longer is busy or stuck.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The folder of VirtualMachine manifests; status files are written beside them.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Where pods live: their records, launcher run dirs and logs.
+    #[arg(long, default_value = "/var/lib/vmlet/standalone")]
+    state_dir: PathBuf,
+    /// The host bridge the pods hang off.
+    #[arg(long, default_value = "vmlet0")]
+    bridge: String,
+    /// The pool pods take their addresses from; its first address is the bridge's, the pods' gateway.
+    #[arg(long, default_value = "10.111.0.0/24")]
+    pod_cidr: Ipv4Net,
+    /// The MTU of the bridge and the pods' interfaces.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// DNS servers for the pods (and so the guests). Without any, the host's own, loopback ones left out.
+    #[arg(long)]
+    dns: Vec<Ipv4Addr>,
+    /// Pod network namespaces are named PREFIX + namespace + "-" + name.
+    #[arg(long, default_value = "vmlet-")]
+    netns_prefix: String,
+    /// The launcher program. Without it, `vmlet-launcher` beside this program.
+    #[arg(long)]
+    launcher: Option<PathBuf>,
+    /// QEMU's capability cache, shared by every VM of this machine.
+    #[arg(long, env = "VMLET_CACHE_DIR", default_value = "/var/cache/vmlet/qemu")]
+    cache_dir: PathBuf,
+    /// How often the manifests and the pods are looked at.
+    #[arg(long, default_value_t = 1.0)]
+    interval_secs: f64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(Standalone::new(args)?.run())
+}
+
+struct Standalone {
+    manifests: PathBuf,
+    pods_dir: PathBuf,
+    node: NodeNetwork,
+    node_name: String,
+    dns: Vec<Ipv4Addr>,
+    netns_prefix: String,
+    handler: PathBuf,
+    launcher: PathBuf,
+    cache_dir: PathBuf,
+    interval: Duration,
+    /// The shims this process started, reaped as they end (a shim of an earlier handler is reaped by init).
+    shims: Vec<std::process::Child>,
+    /// Problems already reported, so each is logged once.
+    reported: BTreeSet<String>,
+}
+
+/// One VM as this pass of the loop sees it.
+struct Seen<'a> {
+    key: &'a VmKey,
+    manifest: Option<&'a Manifest>,
+    pod: Option<&'a PodDir>,
+}
+
+impl Standalone {
+    fn new(args: Args) -> anyhow::Result<Standalone> {
+        let handler = std::env::current_exe().context("cannot find this program")?;
+        let launcher = match args.launcher {
+            Some(path) => path,
+            None => handler.with_file_name("vmlet-launcher"),
+        };
+        anyhow::ensure!(launcher.is_file(), "the launcher {} does not exist", launcher.display());
+        anyhow::ensure!(
+            args.manifests.is_dir(),
+            "the manifest folder {} does not exist",
+            args.manifests.display()
+        );
+        let dns = if args.dns.is_empty() { host_dns() } else { args.dns };
+        let node_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into());
+        Ok(Standalone {
+            manifests: args.manifests,
+            pods_dir: args.state_dir.join("pods"),
+            node: NodeNetwork {
+                bridge: args.bridge,
+                pool: args.pod_cidr,
+                mtu: args.mtu,
+            },
+            node_name,
+            dns,
+            netns_prefix: args.netns_prefix,
+            handler,
+            launcher,
+            cache_dir: args.cache_dir,
+            interval: Duration::from_secs_f64(args.interval_secs.max(0.05)),
+            shims: Vec::new(),
+            reported: BTreeSet::new(),
+        })
+    }
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.pods_dir)
+            .with_context(|| format!("cannot create {}", self.pods_dir.display()))?;
+        std::fs::create_dir_all(&self.cache_dir)
+            .with_context(|| format!("cannot create {}", self.cache_dir.display()))?;
+        Host.ensure(&self.node).context("cannot set up the host bridge")?;
+        info!(
+            manifests = %self.manifests.display(),
+            bridge = %self.node.bridge,
+            pool = %self.node.pool,
+            "standalone mode started"
+        );
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        loop {
+            if let Err(err) = self.pass().await {
+                warn!(error = format!("{err:#}"), "reconcile pass failed");
+            }
+            self.shims.retain_mut(|shim| matches!(shim.try_wait(), Ok(None)));
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        // The VMs run on without the handler; the next one re-adopts them.
+        info!("standalone mode stopped; the VMs keep running");
+        Ok(())
+    }
+
+    /// Looks at every manifest and every pod once.
+    async fn pass(&mut self) -> anyhow::Result<()> {
+        let folder =
+            manifests::read(&self.manifests).with_context(|| format!("cannot read {}", self.manifests.display()))?;
+        for problem in &folder.unnamed {
+            if self.reported.insert(problem.clone()) {
+                warn!(problem = %problem, "manifest ignored");
+            }
+        }
+        for (key, manifest) in &folder.vms {
+            if let Err(problem) = &manifest.vm
+                && self.reported.insert(format!("{key}: {problem}"))
+            {
+                warn!(vm = %key, file = %manifest.file.display(), problem = %problem, "manifest not valid");
+            }
+        }
+        let pods = self.pods()?;
+        let keys: BTreeSet<&VmKey> = folder.vms.keys().chain(pods.keys()).collect();
+        for key in keys {
+            let seen = Seen {
+                key,
+                manifest: folder.vms.get(key),
+                pod: pods.get(key),
+            };
+            if let Err(err) = self.reconcile(&seen, &pods).await {
+                warn!(vm = %key, error = format!("{err:#}"), "cannot reconcile");
+            }
+        }
+        Ok(())
+    }
+
+    /// The pods in the state folder, by VM.
+    fn pods(&self) -> anyhow::Result<BTreeMap<VmKey, PodDir>> {
+        let mut pods = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.pods_dir)? {
+            let path = entry?.path();
+            let key = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(VmKey::from_file_stem);
+            if let Some(key) = key {
+                pods.insert(key, PodDir::new(path));
+            }
+        }
+        Ok(pods)
+    }
+
+    async fn reconcile(&mut self, seen: &Seen<'_>, pods: &BTreeMap<VmKey, PodDir>) -> anyhow::Result<()> {
+        let status_path = status_file::path(&self.manifests, seen.key);
+        let previous = status_file::read(&status_path).unwrap_or_default();
+        let vm = seen.manifest.and_then(|m| m.vm.as_ref().ok());
+        let spec_error = seen.manifest.and_then(|m| m.vm.as_ref().err().cloned());
+
+        // A manifest that changed restarts its VM with the new spec (a broken edit leaves the VM as it is).
+        if let (Some(vm), Some(pod)) = (vm, seen.pod)
+            && !pod.is_stopping()
+            && pod.runs_other_spec(vm)
+        {
+            info!(vm = %seen.key, "the manifest changed: restarting the VM with it");
+            self.stop(pod)?;
+        }
+        let state = seen.pod.map(PodDir::launcher_state);
+        let launcher = self.observe(seen.pod, state);
+
+        // A manifest that does not parse leaves a running VM alone: plan with its last good spec.
+        let (run_strategy, request) = match (vm, seen.pod) {
+            (Some(vm), _) => (vm.spec.run_strategy, run_request(vm)),
+            (None, Some(pod)) if seen.manifest.is_some() => match pod.read_vm() {
+                Ok(vm) => (vm.spec.run_strategy, None),
+                Err(_) => (RunStrategy::Halted, None),
+            },
+            _ => (RunStrategy::Halted, None),
+        };
+        let request = request.filter(|r| !self.consumed(seen.key, r));
+        let observation = Observation {
+            run_strategy,
+            request: request.clone(),
+            deleting: seen.manifest.is_none(),
+            spec_error: if seen.pod.is_some() { None } else { spec_error.clone() },
+            status: &previous,
+            launcher: launcher.clone(),
+            node: NodeHealth::Alive,
+            now: Timestamp::now(),
+        };
+        let plan = lifecycle::plan(&observation);
+        for event in &plan.events {
+            info!(vm = %seen.key, reason = event.reason, kind = ?event.kind, "{}", event.message);
+        }
+        if plan.consume_request
+            && let Some(request) = &request
+        {
+            self.consume(seen.key, request)?;
+        }
+        match plan.action {
+            LauncherAction::Create => {
+                if let Some(vm) = vm {
+                    if let Some(pod) = seen.pod {
+                        self.remove(pod)?;
+                    }
+                    self.create(seen.key, vm, pods)?;
+                }
+            }
+            LauncherAction::Delete => {
+                if let Some(pod) = seen.pod {
+                    self.stop(pod)?;
+                }
+            }
+            LauncherAction::None => {}
+        }
+        // A pod whose launcher ended and that nobody stopped deliberately waits for the plan to delete it; one that
+        // was stopped goes as soon as its launcher is gone.
+        let mut pod_gone = seen.pod.is_none();
+        if let (Some(pod), Some(state)) = (seen.pod, state)
+            && pod.is_stopping()
+        {
+            match state {
+                LauncherState::Ended(_) | LauncherState::Lost => {
+                    self.remove(pod)?;
+                    pod_gone = true;
+                }
+                LauncherState::Running(shim) if pod.stop_overdue(STOP_MARGIN) => {
+                    warn!(vm = %seen.key, "the launcher did not stop in time: killing it");
+                    let _ = kill(Pid::from_raw(shim.pid as i32), Signal::SIGKILL);
+                }
+                _ => {}
+            }
+        }
+
+        if seen.manifest.is_none() {
+            if plan.release || pod_gone {
+                status_file::remove(&status_path)?;
+            }
+            return Ok(());
+        }
+        let mut status = plan.status;
+        if let (Some(pod), Some(LauncherState::Running(_))) = (seen.pod, state) {
+            self.overlay_launcher_status(pod, &previous, &mut status).await;
+        }
+        if let Some(error) = spec_error {
+            status_file::note_spec_error(&mut status, &error);
+        }
+        if status != previous {
+            status_file::write(&status_path, seen.key, &status)?;
+        }
+        Ok(())
+    }
+
+    /// The pod's launcher as the run strategy sees it.
+    fn observe(&self, pod: Option<&PodDir>, state: Option<LauncherState>) -> Launcher {
+        let (Some(pod), Some(state)) = (pod, state) else {
+            return Launcher::Absent;
+        };
+        let Ok(record) = pod.read_record() else {
+            // A pod being made: its record is its first file.
+            return Launcher::Pending {
+                id: pod.path().display().to_string(),
+                node: Some(self.node_name.clone()),
+                unschedulable: None,
+            };
+        };
+        let id = record.uid();
+        let node = Some(self.node_name.clone());
+        let started = Timestamp::from_second(record.created_at as i64).ok();
+        let finished_at = |secs: u64| Timestamp::from_second(secs as i64).unwrap_or_else(|_| Timestamp::now());
+        match state {
+            LauncherState::Starting | LauncherState::Running(_) if pod.is_stopping() => {
+                Launcher::Terminating { id, node }
+            }
+            LauncherState::Starting => Launcher::Pending {
+                id,
+                node,
+                unschedulable: None,
+            },
+            LauncherState::Running(_) => Launcher::Running {
+                id,
+                node,
+                since: started.unwrap_or_else(Timestamp::now),
+            },
+            LauncherState::Ended(exit) => Launcher::Ended {
+                id,
+                node,
+                started,
+                finished: finished_at(exit.finished_at),
+                exit: match (exit.code, exit.signal) {
+                    (Some(0), _) => Exit::Succeeded,
+                    (code, None) => Exit::Failed { code, reason: None },
+                    (_, Some(signal)) => Exit::Failed {
+                        code: None,
+                        reason: Some(format!("the launcher was killed by signal {signal}")),
+                    },
+                },
+            },
+            LauncherState::Lost => Launcher::Ended {
+                id,
+                node,
+                started,
+                finished: Timestamp::now(),
+                exit: Exit::Failed {
+                    code: None,
+                    reason: Some("the launcher's shim is gone".into()),
+                },
+            },
+        }
+    }
+
+    /// Makes a pod for `vm` and starts its launcher.
+    fn create(&mut self, key: &VmKey, vm: &VirtualMachine, pods: &BTreeMap<VmKey, PodDir>) -> anyhow::Result<()> {
+        let used: Vec<Ipv4Addr> = pods
+            .values()
+            .filter_map(|p| p.read_record().ok())
+            .filter(|r| &r.key() != key)
+            .map(|r| r.address.addr())
+            .collect();
+        let address = self.node.allocate(&used)?;
+        let pod = PodDir::new(self.pods_dir.join(key.file_stem()));
+        std::fs::create_dir_all(pod.run_dir()).with_context(|| format!("cannot create {}", pod.path().display()))?;
+        let record = PodRecord::new(
+            key,
+            format!("{}{}-{}", self.netns_prefix, key.namespace, key.name),
+            address,
+            self.node.gateway()?,
+        );
+        pod.write_vm(vm)?;
+        std::fs::write(pod.resolv_conf(), resolv_conf(&self.dns, key))?;
+        Host.attach(
+            &self.node,
+            &PodNetwork {
+                netns: record.netns.clone(),
+                address: record.address,
+                gateway: record.gateway,
+            },
+        )?;
+        pod.write_record(&record)?;
+        let launcher: Vec<OsString> = vec![
+            self.launcher.clone().into(),
+            "run".into(),
+            "--vm-spec".into(),
+            pod.vm().into(),
+            "--run-dir".into(),
+            pod.run_dir().into(),
+            "--cache-dir".into(),
+            self.cache_dir.clone().into(),
+            "--resolv-conf".into(),
+            pod.resolv_conf().into(),
+        ];
+        let netns = Path::new(vmlet_podnet::NETNS_DIR).join(&record.netns);
+        let shim = shim::command(&self.handler, &pod, &netns, &launcher)?
+            .spawn()
+            .context("cannot start the shim")?;
+        info!(vm = %key, netns = %record.netns, address = %record.address, "pod started");
+        self.shims.push(shim);
+        Ok(())
+    }
+
+    /// Asks the pod's launcher to stop: SIGTERM, so the guest gets its ACPI shutdown and grace period.
+    fn stop(&self, pod: &PodDir) -> anyhow::Result<()> {
+        if pod.is_stopping() {
+            return Ok(());
+        }
+        let grace = pod
+            .read_vm()
+            .ok()
+            .and_then(|vm| vm.spec.template.spec.termination_grace_period_seconds)
+            .map_or(DEFAULT_GRACE_SECS, u64::from);
+        pod.mark_stopping(grace)?;
+        if let LauncherState::Running(shim) = pod.launcher_state() {
+            info!(pod = %pod.path().display(), "stopping the launcher");
+            let _ = kill(Pid::from_raw(shim.pid as i32), Signal::SIGTERM);
+        }
+        Ok(())
+    }
+
+    /// Removes a pod whose launcher is gone: its network namespace and its folder.
+    fn remove(&self, pod: &PodDir) -> anyhow::Result<()> {
+        if let LauncherState::Running(shim) = pod.launcher_state() {
+            // Only a launcher that already ended is removed; a running one is stopped first.
+            anyhow::bail!(
+                "the launcher of {} still runs (shim {})",
+                pod.path().display(),
+                shim.pid
+            );
+        }
+        if let Ok(record) = pod.read_record() {
+            Host.detach(&record.netns)?;
+        }
+        std::fs::remove_dir_all(pod.path()).with_context(|| format!("cannot remove {}", pod.path().display()))?;
+        info!(pod = %pod.path().display(), "pod removed");
+        Ok(())
+    }
+
+    /// Adds what the launcher says of the guest (addresses, pause) to the lifecycle's status.
+    async fn overlay_launcher_status(
+        &self,
+        pod: &PodDir,
+        previous: &VirtualMachineStatus,
+        status: &mut VirtualMachineStatus,
+    ) {
+        let answer = async {
+            let mut client = vmlet_control::Client::connect(&pod.control_socket(), CONTROL_TIMEOUT).await?;
+            client.status().await
+        };
+        let launcher = match tokio::time::timeout(CONTROL_TIMEOUT, answer).await {
+            Ok(Ok(answer)) => vm_status::LauncherState::Answered(answer),
+            _ => vm_status::LauncherState::Starting,
+        };
+        let pod_name = pod.read_record().map(|r| r.netns).unwrap_or_default();
+        let node = NodeStatus::derive(&launcher, Some(previous), &self.node_name, &pod_name, Timestamp::now());
+        status_file::overlay(status, &node);
+    }
+
+    fn consumed(&self, key: &VmKey, request: &RunRequest) -> bool {
+        std::fs::read_to_string(self.request_file(key)).is_ok_and(|last| last == request_text(request))
+    }
+
+    /// Remembers that a run request was acted on: the annotation stays in the manifest, which is the user's.
+    fn consume(&self, key: &VmKey, request: &RunRequest) -> anyhow::Result<()> {
+        let path = self.request_file(key);
+        std::fs::write(&path, request_text(request)).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn request_file(&self, key: &VmKey) -> PathBuf {
+        self.pods_dir.with_file_name("requests").join(key.file_stem())
+    }
+}
+
+fn run_request(vm: &VirtualMachine) -> Option<RunRequest> {
+    let value = vm.metadata.annotations.as_ref()?.get(RUN_ANNOTATION)?;
+    Some(RunRequest::parse(value))
+}
+
+fn request_text(request: &RunRequest) -> String {
+    match request {
+        RunRequest::Start => "start".into(),
+        RunRequest::Stop => "stop".into(),
+        RunRequest::Invalid(value) => value.clone(),
+    }
+}
+
+/// The host's DNS servers that a pod can reach (a loopback resolver of the host is not the pod's).
+fn host_dns() -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("nameserver"))
+        .filter_map(|addr| addr.trim().parse::<Ipv4Addr>().ok())
+        .filter(|addr| !addr.is_loopback())
+        .collect()
+}
+
+fn resolv_conf(dns: &[Ipv4Addr], key: &VmKey) -> String {
+    let mut text: String = dns.iter().map(|a| format!("nameserver {a}\n")).collect();
+    text.push_str(&format!("search {}.vmlet.local vmlet.local\n", key.namespace));
+    text
+}

@@ -1,0 +1,315 @@
+//! A standalone pod on disk: its directory, what the handler and the shim record there, and what is observed of it.
+//!
+//! ```text
+//! STATE/pods/NAMESPACE_NAME/
+//!   pod.json      the pod's network (namespace, address) and when it was made
+//!   vm.json       the VirtualMachine the launcher runs (its spec is compared with the manifest's)
+//!   resolv.conf   the pod's resolver configuration
+//!   shim.json     the shim's pid and start time, once the launcher runs
+//!   exit.json     how the launcher ended
+//!   launcher.log  the shim's and the launcher's output
+//!   stopping.json when the pod was asked to stop, and the guest's grace period
+//!   run/          the launcher's run dir: control.sock, console.log, libvirt
+//! ```
+//!
+//! These files are the pod's, as a kubelet's are: the handler keeps nothing in memory that it cannot find here again.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use nix::sys::wait::WaitStatus;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use vmlet_api::VirtualMachine;
+
+use super::manifests::VmKey;
+
+/// A pod's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodDir {
+    path: PathBuf,
+}
+
+/// The pod's network and identity, written when the pod is made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub namespace: String,
+    pub name: String,
+    pub netns: String,
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    #[serde(default)]
+    pub created_at_nanos: u32,
+}
+
+impl PodRecord {
+    pub fn new(key: &VmKey, netns: String, address: Ipv4Net, gateway: Ipv4Addr) -> PodRecord {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        PodRecord {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            netns,
+            address,
+            gateway,
+            created_at: now.as_secs(),
+            created_at_nanos: now.subsec_nanos(),
+        }
+    }
+
+    pub fn key(&self) -> VmKey {
+        VmKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// Names this pod among every pod the VM ever had, as a Pod's uid does.
+    pub fn uid(&self) -> String {
+        format!("{}-{}.{:09}", self.netns, self.created_at, self.created_at_nanos)
+    }
+}
+
+/// When a pod was asked to stop, and how long its guest may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StopRecord {
+    requested_at: u64,
+    grace_secs: u64,
+}
+
+/// The running shim, identified by its pid and start time so that a reused pid is not mistaken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimRecord {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// How the launcher ended: its exit code, or the signal that killed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Seconds since the epoch.
+    pub finished_at: u64,
+}
+
+impl ExitRecord {
+    pub fn from_wait(status: WaitStatus) -> ExitRecord {
+        let (code, signal) = match status {
+            WaitStatus::Exited(_, code) => (Some(code), None),
+            WaitStatus::Signaled(_, signal, _) => (None, Some(signal as i32)),
+            _ => (None, None),
+        };
+        ExitRecord {
+            code,
+            signal,
+            finished_at: now_secs(),
+        }
+    }
+}
+
+/// What is observed of a pod's launcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LauncherState {
+    /// The pod is made but its shim has not recorded itself yet.
+    Starting,
+    /// The shim runs.
+    Running(ShimRecord),
+    /// The launcher ended as recorded.
+    Ended(ExitRecord),
+    /// The shim is gone without a record of the launcher's end: it was killed.
+    Lost,
+}
+
+impl PodDir {
+    pub fn new(path: PathBuf) -> PodDir {
+        PodDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn record(&self) -> PathBuf {
+        self.path.join("pod.json")
+    }
+
+    pub fn vm(&self) -> PathBuf {
+        self.path.join("vm.json")
+    }
+
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.path.join("resolv.conf")
+    }
+
+    pub fn launcher_log(&self) -> PathBuf {
+        self.path.join("launcher.log")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.path.join("run")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir().join("control.sock")
+    }
+
+    fn stopping(&self) -> PathBuf {
+        self.path.join("stopping.json")
+    }
+
+    fn shim(&self) -> PathBuf {
+        self.path.join("shim.json")
+    }
+
+    fn exit(&self) -> PathBuf {
+        self.path.join("exit.json")
+    }
+
+    pub fn read_record(&self) -> anyhow::Result<PodRecord> {
+        read_json(&self.record())
+    }
+
+    pub fn write_record(&self, record: &PodRecord) -> anyhow::Result<()> {
+        write_json(&self.record(), record)
+    }
+
+    pub fn write_shim(&self, record: &ShimRecord) -> anyhow::Result<()> {
+        write_json(&self.shim(), record)
+    }
+
+    pub fn write_exit(&self, record: &ExitRecord) -> anyhow::Result<()> {
+        write_json(&self.exit(), record)
+    }
+
+    pub fn read_vm(&self) -> anyhow::Result<VirtualMachine> {
+        read_json(&self.vm())
+    }
+
+    pub fn write_vm(&self, vm: &VirtualMachine) -> anyhow::Result<()> {
+        write_json(&self.vm(), vm)
+    }
+
+    /// Whether the launcher runs a spec other than `vm`'s: the manifest was edited since the pod was made.
+    pub fn runs_other_spec(&self, vm: &VirtualMachine) -> bool {
+        self.read_vm().is_ok_and(|running| running.spec != vm.spec)
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping().exists()
+    }
+
+    pub fn mark_stopping(&self, grace_secs: u64) -> anyhow::Result<()> {
+        let record = StopRecord {
+            requested_at: now_secs(),
+            grace_secs,
+        };
+        write_json(&self.stopping(), &record)
+    }
+
+    /// Whether the launcher had its guest's grace period and `margin` more since it was asked to stop.
+    pub fn stop_overdue(&self, margin: std::time::Duration) -> bool {
+        read_json::<StopRecord>(&self.stopping())
+            .is_ok_and(|stop| now_secs() > stop.requested_at + stop.grace_secs + margin.as_secs())
+    }
+
+    /// The launcher's state, from the shim's records and whether the recorded shim still runs.
+    pub fn launcher_state(&self) -> LauncherState {
+        if let Ok(exit) = read_json::<ExitRecord>(&self.exit()) {
+            return LauncherState::Ended(exit);
+        }
+        match read_json::<ShimRecord>(&self.shim()) {
+            Ok(shim) if process_start_time(shim.pid).ok() == Some(shim.start_time) => LauncherState::Running(shim),
+            // The shim may have written exit.json between the two reads.
+            Ok(_) => match read_json::<ExitRecord>(&self.exit()) {
+                Ok(exit) => LauncherState::Ended(exit),
+                Err(_) => LauncherState::Lost,
+            },
+            Err(_) => LauncherState::Starting,
+        }
+    }
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn process_start_time(pid: u32) -> io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name, field 2, is in parentheses and may hold spaces: count from the last ')'.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    after_name
+        .split_whitespace()
+        .nth(19)
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc/{pid}/stat")))
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a record.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_time_of_this_process_is_read_and_stable() {
+        let me = std::process::id();
+        let first = process_start_time(me).unwrap();
+        assert!(first > 0);
+        assert_eq!(process_start_time(me).unwrap(), first);
+    }
+
+    #[test]
+    fn the_launcher_state_follows_the_records() {
+        let dir = std::env::temp_dir().join(format!("vmlet-pod-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pod = PodDir::new(dir.clone());
+        assert_eq!(pod.launcher_state(), LauncherState::Starting);
+        let me = std::process::id();
+        let alive = ShimRecord {
+            pid: me,
+            start_time: process_start_time(me).unwrap(),
+        };
+        pod.write_shim(&alive).unwrap();
+        assert_eq!(pod.launcher_state(), LauncherState::Running(alive));
+        pod.write_shim(&ShimRecord {
+            start_time: alive.start_time + 1,
+            ..alive
+        })
+        .unwrap();
+        assert_eq!(
+            pod.launcher_state(),
+            LauncherState::Lost,
+            "a reused pid is not the shim"
+        );
+        let exit = ExitRecord {
+            code: Some(4),
+            signal: None,
+            finished_at: 7,
+        };
+        pod.write_exit(&exit).unwrap();
+        assert_eq!(pod.launcher_state(), LauncherState::Ended(exit));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,211 @@
+//! VM status in standalone mode: a YAML file beside the VM's manifest, and `vmlet-handler status` to show them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use vmlet_api::{Condition, ConditionType, PrintableStatus, VirtualMachineStatus};
+
+use super::manifests::{VmKey, is_status_file};
+use crate::vm_status::NodeStatus;
+
+/// What a status file holds: which VM, and its status as the API would show it.
+#[derive(Debug, Serialize, Deserialize)]
+struct StatusFile {
+    name: String,
+    namespace: String,
+    status: VirtualMachineStatus,
+}
+
+/// The status file of a VM: `NAME.status.yaml` in the `default` namespace, `NAMESPACE_NAME.status.yaml` elsewhere.
+pub fn path(manifests: &Path, key: &VmKey) -> PathBuf {
+    let stem = if key.namespace == "default" {
+        key.name.clone()
+    } else {
+        key.file_stem()
+    };
+    manifests.join(format!("{stem}.status.yaml"))
+}
+
+pub fn read(path: &Path) -> anyhow::Result<VirtualMachineStatus> {
+    Ok(read_file(path)?.status)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<StatusFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_yaml::from_str(&text).with_context(|| format!("{} is not a status file", path.display()))
+}
+
+/// Writes through a temporary file and a rename, so `status` never reads half a file.
+pub fn write(path: &Path, key: &VmKey, status: &VirtualMachineStatus) -> anyhow::Result<()> {
+    let file = StatusFile {
+        name: key.name.clone(),
+        namespace: key.namespace.clone(),
+        status: status.clone(),
+    };
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, serde_yaml::to_string(&file)?).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn remove(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
+/// Adds the launcher's view (addresses, the Paused condition) to the run strategy's status.
+pub fn overlay(status: &mut VirtualMachineStatus, launcher: &NodeStatus) {
+    status.interfaces.clone_from(&launcher.interfaces);
+    status.launcher_pod = Some(launcher.launcher_pod.clone());
+    status.node_name = Some(launcher.node_name.clone());
+    for condition in &launcher.conditions {
+        match status
+            .conditions
+            .iter_mut()
+            .find(|c| c.condition_type == condition.condition_type)
+        {
+            Some(existing) if condition.condition_type == ConditionType::Paused => *existing = condition.clone(),
+            Some(_) => {}
+            None => status.conditions.push(condition.clone()),
+        }
+    }
+    if launcher.printable_status == PrintableStatus::Paused {
+        status.printable_status = Some(PrintableStatus::Paused);
+    }
+}
+
+/// Says in the status that the manifest cannot be read, when the run strategy's status does not already.
+pub fn note_spec_error(status: &mut VirtualMachineStatus, error: &str) {
+    if status.conditions.iter().any(|c| c.message.as_deref() == Some(error)) {
+        return;
+    }
+    status.conditions.retain(|c| c.condition_type != ConditionType::Failure);
+    status.conditions.push(Condition {
+        condition_type: ConditionType::Failure,
+        status: "True".into(),
+        reason: Some("InvalidSpec".into()),
+        message: Some(error.to_owned()),
+        last_transition_time: None,
+    });
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The folder of VirtualMachine manifests that standalone mode runs.
+    #[arg(long)]
+    manifests: PathBuf,
+}
+
+/// Prints one line per VM, as `kubectl get vm` does.
+pub fn print_status(args: &StatusArgs) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.manifests)
+        .with_context(|| format!("cannot read {}", args.manifests.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_status_file(p))
+        .collect();
+    files.sort();
+    let rows: Vec<[String; 6]> = files
+        .iter()
+        .filter_map(|path| read_file(path).ok())
+        .map(|file| row(&file))
+        .collect();
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+const HEADER: [&str; 6] = ["NAMESPACE", "NAME", "STATUS", "READY", "IP", "NODE"];
+
+fn row(file: &StatusFile) -> [String; 6] {
+    let status = &file.status;
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.condition_type == ConditionType::Ready)
+        .map_or("False", |c| c.status.as_str());
+    let ip = status
+        .interfaces
+        .iter()
+        .find_map(|i| i.ip_address.clone().or_else(|| i.ip_addresses.first().cloned()))
+        .unwrap_or_default();
+    let printable = status.printable_status.map(|p| format!("{p:?}")).unwrap_or_default();
+    [
+        file.namespace.clone(),
+        file.name.clone(),
+        printable,
+        ready.to_owned(),
+        ip,
+        status.node_name.clone().unwrap_or_default(),
+    ]
+}
+
+fn table(rows: &[[String; 6]]) -> String {
+    let mut widths = HEADER.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+        format!("{}\n", padded.join("   ").trim_end())
+    };
+    let mut text = line(HEADER);
+    for row in rows {
+        text.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmlet_api::InterfaceStatus;
+
+    #[test]
+    fn status_files_sit_beside_the_manifests_and_read_back_as_written() {
+        let dir = std::env::temp_dir().join(format!("vmlet-status-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = VmKey::from_file_stem("default_demo").unwrap();
+        let path = path(&dir, &key);
+        assert_eq!(path, dir.join("demo.status.yaml"));
+        assert_eq!(
+            super::path(&dir, &VmKey::from_file_stem("lab_x").unwrap()),
+            dir.join("lab_x.status.yaml")
+        );
+        let status = VirtualMachineStatus {
+            printable_status: Some(PrintableStatus::Running),
+            interfaces: vec![InterfaceStatus {
+                name: "default".into(),
+                ip_address: Some("10.111.0.2".into()),
+                ip_addresses: vec!["10.111.0.2".into()],
+                mac: None,
+            }],
+            node_name: Some("node-1".into()),
+            ..Default::default()
+        };
+        write(&path, &key, &status).unwrap();
+        assert_eq!(read(&path).unwrap(), status);
+        let text = table(&[row(&read_file(&path).unwrap())]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("NAMESPACE"), "{text}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells, ["default", "demo", "Running", "False", "10.111.0.2", "node-1"]);
+        remove(&path).unwrap();
+        remove(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_spec_error_is_a_failure_condition_once() {
+        let mut status = VirtualMachineStatus::default();
+        note_spec_error(&mut status, "spec.template: bad");
+        note_spec_error(&mut status, "spec.template: bad");
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(status.conditions[0].reason.as_deref(), Some("InvalidSpec"));
+    }
+}

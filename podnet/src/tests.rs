@@ -1,0 +1,88 @@
+use super::*;
+
+fn node() -> NodeNetwork {
+    NodeNetwork {
+        bridge: "vmlet0".into(),
+        pool: "10.111.0.0/24".parse().unwrap(),
+        mtu: 1500,
+    }
+}
+
+#[test]
+fn the_gateway_is_the_pools_first_address_and_pods_take_the_lowest_free_one() {
+    let node = node();
+    assert_eq!(node.gateway().unwrap(), Ipv4Addr::new(10, 111, 0, 1));
+    assert_eq!(node.allocate(&[]).unwrap().to_string(), "10.111.0.2/24");
+    let used = [Ipv4Addr::new(10, 111, 0, 2), Ipv4Addr::new(10, 111, 0, 4)];
+    assert_eq!(node.allocate(&used).unwrap().to_string(), "10.111.0.3/24");
+}
+
+#[test]
+fn a_full_pool_is_an_error() {
+    let node = NodeNetwork {
+        pool: "10.111.0.0/30".parse().unwrap(),
+        ..node()
+    };
+    let used = [Ipv4Addr::new(10, 111, 0, 2)];
+    assert!(matches!(node.allocate(&used), Err(PodNetError::PoolExhausted { .. })));
+    let tiny = NodeNetwork {
+        pool: "10.111.0.7/32".parse().unwrap(),
+        ..node
+    };
+    assert!(matches!(tiny.allocate(&[]), Err(PodNetError::PoolTooSmall(_))));
+}
+
+#[test]
+fn the_host_side_is_made_once_and_refreshed_after() {
+    let fresh = node().ensure_plan(false).unwrap();
+    assert_eq!(fresh[0], Step::ip(&["link", "add", "vmlet0", "type", "bridge"]));
+    assert!(fresh.contains(&Step::ip(&["address", "replace", "10.111.0.1/24", "dev", "vmlet0"])));
+    let Some(Step::Nft(rules)) = fresh.last() else {
+        panic!("the plan ends with the NAT rules: {fresh:?}")
+    };
+    assert!(
+        rules.contains(r#"ip saddr 10.111.0.0/24 oifname != "vmlet0" masquerade"#),
+        "{rules}"
+    );
+    let again = node().ensure_plan(true).unwrap();
+    assert_eq!(again.len(), fresh.len() - 1);
+    assert!(!again.iter().any(|s| matches!(s, Step::Ip(a) if a[1] == "add")));
+}
+
+#[test]
+fn a_pod_gets_a_namespace_a_veth_on_the_bridge_an_address_and_a_default_route() {
+    let pod = PodNetwork {
+        netns: "vmlet-default-demo".into(),
+        address: "10.111.0.2/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 111, 0, 1),
+    };
+    let plan = node().attach_plan(&pod);
+    let host_end = host_end_name("vmlet-default-demo");
+    let lines: Vec<String> = plan
+        .iter()
+        .map(|s| match s {
+            Step::Ip(args) => args.join(" "),
+            other => panic!("only ip commands: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "netns add vmlet-default-demo".to_owned(),
+            "-n vmlet-default-demo link set lo up".into(),
+            format!("link add {host_end} mtu 1500 type veth peer name eth0 mtu 1500 netns vmlet-default-demo"),
+            format!("link set {host_end} master vmlet0 up"),
+            "-n vmlet-default-demo address add 10.111.0.2/24 dev eth0".into(),
+            "-n vmlet-default-demo link set eth0 up".into(),
+            "-n vmlet-default-demo route add default via 10.111.0.1".into(),
+        ]
+    );
+}
+
+#[test]
+fn host_end_names_are_short_stable_and_differ_between_pods() {
+    let a = host_end_name("vmlet-default-a-very-long-virtual-machine-name");
+    assert!(a.len() <= 15, "{a}");
+    assert_eq!(a, host_end_name("vmlet-default-a-very-long-virtual-machine-name"));
+    assert_ne!(a, host_end_name("vmlet-default-b"));
+}

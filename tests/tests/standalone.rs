@@ -1,0 +1,331 @@
+//! `vmlet-handler standalone`, the embedded default: VMs from manifest files, each in a "pod" that is a network
+//! namespace the handler makes, booting the real test guest of `images/guest/`.
+//!
+//! The handler runs in a namespace the test makes, which plays the machine: its host bridge, the pods' namespaces
+//! and their NAT never touch the test machine's own network. Pod namespaces are named after the test's, so they are
+//! removed when the test ends, however it ends.
+//!
+//! Needs root and the built `vmlet-handler`, `vmlet-launcher` and `vmlet-driver` (`cargo build --workspace`).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use vmlet_testkit::{Child, NetNs, ScratchDir, binary, guest_image, poll_until, remove_namespaces, run, unique_name};
+
+/// The bound on a guest's boot: tens of seconds under TCG on a busy machine, more for the first launcher on a
+/// machine, which waits for libvirt to probe QEMU.
+const BOOT: Duration = Duration::from_secs(300);
+/// The bound on anything that does not wait for a guest to boot (a shutdown waits for an ACPI power-off).
+const WAIT: Duration = Duration::from_secs(90);
+
+fn one_guest_at_a_time() -> MutexGuard<'static, ()> {
+    static GUESTS: Mutex<()> = Mutex::new(());
+    GUESTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A machine for standalone mode: a namespace for the handler, a manifest folder, a state folder.
+struct Machine {
+    host: NetNs,
+    dir: ScratchDir,
+    /// The prefix of the pods' namespaces.
+    prefix: String,
+    handler: Option<Child>,
+}
+
+impl Machine {
+    fn new() -> Machine {
+        let machine = Machine {
+            host: NetNs::new(),
+            dir: ScratchDir::new(),
+            prefix: format!("{}.", unique_name()),
+            handler: None,
+        };
+        std::fs::create_dir_all(machine.manifests()).unwrap();
+        machine
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.dir.join("vms")
+    }
+
+    fn pod_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("state/pods/default_{name}"))
+    }
+
+    /// Starts the handler, in the machine's namespace only (the mounts stay the test machine's, so the pods'
+    /// namespaces are visible to the test).
+    fn start_handler(&mut self) {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.host.name()))
+            .arg(binary("vmlet-handler"))
+            .arg("standalone")
+            .arg("--manifests")
+            .arg(self.manifests())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args(["--netns-prefix", &self.prefix])
+            .args([
+                "--pod-cidr",
+                "10.111.0.0/24",
+                "--dns",
+                "10.111.0.1",
+                "--interval-secs",
+                "0.5",
+            ])
+            .arg("--cache-dir")
+            .arg(qemu_cache_dir())
+            .env("NO_COLOR", "1");
+        self.handler = Some(Child::spawn("vmlet-handler standalone", &mut command));
+    }
+
+    fn handler(&mut self) -> &mut Child {
+        self.handler.as_mut().unwrap()
+    }
+
+    /// Writes a manifest for a guest that pings the pods' gateway and stays up.
+    fn add_vm(&self, name: &str, run_strategy: &str) -> PathBuf {
+        let guest = guest_image();
+        let manifest = format!(
+            r#"apiVersion: vmlet.dev/v1alpha1
+kind: VirtualMachine
+metadata: {{name: {name}}}
+spec:
+  runStrategy: {run_strategy}
+  template:
+    spec:
+      terminationGracePeriodSeconds: 60
+      domain:
+        memory: {{guest: 256Mi}}
+        firmware:
+          kernelBoot:
+            kernelArgs: "console=ttyS0 quiet panic=-1 vmlet.ping=10.111.0.1"
+            hostPath: {{kernelPath: {kernel}, initrdPath: {initrd}}}
+        devices:
+          interfaces: [{{name: default, bridge: {{}}}}]
+      networks: [{{name: default, pod: {{}}}}]
+"#,
+            kernel = guest.kernel().display(),
+            initrd = guest.initrd().display(),
+        );
+        let path = self.manifests().join(format!("{name}.yaml"));
+        std::fs::write(&path, manifest).unwrap();
+        path
+    }
+
+    fn console(&self, name: &str) -> String {
+        std::fs::read_to_string(self.pod_dir(name).join("run/console.log")).unwrap_or_default()
+    }
+
+    /// Waits for the guest's lease line on its current console and returns it.
+    fn wait_lease(&self, name: &str) -> String {
+        let found = poll_until(
+            format!("{name}'s lease and ping"),
+            BOOT,
+            Duration::from_millis(250),
+            || {
+                let console = self.console(name);
+                let lease = console
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| l.contains("VMLET-GUEST lease "))?;
+                console
+                    .contains("VMLET-GUEST ping target=10.111.0.1 ok")
+                    .then(|| lease.to_owned())
+            },
+        );
+        found.unwrap_or_else(|timeout| panic!("{timeout}\n{}", self.diagnostics(name)))
+    }
+
+    /// `vmlet-handler status` for the machine's manifests.
+    fn status(&self) -> String {
+        run(Command::new(binary("vmlet-handler"))
+            .arg("status")
+            .arg("--manifests")
+            .arg(self.manifests()))
+    }
+
+    /// Waits until `vmlet-handler status` shows `name` with these cells, and returns the row.
+    fn wait_status(&self, name: &str, cells: &[&str], within: Duration) -> String {
+        let found = poll_until(
+            format!("status of {name} with {cells:?}"),
+            within,
+            Duration::from_millis(250),
+            || {
+                self.status()
+                    .lines()
+                    .find(|row| {
+                        let row: Vec<&str> = row.split_whitespace().collect();
+                        row.get(1) == Some(&name) && cells.iter().all(|c| row.contains(c))
+                    })
+                    .map(str::to_owned)
+            },
+        );
+        found.unwrap_or_else(|timeout| panic!("{timeout}\n{}", self.diagnostics(name)))
+    }
+
+    /// The status file as written, for assertions on fields the table leaves out.
+    fn status_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.manifests().join(format!("{name}.status.yaml"))).unwrap_or_default()
+    }
+
+    /// The shim's pid as recorded in the pod.
+    fn shim_pid(&self, name: &str) -> u32 {
+        let record = std::fs::read_to_string(self.pod_dir(name).join("shim.json")).unwrap();
+        let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+        record["pid"].as_u64().unwrap() as u32
+    }
+
+    fn pod_namespaces(&self) -> Vec<String> {
+        vmlet_testkit::namespaces()
+            .into_iter()
+            .filter(|n| n.starts_with(&self.prefix))
+            .collect()
+    }
+
+    fn diagnostics(&self, name: &str) -> String {
+        let log = std::fs::read_to_string(self.pod_dir(name).join("launcher.log")).unwrap_or_default();
+        let handler = self.handler.as_ref().map(Child::output).unwrap_or_default();
+        format!(
+            "--- status ---\n{}\n--- console ---\n{}\n--- launcher ---\n{log}\n--- handler ---\n{handler}",
+            self.status_file(name),
+            self.console(name)
+        )
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // The shims and launchers run in the pods' namespaces, so removing those ends them.
+        self.handler.take();
+        remove_namespaces(&self.prefix);
+    }
+}
+
+fn qemu_cache_dir() -> PathBuf {
+    std::env::var_os("VMLET_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/vmlet"))
+        .join("qemu-caps")
+}
+
+/// The launcher: the shim's only child (PID 1 of the pod's PID namespace).
+fn launcher_of(shim: u32) -> i32 {
+    let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).unwrap_or_default();
+    let pids: Vec<i32> = children.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 1, "the shim {shim} has one child, the launcher: {pids:?}");
+    pids[0]
+}
+
+fn kill(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+}
+
+/// The whole life of a RerunOnFailure VM: a manifest dropped in boots it with its pod's address; a killed and
+/// restarted handler re-adopts it without a restart; a killed launcher restarts it; removing the manifest stops it
+/// and removes its namespace.
+#[test]
+fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    machine.start_handler();
+    machine.add_vm("web", "RerunOnFailure");
+
+    let lease = machine.wait_lease("web");
+    assert!(
+        lease.contains("ip=10.111.0.2/24") && lease.contains("router=10.111.0.1"),
+        "the guest has its pod's address: {lease}"
+    );
+    machine.wait_status("web", &["Running", "True", "10.111.0.2"], WAIT);
+    assert_eq!(machine.pod_namespaces().len(), 1);
+
+    // Killing the handler leaves the VM running; a new handler adopts it and restarts nothing.
+    let shim = machine.shim_pid("web");
+    machine.handler().signal(nix::sys::signal::Signal::SIGKILL);
+    machine.handler().wait_exit(WAIT).unwrap();
+    machine.start_handler();
+    machine
+        .handler()
+        .wait_for_line("standalone mode started", WAIT)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        machine.shim_pid("web"),
+        shim,
+        "the VM's pod is the same\n{}",
+        machine.diagnostics("web")
+    );
+    let boots = machine.console("web").matches("VMLET-GUEST init").count();
+    assert_eq!(boots, 1, "the guest booted once\n{}", machine.diagnostics("web"));
+    machine.wait_status("web", &["Running", "True", "10.111.0.2"], WAIT);
+
+    // A killed launcher is a failure: RerunOnFailure starts the VM again, in a new pod with the same address.
+    kill(launcher_of(shim), nix::sys::signal::Signal::SIGKILL);
+    let restarted = poll_until("a new pod for web", BOOT, Duration::from_millis(250), || {
+        let record = std::fs::read_to_string(machine.pod_dir("web").join("shim.json")).ok()?;
+        let record: serde_json::Value = serde_json::from_str(&record).ok()?;
+        (record["pid"].as_u64()? as u32 != shim).then_some(())
+    });
+    restarted.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")));
+    let lease = machine.wait_lease("web");
+    assert!(lease.contains("ip=10.111.0.2/24"), "{lease}");
+    assert!(
+        machine.status_file("web").contains("restartCount: 1"),
+        "{}",
+        machine.status_file("web")
+    );
+
+    // Removing the manifest shuts the guest down and removes its pod.
+    std::fs::remove_file(machine.manifests().join("web.yaml")).unwrap();
+    let gone = poll_until("web's pod and status to go", WAIT, Duration::from_millis(250), || {
+        let status = machine.manifests().join("web.status.yaml");
+        (!machine.pod_dir("web").exists() && machine.pod_namespaces().is_empty() && !status.exists()).then_some(())
+    });
+    gone.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")));
+    assert!(!machine.status().contains("web"));
+    let console = machine.handler().output();
+    assert!(
+        console.contains("stopping the launcher"),
+        "the guest was asked to stop, not killed\n{console}"
+    );
+}
+
+/// A Once VM whose launcher is killed stays down, Failed; a manifest that does not validate is reported in its
+/// status and starts nothing.
+#[test]
+fn a_once_vm_is_not_rerun_and_a_bad_manifest_is_reported() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    machine.start_handler();
+    machine.add_vm("batch", "Once");
+    std::fs::write(
+        machine.manifests().join("broken.yaml"),
+        "apiVersion: vmlet.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {name: broken}\nspec:\n  runStrategy: Always\n  template:\n    spec:\n      domain: {memory: {guest: lots}}\n",
+    )
+    .unwrap();
+
+    machine.wait_lease("batch");
+    let shim = machine.shim_pid("batch");
+    kill(launcher_of(shim), nix::sys::signal::Signal::SIGKILL);
+    machine.wait_status("batch", &["False"], WAIT);
+    let failed = poll_until("batch to be Failed", WAIT, Duration::from_millis(250), || {
+        machine.status_file("batch").contains("phase: Failed").then_some(())
+    });
+    failed.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("batch")));
+    std::thread::sleep(Duration::from_secs(3));
+    let shim_again = std::fs::read_to_string(machine.pod_dir("batch").join("shim.json")).ok();
+    assert!(
+        shim_again.is_none_or(|r| r.contains(&format!("\"pid\": {shim}"))),
+        "no new launcher for a Once VM\n{}",
+        machine.diagnostics("batch")
+    );
+
+    let broken = machine.status_file("broken");
+    assert!(broken.contains("InvalidSpec") && broken.contains("lots"), "{broken}");
+    assert!(!machine.pod_dir("broken").exists(), "nothing runs for a bad manifest");
+    assert!(!Path::new(&machine.pod_dir("broken")).exists());
+}
