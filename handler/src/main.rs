@@ -1,8 +1,7 @@
-//! `vmlet-handler`: the node agent. Its reconciling roles (controller, node, standalone) are not written yet; what
-//! it offers today is the CRD, generated from the Rust types so the schema never drifts from the code.
+//! `vmlet-handler`: the node agent. Its roles: `node` (the VMs of one node: their status, the node's heartbeat),
+//! and `crd`, which prints the CRD generated from the Rust types so the schema never drifts from the code.
 
-// Used by the node role and the standalone mode, which come next.
-#[allow(dead_code)]
+mod node;
 mod vm_status;
 
 use std::process::ExitCode;
@@ -22,6 +21,8 @@ struct Cli {
 enum Command {
     /// Print the VirtualMachine CustomResourceDefinition as YAML (what deploy/crd.yaml holds).
     Crd,
+    /// Report the VMs running on this node: read each launcher's status, write the VMs' status, heartbeat.
+    Node(node::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +32,13 @@ fn main() -> ExitCode {
                 print!("{yaml}");
                 ExitCode::SUCCESS
             }
+            Err(err) => {
+                eprintln!("vmlet-handler: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Node(args) => match node::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("vmlet-handler: {err:#}");
                 ExitCode::FAILURE
