@@ -98,7 +98,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::node::mock;
+    use crate::node::fakes;
 
     fn config() -> Config {
         Config {
@@ -143,7 +143,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_lease_is_created_then_renewed_and_the_label_written_only_on_change() {
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             // First beat: the apply creates the Lease; the Node gets its label.
             let seen = server.answer(201, lease_at("1970-01-01T00:01:40.000000Z")).await;
@@ -178,7 +178,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_graceful_stop_marks_the_node_unschedulable() {
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             server.answer(200, lease_at("1970-01-01T00:01:40.000000Z")).await;
             let seen = server.answer(200, node_labelled("true")).await;
@@ -197,7 +197,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_label_write_is_tried_again_at_the_next_beat() {
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             server.answer(200, lease_at("1970-01-01T00:01:40.000000Z")).await;
             let unavailable = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",

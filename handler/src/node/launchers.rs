@@ -235,29 +235,13 @@ fn status_patch(status: &NodeStatus) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus};
     use kube::api::ObjectMeta;
     use serde_json::{Value, json};
-    use tokio::net::UnixListener;
-    use vmlet_control::{Command, Error, Handler, InterfaceStatus, Phase, Status};
+    use vmlet_control::{InterfaceStatus, Phase, Status};
 
     use super::*;
-    use crate::node::mock;
-
-    /// A launcher that answers with whatever status the test sets.
-    struct FakeLauncher(Mutex<Status>);
-
-    impl Handler for FakeLauncher {
-        async fn status(&self) -> Status {
-            self.0.lock().unwrap().clone()
-        }
-
-        async fn act(&self, _: Command) -> Result<Status, Error> {
-            Ok(self.0.lock().unwrap().clone())
-        }
-    }
+    use crate::node::fakes::{self, LauncherProcess};
 
     fn running() -> Status {
         Status {
@@ -273,52 +257,6 @@ mod tests {
             started_at: 1_000,
             uptime_secs: 5,
             ..Default::default()
-        }
-    }
-
-    /// A fake launcher serving its control socket where the node looks for the VM `web` in `default`. It runs on
-    /// a runtime of its own, so that ending it closes every connection, as a launcher's death does.
-    struct LauncherProcess {
-        vm: Arc<FakeLauncher>,
-        runtime: Option<tokio::runtime::Runtime>,
-    }
-
-    impl Drop for LauncherProcess {
-        fn drop(&mut self) {
-            // A runtime may not be dropped inside another; this one is left to wind down on its own thread.
-            if let Some(runtime) = self.runtime.take() {
-                runtime.shutdown_background();
-            }
-        }
-    }
-
-    impl LauncherProcess {
-        fn start(pods_dir: &std::path::Path, status: Status) -> LauncherProcess {
-            let socket = socket_path(pods_dir, "default", "web");
-            std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
-            let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            let vm = Arc::new(FakeLauncher(Mutex::new(status)));
-            let served = Arc::clone(&vm);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.spawn(async move {
-                let listener = UnixListener::from_std(listener).unwrap();
-                let _ = vmlet_control::serve(listener, served).await;
-            });
-            LauncherProcess {
-                vm,
-                runtime: Some(runtime),
-            }
-        }
-
-        /// Ends the launcher; its socket file goes with it, as the launcher's run directory is torn down.
-        fn kill(self, pods_dir: &std::path::Path) {
-            drop(self);
-            std::fs::remove_file(socket_path(pods_dir, "default", "web")).unwrap();
         }
     }
 
@@ -425,7 +363,7 @@ mod tests {
         })
     }
 
-    async fn expect_apply(server: &mut mock::ApiServer, status: Value) {
+    async fn expect_apply(server: &mut fakes::ApiServer, status: Value) {
         let seen = server.answer(200, vm(status.clone())).await;
         assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("PATCH", STATUS_URI));
         assert_eq!(seen.content_type.as_deref(), Some("application/apply-patch+yaml"));
@@ -436,7 +374,7 @@ mod tests {
     async fn a_running_launcher_is_read_and_its_status_applied_once_then_its_loss_makes_the_vm_fail() {
         let dir = tempfile::tempdir().unwrap();
         let launcher = LauncherProcess::start(dir.path(), running());
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             // The VM as the controller left it: the node reads it once, to keep what it finds.
             let seen = server
@@ -493,7 +431,7 @@ mod tests {
     async fn a_pause_is_seen_at_the_next_round() {
         let dir = tempfile::tempdir().unwrap();
         let launcher = LauncherProcess::start(dir.path(), running());
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             server.answer(200, vm(json!({}))).await;
             expect_apply(&mut server, running_status()).await;
@@ -523,7 +461,7 @@ mod tests {
     async fn a_restarted_handler_adopts_a_running_launcher_without_rewriting_its_status() {
         let dir = tempfile::tempdir().unwrap();
         let _launcher = LauncherProcess::start(dir.path(), running());
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             // The VM already holds what the previous handler wrote: nothing to apply.
             server.answer(200, vm(running_status())).await;
@@ -542,7 +480,7 @@ mod tests {
     #[tokio::test]
     async fn the_pods_exit_code_and_deletion_end_the_vm_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             server.answer(200, vm(running_status())).await;
             expect_apply(&mut server, crashed_status()).await;
@@ -561,7 +499,7 @@ mod tests {
     #[tokio::test]
     async fn a_pod_deleted_while_its_vm_runs_fails_the_vm_even_when_missed_by_the_watch() {
         let dir = tempfile::tempdir().unwrap();
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             server.answer(200, vm(running_status())).await;
             let seen = server.answer(200, vm(json!({"phase": "Failed"}))).await;
@@ -588,7 +526,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The next pod's launcher serves the VM's socket; the ended pod must not take its answers for its own.
         let _launcher = LauncherProcess::start(dir.path(), running());
-        let (client, mut server) = mock::pair();
+        let (client, mut server) = fakes::pair();
         let api = tokio::spawn(async move {
             // The ended pod: the VM already says how it ended.
             server.answer(200, vm(crashed_status())).await;

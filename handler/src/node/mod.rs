@@ -5,6 +5,8 @@
 //! It keeps no state of its own: a restarted handler finds the launchers again by their pods and sockets, and
 //! never touches a VM because it restarted.
 
+#[cfg(test)]
+mod fakes;
 mod heartbeat;
 mod judge;
 mod launchers;
@@ -155,62 +157,140 @@ fn ready(pods_dir: &Path) -> bool {
     pods_dir.is_dir()
 }
 
-/// A mock API server for the tests: it answers the requests the code makes, in order, and lets the test check
-/// each one.
 #[cfg(test)]
-mod mock {
-    use http::{Request, Response};
-    use kube::Client;
-    use kube::client::Body;
-    use serde_json::Value;
-    use tower_test::mock::Handle;
+mod tests {
+    use serde_json::{Value, json};
+    use vmlet_control::{InterfaceStatus, Phase, Status};
 
-    pub struct ApiServer(Handle<Request<Body>, Response<Body>>);
+    use super::fakes::{self, LauncherProcess, Seen};
+    use super::*;
 
-    pub fn pair() -> (Client, ApiServer) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        (Client::new(service, "default"), ApiServer(handle))
+    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/vmlet-system/leases/vmlet-node-node-a";
+    const NODE: &str = "/api/v1/nodes/node-a";
+    const VM: &str = "/apis/vmlet.dev/v1alpha1/namespaces/default/virtualmachines/web";
+    const VM_STATUS: &str = "/apis/vmlet.dev/v1alpha1/namespaces/default/virtualmachines/web/status";
+
+    fn pod() -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web-launcher-x7k2p", "namespace": "default", "labels": {VM_LABEL: "web"}},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "launcher"}]},
+            "status": {"phase": "Running"},
+        })
     }
 
-    /// One request as the test sees it.
-    #[derive(Debug)]
-    pub struct Seen {
-        pub method: String,
-        /// Path and query.
-        pub uri: String,
-        pub content_type: Option<String>,
-        pub body: Option<Value>,
+    fn vm() -> Value {
+        json!({
+            "apiVersion": "vmlet.dev/v1alpha1",
+            "kind": "VirtualMachine",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"runStrategy": "Always", "template": {"spec": {"domain": {"devices": {}}}}},
+        })
     }
 
-    impl ApiServer {
-        /// Waits for the next request and answers it with `status` and `answer`.
-        pub async fn answer(&mut self, status: u16, answer: Value) -> Seen {
-            let (request, send) = self.0.next_request().await.expect("a request");
-            let seen = Seen {
-                method: request.method().to_string(),
-                uri: request.uri().to_string(),
-                content_type: request
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .map(|v| v.to_str().unwrap().to_owned()),
-                body: {
-                    let bytes = request.into_body().collect_bytes().await.unwrap();
-                    (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap())
-                },
-            };
-            let response = Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                .unwrap();
-            send.send_response(response);
-            seen
-        }
-
-        /// Asserts that the client made no request it was not answered for, once all clients are dropped.
-        pub async fn done(mut self) {
-            if let Some((request, _)) = self.0.next_request().await {
-                panic!("unexpected request: {} {}", request.method(), request.uri());
+    /// Plays the API server for a whole run of the node role: lists the node's one launcher pod, keeps the watch
+    /// open, answers every write with what was sent, and asks the role to stop once the VM's status is written.
+    async fn api_server(mut server: fakes::ApiServer, stop: tokio::sync::oneshot::Sender<()>) -> Vec<Seen> {
+        let mut stop = Some(stop);
+        let mut watches = Vec::new();
+        let mut seen = Vec::new();
+        while let Some((request, reply)) = server.next().await {
+            let path = request.uri.split('?').next().unwrap_or_default().to_owned();
+            match (request.method.as_str(), path.as_str()) {
+                ("GET", "/api/v1/pods") if request.uri.contains("watch=true") => watches.push(reply),
+                ("GET", "/api/v1/pods") => reply.send(
+                    200,
+                    &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"},
+                            "items": [pod()]}),
+                ),
+                ("GET", VM) => reply.send(200, &vm()),
+                ("PATCH", VM_STATUS) => {
+                    let mut written = vm();
+                    written["status"] = request.body.as_ref().unwrap()["status"].clone();
+                    reply.send(200, &written);
+                    if let Some(stop) = stop.take() {
+                        stop.send(()).unwrap();
+                    }
+                }
+                ("PATCH", LEASE | NODE) => reply.send(200, request.body.as_ref().unwrap()),
+                (method, _) => panic!("unexpected request: {method} {}", request.uri),
             }
+            seen.push(request);
         }
+        seen
+    }
+
+    #[tokio::test]
+    async fn the_node_role_reports_its_own_launchers_and_marks_the_node_while_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let _launcher = LauncherProcess::start(
+            dir.path(),
+            Status {
+                phase: Phase::Running,
+                interfaces: vec![InterfaceStatus {
+                    name: "default".into(),
+                    mac: "02:42:0a:f4:01:07".into(),
+                    ip_addresses: vec!["10.244.1.7".into()],
+                    binding: "bridge".into(),
+                }],
+                launcher_pid: 1,
+                ..Default::default()
+            },
+        );
+        let (client, server) = fakes::pair();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let api = tokio::spawn(api_server(server, stop));
+        let config = Config {
+            node_name: "node-a".into(),
+            pods_dir: dir.path().into(),
+            namespace: "vmlet-system".into(),
+            poll_interval: Duration::from_millis(100),
+            lost_after: Duration::from_secs(30),
+            renew_interval: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(40),
+        };
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        tokio::time::timeout(Duration::from_secs(20), run(client, config, shutdown))
+            .await
+            .expect("the node role stops when asked")
+            .unwrap();
+        let seen = api.await.unwrap();
+
+        let list = seen.iter().find(|s| s.uri.starts_with("/api/v1/pods?")).unwrap();
+        assert!(
+            list.uri.contains("fieldSelector=spec.nodeName%3Dnode-a"),
+            "{}",
+            list.uri
+        );
+        assert!(list.uri.contains("labelSelector=vmlet.dev%2Fvm"), "{}", list.uri);
+
+        let with_path =
+            |path: &str| -> Vec<&Seen> { seen.iter().filter(|s| s.uri.split('?').next() == Some(path)).collect() };
+        let labels: Vec<&Value> = with_path(NODE)
+            .iter()
+            .map(|s| &s.body.as_ref().unwrap()["metadata"]["labels"][SCHEDULABLE_LABEL])
+            .collect();
+        assert_eq!(
+            labels,
+            [&json!("true"), &json!("false")],
+            "labelled at start and at stop only"
+        );
+        assert_eq!(with_path(LEASE).len(), 1, "one beat in the test's short run");
+
+        let writes = with_path(VM_STATUS);
+        assert_eq!(writes.len(), 1);
+        assert!(
+            writes[0].uri.ends_with("?&force=true&fieldManager=vmlet-node"),
+            "{}",
+            writes[0].uri
+        );
+        let status = &writes[0].body.as_ref().unwrap()["status"];
+        assert_eq!(status["phase"], "Running");
+        assert_eq!(status["launcherPod"], "web-launcher-x7k2p");
+        assert_eq!(status["nodeName"], "node-a");
+        assert_eq!(status["interfaces"][0]["ipAddress"], "10.244.1.7");
     }
 }
