@@ -131,6 +131,7 @@ impl Launchers {
         }))
         .await;
         let keys: Vec<PodKey> = self.launchers.keys().cloned().collect();
+        let mut unwritten = BTreeSet::new();
         for (key, probe) in keys.into_iter().zip(probes) {
             let Some(launcher) = self.launchers.get_mut(&key) else {
                 continue;
@@ -141,13 +142,16 @@ impl Launchers {
             if let Err(err) = report(&vms, launcher, &state, &self.node, &key.name, now).await {
                 warn!(namespace = %key.namespace, vm = %launcher.vm, error = %err, "cannot write the VM's status");
                 launcher.known = None;
+                unwritten.insert(key);
             }
         }
+        // A deleted pod is forgotten once its last word is written.
         self.launchers.retain(|key, launcher| {
-            if launcher.deleted {
+            let forget = launcher.deleted && !unwritten.contains(key);
+            if forget {
                 info!(namespace = %key.namespace, vm = %launcher.vm, pod = %key.name, "launcher pod gone");
             }
-            !launcher.deleted
+            !forget
         });
     }
 }
@@ -545,6 +549,34 @@ mod tests {
         launchers.observe(watcher::Event::Apply(named_launcher_pod("web-launcher-z9q4r", None)));
         launchers.tick(at(300)).await;
         launchers.tick(at(303)).await;
+        drop(launchers);
+        api.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_deleted_pod_is_kept_until_its_last_word_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, mut server) = fakes::pair();
+        let api = tokio::spawn(async move {
+            server.answer(200, vm(running_status())).await;
+            let unavailable = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                     "message": "etcd is away", "reason": "ServiceUnavailable", "code": 503});
+            let seen = server.answer(503, unavailable).await;
+            assert_eq!(seen.uri, STATUS_URI);
+            // The next round reads the VM again, as a failed write may or may not have landed.
+            let seen = server.answer(200, vm(running_status())).await;
+            assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("GET", VM_URI));
+            let seen = server.answer(200, vm(json!({}))).await;
+            assert_eq!(seen.uri, STATUS_URI);
+            assert_eq!(seen.body.unwrap()["status"]["conditions"][2]["reason"], "LauncherLost");
+            server.done().await;
+        });
+        let mut launchers = Launchers::new(client, &config(dir.path()));
+        launchers.observe(watcher::Event::Delete(launcher_pod(None)));
+        launchers.tick(at(300)).await;
+        assert_eq!(launchers.launchers.len(), 1, "kept: its status is not written yet");
+        launchers.tick(at(303)).await;
+        assert!(launchers.launchers.is_empty());
         drop(launchers);
         api.await.unwrap();
     }

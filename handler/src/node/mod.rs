@@ -127,7 +127,14 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
     let mut heartbeat = Heartbeat::new(client, &config, Timestamp::now());
     let mut poll = tokio::time::interval(config.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut renew = tokio::time::interval(config.renew_interval);
+    // The first beat comes before anything else, so that the node is marked as soon as the role runs.
+    if let Err(err) = heartbeat.beat(ready(&config.pods_dir), Timestamp::now()).await {
+        warn!(error = %err, "heartbeat");
+    }
+    let mut renew = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.renew_interval,
+        config.renew_interval,
+    );
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(node = %config.node_name, pods_dir = %config.pods_dir.display(), "node role started");
     tokio::pin!(shutdown);
