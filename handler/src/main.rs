@@ -1,6 +1,6 @@
-//! `vmlet-handler`: reconciles vmlet `VirtualMachine`s. `standalone` runs VMs on this machine from manifest files,
-//! with no cluster; `crd` prints the CustomResourceDefinition, generated from the Rust types so the schema never
-//! drifts from the code.
+//! `vmlet-handler`: reconciles vmlet `VirtualMachine`s. Its roles: `node` (the VMs of one node: their status, the
+//! node's heartbeat); `standalone`, which runs VMs on this machine from manifest files with no cluster; and `crd`,
+//! which prints the CRD generated from the Rust types so the schema never drifts from the code.
 
 use std::process::ExitCode;
 
@@ -11,8 +11,8 @@ use vmlet_api::VirtualMachine;
 // Parts of both are for the controller and node roles.
 #[allow(dead_code)]
 mod lifecycle;
+mod node;
 mod standalone;
-#[allow(dead_code)]
 mod vm_status;
 
 #[derive(Parser)]
@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Print the VirtualMachine CustomResourceDefinition as YAML (what deploy/crd.yaml holds).
     Crd,
+    /// Report the VMs running on this node: read each launcher's status, write the VMs' status, heartbeat.
+    Node(node::Args),
     /// Run the VMs of a folder of manifests on this machine, each in a network namespace of its own, no cluster.
     Standalone(standalone::Args),
     /// Show the VMs that standalone mode runs from a folder of manifests.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     vmlet_log::init(cli.log_json);
     let result = match command {
         Command::Crd => crd_yaml().map(|yaml| print!("{yaml}")),
+        Command::Node(args) => node::main(args),
         Command::Standalone(args) => standalone::run(args),
         Command::Status(args) => standalone::print_status(&args),
         Command::Shim(_) => Ok(()),

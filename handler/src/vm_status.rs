@@ -13,7 +13,7 @@ use vmlet_control::{Exit, Phase as LauncherPhase, Status};
 /// What is known of a VM's launcher.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LauncherState {
-    /// The launcher's pod runs but the launcher has not answered yet: it is still setting the VM up.
+    /// The launcher has not started, or has not answered yet: its pod is starting, or it is setting the VM up.
     Starting,
     /// The launcher answered on its control socket.
     Answered(Status),
