@@ -1,8 +1,8 @@
-//! `vmlet-handler`: the node agent. Its reconciling roles (controller, node, standalone) are not written yet; what
-//! it offers today is the CRD, generated from the Rust types so the schema never drifts from the code.
+//! `vmlet-handler`: reconciles VirtualMachines. Roles: `controller` (launcher Pods and their lifecycle, cluster
+//! wide, leader-elected) and `crd` (the CustomResourceDefinition, generated from the Rust types so the schema never
+//! drifts from the code).
 
-// Used by the reconciling roles; until they exist only its tests call it.
-#[allow(dead_code)]
+mod controller;
 mod lifecycle;
 
 use std::process::ExitCode;
@@ -14,6 +14,9 @@ use vmlet_api::VirtualMachine;
 #[derive(Parser)]
 #[command(name = "vmlet-handler", version, about = "Reconciles vmlet VirtualMachines")]
 struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = vmlet_log::JSON_ENV)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,20 +25,25 @@ struct Cli {
 enum Command {
     /// Print the VirtualMachine CustomResourceDefinition as YAML (what deploy/crd.yaml holds).
     Crd,
+    /// Run the controller: a launcher Pod for every VM that should run, restarts, status, Events.
+    Controller(controller::Args),
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Crd => match crd_yaml() {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("vmlet-handler: {err:#}");
-                ExitCode::FAILURE
-            }
-        },
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => crd_yaml().map(|yaml| print!("{yaml}")),
+        Command::Controller(args) => {
+            vmlet_log::init(cli.log_json);
+            controller::run(args).map_err(anyhow::Error::from)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vmlet-handler: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
