@@ -31,20 +31,42 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.log_json && !vmlet_log::json_from_env() {
+        // SAFETY: no other thread exists yet (the roles start their runtimes below), so nothing reads the
+        // environment while it changes. Launchers that a role starts inherit it and log JSON lines too.
+        unsafe { std::env::set_var(vmlet_log::JSON_ENV, "1") };
+    }
+    // `crd` prints YAML on stdout and logs nothing; every role logs the same way.
+    if !matches!(cli.command, Command::Crd) {
+        vmlet_log::init(cli.log_json);
+    }
     let result = match cli.command {
         Command::Crd => crd_yaml().map(|yaml| print!("{yaml}")),
-        Command::Controller(args) => {
-            vmlet_log::init(cli.log_json);
-            controller::run(args).map_err(anyhow::Error::from)
-        }
+        Command::Controller(args) => controller::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("vmlet-handler: {err:#}");
+            eprintln!("vmlet-handler: {}", one_line(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, leaving out a cause whose text the error before it already holds (some
+/// libraries' messages repeat their sources).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn crd_yaml() -> anyhow::Result<String> {
@@ -53,6 +75,14 @@ fn crd_yaml() -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn causes_are_not_repeated() {
+        let err = anyhow::anyhow!("no such file")
+            .context("cannot read x: no such file")
+            .context("cannot start");
+        assert_eq!(super::one_line(&err), "cannot start: cannot read x: no such file");
+    }
+
     #[test]
     fn checked_in_crd_matches_the_types() {
         let checked_in = include_str!("../../deploy/crd.yaml");

@@ -96,11 +96,11 @@ impl Error {
 /// Why the controller stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot reach the Kubernetes API: {0}")]
+    #[error("cannot reach the Kubernetes API")]
     Client(#[source] kube::Error),
     #[error("lost the leadership (the Lease went unrenewed); exiting so that a new leader takes over")]
     LostLeadership,
-    #[error("cannot start the async runtime: {0}")]
+    #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
 }
 
