@@ -68,7 +68,8 @@ pub enum RunStrategy {
     RerunOnFailure,
     /// Run it to completion once, and never again.
     Once,
-    /// Start and stop only on explicit request.
+    /// Start and stop only on explicit request: the annotation `vmlet.dev/run: start` or `stop`, which the controller
+    /// acts on once and removes.
     Manual,
     /// Keep it stopped.
     #[default]
