@@ -189,7 +189,7 @@ fn each_role_is_granted_what_it_uses_and_no_more() {
     );
     assert_eq!(verbs(&node, "vmlet.dev", "virtualmachines/status"), set(&["patch"]));
     assert_eq!(verbs(&node, "", "nodes"), set(&["get", "patch"]));
-    assert!(verbs(&node, "", "pods").is_empty(), "the node agent makes no Pods");
+    assert!(verbs(&node, "", "pods").is_empty(), "the node role makes no Pods");
     assert_eq!(verbs(&node, "events.k8s.io", "events"), set(&["create", "patch"]));
 
     // Leases only in the handler's namespace: never through a ClusterRole.

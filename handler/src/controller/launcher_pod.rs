@@ -26,7 +26,7 @@ pub const MANAGED_BY: &str = "vmlet-controller";
 pub const CONTAINER: &str = "launcher";
 
 /// The node directory under which each launcher Pod's run directory lives, as `<namespace>_<pod>`: the control
-/// socket, console, lease and libvirt state of that Pod, shared with the node agent.
+/// socket, console, lease and libvirt state of that Pod, shared with the node role.
 pub const RUN_DIRS_ON_HOST: &str = "/var/run/vmlet/pods";
 /// The run directory inside the Pod (the launcher's default `--run-dir`).
 pub const RUN_DIR: &str = "/var/run/vmlet";

@@ -21,7 +21,7 @@ use crate::lifecycle::{self, EventKind, Launcher, LauncherAction, NodeHealth, Ob
 pub const FINALIZER: &str = "vmlet.dev/launcher";
 /// The field manager of every status the controller applies.
 pub const FIELD_MANAGER: &str = "vmlet-controller";
-/// The name of the Lease a node agent heartbeats, in the handler's namespace.
+/// The name of the Lease the node role heartbeats, in the handler's namespace.
 pub fn node_lease_name(node: &str) -> String {
     format!("vmlet-node-{node}")
 }
