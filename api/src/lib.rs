@@ -68,7 +68,8 @@ pub enum RunStrategy {
     RerunOnFailure,
     /// Run it to completion once, and never again.
     Once,
-    /// Start and stop only on explicit request.
+    /// Start and stop only on explicit request: the annotation `vmlet.dev/run: start` or `stop`, which the controller
+    /// acts on once and removes.
     Manual,
     /// Keep it stopped.
     #[default]
@@ -94,13 +95,32 @@ pub struct TemplateMetadata {
 }
 
 /// One VM: its virtual hardware, how its interfaces meet the pod network, and where its disks come from.
+///
+/// The API server checks the names that refer to each other (CEL rules); `validate` checks them again with the
+/// rest, for manifests that never meet an API server.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.domain.devices) || !has(self.domain.devices.interfaces) || self.domain.devices.interfaces.all(i, has(self.networks) && self.networks.exists(n, n.name == i.name))",
+        "message": "every interface must name a network of spec.networks",
+    },
+    {
+        "rule": "!has(self.networks) || self.networks.all(n, has(self.domain.devices) && has(self.domain.devices.interfaces) && self.domain.devices.interfaces.exists(i, i.name == n.name))",
+        "message": "every network must have an interface of the same name",
+    },
+    {
+        "rule": "!has(self.domain.devices) || !has(self.domain.devices.disks) || self.domain.devices.disks.all(d, has(self.volumes) && self.volumes.exists(v, v.name == d.name))",
+        "message": "every disk must name a volume of spec.volumes",
+    },
+]))]
 pub struct VirtualMachineInstanceSpec {
     pub domain: DomainSpec,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub networks: Vec<Network>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub volumes: Vec<Volume>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -219,15 +239,22 @@ pub struct KernelBootHostPath {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Devices {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub disks: Vec<Disk>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub interfaces: Vec<Interface>,
 }
 
 /// A disk the guest sees, backed by the volume of the same name.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.disk) && has(self.cdrom))",
+    "message": "a disk is either a disk or a cdrom",
+}]))]
 pub struct Disk {
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskTarget>,
@@ -253,7 +280,12 @@ pub struct DiskTarget {
 /// A guest NIC. Exactly one binding says how it meets the pod network.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.bridge), has(self.masquerade), has(self.tap), has(self.managedTap)].filter(b, b).size() == 1",
+    "message": "exactly one binding is required: bridge, masquerade, tap or managedTap",
+}]))]
 pub struct Interface {
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// The guest takes the pod's IP and MAC; the pod interface is bridged to the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,6 +343,7 @@ pub struct Port {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Network {
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodNetwork>,
@@ -331,7 +364,12 @@ pub struct PodNetwork {
 /// Where a disk's data comes from. Exactly one source is set.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "[has(self.containerDisk), has(self.emptyDisk), has(self.hostDisk), has(self.persistentVolumeClaim), has(self.cloudInitNoCloud)].filter(s, s).size() == 1",
+    "message": "exactly one source is required: containerDisk, emptyDisk, hostDisk, persistentVolumeClaim or cloudInitNoCloud",
+}]))]
 pub struct Volume {
+    #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// A disk image inside a container image, used through a copy-on-write overlay that dies with the VM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -434,5 +472,105 @@ mod tests {
             .map(|i| &schema[i.saturating_sub(300)..i]);
         assert!(at.is_none(), "structural schemas forbid it: {at:?}");
         assert!(schema.contains("\"enum\":[\"Always\",\"RerunOnFailure\",\"Once\",\"Manual\",\"Halted\"]"));
+    }
+
+    const VM: &str = r#"
+apiVersion: vmlet.dev/v1alpha1
+kind: VirtualMachine
+metadata: {name: vm1, namespace: default}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      domain:
+        memory: {guest: 256Mi}
+        devices:
+          disks: [{name: root, disk: {}}]
+          interfaces: [{name: default, bridge: {}}]
+      networks: [{name: default, pod: {}}]
+      volumes: [{name: root, hostDisk: {path: /var/lib/vmlet/root.img, type: Disk}}]
+"#;
+
+    /// The messages of the CEL rules `yaml` breaks, as the API server would evaluate them.
+    fn cel_messages(yaml: &str) -> Vec<String> {
+        let vm: VirtualMachine = serde_yaml::from_str(yaml).unwrap();
+        match kube::core::cel::validate_cel(&vm) {
+            Ok(()) => Vec::new(),
+            Err(errors) => {
+                let mut messages: Vec<String> = errors.iter().map(|e| e.message.clone()).collect();
+                messages.sort();
+                messages
+            }
+        }
+    }
+
+    #[test]
+    fn cel_rules_accept_a_sound_vm() {
+        assert_eq!(cel_messages(VM), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cel_rules_refuse_bindings_and_sources_that_are_not_exactly_one() {
+        let two = VM.replace("bridge: {}", "bridge: {}, masquerade: {}");
+        assert_eq!(
+            cel_messages(&two),
+            ["exactly one binding is required: bridge, masquerade, tap or managedTap"]
+        );
+        let none = VM.replace("bridge: {}", "model: virtio");
+        assert_eq!(
+            cel_messages(&none),
+            ["exactly one binding is required: bridge, masquerade, tap or managedTap"]
+        );
+        let sources = VM.replace("type: Disk}", "type: Disk}, emptyDisk: {capacity: 1Gi}");
+        assert_eq!(
+            cel_messages(&sources),
+            [
+                "exactly one source is required: containerDisk, emptyDisk, hostDisk, persistentVolumeClaim or cloudInitNoCloud"
+            ]
+        );
+        let both = VM.replace("disk: {}", "disk: {}, cdrom: {}");
+        assert_eq!(cel_messages(&both), ["a disk is either a disk or a cdrom"]);
+    }
+
+    #[test]
+    fn cel_rules_refuse_names_that_refer_to_nothing() {
+        let network = VM.replace("networks: [{name: default", "networks: [{name: other");
+        assert_eq!(
+            cel_messages(&network),
+            [
+                "every interface must name a network of spec.networks",
+                "every network must have an interface of the same name",
+            ]
+        );
+        let volume = VM.replace("volumes: [{name: root", "volumes: [{name: data");
+        assert_eq!(cel_messages(&volume), ["every disk must name a volume of spec.volumes"]);
+        let no_volumes = VM.replace(
+            "      volumes: [{name: root, hostDisk: {path: /var/lib/vmlet/root.img, type: Disk}}]\n",
+            "",
+        );
+        assert_eq!(
+            cel_messages(&no_volumes),
+            ["every disk must name a volume of spec.volumes"]
+        );
+    }
+
+    /// The API server refuses a CRD whose rules it cannot bound in cost: every list a rule walks needs a maximum
+    /// length, and so do the names it compares.
+    #[test]
+    fn every_list_a_rule_walks_is_bounded() {
+        let crd = serde_json::to_value(VirtualMachine::crd()).unwrap();
+        let template = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["template"]
+            ["properties"]["spec"];
+        let lists = [
+            &template["properties"]["networks"],
+            &template["properties"]["volumes"],
+            &template["properties"]["domain"]["properties"]["devices"]["properties"]["disks"],
+            &template["properties"]["domain"]["properties"]["devices"]["properties"]["interfaces"],
+        ];
+        for list in lists {
+            assert!(list["maxItems"].is_u64(), "{list}");
+            assert_eq!(list["x-kubernetes-list-type"], "map");
+            assert!(list["items"]["properties"]["name"]["maxLength"].is_u64(), "{list}");
+        }
     }
 }

@@ -12,7 +12,7 @@ pub struct VirtualMachineStatus {
     /// A one-word summary for people (`kubectl get vm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub printable_status: Option<PrintableStatus>,
-    /// Keyed by type, so that each writer (the controller: Ready and Failure; the node agent: Paused) owns its own
+    /// Keyed by type, so that each writer (the controller: Ready and Failure; the node role: Paused) owns its own
     /// conditions under server-side apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -120,7 +120,7 @@ pub enum NodeHealth {
     Unknown,
 }
 
-/// Judges a node by its agent's last heartbeat: alive while that is younger than `timeout`. A heartbeat from the
+/// Judges a node by the last heartbeat of its node role: alive while that is younger than `timeout`. A heartbeat from the
 /// future (clocks that disagree) counts as fresh.
 pub fn node_health(last_heartbeat: Option<Timestamp>, timeout: Duration, now: Timestamp) -> NodeHealth {
     match last_heartbeat {
@@ -574,7 +574,7 @@ impl<'o, 'a> Planner<'o, 'a> {
     }
 
     /// The launcher's node stopped answering: what it last reported cannot be trusted, so the VM is marked failed.
-    /// Its launcher is left alone: the node may only be cut off, with the guest still running (or its agent being
+    /// Its launcher is left alone: the node may only be cut off, with the guest still running (or its node role being
     /// upgraded); if the node comes back, the status follows the launcher again. The run strategy acts once the
     /// launcher is gone (the node removed, or the launcher deleted by force).
     fn node_lost(&mut self) {

@@ -1,6 +1,7 @@
-//! `vmlet-handler`: reconciles vmlet `VirtualMachine`s. Its roles: `node` (the VMs of one node: their status, the
-//! node's heartbeat); `standalone`, which runs VMs on this machine from manifest files with no cluster; and `crd`,
-//! which prints the CRD generated from the Rust types so the schema never drifts from the code.
+//! `vmlet-handler`: reconciles vmlet `VirtualMachine`s. Its roles: `controller` (launcher Pods and their lifecycle,
+//! cluster wide, leader-elected); `node` (the VMs of one node: their status, the node's heartbeat); `standalone`,
+//! which runs VMs on this machine from manifest files with no cluster; and `crd`, which prints the
+//! CustomResourceDefinition generated from the Rust types so the schema never drifts from the code.
 
 use std::process::ExitCode;
 
@@ -8,8 +9,7 @@ use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 use vmlet_api::VirtualMachine;
 
-// Parts of both are for the controller and node roles.
-#[allow(dead_code)]
+mod controller;
 mod lifecycle;
 mod node;
 mod standalone;
@@ -29,6 +29,8 @@ struct Cli {
 enum Command {
     /// Print the VirtualMachine CustomResourceDefinition as YAML (what deploy/crd.yaml holds).
     Crd,
+    /// Run the controller: a launcher Pod for every VM that should run, restarts, status, Events.
+    Controller(controller::Args),
     /// Report the VMs running on this node: read each launcher's status, write the VMs' status, heartbeat.
     Node(node::Args),
     /// Run the VMs of a folder of manifests on this machine, each in a network namespace of its own, no cluster.
@@ -47,9 +49,18 @@ fn main() -> ExitCode {
         Command::Shim(args) => return finish(standalone::shim::run(args)),
         command => command,
     };
-    vmlet_log::init(cli.log_json);
+    if cli.log_json && !vmlet_log::json_from_env() {
+        // SAFETY: no other thread exists yet (the roles start their runtimes below), so nothing reads the
+        // environment while it changes. Launchers that a role starts inherit it and log JSON lines too.
+        unsafe { std::env::set_var(vmlet_log::JSON_ENV, "1") };
+    }
+    // `crd` and `status` print on stdout and log nothing; every role logs the same way.
+    if !matches!(command, Command::Crd | Command::Status(_)) {
+        vmlet_log::init(cli.log_json);
+    }
     let result = match command {
         Command::Crd => crd_yaml().map(|yaml| print!("{yaml}")),
+        Command::Controller(args) => controller::run(args).map_err(anyhow::Error::from),
         Command::Node(args) => node::main(args),
         Command::Standalone(args) => standalone::run(args),
         Command::Status(args) => standalone::print_status(&args),
@@ -61,9 +72,25 @@ fn main() -> ExitCode {
 /// The program's one line on failure.
 fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|err| {
-        eprintln!("vmlet-handler: {err:#}");
+        eprintln!("vmlet-handler: {}", one_line(&err));
         ExitCode::FAILURE
     })
+}
+
+/// An error and its causes on one line, leaving out a cause whose text the error before it already holds (some
+/// libraries' messages repeat their sources).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn crd_yaml() -> anyhow::Result<String> {
@@ -72,6 +99,14 @@ fn crd_yaml() -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn causes_are_not_repeated() {
+        let err = anyhow::anyhow!("no such file")
+            .context("cannot read x: no such file")
+            .context("cannot start");
+        assert_eq!(super::one_line(&err), "cannot start: cannot read x: no such file");
+    }
+
     #[test]
     fn checked_in_crd_matches_the_types() {
         let checked_in = include_str!("../../deploy/crd.yaml");

@@ -1,0 +1,350 @@
+//! A VM's launcher Pod: made from the VM (pure), and read back as the lifecycle's [`Launcher`].
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerStateTerminated, EnvVar, HostPathVolumeSource, Pod, PodSpec,
+    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use vmlet_api::{VirtualMachine, VirtualMachineSpec};
+
+use crate::lifecycle::{Exit, Launcher};
+
+/// The label every launcher Pod carries, the VM's uid: how the controller finds a VM's launchers.
+pub const VM_UID_LABEL: &str = "vmlet.dev/vm-uid";
+/// The VM's name, for people (`kubectl get pods -l vmlet.dev/vm=NAME`).
+pub const VM_NAME_LABEL: &str = "vmlet.dev/vm";
+/// The label the controller's Pod watch selects on.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "vmlet-controller";
+/// The launcher's container.
+pub const CONTAINER: &str = "launcher";
+
+/// The node directory under which each launcher Pod's run directory lives, as `<namespace>_<pod>`: the control
+/// socket, console, lease and libvirt state of that Pod, shared with the node role.
+pub const RUN_DIRS_ON_HOST: &str = "/var/run/vmlet/pods";
+/// The run directory inside the Pod (the launcher's default `--run-dir`).
+pub const RUN_DIR: &str = "/var/run/vmlet";
+/// QEMU's capability cache, one per node, shared by the launchers there.
+pub const CACHE_DIR: &str = "/var/cache/vmlet/qemu";
+
+/// Memory a VM pod takes besides the guest's RAM. Measured (docs/benchmarks.md, 256 MiB TCG guest): everything but
+/// QEMU, 37.3 MiB resident; QEMU's own resident memory beyond the guest's pages, about 82 MiB (its 266.7 MB less the
+/// 183 MB of anonymous memory the guest had touched, libraries and video memory included). Rounded up for page
+/// tables, I/O buffers and KVM's structures.
+pub const DEFAULT_MEMORY_OVERHEAD: u64 = 160 << 20;
+
+/// How launcher Pods are made, the same for every VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodConfig {
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    /// Added to the guest's memory in the Pod's memory request (and limit, when the VM sets one).
+    pub memory_overhead: u64,
+    /// An extended resource that gives the Pod `/dev/kvm` (a device plugin's, e.g. `devices.kubevirt.io/kvm`).
+    /// Without one, `/dev/kvm` is mounted from the node; an unprivileged container's device cgroup then refuses
+    /// to open it, and the launcher falls back to emulation (TCG).
+    pub kvm_resource: Option<String>,
+    /// Seconds the Pod gets beyond the guest's grace period to tear down after it.
+    pub grace_margin: u32,
+    pub log_json: bool,
+}
+
+/// The guest's grace period when the VM gives none (the launcher's default).
+const DEFAULT_GRACE_SECONDS: u32 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the VM has no {0}")]
+    Missing(&'static str),
+    #[error("the guest's memory is not given, or is not a quantity of bytes")]
+    NoMemory,
+    #[error("the VM cannot be written as JSON")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// A name for a new launcher Pod of `vm`: `vmlet-launcher-<vm>-<5 characters>`, at most 63 characters so that it is
+/// also a valid host name. Every run gets a new name, and so a fresh run directory on the node.
+pub fn new_pod_name(vm_name: &str) -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(vm_name.as_bytes());
+    hasher.write_u128(Timestamp::now().as_nanosecond().unsigned_abs());
+    let mut n = hasher.finish();
+    let suffix: String = (0..5)
+        .map(|_| {
+            let digit = (n % 36) as u8;
+            n /= 36;
+            char::from(if digit < 10 { b'0' + digit } else { b'a' + digit - 10 })
+        })
+        .collect();
+    let prefix = "vmlet-launcher-";
+    let room = 63 - prefix.len() - 1 - suffix.len();
+    let vm: &str = &vm_name[..vm_name.len().min(room)];
+    format!("{prefix}{}-{suffix}", vm.trim_end_matches(['-', '.']))
+}
+
+/// The node directory a launcher Pod's run directory is.
+pub fn run_dir_on_host(namespace: &str, pod: &str) -> String {
+    format!("{RUN_DIRS_ON_HOST}/{namespace}_{pod}")
+}
+
+/// The launcher Pod `name` for `vm`.
+pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig) -> Result<Pod, BuildError> {
+    let vm_name = vm.metadata.name.as_deref().ok_or(BuildError::Missing("name"))?;
+    let namespace = vm
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(BuildError::Missing("namespace"))?;
+    let uid = vm.metadata.uid.as_deref().ok_or(BuildError::Missing("uid"))?;
+    let owner = vm.controller_owner_ref(&()).ok_or(BuildError::Missing("uid"))?;
+    let template = &vm.spec.template;
+    let instance = &template.spec;
+
+    let mut labels = template.metadata.as_ref().map(|m| m.labels.clone()).unwrap_or_default();
+    labels.insert(VM_NAME_LABEL.into(), vm_name.into());
+    labels.insert(VM_UID_LABEL.into(), uid.into());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    labels.insert("app.kubernetes.io/name".into(), "vmlet-launcher".into());
+    let annotations = template
+        .metadata
+        .as_ref()
+        .map(|m| m.annotations.clone())
+        .unwrap_or_default();
+
+    // What the launcher needs of the VM: its identity and spec, not its status or the API server's bookkeeping.
+    let for_launcher = VirtualMachine {
+        metadata: ObjectMeta {
+            name: Some(vm_name.into()),
+            namespace: Some(namespace.into()),
+            uid: Some(uid.into()),
+            ..ObjectMeta::default()
+        },
+        spec: VirtualMachineSpec {
+            run_strategy: vm.spec.run_strategy,
+            template: template.clone(),
+        },
+        status: None,
+    };
+    let mut env = vec![
+        env_var("VMLET_VM_SPEC", serde_json::to_string(&for_launcher)?),
+        env_var("VMLET_CACHE_DIR", CACHE_DIR.into()),
+    ];
+    if config.log_json {
+        env.push(env_var(vmlet_log::JSON_ENV, "1".into()));
+    }
+
+    let grace = instance
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let mut volumes = vec![
+        host_path("run", &run_dir_on_host(namespace, name), "DirectoryOrCreate"),
+        host_path("qemu-cache", CACHE_DIR, "DirectoryOrCreate"),
+        host_path("tun", "/dev/net/tun", "CharDevice"),
+    ];
+    let mut mounts = vec![
+        mount("run", RUN_DIR),
+        mount("qemu-cache", CACHE_DIR),
+        mount("tun", "/dev/net/tun"),
+    ];
+    if config.kvm_resource.is_none() {
+        volumes.push(host_path("kvm", "/dev/kvm", "CharDevice"));
+        mounts.push(mount("kvm", "/dev/kvm"));
+    }
+
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(config.image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        command: Some(vec!["vmlet-launcher".into(), "run".into()]),
+        env: Some(env),
+        resources: Some(resources(vm, config)?),
+        security_context: Some(SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                // NET_ADMIN: rewire the pod interface, make the tap, install nftables rules. NET_RAW: the DHCP
+                // server's packet sockets.
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            restart_policy: Some("Never".into()),
+            termination_grace_period_seconds: Some(i64::from(grace) + i64::from(config.grace_margin)),
+            node_selector: (!instance.node_selector.is_empty()).then(|| instance.node_selector.clone()),
+            tolerations: (!instance.tolerations.is_empty()).then(|| instance.tolerations.clone()),
+            // The launcher talks to no API server, and a VM pod's environment is the guest's business.
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            ..PodSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// The VM's resources with the launcher's overhead added to its memory.
+fn resources(vm: &VirtualMachine, config: &PodConfig) -> Result<ResourceRequirements, BuildError> {
+    let instance = &vm.spec.template.spec;
+    let guest = instance.guest_memory_bytes().ok_or(BuildError::NoMemory)?;
+    let given = instance.domain.resources.clone().unwrap_or_default();
+    let quantities = |map: BTreeMap<String, String>| -> BTreeMap<String, Quantity> {
+        map.into_iter().map(|(k, v)| (k, Quantity(v))).collect()
+    };
+    let mut requests = quantities(given.requests);
+    let mut limits = quantities(given.limits.clone());
+    let memory = guest.saturating_add(config.memory_overhead);
+    requests.insert("memory".into(), Quantity(memory.to_string()));
+    if let Some(limit) = given.limits.get("memory") {
+        let limit = vmlet_api::parse_quantity(limit).map_err(|_| BuildError::NoMemory)?;
+        limits.insert(
+            "memory".into(),
+            Quantity(limit.max(guest).saturating_add(config.memory_overhead).to_string()),
+        );
+    }
+    if let Some(kvm) = &config.kvm_resource {
+        requests.insert(kvm.clone(), Quantity("1".into()));
+        limits.insert(kvm.clone(), Quantity("1".into()));
+    }
+    Ok(ResourceRequirements {
+        requests: Some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..ResourceRequirements::default()
+    })
+}
+
+fn env_var(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+fn host_path(name: &str, path: &str, kind: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(kind.into()),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
+    }
+}
+
+/// Whether `pod` is a launcher of `vm` (controlled by it).
+pub fn belongs_to(pod: &Pod, vm: &VirtualMachine) -> bool {
+    let uid = vm.meta().uid.as_deref();
+    pod.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+/// The launcher as the lifecycle sees it. `now` stands in for an end time the Pod does not report.
+pub fn observe(pod: &Pod, now: Timestamp) -> Launcher {
+    let id = pod.metadata.uid.clone().unwrap_or_default();
+    let spec_node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Launcher::Terminating { id, node: spec_node };
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let launcher_state = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER)
+        .and_then(|c| c.state.clone())
+        .unwrap_or_default();
+    let pod_started = status.start_time.as_ref().map(|t| t.0);
+    match status.phase.as_deref() {
+        Some("Running") | Some("Unknown") => Launcher::Running {
+            id,
+            node: spec_node,
+            since: launcher_state
+                .running
+                .and_then(|r| r.started_at)
+                .map(|t| t.0)
+                .or(pod_started)
+                .unwrap_or(now),
+        },
+        Some("Succeeded") | Some("Failed") => {
+            let terminated = launcher_state.terminated.unwrap_or_else(|| ContainerStateTerminated {
+                // A Pod that failed before its container ran (evicted, rejected by the node) has no exit code.
+                exit_code: -1,
+                ..ContainerStateTerminated::default()
+            });
+            let exit = if status.phase.as_deref() == Some("Succeeded") {
+                Exit::Succeeded
+            } else {
+                Exit::Failed {
+                    code: (terminated.exit_code >= 0).then_some(terminated.exit_code),
+                    reason: terminated.reason.clone().or(status.reason.clone()),
+                }
+            };
+            Launcher::Ended {
+                id,
+                node: spec_node,
+                started: terminated.started_at.map(|t| t.0).or(pod_started),
+                finished: terminated.finished_at.map(|t| t.0).unwrap_or(now),
+                exit,
+            }
+        }
+        _ => {
+            let unschedulable = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| {
+                    c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+                })
+                .map(|c| c.message.clone().unwrap_or_else(|| "no node fits the VM".into()));
+            Launcher::Pending {
+                id,
+                node: spec_node,
+                unschedulable,
+            }
+        }
+    }
+}
+
+/// Of a VM's launcher Pods, the one its lifecycle follows: the newest. Older ones are left from a run that a
+/// second controller raced (they are stopped).
+pub fn newest(mut pods: Vec<Pod>) -> (Option<Pod>, Vec<Pod>) {
+    pods.sort_by(|a, b| {
+        let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| a.name_any().cmp(&b.name_any()))
+    });
+    let newest = pods.pop();
+    (newest, pods)
+}

@@ -1,0 +1,287 @@
+//! The `controller` role: for every VirtualMachine in the cluster, a launcher Pod when its run strategy says it
+//! should run, and its lifecycle status. One replica leads (a Lease); the others wait to take over.
+
+mod launcher_pod;
+mod leader;
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{finalizer, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+use vmlet_api::VirtualMachine;
+
+pub use launcher_pod::PodConfig;
+use leader::LeaderElector;
+
+/// The Lease the controller replicas elect their leader with, in the handler's namespace.
+const LEADER_LEASE: &str = "vmlet-controller";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The launcher's container image.
+    #[arg(long, env = "VMLET_LAUNCHER_IMAGE")]
+    launcher_image: String,
+    /// The launcher image's pull policy (Always, IfNotPresent, Never); the cluster's default when not given.
+    #[arg(long, env = "VMLET_LAUNCHER_PULL_POLICY")]
+    launcher_pull_policy: Option<String>,
+    /// The namespace the handler runs in: its leader Lease and the nodes' heartbeat Leases are there.
+    #[arg(long, env = "VMLET_NAMESPACE", default_value = "vmlet-system")]
+    namespace: String,
+    /// This replica's name in the leader election (the Pod's name).
+    #[arg(long, env = "VMLET_POD_NAME")]
+    identity: Option<String>,
+    /// Memory a VM pod takes besides the guest's, added to its memory request.
+    #[arg(long, default_value_t = launcher_pod::DEFAULT_MEMORY_OVERHEAD, value_parser = parse_bytes)]
+    memory_overhead: u64,
+    /// An extended resource that gives a pod /dev/kvm (from a device plugin); without one /dev/kvm is mounted
+    /// from the node, which an unprivileged pod cannot open, so guests are emulated.
+    #[arg(long, env = "VMLET_KVM_RESOURCE")]
+    kvm_resource: Option<String>,
+    /// Seconds a launcher pod gets beyond its guest's grace period to tear down.
+    #[arg(long, default_value_t = 15)]
+    grace_margin: u32,
+    /// Seconds after a node's last heartbeat that its VMs are marked failed.
+    #[arg(long, default_value_t = 40)]
+    node_timeout: u64,
+    /// Seconds a leader's Lease lasts unrenewed.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+}
+
+fn parse_bytes(text: &str) -> Result<u64, vmlet_api::ParseQuantityError> {
+    vmlet_api::parse_quantity(text)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("the VM has no namespace")]
+    NoNamespace,
+    #[error("the VM has no uid")]
+    NoUid,
+    #[error("cannot make the launcher pod: {0}")]
+    Pod(#[from] launcher_pod::BuildError),
+    #[error("cannot write a JSON patch: {0}")]
+    JsonPatch(#[from] serde_json::Error),
+    #[error("{0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// Not a failure: a deleted VM waits for its launcher to go.
+    #[error("the VM's launcher is still stopping")]
+    StillStopping,
+}
+
+impl Error {
+    fn still_stopping(&self) -> bool {
+        match self {
+            Self::StillStopping => true,
+            Self::Finalizer(inner) => matches!(**inner, finalizer::Error::CleanupFailed(Error::StillStopping)),
+            _ => false,
+        }
+    }
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot reach the Kubernetes API")]
+    Client(#[source] kube::Error),
+    #[error("lost the leadership (the Lease went unrenewed); exiting so that a new leader takes over")]
+    LostLeadership,
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// What every reconciliation shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// The handler namespace's Leases: the nodes' heartbeats.
+    pub leases: Api<Lease>,
+    pub pod_config: PodConfig,
+    pub node_timeout: Duration,
+}
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub fn run(args: Args) -> Result<(), RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?
+        .block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
+    let lease_duration = Duration::from_secs(args.lease_duration.max(2));
+    let elector = Arc::new(LeaderElector::new(
+        leases.clone(),
+        LEADER_LEASE,
+        &identity,
+        lease_duration,
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    info!(identity = %identity, lease = LEADER_LEASE, namespace = %args.namespace, "waiting to lead");
+    if !wait_to_lead(&elector, lease_duration, stop_rx.clone()).await? {
+        return Ok(());
+    }
+    info!(identity = %identity, "leading");
+
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let renewing = tokio::spawn(keep_leading(elector.clone(), lease_duration, lost_tx));
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: reconcile::FIELD_MANAGER.into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+        leases,
+        pod_config: PodConfig {
+            image: args.launcher_image,
+            image_pull_policy: args.launcher_pull_policy,
+            memory_overhead: args.memory_overhead,
+            kvm_resource: args.kvm_resource,
+            grace_margin: args.grace_margin,
+            log_json: vmlet_log::json_from_env(),
+        },
+        node_timeout: Duration::from_secs(args.node_timeout),
+    });
+    let pods_of_launchers = watcher::Config::default().labels(&format!(
+        "{}={}",
+        launcher_pod::MANAGED_BY_LABEL,
+        launcher_pod::MANAGED_BY
+    ));
+    let shutdown = {
+        let (mut stop, mut lost) = (stop_rx.clone(), lost_rx.clone());
+        async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = lost.wait_for(|l| *l) => {}
+            }
+        }
+    };
+    Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Pod>::all(client), pods_of_launchers)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((vm, _)) => debug!(vm = %vm, "reconciled"),
+                Err(err) => debug!(error = %err, "reconcile round"),
+            }
+        })
+        .await;
+
+    renewing.abort();
+    if *lost_rx.borrow() {
+        return Err(RunError::LostLeadership);
+    }
+    if let Err(err) = elector.release().await {
+        warn!(error = %err, "could not release the leader Lease; the next leader waits for it to expire");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn error_policy(vm: Arc<VirtualMachine>, err: &Error, _ctx: Arc<Context>) -> Action {
+    if err.still_stopping() {
+        return Action::requeue(Duration::from_secs(5));
+    }
+    warn!(vm = %vm.name_any(), namespace = ?vm.namespace(), error = %err, "reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Tries for the Lease every third of its duration until it is this replica's (`true`) or a signal says to stop.
+async fn wait_to_lead(
+    elector: &LeaderElector,
+    lease_duration: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<bool, RunError> {
+    loop {
+        match elector.try_lead(Timestamp::now()).await {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(err) => warn!(error = %err, "leader election"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(lease_duration / 3) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(false),
+        }
+    }
+}
+
+/// Renews the Lease every third of its duration; reports the leadership lost when a renewal is refused, or when
+/// none has succeeded for two thirds of the duration (client-go's renew deadline), before another replica may
+/// take over.
+async fn keep_leading(elector: Arc<LeaderElector>, lease_duration: Duration, lost: watch::Sender<bool>) {
+    let deadline = lease_duration * 2 / 3;
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(lease_duration / 3).await;
+        match elector.try_lead(Timestamp::now()).await {
+            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                error!(identity = elector.identity(), "another replica holds the leader Lease");
+                let _ = lost.send(true);
+                return;
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot renew the leader Lease");
+                if renewed.elapsed() > deadline {
+                    let _ = lost.send(true);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("stopping");
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "vmlet-controller".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,237 @@
+//! One reconciliation of one VM: observe its launcher Pods and its node, plan (`crate::lifecycle`), act, report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event as Finalizing, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+use vmlet_api::{ConditionType, RUN_ANNOTATION, VirtualMachine, VirtualMachineStatus};
+
+use super::{Context, Error, launcher_pod};
+use crate::lifecycle::{self, EventKind, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
+
+/// The finalizer that keeps a VM until its launcher is gone.
+pub const FINALIZER: &str = "vmlet.dev/launcher";
+/// The field manager of every status the controller applies.
+pub const FIELD_MANAGER: &str = "vmlet-controller";
+/// The name of the Lease the node role heartbeats, in the handler's namespace.
+pub fn node_lease_name(node: &str) -> String {
+    format!("vmlet-node-{node}")
+}
+/// How often a VM is looked at when nothing else asks for it.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// The controller's reconcile function: the lifecycle inside the finalizer helper, which adds `vmlet.dev/launcher`
+/// first and removes it once the VM's deletion has stopped its launcher.
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = vm.namespace().ok_or(Error::NoNamespace)?;
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&vms, FINALIZER, vm, |event| async {
+        match event {
+            Finalizing::Apply(vm) => sync(&vm, &ctx, false).await,
+            Finalizing::Cleanup(vm) => sync(&vm, &ctx, true).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Action, Error> {
+    let namespace = vm.namespace().ok_or(Error::NoNamespace)?;
+    let name = vm.name_any();
+    let uid = vm.uid().ok_or(Error::NoUid)?;
+    let now = Timestamp::now();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    // Listed from the API server, not a cache: whether a launcher exists must never be out of date, or a second
+    // one would be made.
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("{}={uid}", launcher_pod::VM_UID_LABEL)))
+        .await?;
+    let (pod, extra) = launcher_pod::newest(
+        listed
+            .items
+            .into_iter()
+            .filter(|p| launcher_pod::belongs_to(p, vm))
+            .collect(),
+    );
+    for stale in extra.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        warn!(vm = %name, pod = %stale.name_any(), "stopping a second launcher of the VM");
+        delete_pod(&pods, stale).await?;
+    }
+    let launcher = pod.as_ref().map_or(Launcher::Absent, |p| launcher_pod::observe(p, now));
+
+    let (node, heartbeat) = match pod.as_ref().and_then(|p| p.spec.as_ref()?.node_name.clone()) {
+        Some(node) => {
+            let heartbeat = ctx
+                .leases
+                .get_opt(&node_lease_name(&node))
+                .await?
+                .and_then(|lease| lease.spec)
+                .and_then(|spec| spec.renew_time.or(spec.acquire_time))
+                .map(|t| t.0);
+            (lifecycle::node_health(heartbeat, ctx.node_timeout, now), heartbeat)
+        }
+        None => (NodeHealth::Unknown, None),
+    };
+
+    let annotation = vm.annotations().get(RUN_ANNOTATION).cloned();
+    let previous = vm.status.clone().unwrap_or_default();
+    let observation = Observation {
+        run_strategy: vm.spec.run_strategy,
+        request: annotation.as_deref().map(RunRequest::parse),
+        deleting,
+        spec_error: vm.spec.template.spec.validate().err().map(|e| e.to_string()),
+        status: &previous,
+        launcher,
+        node,
+        now,
+    };
+    let plan = lifecycle::plan(&observation);
+    debug!(vm = %name, ?plan.action, phase = ?plan.status.phase, "planned");
+
+    let mut launcher_name = pod.as_ref().map(ResourceExt::name_any);
+    match plan.action {
+        LauncherAction::None => {}
+        LauncherAction::Create => {
+            let pod_name = launcher_pod::new_pod_name(&name);
+            let new = launcher_pod::build(vm, &pod_name, &ctx.pod_config)?;
+            pods.create(&PostParams::default(), &new).await?;
+            info!(vm = %name, pod = %pod_name, "launcher created");
+            launcher_name = Some(pod_name);
+        }
+        LauncherAction::Delete => {
+            if let Some(pod) = &pod {
+                delete_pod(&pods, pod).await?;
+                info!(vm = %name, pod = %pod.name_any(), "launcher deleted");
+            }
+        }
+    }
+
+    if plan.consume_request
+        && let Some(value) = &annotation
+    {
+        // Removes the request only if it is still the one acted on: a newer one is kept for the next round.
+        let path = format!(
+            "/metadata/annotations/{}",
+            RUN_ANNOTATION.replace('~', "~0").replace('/', "~1")
+        );
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            { "op": "test", "path": path, "value": value },
+            { "op": "remove", "path": path },
+        ]))?;
+        vms.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await?;
+    }
+
+    let mut status = plan.status;
+    status.launcher_pod = launcher_name;
+    if status != owned_part(&previous) {
+        let apply = json!({
+            "apiVersion": VirtualMachine::api_version(&()),
+            "kind": VirtualMachine::kind(&()),
+            "status": status,
+        });
+        vms.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&apply))
+            .await?;
+    }
+
+    let reference = vm.object_ref(&());
+    for event in &plan.events {
+        let published = KubeEvent {
+            type_: match event.kind {
+                EventKind::Normal => EventType::Normal,
+                EventKind::Warning => EventType::Warning,
+            },
+            reason: event.reason.into(),
+            note: Some(event.message.clone()),
+            action: match plan.action {
+                LauncherAction::Create => "StartLauncher",
+                LauncherAction::Delete => "StopLauncher",
+                LauncherAction::None => "Observe",
+            }
+            .into(),
+            secondary: None,
+        };
+        // An event that cannot be recorded is no reason to act again: what it reports is done.
+        if let Err(err) = ctx.recorder.publish(&published, &reference).await {
+            warn!(vm = %name, reason = event.reason, error = %err, "cannot record an event");
+        }
+    }
+
+    if deleting && !plan.release {
+        return Err(Error::StillStopping);
+    }
+    Ok(Action::requeue(next_look(
+        plan.requeue_after,
+        node,
+        heartbeat,
+        ctx.node_timeout,
+        now,
+    )))
+}
+
+/// When to look at a VM again though nothing changed: when the plan asks, just after the heartbeat of its
+/// launcher's node would go stale (a dead node changes nothing the controller watches), and at the latest after
+/// [`RESYNC`].
+pub fn next_look(
+    planned: Option<Duration>,
+    node: NodeHealth,
+    heartbeat: Option<Timestamp>,
+    node_timeout: Duration,
+    now: Timestamp,
+) -> Duration {
+    let node_deadline = heartbeat.filter(|_| node == NodeHealth::Alive).map(|at| {
+        let age = Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO);
+        node_timeout.saturating_sub(age) + Duration::from_secs(1)
+    });
+    [planned, node_deadline, Some(RESYNC)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(RESYNC)
+}
+
+/// Deletes a launcher Pod gracefully, only if it is still the one that was seen (not a newer one of the same name).
+async fn delete_pod(pods: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(&pod.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The fields of `status` the controller writes, so that an unchanged status is not applied again.
+fn owned_part(status: &VirtualMachineStatus) -> VirtualMachineStatus {
+    VirtualMachineStatus {
+        phase: status.phase,
+        printable_status: status.printable_status,
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| matches!(c.condition_type, ConditionType::Ready | ConditionType::Failure))
+            .cloned()
+            .collect(),
+        interfaces: Vec::new(),
+        node_name: status.node_name.clone(),
+        launcher_pod: status.launcher_pod.clone(),
+        restart_count: status.restart_count,
+        start_failure: status.start_failure.clone(),
+        phase_transition_timestamps: status.phase_transition_timestamps.clone(),
+    }
+}

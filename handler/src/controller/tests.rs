@@ -1,0 +1,815 @@
+//! The controller's conversations with the API server, scripted: a mock server expects each request in turn,
+//! checks it, and answers it; a request the script does not expect fails the test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Api, Client, Resource};
+use serde_json::{Value, json};
+use vmlet_api::{Phase, PrintableStatus, VirtualMachine, VirtualMachineStatus};
+
+use super::leader::{Decision, LeaderElector, decide};
+use super::reconcile::{FIELD_MANAGER, FINALIZER, next_look, reconcile};
+use super::{Context, Error, PodConfig, launcher_pod};
+use crate::lifecycle::{Exit, Launcher, NodeHealth};
+
+const UID: &str = "0d4c8f2e-8e2b-4c7e-9d3c-3a1f1e2b7c11";
+const VMS: &str = "/apis/vmlet.dev/v1alpha1/namespaces/ns/virtualmachines";
+
+fn vm(yaml_spec: &str) -> VirtualMachine {
+    let spec = serde_yaml::from_str(yaml_spec).unwrap();
+    let mut vm = VirtualMachine::new("vm1", spec);
+    vm.metadata.namespace = Some("ns".into());
+    vm.metadata.uid = Some(UID.into());
+    vm.metadata.resource_version = Some("7".into());
+    vm.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    vm
+}
+
+const ALWAYS: &str = r#"
+runStrategy: Always
+template:
+  spec:
+    domain:
+      memory: {guest: 256Mi}
+      firmware:
+        kernelBoot: {hostPath: {kernelPath: /var/lib/vmlet/guest/vmlinux}}
+      devices:
+        interfaces: [{name: default, bridge: {}}]
+    networks: [{name: default, pod: {}}]
+    nodeSelector: {kubernetes.io/arch: amd64}
+    terminationGracePeriodSeconds: 20
+"#;
+
+fn config() -> PodConfig {
+    PodConfig {
+        image: "registry.example/vmlet-launcher:1".into(),
+        image_pull_policy: None,
+        memory_overhead: 160 << 20,
+        kvm_resource: None,
+        grace_margin: 15,
+        log_json: false,
+    }
+}
+
+/// One expected request: its method, path, the query parameters it must carry, and the answer.
+struct Expect {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    status: StatusCode,
+    answer: Value,
+}
+
+fn expect(method: Method, path: &str, answer: Value) -> Expect {
+    Expect {
+        method,
+        path: path.into(),
+        query: Vec::new(),
+        status: StatusCode::OK,
+        answer,
+    }
+}
+
+impl Expect {
+    fn query(mut self, key: &'static str, value: &str) -> Self {
+        self.query.push((key, value.into()));
+        self
+    }
+
+    fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+}
+
+/// A request as the mock saw it.
+struct Seen {
+    content_type: Option<String>,
+    body: Value,
+}
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Answers the script in order, and returns what each request carried.
+async fn serve(mut handle: Handle, script: Vec<Expect>) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for (i, step) in script.into_iter().enumerate() {
+        let (request, send) = handle
+            .next_request()
+            .await
+            .unwrap_or_else(|| panic!("request {i} never came"));
+        assert_eq!(request.method(), step.method, "request {i}: {}", request.uri());
+        assert_eq!(request.uri().path(), step.path, "request {i}");
+        let query: BTreeMap<String, String> = request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+            .collect();
+        for (key, value) in &step.query {
+            assert_eq!(query.get(*key), Some(value), "request {i} {}: {key}", request.uri());
+        }
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        seen.push(Seen { content_type, body });
+        send.send_response(
+            Response::builder()
+                .status(step.status)
+                .body(Body::from(serde_json::to_vec(&step.answer).unwrap()))
+                .unwrap(),
+        );
+    }
+    // Nothing more may come: no second launcher, no second status write.
+    let extra = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
+    if let Ok(Some((request, _))) = extra {
+        panic!("unexpected request {} {}", request.method(), request.uri());
+    }
+    seen
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn context(client: Client) -> Arc<Context> {
+    Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some("test".into()),
+            },
+        ),
+        leases: Api::namespaced(client, "vmlet-system"),
+        pod_config: config(),
+        node_timeout: Duration::from_secs(40),
+    })
+}
+
+/// Runs `reconcile` against the script; returns its result and what the requests carried.
+async fn run(vm: VirtualMachine, script: Vec<Expect>) -> (Result<kube::runtime::controller::Action, Error>, Vec<Seen>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, script));
+    let ctx = context(Client::new(service, "default"));
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(vm), ctx))
+        .await
+        .expect("reconcile hung");
+    let seen = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap();
+    (result, seen)
+}
+
+fn pod_list(pods: &[Value]) -> Value {
+    json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "9"}, "items": pods})
+}
+
+fn launcher(name: &str, phase: &str, node: Option<&str>) -> Pod {
+    let owner = vm(ALWAYS).controller_owner_ref(&()).unwrap();
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            uid: Some(format!("uid-{name}")),
+            owner_references: Some(vec![owner]),
+            creation_timestamp: Some(Time(Timestamp::now())),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: node.map(Into::into),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some(phase.into()),
+            container_statuses: (phase == "Running").then(|| {
+                vec![ContainerStatus {
+                    name: launcher_pod::CONTAINER.into(),
+                    state: Some(ContainerState {
+                        running: Some(ContainerStateRunning {
+                            started_at: Some(Time(Timestamp::now())),
+                        }),
+                        ..ContainerState::default()
+                    }),
+                    ..ContainerStatus::default()
+                }]
+            }),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+fn list_pods() -> Expect {
+    expect(Method::GET, "/api/v1/namespaces/ns/pods", pod_list(&[]))
+        .query("labelSelector", &format!("vmlet.dev/vm-uid={UID}"))
+}
+
+fn list_of(pods: &[&Pod]) -> Expect {
+    let items: Vec<Value> = pods.iter().map(|p| serde_json::to_value(p).unwrap()).collect();
+    expect(Method::GET, "/api/v1/namespaces/ns/pods", pod_list(&items))
+}
+
+fn apply_status() -> Expect {
+    expect(
+        Method::PATCH,
+        &format!("{VMS}/vm1/status"),
+        serde_json::to_value(vm(ALWAYS)).unwrap(),
+    )
+    .query("fieldManager", FIELD_MANAGER)
+    .query("force", "true")
+}
+
+fn post_event() -> Expect {
+    expect(Method::POST, "/apis/events.k8s.io/v1/namespaces/ns/events", json!({}))
+}
+
+fn node_lease(renewed: Timestamp) -> Expect {
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some("vmlet-node-n1".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("n1".into()),
+            renew_time: Some(MicroTime(renewed)),
+            ..LeaseSpec::default()
+        }),
+    };
+    expect(
+        Method::GET,
+        "/apis/coordination.k8s.io/v1/namespaces/vmlet-system/leases/vmlet-node-n1",
+        serde_json::to_value(lease).unwrap(),
+    )
+}
+
+fn assert_apply(seen: &Seen) -> &Value {
+    assert_eq!(seen.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(seen.body["apiVersion"], "vmlet.dev/v1alpha1");
+    assert_eq!(seen.body["kind"], "VirtualMachine");
+    &seen.body["status"]
+}
+
+#[tokio::test]
+async fn the_finalizer_comes_first() {
+    let mut fresh = vm(ALWAYS);
+    fresh.metadata.finalizers = None;
+    let (result, seen) = run(
+        fresh,
+        vec![expect(
+            Method::PATCH,
+            &format!("{VMS}/vm1"),
+            serde_json::to_value(vm(ALWAYS)).unwrap(),
+        )],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(seen[0].content_type.as_deref(), Some("application/json-patch+json"));
+    assert_eq!(
+        seen[0].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_vm_to_run_gets_one_launcher_its_status_and_an_event() {
+    let created = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "x", "namespace": "ns"}});
+    let (result, seen) = run(
+        vm(ALWAYS),
+        vec![
+            list_pods(),
+            expect(Method::POST, "/api/v1/namespaces/ns/pods", created).status(StatusCode::CREATED),
+            apply_status(),
+            post_event(),
+        ],
+    )
+    .await;
+    result.unwrap();
+
+    let pod: Pod = serde_json::from_value(seen[1].body.clone()).unwrap();
+    let name = pod.metadata.name.clone().unwrap();
+    assert!(
+        name.starts_with("vmlet-launcher-vm1-") && name.len() == "vmlet-launcher-vm1-".len() + 5,
+        "{name}"
+    );
+    let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("VirtualMachine", UID, Some(true))
+    );
+    assert_eq!(pod.metadata.labels.as_ref().unwrap()["vmlet.dev/vm-uid"], UID);
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(spec.termination_grace_period_seconds, Some(35));
+    assert_eq!(spec.node_selector.unwrap()["kubernetes.io/arch"], "amd64");
+    let container = &spec.containers[0];
+    let env: BTreeMap<_, _> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.clone().unwrap()))
+        .collect();
+    let for_launcher: VirtualMachine = serde_json::from_str(&env["VMLET_VM_SPEC"]).unwrap();
+    assert_eq!(for_launcher.metadata.uid.as_deref(), Some(UID));
+    assert_eq!(for_launcher.spec, vm(ALWAYS).spec);
+    let memory = &container.resources.as_ref().unwrap().requests.as_ref().unwrap()["memory"];
+    assert_eq!(memory.0, ((256u64 + 160) << 20).to_string());
+    let run_dir = spec.volumes.unwrap().into_iter().find(|v| v.name == "run").unwrap();
+    assert_eq!(
+        run_dir.host_path.unwrap().path,
+        format!("/var/run/vmlet/pods/ns_{name}")
+    );
+
+    let status = assert_apply(&seen[2]);
+    assert_eq!(status["phase"], "Pending");
+    assert_eq!(status["printableStatus"], "Starting");
+    assert_eq!(status["launcherPod"], name.as_str());
+    assert_eq!(seen[3].body["reason"], "Starting");
+    assert_eq!(seen[3].body["type"], "Normal");
+    assert_eq!(seen[3].body["regarding"]["name"], "vm1");
+    assert_eq!(seen[3].body["reportingController"], FIELD_MANAGER);
+
+    // The next round finds the launcher waiting for a node: no second Pod, only the new phase.
+    let mut again = vm(ALWAYS);
+    again.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let pending = launcher(&name, "Pending", None);
+    let (result, seen) = run(again.clone(), vec![list_of(&[&pending]), apply_status()]).await;
+    result.unwrap();
+    let status = assert_apply(&seen[1]);
+    assert_eq!(status["phase"], "Scheduling");
+
+    // And once that is written, a round with nothing new writes nothing.
+    again.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let (result, _) = run(again, vec![list_of(&[&pending])]).await;
+    result.unwrap();
+}
+
+#[tokio::test]
+async fn a_running_launcher_on_a_live_node_makes_the_vm_ready() {
+    let mut running = vm(ALWAYS);
+    running.status = Some(VirtualMachineStatus {
+        phase: Some(Phase::Scheduled),
+        printable_status: Some(PrintableStatus::Starting),
+        launcher_pod: Some("l".into()),
+        ..VirtualMachineStatus::default()
+    });
+    let pod = launcher("l", "Running", Some("n1"));
+    let (result, seen) = run(
+        running,
+        vec![
+            list_of(&[&pod]),
+            node_lease(Timestamp::now()),
+            apply_status(),
+            post_event(),
+        ],
+    )
+    .await;
+    result.unwrap();
+    let status = assert_apply(&seen[2]);
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(status["nodeName"], "n1");
+    assert_eq!(status["conditions"][0]["type"], "Ready");
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(seen[3].body["reason"], "Started");
+}
+
+#[test]
+fn a_vm_is_looked_at_again_when_its_node_would_go_stale() {
+    let now = Timestamp::now();
+    let timeout = Duration::from_secs(40);
+    let beat = Some(now - jiff::SignedDuration::from_secs(10));
+    let next = |plan, node| next_look(plan, node, beat, timeout, now);
+    assert_eq!(next(None, NodeHealth::Alive), Duration::from_secs(31));
+    assert_eq!(
+        next(Some(Duration::from_secs(5)), NodeHealth::Alive),
+        Duration::from_secs(5)
+    );
+    assert_eq!(next(None, NodeHealth::Lost), Duration::from_secs(300));
+    assert_eq!(
+        next_look(None, NodeHealth::Unknown, None, timeout, now),
+        Duration::from_secs(300)
+    );
+}
+
+#[tokio::test]
+async fn a_vm_on_a_silent_node_is_marked_failed() {
+    let mut running = vm(ALWAYS);
+    running.status = Some(VirtualMachineStatus {
+        phase: Some(Phase::Running),
+        printable_status: Some(PrintableStatus::Running),
+        launcher_pod: Some("l".into()),
+        node_name: Some("n1".into()),
+        ..VirtualMachineStatus::default()
+    });
+    let pod = launcher("l", "Running", Some("n1"));
+    let stale = Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    let (result, seen) = run(
+        running,
+        vec![list_of(&[&pod]), node_lease(stale), apply_status(), post_event()],
+    )
+    .await;
+    result.unwrap();
+    let status = assert_apply(&seen[2]);
+    assert_eq!(status["phase"], "Failed");
+    assert_eq!(status["printableStatus"], "Unknown");
+    assert_eq!(seen[3].body["reason"], "NodeUnresponsive");
+    assert_eq!(seen[3].body["type"], "Warning");
+}
+
+#[tokio::test]
+async fn deleting_a_vm_stops_its_launcher_then_lets_it_go() {
+    let mut deleted = vm(ALWAYS);
+    deleted.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    deleted.status = Some(VirtualMachineStatus {
+        phase: Some(Phase::Running),
+        printable_status: Some(PrintableStatus::Running),
+        launcher_pod: Some("l".into()),
+        ..VirtualMachineStatus::default()
+    });
+    let pod = launcher("l", "Running", None);
+    let (result, seen) = run(
+        deleted.clone(),
+        vec![
+            list_of(&[&pod]),
+            expect(
+                Method::DELETE,
+                "/api/v1/namespaces/ns/pods/l",
+                serde_json::to_value(&pod).unwrap(),
+            ),
+            apply_status(),
+            post_event(),
+        ],
+    )
+    .await;
+    assert!(result.unwrap_err().still_stopping());
+    assert_eq!(seen[1].body["preconditions"]["uid"], "uid-l");
+    assert_eq!(assert_apply(&seen[2])["printableStatus"], "Terminating");
+    assert_eq!(seen[3].body["reason"], "Stopping");
+
+    // The launcher is gone: the finalizer goes, and only it (the test operation guards its index).
+    deleted.status = Some(serde_json::from_value(seen[2].body["status"].clone()).unwrap());
+    let (result, seen) = run(
+        deleted.clone(),
+        vec![
+            list_pods(),
+            apply_status(),
+            expect(
+                Method::PATCH,
+                &format!("{VMS}/vm1"),
+                serde_json::to_value(&deleted).unwrap(),
+            ),
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        seen[2].body,
+        json!([
+            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_manual_start_request_is_acted_on_and_removed() {
+    let mut manual = vm(&ALWAYS.replace("Always", "Manual"));
+    manual.metadata.annotations = Some([("vmlet.dev/run".to_owned(), "start".to_owned())].into());
+    let created = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "x"}});
+    let (result, seen) = run(
+        manual.clone(),
+        vec![
+            list_pods(),
+            expect(Method::POST, "/api/v1/namespaces/ns/pods", created).status(StatusCode::CREATED),
+            expect(
+                Method::PATCH,
+                &format!("{VMS}/vm1"),
+                serde_json::to_value(&manual).unwrap(),
+            ),
+            apply_status(),
+            post_event(),
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(
+        seen[2].body,
+        json!([
+            {"op": "test", "path": "/metadata/annotations/vmlet.dev~1run", "value": "start"},
+            {"op": "remove", "path": "/metadata/annotations/vmlet.dev~1run"},
+        ])
+    );
+}
+
+#[test]
+fn launcher_pods_read_back_as_the_lifecycle_sees_them() {
+    let now = Timestamp::now();
+    assert!(matches!(
+        launcher_pod::observe(&launcher("l", "Pending", None), now),
+        Launcher::Pending {
+            node: None,
+            unschedulable: None,
+            ..
+        }
+    ));
+    assert!(matches!(
+        launcher_pod::observe(&launcher("l", "Running", Some("n1")), now),
+        Launcher::Running { node: Some(_), .. }
+    ));
+    let mut failed = launcher("l", "Failed", Some("n1"));
+    failed.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+        name: launcher_pod::CONTAINER.into(),
+        state: Some(ContainerState {
+            terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                exit_code: 4,
+                reason: Some("Error".into()),
+                finished_at: Some(Time(now)),
+                ..Default::default()
+            }),
+            ..ContainerState::default()
+        }),
+        ..ContainerStatus::default()
+    }]);
+    assert!(matches!(
+        launcher_pod::observe(&failed, now),
+        Launcher::Ended {
+            exit: Exit::Failed { code: Some(4), .. },
+            ..
+        }
+    ));
+    let mut evicted = launcher("l", "Failed", Some("n1"));
+    evicted.status.as_mut().unwrap().reason = Some("Evicted".into());
+    assert_eq!(
+        match launcher_pod::observe(&evicted, now) {
+            Launcher::Ended { exit, .. } => exit,
+            other => panic!("{other:?}"),
+        },
+        Exit::Failed {
+            code: None,
+            reason: Some("Evicted".into())
+        }
+    );
+    assert!(matches!(
+        launcher_pod::observe(&launcher("l", "Succeeded", None), now),
+        Launcher::Ended {
+            exit: Exit::Succeeded,
+            ..
+        }
+    ));
+    let mut going = launcher("l", "Running", Some("n1"));
+    going.metadata.deletion_timestamp = Some(Time(now));
+    assert!(matches!(
+        launcher_pod::observe(&going, now),
+        Launcher::Terminating { .. }
+    ));
+    let mut unschedulable = launcher("l", "Pending", None);
+    unschedulable.status.as_mut().unwrap().conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+        type_: "PodScheduled".into(),
+        status: "False".into(),
+        reason: Some("Unschedulable".into()),
+        message: Some("0/3 nodes are available".into()),
+        ..Default::default()
+    }]);
+    assert!(matches!(
+        launcher_pod::observe(&unschedulable, now),
+        Launcher::Pending { unschedulable: Some(m), .. } if m == "0/3 nodes are available"
+    ));
+}
+
+#[test]
+fn pod_names_fit_a_host_name_and_differ_per_run() {
+    let long = "a".repeat(253);
+    let name = launcher_pod::new_pod_name(&long);
+    assert!(name.len() <= 63, "{name}");
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+        "{name}"
+    );
+    assert_ne!(launcher_pod::new_pod_name("vm1"), launcher_pod::new_pod_name("vm1"));
+}
+
+#[test]
+fn kvm_from_a_device_plugin_replaces_the_host_device() {
+    let mut with_plugin = config();
+    with_plugin.kvm_resource = Some("devices.kubevirt.io/kvm".into());
+    let pod = launcher_pod::build(&vm(ALWAYS), "p", &with_plugin).unwrap();
+    let spec = pod.spec.unwrap();
+    assert!(spec.volumes.unwrap().iter().all(|v| v.name != "kvm"));
+    let resources = spec.containers[0].resources.clone().unwrap();
+    assert_eq!(resources.limits.unwrap()["devices.kubevirt.io/kvm"].0, "1");
+    let plain = launcher_pod::build(&vm(ALWAYS), "p", &config()).unwrap();
+    let volumes = plain.spec.unwrap().volumes.unwrap();
+    let kvm = volumes.iter().find(|v| v.name == "kvm").unwrap();
+    assert_eq!(kvm.host_path.as_ref().unwrap().type_.as_deref(), Some("CharDevice"));
+}
+
+#[test]
+fn memory_limit_gets_the_overhead_too() {
+    let limited = vm(&ALWAYS.replace(
+        "memory: {guest: 256Mi}",
+        "memory: {guest: 256Mi}\n      resources: {limits: {memory: 512Mi, cpu: '2'}}",
+    ));
+    let pod = launcher_pod::build(&limited, "p", &config()).unwrap();
+    let resources = pod.spec.unwrap().containers[0].resources.clone().unwrap();
+    let limits = resources.limits.unwrap();
+    assert_eq!(limits["memory"].0, ((512u64 + 160) << 20).to_string());
+    assert_eq!(limits["cpu"].0, "2");
+}
+
+#[test]
+fn lease_decisions() {
+    let now = Timestamp::now();
+    let ago = |s: i64| MicroTime(now - jiff::SignedDuration::from_secs(s));
+    let held = |holder: &str, renewed: i64| LeaseSpec {
+        holder_identity: Some(holder.into()),
+        lease_duration_seconds: Some(15),
+        renew_time: Some(ago(renewed)),
+        lease_transitions: Some(3),
+        ..LeaseSpec::default()
+    };
+    assert_eq!(decide(None, "me", now), Decision::Acquire { transitions: 0 });
+    assert_eq!(decide(Some(&held("me", 100)), "me", now), Decision::Renew);
+    assert_eq!(
+        decide(Some(&held("other", 5)), "me", now),
+        Decision::Follow {
+            holder: "other".into(),
+            expires_in: Duration::from_secs(10)
+        }
+    );
+    assert_eq!(
+        decide(Some(&held("other", 16)), "me", now),
+        Decision::Acquire { transitions: 4 }
+    );
+    let released = LeaseSpec {
+        holder_identity: None,
+        ..held("x", 0)
+    };
+    assert_eq!(decide(Some(&released), "me", now), Decision::Acquire { transitions: 4 });
+}
+
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/vmlet-system/leases";
+
+async fn elect(script: Vec<Expect>, release: bool) -> (Result<bool, kube::Error>, Vec<Seen>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, script));
+    let api = Api::namespaced(Client::new(service, "default"), "vmlet-system");
+    let elector = LeaderElector::new(api, "vmlet-controller", "me", Duration::from_secs(15));
+    let result = if release {
+        elector.release().await.map(|()| true)
+    } else {
+        elector.try_lead(Timestamp::now()).await
+    };
+    (result, server.await.unwrap())
+}
+
+fn lease(holder: &str, renewed_ago: i64) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "vmlet-controller", "resourceVersion": "5"},
+        "spec": {
+            "holderIdentity": holder, "leaseDurationSeconds": 15, "leaseTransitions": 2,
+            "renewTime": MicroTime(Timestamp::now() - jiff::SignedDuration::from_secs(renewed_ago)),
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_first_candidate_creates_the_lease() {
+    let (led, seen) = elect(
+        vec![
+            expect(Method::GET, &format!("{LEASES}/vmlet-controller"), not_found()).status(StatusCode::NOT_FOUND),
+            expect(Method::POST, LEASES, lease("me", 0)).status(StatusCode::CREATED),
+        ],
+        false,
+    )
+    .await;
+    assert!(led.unwrap());
+    assert_eq!(seen[1].body["spec"]["holderIdentity"], "me");
+    assert_eq!(seen[1].body["spec"]["leaseDurationSeconds"], 15);
+}
+
+#[tokio::test]
+async fn a_live_leader_is_followed_and_a_dead_one_replaced() {
+    let (led, seen) = elect(
+        vec![expect(
+            Method::GET,
+            &format!("{LEASES}/vmlet-controller"),
+            lease("other", 3),
+        )],
+        false,
+    )
+    .await;
+    assert!(!led.unwrap());
+    assert_eq!(seen.len(), 1);
+
+    let (led, seen) = elect(
+        vec![
+            expect(Method::GET, &format!("{LEASES}/vmlet-controller"), lease("other", 30)),
+            expect(Method::PUT, &format!("{LEASES}/vmlet-controller"), lease("me", 0)),
+        ],
+        false,
+    )
+    .await;
+    assert!(led.unwrap());
+    assert_eq!(seen[1].body["spec"]["holderIdentity"], "me");
+    assert_eq!(seen[1].body["spec"]["leaseTransitions"], 3);
+    // The write is conditional on what was read.
+    assert_eq!(seen[1].body["metadata"]["resourceVersion"], "5");
+}
+
+#[tokio::test]
+async fn losing_the_race_is_not_leading() {
+    let conflict =
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409});
+    let (led, _) = elect(
+        vec![
+            expect(Method::GET, &format!("{LEASES}/vmlet-controller"), lease("other", 30)),
+            expect(Method::PUT, &format!("{LEASES}/vmlet-controller"), conflict).status(StatusCode::CONFLICT),
+        ],
+        false,
+    )
+    .await;
+    assert!(!led.unwrap());
+}
+
+#[tokio::test]
+async fn the_leader_renews_and_releases() {
+    let (led, seen) = elect(
+        vec![
+            expect(Method::GET, &format!("{LEASES}/vmlet-controller"), lease("me", 5)),
+            expect(Method::PUT, &format!("{LEASES}/vmlet-controller"), lease("me", 0)),
+        ],
+        false,
+    )
+    .await;
+    assert!(led.unwrap());
+    assert_eq!(
+        seen[1].body["spec"]["leaseTransitions"], 2,
+        "a renewal is no transition"
+    );
+
+    let (released, seen) = elect(
+        vec![
+            expect(Method::GET, &format!("{LEASES}/vmlet-controller"), lease("me", 5)),
+            expect(Method::PUT, &format!("{LEASES}/vmlet-controller"), lease("", 0)),
+        ],
+        true,
+    )
+    .await;
+    assert!(released.unwrap());
+    assert_eq!(seen[1].body["spec"].get("holderIdentity"), None);
+}
+
+#[tokio::test]
+async fn a_vm_that_cannot_boot_gets_no_launcher_and_says_why() {
+    let no_boot = vm(&ALWAYS.replace(
+        "kernelBoot: {hostPath: {kernelPath: /var/lib/vmlet/guest/vmlinux}}",
+        "{}",
+    ));
+    let (result, seen) = run(no_boot, vec![list_pods(), apply_status(), post_event()]).await;
+    result.unwrap();
+    let status = assert_apply(&seen[1]);
+    assert_eq!(status["conditions"][1]["type"], "Failure");
+    assert_eq!(status["conditions"][1]["reason"], "InvalidSpec");
+    assert_eq!(seen[2].body["type"], "Warning");
+    assert_eq!(seen[2].body["reason"], "InvalidSpec");
+}
