@@ -6,7 +6,7 @@
 //! second host (10.0.2.2, fd10:0:2::2) over DHCPv4 and DHCPv6, and router advertisements that name the bridge
 //! itself as the router. nftables (table `inet vmlet-nat`) masquerades what the guest sends out behind the pod's
 //! address and forwards inbound connections to the pod's addresses, all ports or only those listed, to the guest;
-//! connections from the pod's own loopback to a forwarded port reach the guest too.
+//! connections from the pod's own loopback (127.0.0.1) to a forwarded port reach the guest too.
 //!
 //! The guest's MAC address is the spec's or one made up once and kept in the state file, with the pod network as it
 //! was found, so a restarted launcher gives the guest the same one.
@@ -206,8 +206,10 @@ impl MasqueradeSetup {
 ///
 /// - `prerouting`: connections to the pod's addresses from outside go to the guest (the listed ports, or
 ///   everything).
-/// - `output`: connections from the pod's own loopback to a forwarded port go to the guest; IPv4 needs
-///   `route_localnet` on the bridge for a packet from 127.0.0.1 to leave through it.
+/// - `output`: connections from the pod's own loopback (127.0.0.1) to a forwarded port go to the guest; this needs
+///   `route_localnet` on the bridge for a packet from 127.0.0.1 to leave through it. IPv6 has no such setting: the
+///   guest's answer to ::1, once translated back, arrives on the bridge with a loopback destination, which the
+///   kernel drops, so connections to [::1] are not forwarded.
 /// - `postrouting`: those loopback connections take the gateway's address as their source, which the guest can
 ///   answer; what the guest sends anywhere else leaves with the pod's address.
 pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> String {
@@ -215,7 +217,6 @@ pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, 
     let guest4 = subnets.guest_v4().addr();
     let guest6 = subnets.guest_v6().addr();
     let gateway4 = subnets.gateway_v4().addr();
-    let gateway6 = subnets.gateway_v6().addr();
     let set = |addresses: Vec<String>| format!("{{ {} }}", addresses.join(", "));
     let pod4 = set(pod.ipv4.iter().map(|net| net.addr().to_string()).collect());
     let pod6 = set(pod.ipv6.iter().map(|net| net.addr().to_string()).collect());
@@ -257,9 +258,6 @@ pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, 
         if !pod.ipv4.is_empty() {
             let _ = writeln!(output, "        ip daddr 127.0.0.1 {m}dnat ip to {guest4}");
         }
-        if !pod.ipv6.is_empty() {
-            let _ = writeln!(output, "        ip6 daddr ::1 {m}dnat ip6 to {guest6}");
-        }
     }
     let v4 = subnets.v4;
     let v6 = subnets.v6;
@@ -268,15 +266,14 @@ pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, 
 delete table inet vmlet-nat
 table inet vmlet-nat {{
     chain prerouting {{
-        type nat hook prerouting priority dstnat; policy accept;
+        type nat hook prerouting priority -100; policy accept;
 {prerouting}    }}
     chain output {{
-        type nat hook output priority dstnat; policy accept;
+        type nat hook output priority -100; policy accept;
 {output}    }}
     chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
+        type nat hook postrouting priority 100; policy accept;
         oifname "{bridge}" ip saddr 127.0.0.1 snat ip to {gateway4}
-        oifname "{bridge}" ip6 saddr ::1 snat ip6 to {gateway6}
         oifname != "{bridge}" ip saddr {v4} masquerade
         oifname != "{bridge}" ip6 saddr {v6} masquerade
     }}
@@ -482,15 +479,17 @@ mod tests {
             "iifname \"eth0\" ip daddr { 10.244.1.7 } tcp dport { 8080, 22 } dnat ip to 10.0.2.2",
             "iifname \"eth0\" ip6 daddr { fd00:10:244:1::7 } udp dport { 53 } dnat ip6 to fd10:0:2::2",
             "ip daddr 127.0.0.1 tcp dport { 8080, 22 } dnat ip to 10.0.2.2",
-            "ip6 daddr ::1 udp dport { 53 } dnat ip6 to fd10:0:2::2",
             "oifname \"vb-eth0\" ip saddr 127.0.0.1 snat ip to 10.0.2.1",
-            "oifname \"vb-eth0\" ip6 saddr ::1 snat ip6 to fd10:0:2::1",
             "oifname != \"vb-eth0\" ip saddr 10.0.2.0/24 masquerade",
             "oifname != \"vb-eth0\" ip6 saddr fd10:0:2::/120 masquerade",
         ] {
             assert!(lines.contains(&expected), "{expected:?} missing from\n{rules}");
         }
-        assert_eq!(lines.iter().filter(|line| line.contains("dnat")).count(), 8);
+        assert_eq!(lines.iter().filter(|line| line.contains("dnat")).count(), 6);
+        assert!(
+            !rules.contains("::1"),
+            "the kernel cannot carry IPv6 loopback to the guest: {rules}"
+        );
     }
 
     #[test]
