@@ -118,12 +118,19 @@ impl VmPod {
     /// Gives the pod fd00:10:244:1::7/64 and its default route through the node end's fe80::1, without duplicate
     /// address detection so that the addresses are usable at once.
     pub fn with_ipv6(&self) {
+        self.node_routes_ipv6();
         self.node
             .ip(&["-6", "addr", "add", "fe80::1/64", "dev", "veth-node", "nodad"]);
         self.pod
             .ip(&["-6", "addr", "add", "fd00:10:244:1::7/64", "dev", "eth0", "nodad"]);
         self.pod
             .ip(&["-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"]);
+    }
+
+    /// Makes the node namespace an IPv6 router, as a pod's gateway is: its neighbour advertisements then carry the
+    /// router flag, without which a guest drops the router it was advertised.
+    pub fn node_routes_ipv6(&self) {
+        self.node.run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"]);
     }
 
     /// A pod whose `eth0` is a veth to the node end `veth-node` with `node_address` (none when empty), no address
