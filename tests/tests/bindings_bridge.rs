@@ -5,7 +5,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use vmlet_testkit::vm_pod::{GuestSpec, VmPod, fields, one_guest_at_a_time};
+use std::time::Duration;
+
+use vmlet_testkit::poll_until;
+use vmlet_testkit::vm_pod::{GuestSpec, VmPod, WAIT, fields, one_guest_at_a_time};
 
 #[test]
 fn a_pod_with_an_ipv6_128_gives_it_to_the_guest() {
@@ -103,4 +106,61 @@ fn the_pods_further_routes_reach_the_guest() {
         ]
     );
     assert!(!pod.console().contains("VMLET-GUEST error"), "{}", pod.console());
+}
+
+#[test]
+fn a_global_ipv6_gateway_still_gives_the_guest_a_default_route() {
+    let _guest = one_guest_at_a_time();
+    let pod = VmPod::subnet();
+    pod.node_routes_ipv6();
+    pod.node
+        .ip(&["-6", "addr", "add", "fd00:10:244:1::1/64", "dev", "veth-node", "nodad"]);
+    pod.node.ip(&["-6", "addr", "add", "fd00:10:96::a/128", "dev", "lo"]);
+    pod.node.ip(&["link", "set", "lo", "up"]);
+    pod.pod
+        .ip(&["-6", "addr", "add", "fd00:10:244:1::7/64", "dev", "eth0", "nodad"]);
+    pod.pod.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:10:244:1::1",
+        "dev",
+        "eth0",
+    ]);
+    // The node end's own link-local address, which the kernel makes from its MAC address; a gateway has long
+    // finished its duplicate address detection when a pod starts.
+    let node_link_local = poll_until(
+        "the node end's link-local address",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            let shown = pod
+                .node
+                .ip(&["-6", "-o", "addr", "show", "dev", "veth-node", "scope", "link"]);
+            if shown.contains("tentative") {
+                return None;
+            }
+            shown
+                .split_whitespace()
+                .find(|word| word.starts_with("fe80::"))
+                .map(|net| net.split('/').next().unwrap().to_owned())
+        },
+    )
+    .unwrap();
+    let spec = GuestSpec::new("bridge: {}", "fd00:10:96::a").ipv6();
+    let launcher = pod.start(&pod.write_manifest("vm.yaml", &spec));
+
+    let route6 = pod.wait_console(&launcher, "VMLET-GUEST route6 default", 1);
+    assert!(
+        route6.starts_with(&format!("VMLET-GUEST route6 default via {node_link_local} dev eth0 ")),
+        "the gateway's link-local address is the guest's router: {route6}"
+    );
+    pod.wait_console(&launcher, "VMLET-GUEST ready", 1);
+    assert_eq!(
+        pod.console_lines("VMLET-GUEST ping "),
+        ["VMLET-GUEST ping target=fd00:10:96::a ok"],
+        "the guest reaches an address beyond its subnet through the gateway"
+    );
 }

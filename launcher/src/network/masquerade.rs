@@ -431,6 +431,7 @@ mod tests {
             routes: vec![],
             gateway_v4: Some(Ipv4Addr::new(10, 244, 1, 1)),
             gateway_v6: Some("fe80::1".parse().unwrap()),
+            gateway_v6_link_local: None,
         }
     }
 

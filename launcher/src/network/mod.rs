@@ -5,6 +5,7 @@
 
 pub(crate) mod binding;
 pub(crate) mod bridge;
+mod gateway;
 mod leak_guard;
 mod masquerade;
 mod netlink;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 use vmlet_dhcp::MacAddr;
 
+use super::gateway;
 use super::netlink;
 use super::pod_interface::{self, DiscoveryError, PodInterface};
 use super::resolv_conf::{DnsConfig, ResolvConfError};
@@ -160,8 +161,11 @@ impl PodRecord<'_> {
                 });
             }
         }
+        let mut pod = pod_interface::discover(handle, self.interface).await?;
+        // Asked now, while the pod interface still has its addresses to ask from.
+        pod.gateway_v6_link_local = gateway::gateway_link_local(handle, &pod).await;
         let recorded = Recorded {
-            pod: pod_interface::discover(handle, self.interface).await?,
+            pod,
             dns: DnsConfig::read(self.resolv_conf)?,
             guest_mac: make_guest_mac()?,
         };
@@ -594,6 +598,7 @@ mod tests {
                 routes: vec![],
                 gateway_v4: Some(Ipv4Addr::new(10, 244, 1, 1)),
                 gateway_v6: None,
+                gateway_v6_link_local: None,
             },
             dns: DnsConfig::parse("nameserver 10.96.0.10\nsearch cluster.local\n"),
             guest_mac: None,
