@@ -57,9 +57,9 @@ pub(crate) fn dhcpv4_config(
 /// without a global IPv6 address. `server_mac` is the hardware address of the interface they are served on.
 ///
 /// Router advertisements must come from the router's link-local address, so the pod's IPv6 default gateway becomes
-/// the guest's router only when it is link-local, as the CNIs that give pods IPv6 set it. A global gateway's
-/// link-local address is not known without asking the pod network, so such a pod's guest gets its address, DNS
-/// and MTU but no default route or further routes.
+/// the guest's router when it is link-local, as most CNIs that give pods IPv6 set it, or when a global gateway's
+/// link-local address was found on the link ([`PodInterface::gateway_v6_link_local`]). Otherwise the guest gets its
+/// address, DNS and MTU but no default route or further routes.
 pub(crate) fn dhcpv6_config(
     pod: &PodInterface,
     dns: &DnsConfig,
@@ -68,15 +68,21 @@ pub(crate) fn dhcpv6_config(
 ) -> Option<v6::Config> {
     let address = *pod.ipv6.first()?;
     let mut config = v6::Config::new(guest_mac, address, server_mac);
-    let router = pod.gateway_v6.filter(|gateway| gateway.is_unicast_link_local());
+    let router = match pod.gateway_v6 {
+        Some(gateway) if gateway.is_unicast_link_local() => Some(gateway),
+        Some(_) => pod.gateway_v6_link_local,
+        None => None,
+    };
     config.router = router.map(|link_local| v6::Router { link_local, mac: None });
-    // Route information options name no gateway of their own: only routes through the advertised router fit.
+    // Route information options name no gateway of their own: only routes through the advertised router fit, by
+    // either of its addresses.
+    let through_router = |gateway| router.is_some() && (Some(gateway) == router || Some(gateway) == pod.gateway_v6);
     config.routes = pod
         .routes
         .iter()
         .filter_map(|route| match (route.destination, route.gateway) {
             (IpNet::V6(destination), Some(IpAddr::V6(gateway)))
-                if destination.prefix_len() > 0 && Some(gateway) == router =>
+                if destination.prefix_len() > 0 && through_router(gateway) =>
             {
                 Some(destination)
             }
@@ -122,6 +128,7 @@ mod tests {
             routes,
             gateway_v4: gateway.map(|g| g.parse().unwrap()),
             gateway_v6: None,
+            gateway_v6_link_local: None,
         }
     }
 
@@ -270,6 +277,26 @@ mod tests {
         );
         let c = config6(&pod);
         assert_eq!((c.router, c.routes.len()), (None, 0));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_global_ipv6_gateway_whose_link_local_address_was_found_is_the_router() {
+        let pod = PodInterface {
+            gateway_v6_link_local: Some("fe80::42:aff:fef4:101".parse().unwrap()),
+            ..dual_stack(
+                "fd00:10:244:1::7/64",
+                vec![
+                    route("fd00:10:96::/112", Some("fd00:10:244:1::1")),
+                    route("fd00:20::/64", Some("fd00:10:244:1::2")),
+                    route("::/0", Some("fd00:10:244:1::1")),
+                ],
+                Some("fd00:10:244:1::1"),
+            )
+        };
+        let c = config6(&pod);
+        assert_eq!(c.router.map(|r| r.link_local), pod.gateway_v6_link_local);
+        assert_eq!(c.routes, ["fd00:10:96::/112".parse().unwrap()]);
         assert_eq!(c.validate(), Ok(()));
     }
 

@@ -1,7 +1,7 @@
 //! `vmlet-launcher run`: the VM pod's entrypoint, from the pod's network to a running guest with the pod's identity.
 //!
-//! In order: check the VM spec (before touching anything), rewire the pod interface for the guest, serve the guest
-//! DHCP, start libvirt's QEMU driver and the domain, serve the control socket, then wait until the guest ends. On
+//! In order: check the VM spec (before touching anything), wire the pod interface to the guest with the binding the
+//! spec chose, serve the guest DHCP, start libvirt's QEMU driver and the domain, serve the control socket, then wait until the guest ends. On
 //! SIGTERM the guest gets an ACPI shutdown and, after its grace period, is destroyed. The exit code says how the
 //! guest ended (see [`Ending::exit_code`]).
 
@@ -15,7 +15,6 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
-use vmlet_api::Binding;
 use vmlet_control::{Command, DhcpStatus, Exit, InterfaceStatus, Phase, Status};
 use vmlet_dhcp::runner::{Runner, Status as DhcpRunnerStatus};
 use vmlet_dhcp::v6;
@@ -23,8 +22,8 @@ use vmlet_dhcp::v6;
 use vmlet_domain::InterfaceSpec;
 
 use crate::driver::{Domain, DomainState, DriverProcess, ShutOffReason, accel};
-use crate::guest_addressing;
-use crate::network::bridge::BridgeBinding;
+use crate::network;
+use crate::network::binding::{BindingRequest, Served, binding_name};
 use crate::spec::{self, SPEC_ENV, VmSpec};
 use crate::vm_domain;
 
@@ -58,14 +57,26 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let vm = spec::load(args.vm_spec.as_deref(), std::env::var(SPEC_ENV).ok(), args.name.clone())?;
-    let binding = match vm.spec.domain.devices.interfaces.first().map(|i| i.binding()) {
-        Some(Some(Binding::Bridge)) => Binding::Bridge,
-        Some(Some(other)) => anyhow::bail!("the {other:?} binding is not supported by this launcher yet"),
-        // Validation guarantees a binding per interface; a VM without an interface has no network to rewire.
-        Some(None) | None => anyhow::bail!("a VM without a network interface is not supported by this launcher yet"),
+    // Validation guarantees a binding per interface; a VM without an interface has no network to rewire.
+    let Some(interface) = vm.spec.domain.devices.interfaces.first() else {
+        anyhow::bail!("a VM without a network interface is not supported by this launcher yet");
     };
+    let network = vm
+        .spec
+        .networks
+        .iter()
+        .find(|network| network.name == interface.name)
+        .and_then(|network| network.pod.as_ref());
+    let request = BindingRequest::new(
+        interface,
+        network,
+        &args.interface,
+        &args.run_dir,
+        &args.resolv_conf,
+        vm.hostname(),
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ending = runtime.block_on(launch(vm, binding, args))?;
+    let ending = runtime.block_on(launch(vm, request, args))?;
     info!(?ending, "guest ended");
     Ok(ExitCode::from(ending.exit_code()))
 }
@@ -112,35 +123,25 @@ impl Ending {
     }
 }
 
-async fn launch(vm: VmSpec, binding: Binding, args: Args) -> anyhow::Result<Ending> {
+async fn launch(vm: VmSpec, request: BindingRequest, args: Args) -> anyhow::Result<Ending> {
     let run_dir = args.run_dir;
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
     let accel = accel::choose()?;
-    info!(vm = %vm.name, ?accel, interface = %args.interface, "starting");
+    let binding = binding_name(request.binding);
+    info!(vm = %vm.name, ?accel, interface = %args.interface, binding, "starting");
 
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
     tokio::spawn(connection);
-    let bridge = BridgeBinding {
-        resolv_conf: args.resolv_conf,
-        ..BridgeBinding::new(&args.interface, &run_dir)
-    };
-    let setup = bridge
-        .setup(&handle)
+    let network = network::binding::setup(&request, &handle)
         .await
-        .context("cannot set up the bridge binding")?;
-    info!(bridge = %setup.bridge, tap = %setup.tap, guest_mac = %setup.guest_mac, mtu = setup.mtu, "network ready");
+        .with_context(|| format!("cannot set up the {binding} binding"))?;
+    info!(tap = %network.tap, guest_mac = %network.guest_mac, mtu = network.mtu, "network ready");
 
     let (stop_dhcp, dhcp_stopped) = watch::channel(false);
-    let dhcp_status = match guest_addressing::dhcpv4_config(
-        &setup.pod,
-        &setup.dns,
-        setup.guest_mac,
-        setup.server_address,
-        vm.hostname(),
-    ) {
-        Some(config) => {
-            let runner = Runner::bind(config, &setup.bridge, Some(run_dir.join("dhcp-lease.json")))
+    let dhcp_status = match network.dhcpv4.clone() {
+        Some(Served { interface, config }) => {
+            let runner = Runner::bind(config, &interface, Some(run_dir.join("dhcp-lease.json")))
                 .context("cannot start the DHCP server")?;
             let status = runner.status();
             let mut stopped = dhcp_stopped.clone();
@@ -151,8 +152,8 @@ async fn launch(vm: VmSpec, binding: Binding, args: Args) -> anyhow::Result<Endi
         }
         None => None,
     };
-    if let Some(config) = guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, setup.guest_mac, setup.bridge_mac) {
-        let runner = v6::runner::Runner::bind(config, &setup.bridge)
+    if let Some(Served { interface, config }) = network.dhcpv6.clone() {
+        let runner = v6::runner::Runner::bind(config, &interface)
             .context("cannot start the DHCPv6 server and router advertisements")?;
         let mut stopped = dhcp_stopped.clone();
         tokio::spawn(runner.run(async move {
@@ -161,9 +162,9 @@ async fn launch(vm: VmSpec, binding: Binding, args: Args) -> anyhow::Result<Endi
     }
 
     let nic = InterfaceSpec {
-        tap: setup.tap.clone(),
-        mac: setup.guest_mac,
-        mtu: Some(setup.mtu),
+        tap: network.tap.clone(),
+        mac: network.guest_mac,
+        mtu: Some(network.mtu),
     };
     let plan = vm_domain::plan(&vm, nic, accel, &run_dir)?;
     for disk in &plan.empty_disks {
@@ -186,15 +187,9 @@ async fn launch(vm: VmSpec, binding: Binding, args: Args) -> anyhow::Result<Endi
             .first()
             .map(|i| i.name.clone())
             .unwrap_or_default(),
-        mac: setup.guest_mac.to_string(),
-        ip_addresses: setup
-            .pod
-            .ipv4
-            .iter()
-            .map(|a| a.addr().to_string())
-            .chain(setup.pod.ipv6.iter().map(|a| a.addr().to_string()))
-            .collect(),
-        binding: format!("{binding:?}").to_lowercase(),
+        mac: network.guest_mac.to_string(),
+        ip_addresses: network.addresses.iter().map(ToString::to_string).collect(),
+        binding: binding.to_owned(),
     };
     let (commands, mut requests) = mpsc::channel(8);
     let control = Arc::new(Control {

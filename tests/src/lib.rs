@@ -20,6 +20,7 @@ mod netns;
 mod owner;
 mod scratch;
 pub mod veth;
+pub mod vm_pod;
 mod wait;
 
 pub use child::{Child, output_within, run};

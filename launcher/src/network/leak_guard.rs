@@ -4,25 +4,16 @@
 //! leads to the pod network. Bridge-family rules see frames as they cross the bridge, so no `br_netfilter` and no
 //! ebtables are needed. They are loaded with the `nft` tool.
 
-use std::io;
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use super::tool::{self, ToolError};
 
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-
-/// `nft` loads a few rules in milliseconds; anything near this means it hangs.
-const NFT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The rules could not be installed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum LeakGuardError {
-    #[error("cannot run nft")]
-    Spawn(#[source] io::Error),
-    #[error("nft refused the rules ({status}): {stderr}")]
-    Refused { status: ExitStatus, stderr: String },
-    #[error("nft did not finish within {NFT_TIMEOUT:?}")]
-    TimedOut,
+/// What the guard keeps from crossing the pod port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// The launcher serves the guest (`bridge`): DHCP, DHCPv6 and router advertisements stay on the guest's side.
+    KeepAddressingInPod,
+    /// The pod network serves the guest (`managedTap`): its DHCP and router advertisements reach the guest, and only
+    /// the pod's own stack is kept off the pod network.
+    PodStackOnly,
 }
 
 /// The ruleset that guards the pod interface `pod_port`, now a port of the guest's bridge.
@@ -39,7 +30,20 @@ pub(crate) enum LeakGuardError {
 ///
 /// The first two lines make loading it replace any earlier copy at once: `add` makes the `delete` valid when the
 /// table does not exist yet, and the whole file is one transaction.
-pub(crate) fn ruleset(pod_port: &str) -> String {
+pub(crate) fn ruleset(pod_port: &str, guard: Guard) -> String {
+    if guard == Guard::PodStackOnly {
+        return format!(
+            r#"add table bridge vmlet
+delete table bridge vmlet
+table bridge vmlet {{
+    chain output {{
+        type filter hook output priority filter; policy accept;
+        oifname "{pod_port}" drop
+    }}
+}}
+"#
+        );
+    }
     format!(
         r#"add table bridge vmlet
 delete table bridge vmlet
@@ -66,33 +70,8 @@ table bridge vmlet {{
 }
 
 /// Installs (or replaces) the guard for `pod_port` in the current network namespace.
-pub(crate) async fn install(pod_port: &str) -> Result<(), LeakGuardError> {
-    let mut nft = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(LeakGuardError::Spawn)?;
-    let rules = ruleset(pod_port);
-    let run = async {
-        if let Some(mut stdin) = nft.stdin.take() {
-            stdin.write_all(rules.as_bytes()).await?;
-        }
-        nft.wait_with_output().await
-    };
-    let output = tokio::time::timeout(NFT_TIMEOUT, run)
-        .await
-        .map_err(|_| LeakGuardError::TimedOut)?
-        .map_err(LeakGuardError::Spawn)?;
-    if !output.status.success() {
-        return Err(LeakGuardError::Refused {
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim_end().to_owned(),
-        });
-    }
-    Ok(())
+pub(crate) async fn install(pod_port: &str, guard: Guard) -> Result<(), ToolError> {
+    tool::nft(&ruleset(pod_port, guard)).await
 }
 
 #[cfg(test)]
@@ -101,7 +80,7 @@ mod tests {
 
     #[test]
     fn ruleset_names_the_pod_port_in_every_rule() {
-        let rules = ruleset("eth0-nic");
+        let rules = ruleset("eth0-nic", Guard::KeepAddressingInPod);
         assert!(rules.starts_with("add table bridge vmlet\ndelete table bridge vmlet\n"));
         let rule_lines: Vec<&str> = rules
             .lines()
@@ -112,6 +91,12 @@ mod tests {
         assert_eq!(
             rule_lines.iter().filter(|line| line.contains("\"eth0-nic\"")).count(),
             6
+        );
+        let managed = ruleset("eth0-nic", Guard::PodStackOnly);
+        assert!(managed.contains("oifname \"eth0-nic\" drop"));
+        assert!(
+            !managed.contains("udp"),
+            "the pod network's DHCP reaches the guest: {managed}"
         );
     }
 }

@@ -3,13 +3,19 @@
 //! In a pod the launcher already runs in the pod's network namespace, so the code takes a rtnetlink
 //! [`Handle`](rtnetlink::Handle) opened there; [`netns::in_netns`] runs the same code in another namespace.
 
+pub(crate) mod binding;
 pub(crate) mod bridge;
+mod gateway;
 mod leak_guard;
+mod masquerade;
 mod netlink;
 #[cfg(test)]
 pub(crate) mod netns;
+mod plumbing;
 pub(crate) mod pod_interface;
+mod redirect;
 pub(crate) mod resolv_conf;
 mod tap;
 #[cfg(test)]
 mod tests;
+mod tool;

@@ -46,6 +46,10 @@ pub(crate) struct PodInterface {
     pub(crate) routes: Vec<PodRoute>,
     pub(crate) gateway_v4: Option<Ipv4Addr>,
     pub(crate) gateway_v6: Option<Ipv6Addr>,
+    /// The link-local address of a global `gateway_v6`, found on the link (see [`super::gateway`]); router
+    /// advertisements must come from a router's link-local address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) gateway_v6_link_local: Option<Ipv6Addr>,
 }
 
 /// A route through the pod interface.
@@ -143,6 +147,7 @@ impl PodInterface {
             routes,
             gateway_v4,
             gateway_v6,
+            gateway_v6_link_local: None,
         })
     }
 }
@@ -325,6 +330,7 @@ pub(crate) mod tests {
                 ],
                 gateway_v4: Some("10.244.1.1".parse().unwrap()),
                 gateway_v6: Some("fe80::1".parse().unwrap()),
+                gateway_v6_link_local: None,
             }
         );
     }

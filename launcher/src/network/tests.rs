@@ -26,9 +26,10 @@ use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::frame::ipv4_udp;
 use vmlet_dhcp::v6;
 
-use super::bridge::{BridgeBinding, BridgeError, BridgeSetup, DEFAULT_SERVER_ADDRESS};
+use super::bridge::{BridgeBinding, BridgeSetup, DEFAULT_SERVER_ADDRESS};
 use super::netlink::{self, link_by_name};
 use super::netns::in_netns;
+use super::plumbing::BindingError;
 use super::pod_interface::tests::route;
 use super::pod_interface::{PodInterface, PodRoute, discover};
 use super::resolv_conf::DnsConfig;
@@ -155,7 +156,7 @@ impl TestPod {
         })
     }
 
-    fn setup(&self) -> Result<BridgeSetup, BridgeError> {
+    fn setup(&self) -> Result<BridgeSetup, BindingError> {
         let binding = self.binding();
         self.pod.run(|handle| async move { binding.setup(&handle).await })
     }
@@ -473,7 +474,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
     assert_eq!(setup.tap, "tap-eth0");
     assert_eq!(setup.guest_mac, POD_MAC);
     assert_eq!(setup.mtu, MTU);
-    assert_eq!(setup.server_address, DEFAULT_SERVER_ADDRESS);
+    assert_eq!(setup.server_address, Some(DEFAULT_SERVER_ADDRESS));
     assert_eq!(&setup.pod, pod);
     assert_eq!(setup.dns, DnsConfig::parse(RESOLV_CONF));
 
@@ -601,7 +602,7 @@ fn bridge_binding_refuses_to_guess_when_its_record_is_lost() {
 
     let err = test_pod.setup().unwrap_err();
 
-    assert!(matches!(err, BridgeError::RecordLost { .. }), "{err}");
+    assert!(matches!(err, BindingError::RecordLost { .. }), "{err}");
 }
 
 /// A tap file set non-blocking, read as the guest's NIC.

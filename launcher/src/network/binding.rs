@@ -1,0 +1,275 @@
+//! The pod interface handed to the guest by the binding the VM's spec chose, and what the rest of the launcher needs
+//! from it: the tap QEMU opens, the guest NIC's MAC address and MTU, which servers to run on which link, and the
+//! addresses to report.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rtnetlink::Handle;
+use vmlet_api::{Binding, Interface, PodNetwork};
+use vmlet_dhcp::{MacAddr, ServerConfig, v6};
+
+use super::bridge::BridgeBinding;
+use super::masquerade::{ForwardedPort, GuestSubnets, MasqueradeBinding, forwarded_port};
+use super::plumbing::BindingError;
+use super::pod_interface::PodInterface;
+use super::redirect::TapBinding;
+use crate::guest_addressing;
+
+/// One guest NIC to wire to the pod network.
+#[derive(Clone, Debug)]
+pub(crate) struct BindingRequest {
+    pub(crate) binding: Binding,
+    /// The pod interface, usually `eth0`.
+    pub(crate) interface: String,
+    /// Where the binding keeps its record of the pod network.
+    pub(crate) run_dir: PathBuf,
+    pub(crate) resolv_conf: PathBuf,
+    /// The guest's host name, for DHCPv4.
+    pub(crate) hostname: String,
+    /// The spec's MAC address for the guest NIC; otherwise the pod's, or under masquerade one made up.
+    pub(crate) guest_mac: Option<MacAddr>,
+    /// Forwarded to the guest under masquerade.
+    pub(crate) ports: Vec<ForwardedPort>,
+    pub(crate) subnets: GuestSubnets,
+}
+
+impl BindingRequest {
+    /// The request for the spec's `interface` on the pod network `network`. The spec has been validated, so a
+    /// failure here is a value validation lets through but the binding cannot use.
+    pub(crate) fn new(
+        interface: &Interface,
+        network: Option<&PodNetwork>,
+        pod_interface: &str,
+        run_dir: &Path,
+        resolv_conf: &Path,
+        hostname: &str,
+    ) -> Result<BindingRequest, BindingError> {
+        let binding = interface.binding().ok_or(BindingError::NoBinding)?;
+        let guest_mac = interface
+            .mac_address
+            .as_deref()
+            .map(|mac| {
+                mac.parse::<MacAddr>()
+                    .map_err(|_| BindingError::InvalidMac(mac.to_owned()))
+            })
+            .transpose()?;
+        let ports = interface
+            .ports
+            .iter()
+            .map(|port| forwarded_port(port.protocol.as_deref(), port.port))
+            .collect::<Result<_, _>>()?;
+        let subnets = GuestSubnets::parse(
+            network.and_then(|n| n.vm_network_cidr.as_deref()),
+            network.and_then(|n| n.vm_ipv6_network_cidr.as_deref()),
+        )?;
+        Ok(BindingRequest {
+            binding,
+            interface: pod_interface.to_owned(),
+            run_dir: run_dir.to_owned(),
+            resolv_conf: resolv_conf.to_owned(),
+            hostname: hostname.to_owned(),
+            guest_mac,
+            ports,
+            subnets,
+        })
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.run_dir.join(format!("network-{}.json", self.interface))
+    }
+}
+
+/// A server and the link it listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Served<C> {
+    pub(crate) interface: String,
+    pub(crate) config: C,
+}
+
+/// What the rest of the launcher needs from a binding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GuestNetwork {
+    pub(crate) binding: Binding,
+    /// The tap QEMU opens for the guest NIC.
+    pub(crate) tap: String,
+    pub(crate) guest_mac: MacAddr,
+    pub(crate) mtu: u32,
+    pub(crate) dhcpv4: Option<Served<ServerConfig>>,
+    /// DHCPv6 and router advertisements.
+    pub(crate) dhcpv6: Option<Served<v6::Config>>,
+    /// The addresses the VM is reached at, for its status: the pod's, whatever the binding.
+    pub(crate) addresses: Vec<IpAddr>,
+}
+
+/// The binding's name as the spec spells it.
+pub(crate) fn binding_name(binding: Binding) -> &'static str {
+    match binding {
+        Binding::Bridge => "bridge",
+        Binding::Masquerade => "masquerade",
+        Binding::Tap => "tap",
+        Binding::ManagedTap => "managedTap",
+    }
+}
+
+fn pod_addresses(pod: &PodInterface) -> Vec<IpAddr> {
+    pod.ipv4
+        .iter()
+        .map(|net| IpAddr::V4(net.addr()))
+        .chain(pod.ipv6.iter().map(|net| IpAddr::V6(net.addr())))
+        .collect()
+}
+
+fn served<C>(interface: &str, config: C) -> Option<Served<C>> {
+    Some(Served {
+        interface: interface.to_owned(),
+        config,
+    })
+}
+
+/// Wires the guest NIC to the pod network as `request` says, or finishes what an earlier launcher in this pod
+/// started.
+pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, BindingError> {
+    match request.binding {
+        Binding::Bridge | Binding::ManagedTap => {
+            let base = if request.binding == Binding::Bridge {
+                BridgeBinding::new(&request.interface, &request.run_dir)
+            } else {
+                BridgeBinding::managed(&request.interface, &request.run_dir)
+            };
+            let bridge = BridgeBinding {
+                resolv_conf: request.resolv_conf.clone(),
+                ..base
+            };
+            let setup = bridge.setup(handle).await?;
+            let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
+            let (dhcpv4, dhcpv6) = match setup.server_address {
+                Some(server) => (
+                    guest_addressing::dhcpv4_config(&setup.pod, &setup.dns, guest_mac, server, &request.hostname)
+                        .and_then(|config| served(&setup.bridge, config)),
+                    guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.bridge_mac)
+                        .and_then(|config| served(&setup.bridge, config)),
+                ),
+                None => (None, None),
+            };
+            Ok(GuestNetwork {
+                binding: request.binding,
+                tap: setup.tap,
+                guest_mac,
+                mtu: setup.mtu,
+                dhcpv4,
+                dhcpv6,
+                addresses: pod_addresses(&setup.pod),
+            })
+        }
+        Binding::Tap => {
+            let setup = TapBinding::new(&request.interface, &request.run_dir, &request.resolv_conf)
+                .setup(handle)
+                .await?;
+            let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
+            Ok(GuestNetwork {
+                binding: request.binding,
+                dhcpv4: guest_addressing::dhcpv4_config(
+                    &setup.pod,
+                    &setup.dns,
+                    guest_mac,
+                    setup.server_address,
+                    &request.hostname,
+                )
+                .and_then(|config| served(&setup.tap, config)),
+                dhcpv6: guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.tap_mac)
+                    .and_then(|config| served(&setup.tap, config)),
+                tap: setup.tap,
+                guest_mac,
+                mtu: setup.mtu,
+                addresses: pod_addresses(&setup.pod),
+            })
+        }
+        Binding::Masquerade => {
+            let masquerade = MasqueradeBinding {
+                interface: request.interface.clone(),
+                subnets: request.subnets,
+                ports: request.ports.clone(),
+                guest_mac: request.guest_mac,
+                resolv_conf: request.resolv_conf.clone(),
+                state_file: request.state_file(),
+            };
+            let setup = masquerade.setup(handle).await?;
+            Ok(GuestNetwork {
+                binding: request.binding,
+                dhcpv4: setup
+                    .dhcpv4_config(&request.hostname)
+                    .and_then(|config| served(&setup.bridge, config)),
+                dhcpv6: setup.dhcpv6_config().and_then(|config| served(&setup.bridge, config)),
+                tap: setup.tap.clone(),
+                guest_mac: setup.guest_mac,
+                mtu: setup.mtu,
+                addresses: pod_addresses(&setup.pod),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmlet_api::{Empty, Port};
+
+    fn interface() -> Interface {
+        Interface {
+            name: "default".into(),
+            masquerade: Some(Empty {}),
+            ports: vec![Port {
+                name: None,
+                protocol: Some("UDP".into()),
+                port: 53,
+            }],
+            mac_address: Some("02:00:00:00:00:2a".into()),
+            ..Interface::default()
+        }
+    }
+
+    fn request(interface: &Interface, network: Option<&PodNetwork>) -> Result<BindingRequest, BindingError> {
+        BindingRequest::new(
+            interface,
+            network,
+            "eth0",
+            Path::new("/run/vmlet"),
+            Path::new("/etc/resolv.conf"),
+            "vm1",
+        )
+    }
+
+    #[test]
+    fn a_request_takes_the_binding_mac_ports_and_subnets_from_the_spec() {
+        let network = PodNetwork {
+            vm_network_cidr: Some("192.168.9.0/24".into()),
+            vm_ipv6_network_cidr: None,
+        };
+        let request = request(&interface(), Some(&network)).unwrap();
+        assert_eq!(request.binding, Binding::Masquerade);
+        assert_eq!(request.guest_mac, Some(MacAddr([2, 0, 0, 0, 0, 0x2a])));
+        assert_eq!(request.ports, [forwarded_port(Some("UDP"), 53).unwrap()]);
+        assert_eq!(request.subnets.guest_v4().to_string(), "192.168.9.2/24");
+        assert_eq!(request.subnets.guest_v6().to_string(), "fd10:0:2::2/120");
+        assert_eq!(request.state_file(), Path::new("/run/vmlet/network-eth0.json"));
+    }
+
+    #[test]
+    fn a_bad_subnet_is_refused_before_anything_is_touched() {
+        let network = PodNetwork {
+            vm_network_cidr: Some("10.0.2.0/31".into()),
+            vm_ipv6_network_cidr: None,
+        };
+        assert!(matches!(
+            request(&interface(), Some(&network)),
+            Err(BindingError::GuestSubnet(..))
+        ));
+    }
+
+    #[test]
+    fn binding_names_are_the_specs() {
+        let names = [Binding::Bridge, Binding::Masquerade, Binding::Tap, Binding::ManagedTap].map(binding_name);
+        assert_eq!(names, ["bridge", "masquerade", "tap", "managedTap"]);
+    }
+}

@@ -1,0 +1,571 @@
+//! The `masquerade` binding: the guest sits on a private subnet behind NAT in the pod, and the pod interface is left
+//! as the CNI made it.
+//!
+//! A bridge `vb-<if>` holds the gateway addresses (the first host of each guest subnet, 10.0.2.1 and fd10:0:2::1 by
+//! default, and the link-local fe80::1) with the tap `tap-<if>` as its only port. The launcher serves the guest the
+//! second host (10.0.2.2, fd10:0:2::2) over DHCPv4 and DHCPv6, and router advertisements that name the bridge
+//! itself as the router. nftables (table `inet vmlet-nat`) masquerades what the guest sends out behind the pod's
+//! address and forwards inbound connections to the pod's addresses, all ports or only those listed, to the guest;
+//! connections from the pod's own loopback (127.0.0.1) to a forwarded port reach the guest too.
+//!
+//! The guest's MAC address is the spec's or one made up once and kept in the state file, with the pod network as it
+//! was found, so a restarted launcher gives the guest the same one.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use rtnetlink::packet_route::address::AddressFlags;
+use rtnetlink::{Handle, LinkUnspec};
+use tracing::info;
+use vmlet_dhcp::{MacAddr, ServerConfig, v6};
+
+use super::plumbing::{
+    BindingError, LinkNames, PodRecord, Recorded, attach_port, ensure_addresses, ensure_bridge, ensure_tap, failed_to,
+    local_mac, no_ipv6_addresses, random_bytes, set_ipv4_conf,
+};
+use super::pod_interface::PodInterface;
+use super::resolv_conf::DnsConfig;
+use super::tool;
+
+/// KubeVirt's defaults, so a guest moved from KubeVirt finds the network it knew.
+pub(crate) const DEFAULT_SUBNET_V4: &str = "10.0.2.0/24";
+pub(crate) const DEFAULT_SUBNET_V6: &str = "fd10:0:2::/120";
+/// The bridge's link-local address, the guest's IPv6 router.
+const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The bridge's hardware address, set explicitly so that it never changes with its ports.
+const BRIDGE_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0x00, 0x02, 0x01]);
+const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// The guest's private subnets: the gateway is the first host of each, the guest the second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GuestSubnets {
+    pub(crate) v4: Ipv4Net,
+    pub(crate) v6: Ipv6Net,
+}
+
+impl GuestSubnets {
+    /// The subnets from the spec's `vmNetworkCIDR` and `vmIPv6NetworkCIDR`, KubeVirt's defaults when unset.
+    pub(crate) fn parse(v4: Option<&str>, v6: Option<&str>) -> Result<GuestSubnets, BindingError> {
+        let v4_text = v4.unwrap_or(DEFAULT_SUBNET_V4);
+        let v6_text = v6.unwrap_or(DEFAULT_SUBNET_V6);
+        let invalid = |text: &str, why| BindingError::GuestSubnet(text.to_owned(), why);
+        let v4: Ipv4Net = v4_text.parse().map_err(|_| invalid(v4_text, "not an IPv4 CIDR"))?;
+        let v6: Ipv6Net = v6_text.parse().map_err(|_| invalid(v6_text, "not an IPv6 CIDR"))?;
+        if v4.prefix_len() > 30 {
+            return Err(invalid(v4_text, "too small for a gateway and a guest"));
+        }
+        if v6.prefix_len() > 126 {
+            return Err(invalid(v6_text, "too small for a gateway and a guest"));
+        }
+        if v4 != v4.trunc() || v6 != v6.trunc() {
+            return Err(invalid(
+                if v4 != v4.trunc() { v4_text } else { v6_text },
+                "has host bits set",
+            ));
+        }
+        Ok(GuestSubnets { v4, v6 })
+    }
+
+    pub(crate) fn gateway_v4(&self) -> Ipv4Net {
+        host_v4(self.v4, 1)
+    }
+
+    pub(crate) fn guest_v4(&self) -> Ipv4Net {
+        host_v4(self.v4, 2)
+    }
+
+    pub(crate) fn gateway_v6(&self) -> Ipv6Net {
+        host_v6(self.v6, 1)
+    }
+
+    pub(crate) fn guest_v6(&self) -> Ipv6Net {
+        host_v6(self.v6, 2)
+    }
+}
+
+fn host_v4(net: Ipv4Net, n: u32) -> Ipv4Net {
+    let ip = Ipv4Addr::from(u32::from(net.network()) + n);
+    Ipv4Net::new(ip, net.prefix_len()).unwrap_or(net)
+}
+
+fn host_v6(net: Ipv6Net, n: u128) -> Ipv6Net {
+    let ip = Ipv6Addr::from(u128::from(net.network()) + n);
+    Ipv6Net::new(ip, net.prefix_len()).unwrap_or(net)
+}
+
+/// A port forwarded to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ForwardedPort {
+    pub(crate) protocol: Protocol,
+    pub(crate) port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn keyword(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// How to put the guest behind NAT in the pod.
+#[derive(Clone, Debug)]
+pub(crate) struct MasqueradeBinding {
+    pub(crate) interface: String,
+    pub(crate) subnets: GuestSubnets,
+    /// Forwarded inbound; every port (and every protocol) when empty.
+    pub(crate) ports: Vec<ForwardedPort>,
+    /// The spec's MAC address for the guest, if it names one.
+    pub(crate) guest_mac: Option<MacAddr>,
+    pub(crate) resolv_conf: PathBuf,
+    pub(crate) state_file: PathBuf,
+}
+
+/// What the binding made, for the servers and the domain definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MasqueradeSetup {
+    pub(crate) bridge: String,
+    pub(crate) bridge_mac: MacAddr,
+    pub(crate) tap: String,
+    pub(crate) guest_mac: MacAddr,
+    pub(crate) mtu: u32,
+    pub(crate) subnets: GuestSubnets,
+    /// The pod interface, untouched: the guest is reached at its addresses.
+    pub(crate) pod: PodInterface,
+    pub(crate) dns: DnsConfig,
+}
+
+impl MasqueradeSetup {
+    /// Whether the guest gets IPv4: only when the pod has an IPv4 address to masquerade behind.
+    pub(crate) fn has_ipv4(&self) -> bool {
+        !self.pod.ipv4.is_empty()
+    }
+
+    pub(crate) fn has_ipv6(&self) -> bool {
+        !self.pod.ipv6.is_empty()
+    }
+
+    /// The DHCPv4 server's configuration: the guest's private address, the bridge as its gateway, the pod's DNS.
+    pub(crate) fn dhcpv4_config(&self, hostname: &str) -> Option<ServerConfig> {
+        if !self.has_ipv4() {
+            return None;
+        }
+        let gateway = self.subnets.gateway_v4().addr();
+        let mut config = ServerConfig::new(self.guest_mac, self.subnets.guest_v4(), gateway);
+        config.gateway = Some(gateway);
+        config.dns = self
+            .dns
+            .nameservers
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        config.search = self.dns.search.clone();
+        config.mtu = u16::try_from(self.mtu).ok();
+        config.hostname = Some(hostname.to_owned());
+        Some(config)
+    }
+
+    /// The DHCPv6 and router advertisement configuration: the guest's private address, the bridge as its router.
+    pub(crate) fn dhcpv6_config(&self) -> Option<v6::Config> {
+        if !self.has_ipv6() {
+            return None;
+        }
+        let mut config = v6::Config::new(self.guest_mac, self.subnets.guest_v6(), self.bridge_mac);
+        config.router = Some(v6::Router {
+            link_local: GATEWAY_LINK_LOCAL,
+            mac: Some(self.bridge_mac),
+        });
+        config.dns = self
+            .dns
+            .nameservers
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        config.search = self.dns.search.clone();
+        config.mtu = Some(self.mtu);
+        Some(config)
+    }
+}
+
+/// The NAT rules. Loading them again replaces the table.
+///
+/// - `prerouting`: connections to the pod's addresses from outside go to the guest (the listed ports, or
+///   everything).
+/// - `output`: connections from the pod's own loopback (127.0.0.1) to a forwarded port go to the guest; this needs
+///   `route_localnet` on the bridge for a packet from 127.0.0.1 to leave through it. IPv6 has no such setting: the
+///   guest's answer to ::1, once translated back, arrives on the bridge with a loopback destination, which the
+///   kernel drops, so connections to [::1] are not forwarded.
+/// - `postrouting`: those loopback connections take the gateway's address as their source, which the guest can
+///   answer; what the guest sends anywhere else leaves with the pod's address.
+pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> String {
+    let pod_if = &pod.name;
+    let guest4 = subnets.guest_v4().addr();
+    let guest6 = subnets.guest_v6().addr();
+    let gateway4 = subnets.gateway_v4().addr();
+    let set = |addresses: Vec<String>| format!("{{ {} }}", addresses.join(", "));
+    let pod4 = set(pod.ipv4.iter().map(|net| net.addr().to_string()).collect());
+    let pod6 = set(pod.ipv6.iter().map(|net| net.addr().to_string()).collect());
+    // What is forwarded: one match per protocol listed, or every protocol (loopback: TCP and UDP).
+    let mut matches: Vec<String> = Vec::new();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let numbers: Vec<String> = ports
+            .iter()
+            .filter(|port| port.protocol == protocol)
+            .map(|port| port.port.to_string())
+            .collect();
+        if !numbers.is_empty() {
+            matches.push(format!("{} dport {} ", protocol.keyword(), set(numbers)));
+        }
+    }
+    let (inbound, loopback) = if ports.is_empty() {
+        (vec![String::new()], vec!["meta l4proto { tcp, udp } ".to_owned()])
+    } else {
+        (matches.clone(), matches)
+    };
+
+    let mut prerouting = String::new();
+    let mut output = String::new();
+    for m in &inbound {
+        if !pod.ipv4.is_empty() {
+            let _ = writeln!(
+                prerouting,
+                "        iifname \"{pod_if}\" ip daddr {pod4} {m}dnat ip to {guest4}"
+            );
+        }
+        if !pod.ipv6.is_empty() {
+            let _ = writeln!(
+                prerouting,
+                "        iifname \"{pod_if}\" ip6 daddr {pod6} {m}dnat ip6 to {guest6}"
+            );
+        }
+    }
+    for m in &loopback {
+        if !pod.ipv4.is_empty() {
+            let _ = writeln!(output, "        ip daddr 127.0.0.1 {m}dnat ip to {guest4}");
+        }
+    }
+    let v4 = subnets.v4;
+    let v6 = subnets.v6;
+    format!(
+        r#"add table inet vmlet-nat
+delete table inet vmlet-nat
+table inet vmlet-nat {{
+    chain prerouting {{
+        type nat hook prerouting priority -100; policy accept;
+{prerouting}    }}
+    chain output {{
+        type nat hook output priority -100; policy accept;
+{output}    }}
+    chain postrouting {{
+        type nat hook postrouting priority 100; policy accept;
+        oifname "{bridge}" ip saddr 127.0.0.1 snat ip to {gateway4}
+        oifname != "{bridge}" ip saddr {v4} masquerade
+        oifname != "{bridge}" ip6 saddr {v6} masquerade
+    }}
+}}
+"#
+    )
+}
+
+impl MasqueradeBinding {
+    /// Builds the guest's private network and the NAT, or finishes what an earlier launcher in this pod started.
+    pub(crate) async fn setup(&self, handle: &Handle) -> Result<MasqueradeSetup, BindingError> {
+        let names = LinkNames::for_interface(&self.interface)?;
+        let record = PodRecord {
+            interface: &self.interface,
+            resolv_conf: &self.resolv_conf,
+            state_file: &self.state_file,
+        };
+        let draw_mac = || -> Result<MacAddr, BindingError> {
+            let random = random_bytes().map_err(BindingError::RandomMac)?;
+            Ok(self.guest_mac.unwrap_or(local_mac(random, BRIDGE_MAC)))
+        };
+        let mut recorded = record.load_or_record(handle, None, || draw_mac().map(Some)).await?;
+        let guest_mac = match (self.guest_mac, recorded.guest_mac) {
+            (Some(mac), _) | (None, Some(mac)) => mac,
+            // A record from before the binding kept a MAC address: make one now, and keep it from now on.
+            (None, None) => {
+                let mac = draw_mac()?;
+                recorded.guest_mac = Some(mac);
+                record.write(&recorded)?;
+                mac
+            }
+        };
+        let Recorded { pod, dns, .. } = recorded;
+        if pod.ipv4.is_empty() && pod.ipv6.is_empty() {
+            return Err(BindingError::NoPodAddress("IPv4 or IPv6"));
+        }
+
+        let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
+        let bridge_index = bridge.header.index;
+        // The gateway's own addresses only: no kernel-made link-local address beside fe80::1.
+        no_ipv6_addresses(handle, &bridge, &names.bridge).await?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(bridge_index)
+                    .address(BRIDGE_MAC.0.to_vec())
+                    .mtu(pod.mtu)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(failed_to("bring the bridge up"))?;
+        let mut gateway: Vec<IpNet> = Vec::new();
+        if !pod.ipv4.is_empty() {
+            gateway.push(self.subnets.gateway_v4().into());
+        }
+        if !pod.ipv6.is_empty() {
+            gateway.push(self.subnets.gateway_v6().into());
+            gateway.push(IpNet::new(IpAddr::V6(GATEWAY_LINK_LOCAL), 64).unwrap_or_default());
+        }
+        // No duplicate address detection: the link is the launcher's own, and the addresses are needed at once.
+        ensure_addresses(handle, bridge_index, &gateway, AddressFlags::Nodad)
+            .await
+            .map_err(failed_to("give the bridge the gateway addresses"))?;
+        set_ipv4_conf(
+            handle,
+            bridge_index,
+            "forwarding and route_localnet on the bridge",
+            |conf| {
+                conf.forwarding = 1;
+                conf.route_localnet = 1;
+            },
+        )
+        .await?;
+        set_ipv4_conf(handle, pod.index, "forwarding on the pod interface", |conf| {
+            conf.forwarding = 1;
+        })
+        .await?;
+        if !pod.ipv6.is_empty() {
+            enable_ipv6_forwarding()?;
+        }
+        let tap = ensure_tap(handle, &names.tap).await?;
+        attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
+        tool::nft(&ruleset(&pod, &names.bridge, &self.subnets, &self.ports))
+            .await
+            .map_err(BindingError::Nft)?;
+
+        info!(
+            interface = %pod.name,
+            bridge = %names.bridge,
+            tap = %names.tap,
+            %guest_mac,
+            subnet_v4 = %self.subnets.v4,
+            subnet_v6 = %self.subnets.v6,
+            forwarded_ports = self.ports.len(),
+            "guest network behind NAT ready"
+        );
+        Ok(MasqueradeSetup {
+            bridge: names.bridge,
+            bridge_mac: BRIDGE_MAC,
+            tap: names.tap,
+            guest_mac,
+            mtu: pod.mtu,
+            subnets: self.subnets,
+            pod,
+            dns,
+        })
+    }
+}
+
+/// IPv6 forwarding has no per-link netlink setting: it is the namespace's sysctl, which a pod may set (a namespaced
+/// sysctl) when its security context allows it. Left alone when already on.
+fn enable_ipv6_forwarding() -> Result<(), BindingError> {
+    let failed = |source| BindingError::Forwarding {
+        path: IPV6_FORWARDING,
+        source,
+    };
+    let current = std::fs::read_to_string(IPV6_FORWARDING).map_err(failed)?;
+    if current.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(IPV6_FORWARDING, b"1").map_err(failed)?;
+    info!("IPv6 forwarding enabled in the pod");
+    Ok(())
+}
+
+/// A port of the spec's list, TCP unless it says UDP. The spec's validation refuses anything else first.
+pub(crate) fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<ForwardedPort, BindingError> {
+    let protocol = match protocol.unwrap_or("TCP") {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        other => return Err(BindingError::Port(format!("{other:?} is not TCP or UDP"))),
+    };
+    let port = u16::try_from(port)
+        .ok()
+        .filter(|&port| port != 0)
+        .ok_or_else(|| BindingError::Port(format!("{port} is not a port number")))?;
+    Ok(ForwardedPort { protocol, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> PodInterface {
+        PodInterface {
+            name: "eth0".into(),
+            index: 2,
+            mac: MacAddr([2, 0x42, 10, 244, 1, 7]),
+            mtu: 1400,
+            ipv4: vec!["10.244.1.7/24".parse().unwrap()],
+            ipv6: vec!["fd00:10:244:1::7/64".parse().unwrap()],
+            ipv6_link_local: None,
+            routes: vec![],
+            gateway_v4: Some(Ipv4Addr::new(10, 244, 1, 1)),
+            gateway_v6: Some("fe80::1".parse().unwrap()),
+            gateway_v6_link_local: None,
+        }
+    }
+
+    fn defaults() -> GuestSubnets {
+        GuestSubnets::parse(None, None).unwrap()
+    }
+
+    #[test]
+    fn the_gateway_is_the_first_host_and_the_guest_the_second() {
+        let subnets = defaults();
+        assert_eq!(subnets.gateway_v4().to_string(), "10.0.2.1/24");
+        assert_eq!(subnets.guest_v4().to_string(), "10.0.2.2/24");
+        assert_eq!(subnets.gateway_v6().to_string(), "fd10:0:2::1/120");
+        assert_eq!(subnets.guest_v6().to_string(), "fd10:0:2::2/120");
+        let custom = GuestSubnets::parse(Some("192.168.7.0/29"), Some("fd99::/64")).unwrap();
+        assert_eq!(custom.guest_v4().to_string(), "192.168.7.2/29");
+        assert_eq!(custom.guest_v6().to_string(), "fd99::2/64");
+    }
+
+    #[test]
+    fn subnets_that_cannot_hold_a_gateway_and_a_guest_are_refused() {
+        for (v4, v6) in [
+            (Some("10.0.2.0/31"), None),
+            (Some("10.0.2.1/24"), None),
+            (Some("fd10::/120"), None),
+            (None, Some("fd10::/127")),
+            (None, Some("10.0.0.0/8")),
+        ] {
+            assert!(
+                matches!(GuestSubnets::parse(v4, v6), Err(BindingError::GuestSubnet(..))),
+                "{v4:?} {v6:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn listed_ports_are_forwarded_from_outside_and_from_loopback() {
+        let ports = [
+            forwarded_port(None, 8080).unwrap(),
+            forwarded_port(Some("TCP"), 22).unwrap(),
+            forwarded_port(Some("UDP"), 53).unwrap(),
+        ];
+        let rules = ruleset(&pod(), "vb-eth0", &defaults(), &ports);
+        let lines: Vec<&str> = rules.lines().map(str::trim).collect();
+        for expected in [
+            "iifname \"eth0\" ip daddr { 10.244.1.7 } tcp dport { 8080, 22 } dnat ip to 10.0.2.2",
+            "iifname \"eth0\" ip6 daddr { fd00:10:244:1::7 } udp dport { 53 } dnat ip6 to fd10:0:2::2",
+            "ip daddr 127.0.0.1 tcp dport { 8080, 22 } dnat ip to 10.0.2.2",
+            "oifname \"vb-eth0\" ip saddr 127.0.0.1 snat ip to 10.0.2.1",
+            "oifname != \"vb-eth0\" ip saddr 10.0.2.0/24 masquerade",
+            "oifname != \"vb-eth0\" ip6 saddr fd10:0:2::/120 masquerade",
+        ] {
+            assert!(lines.contains(&expected), "{expected:?} missing from\n{rules}");
+        }
+        assert_eq!(lines.iter().filter(|line| line.contains("dnat")).count(), 6);
+        assert!(
+            !rules.contains("::1"),
+            "the kernel cannot carry IPv6 loopback to the guest: {rules}"
+        );
+    }
+
+    #[test]
+    fn without_a_port_list_everything_is_forwarded() {
+        let rules = ruleset(&pod(), "vb-eth0", &defaults(), &[]);
+        assert!(
+            rules.contains("iifname \"eth0\" ip daddr { 10.244.1.7 } dnat ip to 10.0.2.2\n"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("ip daddr 127.0.0.1 meta l4proto { tcp, udp } dnat ip to 10.0.2.2\n"),
+            "{rules}"
+        );
+    }
+
+    #[test]
+    fn an_ipv4_only_pod_gets_no_ipv6_rules_and_no_dhcpv6() {
+        let pod = PodInterface { ipv6: vec![], ..pod() };
+        let rules = ruleset(&pod, "vb-eth0", &defaults(), &[]);
+        assert!(!rules.contains("dnat ip6"), "{rules}");
+        let setup = setup(pod);
+        assert!(setup.dhcpv6_config().is_none());
+        assert!(setup.dhcpv4_config("vm1").is_some());
+    }
+
+    fn setup(pod: PodInterface) -> MasqueradeSetup {
+        MasqueradeSetup {
+            bridge: "vb-eth0".into(),
+            bridge_mac: BRIDGE_MAC,
+            tap: "tap-eth0".into(),
+            guest_mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            mtu: pod.mtu,
+            subnets: defaults(),
+            pod,
+            dns: DnsConfig::parse("nameserver 10.96.0.10\nnameserver fd00:10:96::a\nsearch cluster.local\n"),
+        }
+    }
+
+    #[test]
+    fn the_guest_is_served_its_private_addresses_with_the_bridge_as_router() {
+        let setup = setup(pod());
+        let v4 = setup.dhcpv4_config("vm1").unwrap();
+        assert_eq!(v4.client_mac, MacAddr([2, 0, 0, 0, 0, 9]));
+        assert_eq!(v4.address.to_string(), "10.0.2.2/24");
+        assert_eq!(
+            (v4.gateway, v4.server_id),
+            (Some(Ipv4Addr::new(10, 0, 2, 1)), Ipv4Addr::new(10, 0, 2, 1))
+        );
+        assert_eq!(v4.dns, [Ipv4Addr::new(10, 96, 0, 10)]);
+        assert_eq!((v4.mtu, v4.hostname.as_deref()), (Some(1400), Some("vm1")));
+        assert_eq!(v4.validate(), Ok(()));
+        let v6 = setup.dhcpv6_config().unwrap();
+        assert_eq!(v6.address.to_string(), "fd10:0:2::2/120");
+        assert_eq!(
+            v6.router,
+            Some(v6::Router {
+                link_local: GATEWAY_LINK_LOCAL,
+                mac: Some(BRIDGE_MAC)
+            })
+        );
+        assert_eq!(v6.dns, ["fd00:10:96::a".parse::<Ipv6Addr>().unwrap()]);
+        assert_eq!(v6.validate(), Ok(()));
+    }
+
+    #[test]
+    fn ports_name_tcp_or_udp() {
+        assert_eq!(
+            forwarded_port(Some("UDP"), 53).unwrap(),
+            ForwardedPort {
+                protocol: Protocol::Udp,
+                port: 53
+            }
+        );
+        assert!(forwarded_port(Some("SCTP"), 53).is_err());
+        assert!(forwarded_port(None, 0).is_err());
+        assert!(forwarded_port(None, 65536).is_err());
+    }
+}

@@ -1,0 +1,612 @@
+//! The links, addresses and records that the bindings share: the pod interface freed of the pod's identity, the
+//! tap QEMU opens, the placeholder that keeps the pod's addresses in view, and the state file that lets a restarted
+//! launcher carry on.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::link::{
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoKind, LinkAttribute, LinkMessage,
+};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+use vmlet_dhcp::MacAddr;
+
+use super::gateway;
+use super::netlink;
+use super::pod_interface::{self, DiscoveryError, PodInterface};
+use super::resolv_conf::{DnsConfig, ResolvConfError};
+use super::tap::{self, TapError};
+use super::tool::ToolError;
+
+/// Why the pod network could not be handed to the guest.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BindingError {
+    #[error("interface name {0:?} leaves no room for the names derived from it (at most 11 bytes)")]
+    InterfaceName(String),
+    #[error("cannot discover the pod interface")]
+    Discovery(#[from] DiscoveryError),
+    #[error("cannot read the pod's DNS settings")]
+    Dns(#[from] ResolvConfError),
+    #[error("cannot access the network state file {path}")]
+    StateFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the network state file {path} is not valid")]
+    StateFileInvalid {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{pod_port:?} exists but {state_file} does not: the pod network was rewired and its record is lost")]
+    RecordLost { pod_port: String, state_file: PathBuf },
+    #[error("the recorded pod interface {name:?} (index {index}) no longer exists")]
+    PodInterfaceGone { name: String, index: u32 },
+    #[error("{name:?} exists and is not a {expected}")]
+    UnexpectedLink { name: String, expected: &'static str },
+    #[error("cannot {action}")]
+    Netlink {
+        action: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("cannot draw a MAC address")]
+    RandomMac(#[source] io::Error),
+    #[error("cannot create the tap")]
+    Tap(#[from] TapError),
+    #[error("cannot install the nftables rules")]
+    Nft(#[source] ToolError),
+    #[error("cannot install the tc redirects")]
+    Tc(#[source] ToolError),
+    #[error("the guest subnet {0:?} is not valid: {1}")]
+    GuestSubnet(String, &'static str),
+    #[error("the interface names no single binding")]
+    NoBinding,
+    #[error("{0:?} is not a MAC address")]
+    InvalidMac(String),
+    #[error("cannot forward the port: {0}")]
+    Port(String),
+    #[error("the pod has no {0} address to masquerade behind")]
+    NoPodAddress(&'static str),
+    #[error("cannot enable IPv6 forwarding in the pod ({path}); allow the sysctl net.ipv6.conf.all.forwarding")]
+    Forwarding {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The links a binding makes or renames, all named after the pod interface.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct LinkNames {
+    /// The pod interface's new name, once it no longer carries the pod's identity.
+    pub(super) pod_port: String,
+    pub(super) bridge: String,
+    pub(super) tap: String,
+    /// The link that carries the pod's addresses under the pod interface's original name.
+    pub(super) placeholder: String,
+}
+
+impl LinkNames {
+    pub(super) fn for_interface(interface: &str) -> Result<LinkNames, BindingError> {
+        let names = LinkNames {
+            pod_port: format!("{interface}-nic"),
+            bridge: format!("vb-{interface}"),
+            tap: format!("tap-{interface}"),
+            placeholder: interface.to_owned(),
+        };
+        let all = [&names.pod_port, &names.bridge, &names.tap, &names.placeholder];
+        if all.iter().all(|name| netlink::is_valid_interface_name(name)) {
+            Ok(names)
+        } else {
+            Err(BindingError::InterfaceName(interface.to_owned()))
+        }
+    }
+}
+
+/// Turns an rtnetlink error into a [`BindingError`] that says what was being done.
+pub(super) fn failed_to(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> BindingError {
+    let action = action.into();
+    move |source| BindingError::Netlink { action, source }
+}
+
+/// What the state file holds: the pod's network before the binding changed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Recorded {
+    pub(super) pod: PodInterface,
+    pub(super) dns: DnsConfig,
+    /// The guest's MAC address when the binding made one up (masquerade), so a restart keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) guest_mac: Option<MacAddr>,
+}
+
+/// Where a binding records the pod's network, and where it reads the pod's DNS settings from.
+#[derive(Clone, Debug)]
+pub(super) struct PodRecord<'a> {
+    pub(super) interface: &'a str,
+    pub(super) resolv_conf: &'a Path,
+    pub(super) state_file: &'a Path,
+}
+
+impl PodRecord<'_> {
+    /// The pod's network as recorded by an earlier run, or as it is now, recorded before anything changes.
+    /// `renamed_port` is the pod interface's name once a binding has renamed it: finding it without a record means
+    /// the record was lost, since what is now under the original name is the placeholder, and describing it would
+    /// hand the guest nothing.
+    pub(super) async fn load_or_record(
+        &self,
+        handle: &Handle,
+        renamed_port: Option<&str>,
+        make_guest_mac: impl FnOnce() -> Result<Option<MacAddr>, BindingError>,
+    ) -> Result<Recorded, BindingError> {
+        if let Some(recorded) = self.read()? {
+            info!(state_file = %self.state_file.display(), "carrying on from the recorded pod network");
+            return Ok(recorded);
+        }
+        if let Some(pod_port) = renamed_port {
+            let found = netlink::link_by_name(handle, pod_port)
+                .await
+                .map_err(failed_to("look for the pod port"))?;
+            if found.is_some() {
+                return Err(BindingError::RecordLost {
+                    pod_port: pod_port.to_owned(),
+                    state_file: self.state_file.to_owned(),
+                });
+            }
+        }
+        let mut pod = pod_interface::discover(handle, self.interface).await?;
+        // Asked now, while the pod interface still has its addresses to ask from.
+        pod.gateway_v6_link_local = gateway::gateway_link_local(handle, &pod).await;
+        let recorded = Recorded {
+            pod,
+            dns: DnsConfig::read(self.resolv_conf)?,
+            guest_mac: make_guest_mac()?,
+        };
+        self.write(&recorded)?;
+        info!(state_file = %self.state_file.display(), "recorded the pod network");
+        Ok(recorded)
+    }
+
+    pub(super) fn read(&self) -> Result<Option<Recorded>, BindingError> {
+        let path = self.state_file;
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(BindingError::StateFile {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| BindingError::StateFileInvalid {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    /// Writes the record to a temporary file renamed over the state file, so that a crash leaves either no record
+    /// or a whole one.
+    pub(super) fn write(&self, recorded: &Recorded) -> Result<(), BindingError> {
+        let path = self.state_file;
+        let state_file_error = |source| BindingError::StateFile {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(state_file_error)?;
+        }
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".tmp");
+        let write = || -> io::Result<()> {
+            let mut file = File::create(&temporary)?;
+            serde_json::to_writer_pretty(&mut file, recorded)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            fs::rename(&temporary, path)
+        };
+        write().map_err(state_file_error)
+    }
+}
+
+/// Sets IPv4 settings of the link `index` over netlink, since /proc/sys is read-only in most containers.
+pub(super) async fn set_ipv4_conf(
+    handle: &Handle,
+    index: u32,
+    what: &str,
+    change: impl FnOnce(&mut InetDevConf),
+) -> Result<(), BindingError> {
+    let mut conf = InetDevConf::default();
+    change(&mut conf);
+    let message = LinkUnspec::new_with_index(index)
+        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+            AfSpecInet::DevConfRequest(conf),
+        ])]))
+        .build();
+    handle
+        .link()
+        .set(message)
+        .execute()
+        .await
+        .map_err(failed_to(format!("set {what}")))
+}
+
+/// Gives the link `index` the address `server`, for the DHCP server, and ARP settings that keep it from answering
+/// for the pod's addresses.
+///
+/// The pod's addresses stay on the placeholder, and Linux by default answers ARP for any of its addresses on any
+/// interface: the link would answer the node's and the guest's ARP requests for the guest's own address (the guest's
+/// duplicate address detection would fail, the node would send the guest's traffic to the pod). arp_ignore=1
+/// answers only for addresses of the interface the request came in on; arp_announce=2 makes the link's own requests
+/// name the server address, never the pod's. IPv6 needs nothing alike: neighbour solicitations are only answered for
+/// addresses of the interface they arrive on.
+pub(super) async fn serve_from(handle: &Handle, index: u32, name: &str, server: IpAddr) -> Result<(), BindingError> {
+    set_ipv4_conf(handle, index, &format!("the ARP behaviour of {name}"), |conf| {
+        conf.arp_ignore = 1;
+        conf.arp_announce = 2;
+    })
+    .await?;
+    ensure_addresses(handle, index, &[IpNet::from(server)], AddressFlags::empty())
+        .await
+        .map_err(failed_to(format!("give {name} its address")))
+}
+
+/// A locally administered unicast MAC address from `random` bytes, never `avoid`.
+pub(super) fn local_mac(random: [u8; 6], avoid: MacAddr) -> MacAddr {
+    let mut mac = random;
+    mac[0] = (mac[0] | 0x02) & !0x01;
+    if MacAddr(mac) == avoid {
+        mac[5] ^= 0x01;
+    }
+    MacAddr(mac)
+}
+
+/// The bridge `name`, created with `mtu` if it does not exist.
+pub(super) async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<LinkMessage, BindingError> {
+    ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
+        LinkBridge::new(name).mtu(mtu).build()
+    })
+    .await
+}
+
+/// The link `name` of kind `kind`, created from `create()` if it does not exist.
+pub(super) async fn ensure_link(
+    handle: &Handle,
+    name: &str,
+    kind: InfoKind,
+    kind_name: &'static str,
+    create: impl FnOnce() -> LinkMessage,
+) -> Result<LinkMessage, BindingError> {
+    let find = || async {
+        netlink::link_by_name(handle, name)
+            .await
+            .map_err(failed_to(format!("look for {name}")))
+    };
+    let link = match find().await? {
+        Some(link) => link,
+        None => {
+            handle
+                .link()
+                .add(create())
+                .execute()
+                .await
+                .map_err(failed_to(format!("create {name}")))?;
+            info!(link = name, kind = kind_name, "created");
+            find().await?.ok_or_else(|| BindingError::UnexpectedLink {
+                name: name.to_owned(),
+                expected: kind_name,
+            })?
+        }
+    };
+    if netlink::link_kind(&link) != Some(&kind) {
+        return Err(BindingError::UnexpectedLink {
+            name: name.to_owned(),
+            expected: kind_name,
+        });
+    }
+    Ok(link)
+}
+
+/// Takes the pod's addresses off the pod interface, and renames it and changes its MAC address while it is down.
+pub(super) async fn free_pod_interface(
+    handle: &Handle,
+    pod: &PodInterface,
+    names: &LinkNames,
+) -> Result<(), BindingError> {
+    let link = netlink::link_by_index(handle, pod.index)
+        .await
+        .map_err(failed_to("look for the pod interface"))?
+        .ok_or_else(|| BindingError::PodInterfaceGone {
+            name: pod.name.clone(),
+            index: pod.index,
+        })?;
+
+    let addresses = netlink::addresses_of(handle, pod.index)
+        .await
+        .map_err(failed_to("list the pod interface's addresses"))?;
+    for address in addresses.into_iter().filter(netlink::address_is_global) {
+        let shown = netlink::address_net(&address)
+            .map(|net| net.to_string())
+            .unwrap_or_default();
+        match handle.address().del(address).execute().await {
+            Ok(()) => info!(address = %shown, "removed from the pod interface"),
+            // Removing a primary IPv4 address removes the secondary ones of its subnet with it.
+            Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code() == -libc::EADDRNOTAVAIL => {}
+            Err(source) => return Err(failed_to(format!("remove {shown} from the pod interface"))(source)),
+        }
+    }
+
+    let renamed = netlink::link_name(&link) == Some(names.pod_port.as_str());
+    // A bridge delivers frames for its ports' MAC addresses to itself: while the pod interface kept the guest's
+    // address, the guest's traffic would never reach the tap.
+    let mac_changed = netlink::link_mac(&link).is_some_and(|mac| mac != pod.mac);
+    if renamed && mac_changed {
+        return Ok(());
+    }
+    let link_set = |message, action: &str| {
+        let request = handle.link().set(message).execute();
+        let failed = failed_to(format!("{action} the pod interface"));
+        async move { request.await.map_err(failed) }
+    };
+    // A link is renamed only while down. Down also drops its IPv6 addresses, link-local included.
+    link_set(LinkUnspec::new_with_index(pod.index).down().build(), "take down").await?;
+    let mut change = LinkUnspec::new_with_index(pod.index);
+    if !renamed {
+        change = change.name(names.pod_port.as_str());
+    }
+    if !mac_changed {
+        let mac = local_mac(random_bytes().map_err(BindingError::RandomMac)?, pod.mac);
+        change = change.address(mac.0.to_vec());
+        info!(%mac, "pod interface gets a new MAC address");
+    }
+    link_set(change.build(), "rename and readdress").await
+}
+
+/// Turns off the link's IPv6 addresses, link-local included, before it comes up.
+///
+/// A link that hands every frame it receives to something else (a bridge, a tc redirect) would, with IPv6 of its
+/// own, only ever speak (duplicate address detection, router solicitations from a MAC address the pod network never
+/// saw) and never listen; the address generation mode `none`, set before it comes up, keeps it from making even a
+/// link-local address. That is also why it needs no `accept_ra=0`: router advertisements never reach its stack.
+pub(super) async fn no_ipv6_addresses(handle: &Handle, link: &LinkMessage, name: &str) -> Result<(), BindingError> {
+    if !netlink::link_has_ipv6(link) {
+        return Ok(());
+    }
+    let no_addresses = LinkUnspec::new_with_index(link.header.index)
+        .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![
+            AfSpecInet6::AddrGenMode(In6AddrGenMode::None),
+        ])]))
+        .build();
+    handle
+        .link()
+        .set(no_addresses)
+        .execute()
+        .await
+        .map_err(failed_to(format!("turn off IPv6 addresses on {name}")))
+}
+
+/// The link `index`, which must exist.
+pub(super) async fn existing_link(handle: &Handle, index: u32, name: &str) -> Result<LinkMessage, BindingError> {
+    netlink::link_by_index(handle, index)
+        .await
+        .map_err(failed_to(format!("look for {name}")))?
+        .ok_or_else(|| BindingError::UnexpectedLink {
+            name: name.to_owned(),
+            expected: "link",
+        })
+}
+
+/// Makes the link `index` a port of the bridge with the pod's MTU, up, without IPv6 addresses of its own (see
+/// [`no_ipv6_addresses`]).
+pub(super) async fn attach_port(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    bridge_index: u32,
+    mtu: u32,
+) -> Result<(), BindingError> {
+    let link = existing_link(handle, index, name).await?;
+    no_ipv6_addresses(handle, &link, name).await?;
+    if netlink::link_controller(&link) != Some(bridge_index) {
+        info!(port = name, "joins the bridge");
+    }
+    let port = LinkUnspec::new_with_index(index)
+        .mtu(mtu)
+        .controller(bridge_index)
+        .up()
+        .build();
+    handle
+        .link()
+        .set(port)
+        .execute()
+        .await
+        .map_err(failed_to(format!("attach {name} to the bridge")))
+}
+
+/// Brings the link `index` up with `mtu`, without IPv6 addresses of its own (see [`no_ipv6_addresses`]).
+pub(super) async fn bring_up_silent(handle: &Handle, index: u32, name: &str, mtu: u32) -> Result<(), BindingError> {
+    let link = existing_link(handle, index, name).await?;
+    no_ipv6_addresses(handle, &link, name).await?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+        .execute()
+        .await
+        .map_err(failed_to(format!("bring {name} up")))
+}
+
+/// Keeps the bridge from learning MAC addresses behind the pod interface, as KubeVirt does: should a frame from the
+/// guest ever come back through it (a node that reflects broadcasts), the bridge would otherwise take the guest to
+/// be on the pod network and stop delivering its traffic to the tap. Not learning costs nothing here: with two
+/// ports, a frame the bridge does not know where to send goes out of the only other port anyway.
+pub(super) async fn stop_learning(handle: &Handle, index: u32) -> Result<(), BindingError> {
+    handle
+        .link()
+        .set_port(LinkBridgePort::new(index).learning(false).build())
+        .execute()
+        .await
+        .map_err(failed_to("stop the bridge learning addresses behind the pod interface"))
+}
+
+/// The tap `name`, created persistent if it does not exist.
+pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessage, BindingError> {
+    let existing = netlink::link_by_name(handle, name)
+        .await
+        .map_err(failed_to(format!("look for {name}")))?;
+    if existing.is_none() {
+        tap::create_persistent_tap(name)?;
+        info!(link = name, kind = "tap", "created");
+    }
+    let tap = netlink::link_by_name(handle, name)
+        .await
+        .map_err(failed_to(format!("look for {name}")))?;
+    match tap {
+        Some(tap) if netlink::link_kind(&tap) == Some(&InfoKind::Tun) => Ok(tap),
+        _ => Err(BindingError::UnexpectedLink {
+            name: name.to_owned(),
+            expected: "tap",
+        }),
+    }
+}
+
+/// Keeps the pod's addresses (and MTU) visible under the pod interface's original name, where the CNI and anyone
+/// who looks at the pod expect them, on a link that leads nowhere (as KubeVirt does).
+///
+/// The link is a bridge without ports rather than KubeVirt's `dummy`: node kernels always have bridges, while
+/// `dummy` is a module that may be missing. With no port it carries no frame. The addresses keep their prefix
+/// length, as the CNI reported them, but get no prefix route (`noprefixroute`), so the pod's own stack does not
+/// route the pod network into a link that goes nowhere; the bridge's ARP settings keep the pod from answering for
+/// them.
+pub(super) async fn ensure_placeholder(handle: &Handle, pod: &PodInterface, name: &str) -> Result<(), BindingError> {
+    let placeholder = ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
+        LinkBridge::new(name).mtu(pod.mtu).build()
+    })
+    .await?;
+    let index = placeholder.header.index;
+    let addresses: Vec<IpNet> = pod
+        .ipv4
+        .iter()
+        .map(|&net| IpNet::V4(net))
+        .chain(pod.ipv6.iter().map(|&net| IpNet::V6(net)))
+        .collect();
+    // No duplicate address detection: the guest holds the same addresses on the pod network, by design.
+    ensure_addresses(
+        handle,
+        index,
+        &addresses,
+        AddressFlags::Noprefixroute | AddressFlags::Nodad,
+    )
+    .await
+    .map_err(failed_to("give the placeholder the pod's addresses"))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(failed_to("bring the placeholder up"))
+}
+
+/// Adds to the link `index` those of `addresses` it does not have yet.
+pub(super) async fn ensure_addresses(
+    handle: &Handle,
+    index: u32,
+    addresses: &[IpNet],
+    flags: AddressFlags,
+) -> Result<(), rtnetlink::Error> {
+    let present: Vec<IpNet> = netlink::addresses_of(handle, index)
+        .await?
+        .iter()
+        .filter_map(netlink::address_net)
+        .collect();
+    for net in addresses.iter().filter(|net| !present.contains(net)) {
+        let mut request = handle.address().add(index, net.addr(), net.prefix_len());
+        if !flags.is_empty() {
+            request.message_mut().attributes.push(AddressAttribute::Flags(flags));
+        }
+        request.execute().await?;
+    }
+    Ok(())
+}
+
+pub(super) fn random_bytes() -> io::Result<[u8; 6]> {
+    let mut bytes = [0; 6];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    #[test]
+    fn links_are_named_after_the_pod_interface() {
+        assert_eq!(
+            LinkNames::for_interface("eth0").unwrap(),
+            LinkNames {
+                pod_port: "eth0-nic".to_owned(),
+                bridge: "vb-eth0".to_owned(),
+                tap: "tap-eth0".to_owned(),
+                placeholder: "eth0".to_owned(),
+            }
+        );
+        assert!(LinkNames::for_interface("net1-abcdefg").is_err());
+        assert!(LinkNames::for_interface("net1-abcdef").is_ok());
+        assert!(LinkNames::for_interface("").is_err());
+    }
+
+    #[test]
+    fn local_mac_is_local_unicast_and_never_the_one_avoided() {
+        let guest = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
+        assert_eq!(local_mac([0xff, 1, 2, 3, 4, 5], guest), MacAddr([0xfe, 1, 2, 3, 4, 5]));
+        assert_eq!(local_mac([0x00, 1, 2, 3, 4, 5], guest), MacAddr([0x02, 1, 2, 3, 4, 5]));
+        assert_eq!(
+            local_mac([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07], guest),
+            MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x06])
+        );
+    }
+
+    #[test]
+    fn state_file_round_trips_and_a_missing_one_is_no_record() {
+        let dir = std::env::temp_dir().join(format!("vmlet-state-{}", std::process::id()));
+        let state_file = dir.join("run/network-eth0.json");
+        let record = PodRecord {
+            interface: "eth0",
+            resolv_conf: Path::new("/etc/resolv.conf"),
+            state_file: &state_file,
+        };
+        assert_eq!(record.read().unwrap(), None);
+        let recorded = Recorded {
+            pod: PodInterface {
+                name: "eth0".to_owned(),
+                index: 2,
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                mtu: 1400,
+                ipv4: vec!["10.244.1.7/24".parse().unwrap()],
+                ipv6: vec!["fd00::7/64".parse().unwrap()],
+                ipv6_link_local: Some("fe80::1".parse().unwrap()),
+                routes: vec![],
+                gateway_v4: Some(Ipv4Addr::new(10, 244, 1, 1)),
+                gateway_v6: None,
+                gateway_v6_link_local: None,
+            },
+            dns: DnsConfig::parse("nameserver 10.96.0.10\nsearch cluster.local\n"),
+            guest_mac: None,
+        };
+        record.write(&recorded).unwrap();
+        assert_eq!(record.read().unwrap(), Some(recorded));
+        fs::write(&state_file, b"{").unwrap();
+        assert!(matches!(record.read(), Err(BindingError::StateFileInvalid { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
