@@ -226,8 +226,8 @@ fn kill(pid: i32, signal: nix::sys::signal::Signal) {
 }
 
 /// The whole life of a RerunOnFailure VM: a manifest dropped in boots it with its pod's address; a killed and
-/// restarted handler re-adopts it without a restart; a killed launcher restarts it; removing the manifest stops it
-/// and removes its namespace.
+/// restarted handler re-adopts it without a restart; a killed launcher restarts it; an edit restarts it with the new
+/// spec; removing the manifest stops it and removes its namespace.
 #[test]
 fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
     let _guest = one_guest_at_a_time();
@@ -278,6 +278,23 @@ fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
         "{}",
         machine.status_file("web")
     );
+
+    // Editing the manifest restarts the VM with the new spec, in a new pod.
+    let shim = machine.shim_pid("web");
+    let manifest = machine.manifests().join("web.yaml");
+    let edited = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("guest: 256Mi", "guest: 320Mi");
+    std::fs::write(&manifest, edited).unwrap();
+    let restarted = poll_until("web to restart with 320Mi", BOOT, Duration::from_millis(250), || {
+        let record = std::fs::read_to_string(machine.pod_dir("web").join("shim.json")).ok()?;
+        let record: serde_json::Value = serde_json::from_str(&record).ok()?;
+        let vm = std::fs::read_to_string(machine.pod_dir("web").join("vm.json")).ok()?;
+        (record["pid"].as_u64()? as u32 != shim && vm.contains("320Mi")).then_some(())
+    });
+    restarted.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")));
+    machine.wait_lease("web");
+    machine.wait_status("web", &["Running", "True", "10.111.0.2"], WAIT);
 
     // Removing the manifest shuts the guest down and removes its pod.
     std::fs::remove_file(machine.manifests().join("web.yaml")).unwrap();

@@ -33,7 +33,7 @@ use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 use crate::lifecycle::{self, Exit, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
 use crate::vm_status::{self, NodeStatus};
 use manifests::{Manifest, VmKey};
-use pod::{LauncherState, PodDir, PodRecord};
+use pod::{LauncherState, PodDir, PodRecord, StopFor};
 
 pub use status_file::{StatusArgs, print_status};
 
@@ -233,7 +233,7 @@ impl Standalone {
             && pod.runs_other_spec(vm)
         {
             info!(vm = %seen.key, "the manifest changed: restarting the VM with it");
-            self.stop(pod)?;
+            self.stop(pod, StopFor::Restart)?;
         }
         let state = seen.pod.map(PodDir::launcher_state);
         let launcher = self.observe(seen.pod, state);
@@ -278,7 +278,7 @@ impl Standalone {
             }
             LauncherAction::Delete => {
                 if let Some(pod) = seen.pod {
-                    self.stop(pod)?;
+                    self.stop(pod, StopFor::Good)?;
                 }
             }
             LauncherAction::None => {}
@@ -286,11 +286,13 @@ impl Standalone {
         // A pod whose launcher ended and that nobody stopped deliberately waits for the plan to delete it; one that
         // was stopped goes as soon as its launcher is gone.
         let mut pod_gone = seen.pod.is_none();
+        let mut start_afresh = false;
         if let (Some(pod), Some(state)) = (seen.pod, state)
             && pod.is_stopping()
         {
             match state {
                 LauncherState::Ended(_) | LauncherState::Lost => {
+                    start_afresh = pod.stopping_for() == Some(StopFor::Restart);
                     self.remove(pod)?;
                     pod_gone = true;
                 }
@@ -309,6 +311,13 @@ impl Standalone {
             return Ok(());
         }
         let mut status = plan.status;
+        if start_afresh {
+            // The run that ended was stopped to apply an edit: the run strategy starts the new spec as a new VM.
+            status = VirtualMachineStatus {
+                restart_count: previous.restart_count,
+                ..VirtualMachineStatus::default()
+            };
+        }
         if let (Some(pod), Some(LauncherState::Running(_))) = (seen.pod, state) {
             self.overlay_launcher_status(pod, &previous, &mut status).await;
         }
@@ -342,6 +351,8 @@ impl Standalone {
             LauncherState::Starting | LauncherState::Running(_) if pod.is_stopping() => {
                 Launcher::Terminating { id, node }
             }
+            // How a run stopped for an edit ended is not the VM's business: it goes on with the new spec.
+            _ if pod.stopping_for() == Some(StopFor::Restart) => Launcher::Terminating { id, node },
             LauncherState::Starting => Launcher::Pending {
                 id,
                 node,
@@ -429,7 +440,7 @@ impl Standalone {
     }
 
     /// Asks the pod's launcher to stop: SIGTERM, so the guest gets its ACPI shutdown and grace period.
-    fn stop(&self, pod: &PodDir) -> anyhow::Result<()> {
+    fn stop(&self, pod: &PodDir, why: StopFor) -> anyhow::Result<()> {
         if pod.is_stopping() {
             return Ok(());
         }
@@ -438,7 +449,7 @@ impl Standalone {
             .ok()
             .and_then(|vm| vm.spec.template.spec.termination_grace_period_seconds)
             .map_or(DEFAULT_GRACE_SECS, u64::from);
-        pod.mark_stopping(grace)?;
+        pod.mark_stopping(grace, why)?;
         if let LauncherState::Running(shim) = pod.launcher_state() {
             info!(pod = %pod.path().display(), "stopping the launcher");
             let _ = kill(Pid::from_raw(shim.pid as i32), Signal::SIGTERM);

@@ -76,11 +76,22 @@ impl PodRecord {
     }
 }
 
-/// When a pod was asked to stop, and how long its guest may take.
+/// When a pod was asked to stop, why, and how long its guest may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct StopRecord {
     requested_at: u64,
     grace_secs: u64,
+    why: StopFor,
+}
+
+/// Why a pod is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StopFor {
+    /// The run strategy, or the manifest's removal, wants the VM down.
+    Good,
+    /// The manifest was edited: the VM starts again with the new spec.
+    Restart,
 }
 
 /// The running shim, identified by its pid and start time so that a reused pid is not mistaken for it.
@@ -205,12 +216,17 @@ impl PodDir {
         self.stopping().exists()
     }
 
-    pub fn mark_stopping(&self, grace_secs: u64) -> anyhow::Result<()> {
+    pub fn mark_stopping(&self, grace_secs: u64, why: StopFor) -> anyhow::Result<()> {
         let record = StopRecord {
             requested_at: now_secs(),
             grace_secs,
+            why,
         };
         write_json(&self.stopping(), &record)
+    }
+
+    pub fn stopping_for(&self) -> Option<StopFor> {
+        read_json::<StopRecord>(&self.stopping()).ok().map(|stop| stop.why)
     }
 
     /// Whether the launcher had its guest's grace period and `margin` more since it was asked to stop.
