@@ -36,6 +36,9 @@ pub struct GuestSpec {
     /// Kernel arguments for the guest's `/init` (`vmlet.ping=...`, `vmlet.ipv6=1`, `vmlet.listen=...`).
     pub kernel_args: String,
     pub memory: String,
+    /// The VM's name.
+    pub name: String,
+    pub run_strategy: String,
 }
 
 impl GuestSpec {
@@ -46,7 +49,42 @@ impl GuestSpec {
             pod_network: String::new(),
             kernel_args: format!("vmlet.ping={ping}"),
             memory: "256Mi".to_owned(),
+            name: "testvm".to_owned(),
+            run_strategy: "Always".to_owned(),
         }
+    }
+
+    /// The VM's manifest: the test guest booted by direct kernel boot, with this spec's interface and arguments.
+    pub fn manifest(&self) -> String {
+        let guest = guest_image();
+        format!(
+            r#"apiVersion: vmlet.dev/v1alpha1
+kind: VirtualMachine
+metadata: {{name: {name}, namespace: default, uid: 5b0c7a54-3f1e-4d2a-9a63-0c5d2c1f7e10}}
+spec:
+  runStrategy: {run_strategy}
+  template:
+    spec:
+      terminationGracePeriodSeconds: 60
+      domain:
+        memory: {{guest: {memory}}}
+        firmware:
+          kernelBoot:
+            kernelArgs: "console=ttyS0 quiet panic=-1 {args}"
+            hostPath: {{kernelPath: {kernel}, initrdPath: {initrd}}}
+        devices:
+          interfaces: [{{name: default, {interface}}}]
+      networks: [{{name: default, pod: {{{pod_network}}}}}]
+"#,
+            name = self.name,
+            run_strategy = self.run_strategy,
+            memory = self.memory,
+            args = self.kernel_args,
+            interface = self.interface,
+            pod_network = self.pod_network,
+            kernel = guest.kernel().display(),
+            initrd = guest.initrd().display(),
+        )
     }
 
     /// The guest also configures IPv6 (DHCPv6 and router advertisements).
@@ -178,34 +216,7 @@ impl VmPod {
 
     /// Writes the manifest of a VM as `spec` says to `file` in the pod's directory, and returns its path.
     pub fn write_manifest(&self, file: &str, spec: &GuestSpec) -> PathBuf {
-        let guest = guest_image();
-        let manifest = format!(
-            r#"apiVersion: vmlet.dev/v1alpha1
-kind: VirtualMachine
-metadata: {{name: testvm, namespace: default, uid: 5b0c7a54-3f1e-4d2a-9a63-0c5d2c1f7e10}}
-spec:
-  runStrategy: Always
-  template:
-    spec:
-      terminationGracePeriodSeconds: 60
-      domain:
-        memory: {{guest: {memory}}}
-        firmware:
-          kernelBoot:
-            kernelArgs: "console=ttyS0 quiet panic=-1 {args}"
-            hostPath: {{kernelPath: {kernel}, initrdPath: {initrd}}}
-        devices:
-          interfaces: [{{name: default, {interface}}}]
-      networks: [{{name: default, pod: {{{pod_network}}}}}]
-"#,
-            memory = spec.memory,
-            args = spec.kernel_args,
-            interface = spec.interface,
-            pod_network = spec.pod_network,
-            kernel = guest.kernel().display(),
-            initrd = guest.initrd().display(),
-        );
-        self.dir.write(file, manifest)
+        self.dir.write(file, spec.manifest())
     }
 
     pub fn run_dir(&self) -> PathBuf {

@@ -11,21 +11,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use vmlet_testkit::{Child, NetNs, ScratchDir, binary, guest_image, poll_until, remove_namespaces, run, unique_name};
+use vmlet_testkit::vm_pod::{GuestSpec, children, one_guest_at_a_time, qemu_cache_dir};
+use vmlet_testkit::{Child, NetNs, ScratchDir, binary, poll_until, remove_namespaces, run, unique_name};
 
 /// The bound on a guest's boot: tens of seconds under TCG on a busy machine, more for the first launcher on a
 /// machine, which waits for libvirt to probe QEMU.
 const BOOT: Duration = Duration::from_secs(300);
 /// The bound on anything that does not wait for a guest to boot (a shutdown waits for an ACPI power-off).
 const WAIT: Duration = Duration::from_secs(90);
-
-fn one_guest_at_a_time() -> MutexGuard<'static, ()> {
-    static GUESTS: Mutex<()> = Mutex::new(());
-    GUESTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A machine for standalone mode: a namespace for the handler, a manifest folder, a state folder.
 struct Machine {
@@ -89,31 +84,13 @@ impl Machine {
 
     /// Writes a manifest for a guest that pings the pods' gateway and stays up.
     fn add_vm(&self, name: &str, run_strategy: &str) -> PathBuf {
-        let guest = guest_image();
-        let manifest = format!(
-            r#"apiVersion: vmlet.dev/v1alpha1
-kind: VirtualMachine
-metadata: {{name: {name}}}
-spec:
-  runStrategy: {run_strategy}
-  template:
-    spec:
-      terminationGracePeriodSeconds: 60
-      domain:
-        memory: {{guest: 256Mi}}
-        firmware:
-          kernelBoot:
-            kernelArgs: "console=ttyS0 quiet panic=-1 vmlet.ping=10.111.0.1"
-            hostPath: {{kernelPath: {kernel}, initrdPath: {initrd}}}
-        devices:
-          interfaces: [{{name: default, bridge: {{}}}}]
-      networks: [{{name: default, pod: {{}}}}]
-"#,
-            kernel = guest.kernel().display(),
-            initrd = guest.initrd().display(),
-        );
+        let spec = GuestSpec {
+            name: name.to_owned(),
+            run_strategy: run_strategy.to_owned(),
+            ..GuestSpec::new("bridge: {}", "10.111.0.1")
+        };
         let path = self.manifests().join(format!("{name}.yaml"));
-        std::fs::write(&path, manifest).unwrap();
+        std::fs::write(&path, spec.manifest()).unwrap();
         path
     }
 
@@ -206,17 +183,9 @@ impl Drop for Machine {
     }
 }
 
-fn qemu_cache_dir() -> PathBuf {
-    std::env::var_os("VMLET_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/vmlet"))
-        .join("qemu-caps")
-}
-
 /// The launcher: the shim's only child (PID 1 of the pod's PID namespace).
 fn launcher_of(shim: u32) -> i32 {
-    let children = std::fs::read_to_string(format!("/proc/{shim}/task/{shim}/children")).unwrap_or_default();
-    let pids: Vec<i32> = children.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    let pids = children(shim as i32);
     assert_eq!(pids.len(), 1, "the shim {shim} has one child, the launcher: {pids:?}");
     pids[0]
 }
