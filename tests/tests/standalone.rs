@@ -315,3 +315,25 @@ fn a_once_vm_is_not_rerun_and_a_bad_manifest_is_reported() {
     assert!(!machine.pod_dir("broken").exists(), "nothing runs for a bad manifest");
     assert!(!Path::new(&machine.pod_dir("broken")).exists());
 }
+
+/// A shim that cannot start its launcher records the failure as the launcher's (exit code 1), so the handler sees
+/// the run end instead of waiting for it.
+#[test]
+fn a_shim_that_cannot_start_the_launcher_records_a_failure() {
+    let dir = ScratchDir::new();
+    let output = Command::new(binary("vmlet-handler"))
+        .arg("shim")
+        .arg("--pod-dir")
+        .arg(dir.path())
+        .args(["--netns", "/run/netns/no-such-namespace", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.join("launcher.log")).unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-namespace"), "one line says why: {stderr}{log}");
+    let exit: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("exit.json")).unwrap()).unwrap();
+    assert_eq!(exit["code"], 1, "{exit}");
+    assert!(!dir.join("shim.json").exists(), "no shim ran a launcher");
+}

@@ -33,12 +33,14 @@ use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 use crate::lifecycle::{self, Exit, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
 use crate::vm_status::{self, NodeStatus};
 use manifests::{Manifest, VmKey};
-use pod::{LauncherState, PodDir, PodRecord, StopFor};
+use pod::{LauncherState, PodDir, PodRecord, StopFor, now_secs};
 
 pub use status_file::{StatusArgs, print_status};
 
 /// How long a launcher that was asked to stop may take beyond its guest's grace period before it is killed.
 const STOP_MARGIN: Duration = Duration::from_secs(15);
+/// A shim records itself within milliseconds of its start; one that has not after this long never will.
+const SHIM_START: Duration = Duration::from_secs(60);
 /// Kubernetes' default termination grace period.
 const DEFAULT_GRACE_SECS: u64 = 30;
 /// A launcher answers its control socket in milliseconds; one that takes longer is busy or stuck.
@@ -353,6 +355,16 @@ impl Standalone {
             }
             // How a run stopped for an edit ended is not the VM's business: it goes on with the new spec.
             _ if pod.stopping_for() == Some(StopFor::Restart) => Launcher::Terminating { id, node },
+            LauncherState::Starting if record.created_at + SHIM_START.as_secs() < now_secs() => Launcher::Ended {
+                id,
+                node,
+                started,
+                finished: Timestamp::now(),
+                exit: Exit::Failed {
+                    code: None,
+                    reason: Some("the pod's shim never started".into()),
+                },
+            },
             LauncherState::Starting => Launcher::Pending {
                 id,
                 node,

@@ -35,6 +35,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let pod = PodDir::new(args.pod_dir.clone());
+    run_launcher(args).or_else(|err| {
+        // The pod could not start its launcher: that is the launcher's failure (exit code 1) to the handler, and
+        // the reason is in launcher.log, where this error goes.
+        let failed = ExitRecord {
+            code: Some(1),
+            signal: None,
+            finished_at: super::pod::now_secs(),
+        };
+        pod.write_exit(&failed)?;
+        Err(err)
+    })
+}
+
+fn run_launcher(args: Args) -> anyhow::Result<ExitCode> {
     let pod = PodDir::new(args.pod_dir);
     // Signals wait in the mask until the launcher runs, so none is lost between spawning it and waiting for it.
     let signals = SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD]);
