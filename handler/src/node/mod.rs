@@ -9,7 +9,7 @@
 #[cfg(test)]
 mod fakes;
 mod heartbeat;
-mod judge;
+pub mod judge;
 mod launchers;
 
 use std::future::Future;
