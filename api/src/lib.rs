@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub use quantity::{ParseQuantityError, parse_quantity};
 pub use status::{
-    Condition, ConditionType, InterfaceStatus, Phase, PhaseTransition, PrintableStatus, StartFailure,
-    VirtualMachineStatus,
+    Condition, ConditionType, GuestExit, InterfaceStatus, LauncherReport, Phase, PhaseTransition, PrintableStatus,
+    ReportedState, StartFailure, VirtualMachineStatus,
 };
 pub use validate::{Binding, InvalidSpec, Problem};
 

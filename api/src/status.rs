@@ -32,6 +32,10 @@ pub struct VirtualMachineStatus {
     pub start_failure: Option<StartFailure>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phase_transition_timestamps: Vec<PhaseTransition>,
+    /// What the node role last learned of the VM's launcher. The node role alone writes it; the controller derives
+    /// the phase, the printable status and the Ready and Failure conditions from it and from the launcher's Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launcher: Option<LauncherReport>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -119,4 +123,56 @@ pub struct InterfaceStatus {
 pub struct PhaseTransition {
     pub phase: Phase,
     pub phase_transition_timestamp: Time,
+}
+
+/// The node role's report on one launcher: facts it alone can observe (the control socket, the launcher going
+/// silent), and the launcher's exit code kept beyond its Pod's deletion. No judgement on the VM's phase: that is
+/// the controller's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LauncherReport {
+    /// The launcher Pod this report is about; a report on another Pod than `launcherPod` is an old one.
+    pub pod: String,
+    /// The node the Pod runs on, whose node role wrote this.
+    pub node: String,
+    pub state: ReportedState,
+    /// How the guest ended, in the launcher's words, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_exit: Option<GuestExit>,
+    /// The launcher container's exit code, once it has exited (docs/launcher.md, "Exit codes").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// For people: libvirt's state of the domain, or why the launcher counts as unreachable or lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The launcher as its node sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ReportedState {
+    /// Its Pod is starting, or it is setting the VM up.
+    Starting,
+    Running,
+    Paused,
+    /// The guest was asked to shut down and has not yet.
+    ShuttingDown,
+    /// The guest is gone (`guestExit` says how); the launcher is about to exit.
+    Stopped,
+    /// The launcher could not start the VM; it is about to exit.
+    Failed,
+    /// The launcher's container exited (`exitCode`).
+    Exited,
+    /// It answered before, or should have by now, and does not; not yet taken for lost.
+    Unreachable,
+    /// Silent for too long, or its Pod gone while it ran, with no exit code seen.
+    Lost,
+}
+
+/// How a guest ended (the launcher's `exit`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum GuestExit {
+    PoweredOff,
+    ShutDown,
+    Destroyed,
+    Crashed,
 }

@@ -4,7 +4,9 @@
 //! Nothing here knows what a launcher is made of: the controller's launcher is a Pod, standalone mode's a network
 //! namespace and a process. Both observe it as a [`Launcher`], carry out the plan's [`LauncherAction`], and write
 //! the plan's status. The status is also this module's memory (the phase a run ended in, the restart count, the
-//! back-off), so a restarted handler decides exactly as the one before it did.
+//! back-off), so a restarted handler decides exactly as the one before it did; and it holds the node's report on
+//! the launcher (`status.launcher`, `crate::vm_status`), from which the plan learns whether the guest runs, is
+//! paused, or was lost, and how a launcher whose Pod is gone ended.
 //!
 //! | strategy | starts the launcher | after the guest ends |
 //! | --- | --- | --- |
@@ -19,7 +21,8 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use vmlet_api::{
-    Condition, ConditionType, Phase, PhaseTransition, PrintableStatus, RunStrategy, StartFailure, VirtualMachineStatus,
+    Condition, ConditionType, GuestExit, LauncherReport, Phase, PhaseTransition, PrintableStatus, ReportedState,
+    RunStrategy, StartFailure, VirtualMachineStatus,
 };
 
 /// The first automatic restart after a failure waits this long; each further failure in a row doubles it.
@@ -64,6 +67,14 @@ pub enum Exit {
     /// Any other end. `code` is the launcher's exit code when it exited (1: it never ran the guest, 3: the guest
     /// was destroyed, 4: the guest crashed); `None` when it was killed or vanished with no code.
     Failed { code: Option<i32>, reason: Option<String> },
+    /// Its node reported it lost (silent for too long, or its Pod gone while it ran): how it ended is unknown.
+    Lost { message: String },
+}
+
+impl Exit {
+    fn failed(&self) -> bool {
+        !matches!(self, Self::Succeeded)
+    }
 }
 
 /// What is observed of the VM's launcher. `id` names one launcher instance (a Pod's uid, a process's start), so
@@ -199,15 +210,96 @@ enum Desire {
 
 /// Decides what to do about one VM's launcher.
 pub fn plan(obs: &Observation<'_>) -> Plan {
-    Planner::new(obs).decide()
+    let report = reported(obs.status);
+    let obs = Observation {
+        launcher: with_report(&obs.launcher, report, obs.now),
+        ..obs.clone()
+    };
+    Planner::new(&obs, report).decide()
+}
+
+/// The node's report on the VM's launcher, if it is about the launcher the status follows (`launcherPod`); a
+/// report on an earlier launcher says nothing about this one.
+pub fn reported(status: &VirtualMachineStatus) -> Option<&LauncherReport> {
+    status
+        .launcher
+        .as_ref()
+        .filter(|r| status.launcher_pod.as_deref() == Some(r.pod.as_str()))
+}
+
+/// The launcher as observed, completed by its node's report: a running launcher the node lost has ended, and an
+/// ended one whose Pod gave no exit code ended as its node saw it.
+fn with_report(launcher: &Launcher, report: Option<&LauncherReport>, now: Timestamp) -> Launcher {
+    let Some(report) = report else {
+        return launcher.clone();
+    };
+    match launcher {
+        Launcher::Running { id, node, since } if report.state == ReportedState::Lost => Launcher::Ended {
+            id: id.clone(),
+            node: node.clone(),
+            started: Some(*since),
+            finished: now,
+            exit: Exit::Lost {
+                message: report.message.clone().unwrap_or_default(),
+            },
+        },
+        Launcher::Ended {
+            id,
+            node,
+            started,
+            finished,
+            exit: Exit::Failed { code: None, reason },
+        } => {
+            let exit = match report_exit(report) {
+                Some(Exit::Failed { code, .. }) => Exit::Failed {
+                    code,
+                    reason: reason.clone(),
+                },
+                Some(Exit::Succeeded) => Exit::Succeeded,
+                _ => return launcher.clone(),
+            };
+            Launcher::Ended {
+                id: id.clone(),
+                node: node.clone(),
+                started: *started,
+                finished: *finished,
+                exit,
+            }
+        }
+        _ => launcher.clone(),
+    }
+}
+
+/// How the node saw the launcher end, if it did: its exit code first, then what the launcher said of its guest.
+fn report_exit(report: &LauncherReport) -> Option<Exit> {
+    let failed = |code| Exit::Failed {
+        code: Some(code),
+        reason: None,
+    };
+    if let Some(code) = report.exit_code {
+        return Some(if code == 0 { Exit::Succeeded } else { failed(code) });
+    }
+    match (report.state, report.guest_exit) {
+        (ReportedState::Lost, _) => Some(Exit::Lost {
+            message: report.message.clone().unwrap_or_default(),
+        }),
+        (_, Some(GuestExit::PoweredOff | GuestExit::ShutDown)) => Some(Exit::Succeeded),
+        (_, Some(GuestExit::Destroyed)) => Some(failed(3)),
+        (_, Some(GuestExit::Crashed)) => Some(failed(4)),
+        (ReportedState::Failed, None) => Some(failed(1)),
+        _ => None,
+    }
 }
 
 /// Builds one plan: the observation, the status as it will be written, and what was decided so far.
 struct Planner<'o, 'a> {
     obs: &'o Observation<'a>,
+    /// The node's report on the launcher the status follows.
+    report: Option<&'o LauncherReport>,
     phase: Option<Phase>,
     printable: PrintableStatus,
-    ready: (bool, &'static str, String),
+    /// The Ready condition: `True`, `False` or `Unknown`, its reason and message.
+    ready: (&'static str, &'static str, String),
     failure: Option<(&'static str, String)>,
     restart_count: u32,
     start_failure: Option<StartFailure>,
@@ -219,13 +311,14 @@ struct Planner<'o, 'a> {
 }
 
 impl<'o, 'a> Planner<'o, 'a> {
-    fn new(obs: &'o Observation<'a>) -> Self {
+    fn new(obs: &'o Observation<'a>, report: Option<&'o LauncherReport>) -> Self {
         let previous = obs.status;
         Self {
             obs,
+            report,
             phase: previous.phase,
             printable: previous.printable_status.unwrap_or(PrintableStatus::Stopped),
-            ready: (false, "Stopped", "the VM is not running".into()),
+            ready: ("False", "Stopped", "the VM is not running".into()),
             failure: previous_failure(previous),
             restart_count: previous.restart_count,
             start_failure: previous.start_failure.clone(),
@@ -256,8 +349,8 @@ impl<'o, 'a> Planner<'o, 'a> {
     }
 
     /// A launcher that is gone while the status still has it pending or running was not stopped by this handler
-    /// (stops show `Stopping` first): it vanished (evicted, deleted by someone, its node removed), which ends its
-    /// run as a failure.
+    /// (stops show `Stopping` first): it vanished (evicted, deleted by someone, its node removed). Its run ended as
+    /// its node saw it end, or else as a failure.
     fn settle_vanished(&mut self) {
         let previous = self.obs.status;
         let active = matches!(
@@ -272,11 +365,18 @@ impl<'o, 'a> Planner<'o, 'a> {
             Some(PrintableStatus::Stopping | PrintableStatus::Terminating)
         ) {
             self.phase = Some(Phase::Succeeded);
-        } else {
-            self.phase = Some(Phase::Failed);
-            let message = "the launcher disappeared while the VM ran".to_owned();
-            self.event(EventKind::Warning, "LauncherVanished", message.clone());
-            self.failure = Some(("LauncherVanished", message));
+            return;
+        }
+        match self.report.and_then(report_exit) {
+            Some(exit) => self.ended(&exit),
+            None => {
+                self.phase = Some(Phase::Failed);
+                let message = "the launcher disappeared while the VM ran".to_owned();
+                self.event(EventKind::Warning, "LauncherVanished", message.clone());
+                self.failure = Some(("LauncherVanished", message));
+            }
+        }
+        if self.phase == Some(Phase::Failed) {
             self.count_failure(None, None, self.obs.now);
         }
     }
@@ -299,7 +399,7 @@ impl<'o, 'a> Planner<'o, 'a> {
             );
         }
         let ended_cleanly = match &obs.launcher {
-            Launcher::Ended { exit, .. } => *exit == Exit::Succeeded,
+            Launcher::Ended { exit, .. } => !exit.failed(),
             Launcher::Absent => self.phase == Some(Phase::Succeeded),
             _ => false,
         };
@@ -346,16 +446,15 @@ impl<'o, 'a> Planner<'o, 'a> {
                 ..
             } => {
                 self.ended(exit);
-                if let Exit::Failed { .. } = exit
-                    && automatic
-                {
+                if exit.failed() && automatic {
                     self.count_failure(Some(id), *started, *finished);
                 }
                 // The finished launcher makes way for the next; its logs go with it.
                 self.action = LauncherAction::Delete;
-                self.printable = match (exit, automatic) {
-                    (Exit::Failed { .. }, true) => PrintableStatus::CrashLoopBackOff,
-                    _ => PrintableStatus::Starting,
+                self.printable = if exit.failed() && automatic {
+                    PrintableStatus::CrashLoopBackOff
+                } else {
+                    PrintableStatus::Starting
                 };
                 self.requeue_after = self.backoff_left();
             }
@@ -363,7 +462,7 @@ impl<'o, 'a> Planner<'o, 'a> {
                 if self.printable != PrintableStatus::CrashLoopBackOff {
                     self.printable = PrintableStatus::Stopping;
                 }
-                self.ready = (false, "Stopping", "the launcher is stopping".into());
+                self.ready = ("False", "Stopping", "the launcher is stopping".into());
             }
         }
     }
@@ -377,13 +476,13 @@ impl<'o, 'a> Planner<'o, 'a> {
             }
             self.failure = Some(("InvalidSpec", problem.clone()));
             self.printable = PrintableStatus::Stopped;
-            self.ready = (false, "InvalidSpec", "the VM's spec cannot run".into());
+            self.ready = ("False", "InvalidSpec", "the VM's spec cannot run".into());
             return;
         }
         if automatic && let Some(wait) = self.backoff_left() {
             self.printable = PrintableStatus::CrashLoopBackOff;
             self.ready = (
-                false,
+                "False",
                 "CrashLoopBackOff",
                 format!("the VM failed; next start in {}s", wait.as_secs()),
             );
@@ -410,7 +509,7 @@ impl<'o, 'a> Planner<'o, 'a> {
         self.phase = Some(Phase::Pending);
         self.printable = PrintableStatus::Starting;
         self.failure = None;
-        self.ready = (false, "Starting", "the launcher is starting".into());
+        self.ready = ("False", "Starting", "the launcher is starting".into());
     }
 
     /// The status of a launcher that is pending or running.
@@ -428,19 +527,14 @@ impl<'o, 'a> Planner<'o, 'a> {
                 });
                 if let Some(why) = unschedulable {
                     self.printable = PrintableStatus::ErrorUnschedulable;
-                    self.ready = (false, "Unschedulable", why.clone());
+                    self.ready = ("False", "Unschedulable", why.clone());
                 } else {
                     self.printable = PrintableStatus::Starting;
-                    self.ready = (false, "Starting", "the launcher is starting".into());
+                    self.ready = ("False", "Starting", "the launcher is starting".into());
                 }
             }
             Launcher::Running { since, .. } => {
-                if self.phase != Some(Phase::Running) {
-                    self.event(EventKind::Normal, "Started", "the VM's launcher is running".into());
-                }
-                self.phase = Some(Phase::Running);
-                self.printable = PrintableStatus::Running;
-                self.ready = (true, "Running", "the VM's launcher is running".into());
+                self.track_guest();
                 if self.start_failure.is_some() {
                     let ran = duration_between(*since, obs.now);
                     if ran >= BACKOFF_RESET_AFTER {
@@ -454,6 +548,56 @@ impl<'o, 'a> Planner<'o, 'a> {
         }
     }
 
+    /// The status of a running launcher's guest, from its node's report: running only once the launcher says so.
+    fn track_guest(&mut self) {
+        let report = self.report;
+        let said = |default: &str| report.and_then(|r| r.message.clone()).unwrap_or_else(|| default.into());
+        let state = report.map_or(ReportedState::Starting, |r| r.state);
+        let (phase, printable, ready) = match state {
+            ReportedState::Starting => (
+                Phase::Scheduled,
+                PrintableStatus::Starting,
+                ("False", "Starting", "the launcher is starting the VM".to_owned()),
+            ),
+            ReportedState::Running => (
+                Phase::Running,
+                PrintableStatus::Running,
+                ("True", "Running", said("the guest is running")),
+            ),
+            ReportedState::Paused => (
+                Phase::Running,
+                PrintableStatus::Paused,
+                ("False", "Paused", said("the guest is paused")),
+            ),
+            ReportedState::ShuttingDown => (
+                Phase::Running,
+                PrintableStatus::Stopping,
+                ("False", "ShuttingDown", said("the guest is shutting down")),
+            ),
+            // The guest is over and the launcher exits next; its Pod will say how it ended.
+            ReportedState::Stopped | ReportedState::Failed | ReportedState::Exited => {
+                self.printable = PrintableStatus::Stopping;
+                self.ready = (
+                    "False",
+                    "Stopping",
+                    "the guest has ended; its launcher is exiting".into(),
+                );
+                return;
+            }
+            // Nobody can vouch for the guest: what was known of it stands, but not its readiness.
+            ReportedState::Unreachable | ReportedState::Lost => {
+                self.ready = ("Unknown", "LauncherUnreachable", said("the launcher does not answer"));
+                return;
+            }
+        };
+        if phase == Phase::Running && self.phase != Some(Phase::Running) {
+            self.event(EventKind::Normal, "Started", "the VM is running".into());
+        }
+        self.phase = Some(phase);
+        self.printable = printable;
+        self.ready = ready;
+    }
+
     /// Records how a run ended (its event once: the phase says whether it was seen already).
     fn ended(&mut self, exit: &Exit) {
         match exit {
@@ -463,15 +607,15 @@ impl<'o, 'a> Planner<'o, 'a> {
                 }
                 self.phase = Some(Phase::Succeeded);
                 self.failure = None;
-                self.ready = (false, "Succeeded", "the guest shut down".into());
+                self.ready = ("False", "Succeeded", "the guest shut down".into());
             }
-            Exit::Failed { code, reason } => {
-                let (why, message) = failure_of(*code, reason.as_deref());
+            Exit::Failed { .. } | Exit::Lost { .. } => {
+                let (why, message) = failure_of(exit);
                 if self.phase != Some(Phase::Failed) {
                     self.event(EventKind::Warning, why, message.clone());
                 }
                 self.phase = Some(Phase::Failed);
-                self.ready = (false, why, message.clone());
+                self.ready = ("False", why, message.clone());
                 self.failure = Some((why, message));
             }
         }
@@ -510,7 +654,7 @@ impl<'o, 'a> Planner<'o, 'a> {
     fn stop(&mut self) {
         let obs = self.obs;
         self.start_failure = None;
-        self.ready = (false, "Stopped", "the VM is not running".into());
+        self.ready = ("False", "Stopped", "the VM is not running".into());
         match &obs.launcher {
             Launcher::Absent => {
                 self.consume_request |= obs.request == Some(RunRequest::Stop);
@@ -521,7 +665,7 @@ impl<'o, 'a> Planner<'o, 'a> {
             Launcher::Terminating { .. } => {
                 self.consume_request |= obs.request == Some(RunRequest::Stop);
                 self.printable = PrintableStatus::Stopping;
-                self.ready = (false, "Stopping", "the launcher is stopping".into());
+                self.ready = ("False", "Stopping", "the launcher is stopping".into());
             }
             Launcher::Pending { .. } | Launcher::Running { .. } | Launcher::Ended { .. } => {
                 self.consume_request |= obs.request == Some(RunRequest::Stop);
@@ -532,7 +676,7 @@ impl<'o, 'a> Planner<'o, 'a> {
                 }
                 self.action = LauncherAction::Delete;
                 self.printable = PrintableStatus::Stopping;
-                self.ready = (false, "Stopping", "the launcher is stopping".into());
+                self.ready = ("False", "Stopping", "the launcher is stopping".into());
             }
         }
     }
@@ -543,14 +687,14 @@ impl<'o, 'a> Planner<'o, 'a> {
             Launcher::Absent => {
                 self.printable = PrintableStatus::Stopped;
                 if let Some(Phase::Succeeded) = self.phase {
-                    self.ready = (false, "Succeeded", "the guest shut down".into());
+                    self.ready = ("False", "Succeeded", "the guest shut down".into());
                 }
             }
             Launcher::Pending { .. } | Launcher::Running { .. } => self.track_live(),
             Launcher::Ended { exit, .. } => self.ended(exit),
             Launcher::Terminating { .. } => {
                 self.printable = PrintableStatus::Stopping;
-                self.ready = (false, "Stopping", "the launcher is stopping".into());
+                self.ready = ("False", "Stopping", "the launcher is stopping".into());
             }
         }
     }
@@ -558,7 +702,7 @@ impl<'o, 'a> Planner<'o, 'a> {
     fn delete_vm(&mut self) {
         let obs = self.obs;
         self.printable = PrintableStatus::Terminating;
-        self.ready = (false, "Terminating", "the VM is being deleted".into());
+        self.ready = ("False", "Terminating", "the VM is being deleted".into());
         match &obs.launcher {
             Launcher::Absent => self.release = true,
             Launcher::Terminating { .. } => {}
@@ -591,7 +735,7 @@ impl<'o, 'a> Planner<'o, 'a> {
         }
         self.phase = Some(Phase::Failed);
         self.printable = PrintableStatus::Unknown;
-        self.ready = (false, "NodeUnresponsive", message.clone());
+        self.ready = ("False", "NodeUnresponsive", message.clone());
         self.failure = Some(("NodeUnresponsive", message));
         self.requeue_after = Some(NODE_LOST_RECHECK);
     }
@@ -615,7 +759,7 @@ impl<'o, 'a> Planner<'o, 'a> {
             conditions.push(condition(
                 previous,
                 ConditionType::Failure,
-                true,
+                "True",
                 reason,
                 message,
                 obs.now,
@@ -671,12 +815,18 @@ const FAILURE_REASONS: &[&str] = &[
     "GuestCrashed",
     "LauncherKilled",
     "LauncherVanished",
+    "LauncherLost",
     "InvalidSpec",
     "NodeUnresponsive",
 ];
 
-/// The Failure reason and message for a launcher's exit code (docs/launcher.md).
-fn failure_of(code: Option<i32>, reason: Option<&str>) -> (&'static str, String) {
+/// The Failure reason and message for how a launcher's run failed: its exit code (docs/launcher.md), or its loss.
+fn failure_of(exit: &Exit) -> (&'static str, String) {
+    let (code, reason) = match exit {
+        Exit::Succeeded => return ("Succeeded", "the guest shut down".into()),
+        Exit::Lost { message } => return ("LauncherLost", format!("the launcher was lost: {message}")),
+        Exit::Failed { code, reason } => (*code, reason.as_deref()),
+    };
     let detail = reason.map(|r| format!(" ({r})")).unwrap_or_default();
     match code {
         Some(1) => ("LauncherFailed", format!("the launcher could not run the VM{detail}")),
@@ -702,12 +852,11 @@ fn request_name(request: &RunRequest) -> String {
 fn condition(
     previous: &VirtualMachineStatus,
     condition_type: ConditionType,
-    status: bool,
+    status: &str,
     reason: &str,
     message: &str,
     now: Timestamp,
 ) -> Condition {
-    let status = if status { "True" } else { "False" };
     let last_transition_time = previous
         .conditions
         .iter()
@@ -738,12 +887,41 @@ mod tests {
         Timestamp::from_second(T0 + seconds).unwrap()
     }
 
+    /// A status following the launcher pod `l1`, whose node reports its guest running.
     fn status(phase: Option<Phase>, printable: Option<PrintableStatus>) -> VirtualMachineStatus {
         VirtualMachineStatus {
             phase,
             printable_status: printable,
+            launcher_pod: Some("l1".into()),
+            launcher: Some(report(ReportedState::Running)),
             ..VirtualMachineStatus::default()
         }
+    }
+
+    fn report(state: ReportedState) -> LauncherReport {
+        LauncherReport {
+            pod: "l1".into(),
+            node: "n1".into(),
+            state,
+            guest_exit: None,
+            exit_code: None,
+            message: None,
+        }
+    }
+
+    /// The status as read after the controller applied `plan`'s over `previous`, still following `l1`.
+    fn as_read(plan: &Plan, previous: &VirtualMachineStatus) -> VirtualMachineStatus {
+        let mut applied = plan.status.clone();
+        applied.launcher_pod = Some("l1".into());
+        let mut read = previous.clone();
+        crate::vm_status::write_controller_part(&mut read, &applied);
+        read
+    }
+
+    /// `status` with the node's report on `l1` replaced.
+    fn reporting(mut status: VirtualMachineStatus, report: LauncherReport) -> VirtualMachineStatus {
+        status.launcher = Some(report);
+        status
     }
 
     fn pending(node: Option<&str>) -> Launcher {
@@ -974,14 +1152,15 @@ mod tests {
 
     #[test]
     fn ready_follows_the_running_launcher() {
-        let previous = VirtualMachineStatus::default();
+        let previous = status(None, None);
         let plan = plan(&observe(Always, &previous, running(0), 5));
         assert_eq!(condition_of(&plan, ConditionType::Ready), Some(("True", "Running")));
         assert_eq!(condition_of(&plan, ConditionType::Failure), None);
         assert_eq!(plan.status.node_name.as_deref(), Some("n1"));
         assert_eq!(reasons(&plan), ["Started"]);
         // Seen again: the same status, the transition time kept, no second event.
-        let again = super::plan(&observe(Always, &plan.status, running(0), 50));
+        let read = as_read(&plan, &previous);
+        let again = super::plan(&observe(Always, &read, running(0), 50));
         assert_eq!(again.status, plan.status);
         assert!(again.events.is_empty());
     }
@@ -1239,7 +1418,8 @@ mod tests {
         );
         assert_eq!(reasons(&lost), ["NodeUnresponsive"]);
         assert_eq!(lost.requeue_after, Some(NODE_LOST_RECHECK));
-        obs.status = &lost.status;
+        let read = as_read(&lost, &previous);
+        obs.status = &read;
         assert!(plan(&obs).events.is_empty(), "reported once");
         // The node answers again, its launcher still running: the VM is running.
         obs.node = NodeHealth::Alive;
@@ -1279,5 +1459,244 @@ mod tests {
             .map(|t| (t.phase, t.phase_transition_timestamp.0))
             .collect();
         assert_eq!(phases, [(Running, at(1)), (Succeeded, at(10)), (Pending, at(11))]);
+    }
+
+    /// A plan's phase, printable status, Ready condition (status, reason, message) and events.
+    type Seen = (Option<Phase>, Option<P>, (String, String, String), Vec<&'static str>);
+
+    #[test]
+    fn a_running_launchers_guest_is_as_its_node_reports_it() {
+        let previous = status(Some(Scheduled), Some(P::Starting));
+        let seen = |report: Option<LauncherReport>| {
+            let mut previous = previous.clone();
+            previous.launcher = report;
+            let plan = plan(&observe(Always, &previous, running(0), 5));
+            assert_eq!(plan.action, Nothing);
+            let ready = plan
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.condition_type == ConditionType::Ready)
+                .map(|c| (c.status.clone(), c.reason.clone().unwrap(), c.message.clone().unwrap()))
+                .unwrap();
+            (plan.status.phase, plan.status.printable_status, ready, reasons(&plan))
+        };
+        let ready =
+            |status: &str, reason: &str, message: &str| (status.to_owned(), reason.to_owned(), message.to_owned());
+        let other_pod = LauncherReport {
+            pod: "l0".into(),
+            ..report(ReportedState::Running)
+        };
+        let cases: Vec<(&str, Option<LauncherReport>, Seen)> = vec![
+            (
+                "no report yet",
+                None,
+                (
+                    Some(Scheduled),
+                    Some(P::Starting),
+                    ready("False", "Starting", "the launcher is starting the VM"),
+                    vec![],
+                ),
+            ),
+            (
+                "a report on an earlier pod",
+                Some(other_pod),
+                (
+                    Some(Scheduled),
+                    Some(P::Starting),
+                    ready("False", "Starting", "the launcher is starting the VM"),
+                    vec![],
+                ),
+            ),
+            (
+                "the launcher sets the guest up",
+                Some(report(ReportedState::Starting)),
+                (
+                    Some(Scheduled),
+                    Some(P::Starting),
+                    ready("False", "Starting", "the launcher is starting the VM"),
+                    vec![],
+                ),
+            ),
+            (
+                "the guest runs",
+                Some(LauncherReport {
+                    message: Some("domain state running (booted)".into()),
+                    ..report(ReportedState::Running)
+                }),
+                (
+                    Some(Running),
+                    Some(P::Running),
+                    ready("True", "Running", "domain state running (booted)"),
+                    vec!["Started"],
+                ),
+            ),
+            (
+                "the guest is paused",
+                Some(report(ReportedState::Paused)),
+                (
+                    Some(Running),
+                    Some(P::Paused),
+                    ready("False", "Paused", "the guest is paused"),
+                    vec!["Started"],
+                ),
+            ),
+            (
+                "the guest shuts down",
+                Some(report(ReportedState::ShuttingDown)),
+                (
+                    Some(Running),
+                    Some(P::Stopping),
+                    ready("False", "ShuttingDown", "the guest is shutting down"),
+                    vec!["Started"],
+                ),
+            ),
+            (
+                "the guest has ended, its pod not yet",
+                Some(LauncherReport {
+                    guest_exit: Some(GuestExit::ShutDown),
+                    ..report(ReportedState::Stopped)
+                }),
+                (
+                    Some(Scheduled),
+                    Some(P::Stopping),
+                    ready("False", "Stopping", "the guest has ended; its launcher is exiting"),
+                    vec![],
+                ),
+            ),
+            (
+                "the launcher does not answer",
+                Some(LauncherReport {
+                    message: Some("the launcher has not answered since 1970-01-01T00:01:50Z".into()),
+                    ..report(ReportedState::Unreachable)
+                }),
+                (
+                    Some(Scheduled),
+                    Some(P::Starting),
+                    ready(
+                        "Unknown",
+                        "LauncherUnreachable",
+                        "the launcher has not answered since 1970-01-01T00:01:50Z",
+                    ),
+                    vec![],
+                ),
+            ),
+        ];
+        for (what, report, expected) in cases {
+            assert_eq!(seen(report), expected, "{what}");
+        }
+        // Paused after running: no second Started.
+        let was_running = status(Some(Running), Some(P::Running));
+        let paused = plan(&observe(
+            Always,
+            &reporting(was_running, report(ReportedState::Paused)),
+            running(0),
+            5,
+        ));
+        assert!(paused.events.is_empty());
+        assert_eq!(paused.status.printable_status, Some(P::Paused));
+    }
+
+    #[test]
+    fn a_launcher_its_node_lost_ends_its_run_as_the_strategy_says() {
+        let lost = LauncherReport {
+            message: Some("the launcher has not answered since 1970-01-01T00:01:50Z".into()),
+            ..report(ReportedState::Lost)
+        };
+        let previous = reporting(status(Some(Running), Some(P::Running)), lost);
+        let always = plan(&observe(Always, &previous, running(0), 100));
+        assert_eq!(always.action, Delete, "the lost launcher makes way for the next");
+        assert_eq!(always.status.phase, Some(Failed));
+        assert_eq!(always.status.printable_status, Some(P::CrashLoopBackOff));
+        assert_eq!(
+            condition_of(&always, ConditionType::Failure),
+            Some(("True", "LauncherLost"))
+        );
+        assert_eq!(always.status.start_failure.as_ref().unwrap().consecutive_fail_count, 1);
+        assert_eq!(reasons(&always), ["LauncherLost"]);
+
+        let once = plan(&observe(Once, &previous, running(0), 100));
+        assert_eq!((once.action, once.status.phase), (Nothing, Some(Failed)));
+        assert_eq!(once.status.printable_status, Some(P::Stopped));
+    }
+
+    #[test]
+    fn a_launcher_gone_with_its_pod_ended_as_its_node_saw_it() {
+        let was_running = status(Some(Running), Some(P::Running));
+        let exited = |code| LauncherReport {
+            exit_code: Some(code),
+            ..report(ReportedState::Exited)
+        };
+        for (strategy, report, action, phase, failure, event) in [
+            (Always, exited(4), Nothing, Failed, Some("GuestCrashed"), "GuestCrashed"),
+            (
+                Once,
+                exited(3),
+                Nothing,
+                Failed,
+                Some("GuestDestroyed"),
+                "GuestDestroyed",
+            ),
+            (RerunOnFailure, exited(0), Nothing, Succeeded, None, "Succeeded"),
+            (Always, exited(0), Create, Pending, None, "Succeeded"),
+            (
+                Once,
+                LauncherReport {
+                    guest_exit: Some(GuestExit::Crashed),
+                    ..report(ReportedState::Stopped)
+                },
+                Nothing,
+                Failed,
+                Some("GuestCrashed"),
+                "GuestCrashed",
+            ),
+            (
+                Once,
+                report(ReportedState::Lost),
+                Nothing,
+                Failed,
+                Some("LauncherLost"),
+                "LauncherLost",
+            ),
+            (
+                Once,
+                report(ReportedState::Running),
+                Nothing,
+                Failed,
+                Some("LauncherVanished"),
+                "LauncherVanished",
+            ),
+        ] {
+            let what = format!("{strategy:?} {report:?}");
+            let previous = reporting(was_running.clone(), report);
+            let plan = plan(&observe(strategy, &previous, Launcher::Absent, 10));
+            assert_eq!((plan.action, plan.status.phase), (action, Some(phase)), "{what}");
+            assert_eq!(
+                condition_of(&plan, ConditionType::Failure).map(|(_, reason)| reason),
+                failure,
+                "{what}"
+            );
+            assert_eq!(reasons(&plan)[0], event, "{what}");
+        }
+    }
+
+    #[test]
+    fn an_ended_pod_without_an_exit_code_takes_its_nodes() {
+        let previous = reporting(
+            status(Some(Running), Some(P::Running)),
+            LauncherReport {
+                exit_code: Some(3),
+                ..report(ReportedState::Exited)
+            },
+        );
+        let launcher = ended(Exit::Failed {
+            code: None,
+            reason: Some("Error".into()),
+        });
+        let plan = plan(&observe(Once, &previous, launcher, 10));
+        assert_eq!(
+            condition_of(&plan, ConditionType::Failure),
+            Some(("True", "GuestDestroyed"))
+        );
     }
 }

@@ -1,14 +1,29 @@
-//! The part of a VirtualMachine's status that the VM's node owns, derived from what its launcher says.
+//! Who writes which field of a VirtualMachine's status, and the node role's part of it.
 //!
-//! Pure: no Kubernetes I/O, so the node role (which applies it to the API server) and the standalone mode (which
-//! writes it into a file) report a VM the same way. The controller owns the rest of the status (restart count,
-//! the phases before the launcher pod reaches a node).
+//! Two writers share the status by server-side apply, and no field is written by both:
+//!
+//! | field | writer (field manager) |
+//! | --- | --- |
+//! | `phase`, `printableStatus`, conditions `Ready` and `Failure`, `nodeName`, `launcherPod`, `restartCount`, `startFailure`, `phaseTransitionTimestamps` | the controller (`vmlet-controller`) |
+//! | `interfaces`, condition `Paused`, `launcher` (the node's report on the launcher) | the node role (`vmlet-node`) |
+//!
+//! The node role reports what it alone observes (the control socket, a launcher gone silent, an exit code kept past
+//! its Pod's deletion) and judges nothing; the controller derives the VM's phase from the launcher's Pod and that
+//! report (`crate::lifecycle`). `conditions` is a list keyed by type, so each writer owns its own entries.
+//!
+//! Pure: no Kubernetes I/O, so the node role (which applies its part to the API server) and the standalone mode
+//! (which merges it into a file) report a VM the same way.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
-use vmlet_api::{Condition, ConditionType, InterfaceStatus, Phase, PrintableStatus, VirtualMachineStatus};
+use vmlet_api::{
+    Condition, ConditionType, GuestExit, InterfaceStatus, LauncherReport, ReportedState, VirtualMachineStatus,
+};
 use vmlet_control::{Exit, Phase as LauncherPhase, Status};
+
+/// The conditions the node role writes; the controller writes the others.
+pub const NODE_CONDITIONS: [ConditionType; 1] = [ConditionType::Paused];
 
 /// What is known of a VM's launcher.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,31 +49,23 @@ pub enum Loss {
     PodGone,
 }
 
-/// The launcher's exit codes (`docs/launcher.md`).
-const EXIT_STOPPED: i32 = 0;
-const EXIT_NEVER_RAN: i32 = 1;
-const EXIT_DESTROYED: i32 = 3;
-const EXIT_CRASHED: i32 = 4;
-
-/// The fields of [`VirtualMachineStatus`] the node owns. Serializes to exactly those fields, in the API's JSON
-/// form, so that a server-side apply of it claims nothing else.
+/// The fields of [`VirtualMachineStatus`] the node role owns. Serializes to exactly those fields, in the API's
+/// JSON form, so that a server-side apply of it claims nothing else.
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
-    pub phase: Phase,
-    pub printable_status: PrintableStatus,
-    /// Ready, Paused and Failure, in that order.
+    /// The Paused condition, and only it.
     pub conditions: Vec<Condition>,
+    /// The guest's interfaces while its launcher is up; none once it has ended (the apply then drops them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceStatus>,
-    pub node_name: String,
-    pub launcher_pod: String,
+    pub launcher: LauncherReport,
 }
 
 impl NodeStatus {
-    /// Derives the node's fields from the launcher's state. `previous` is the VM's status as last written, so
-    /// that a condition whose status did not change keeps its `lastTransitionTime`, and an unreachable launcher's
-    /// VM keeps what was last known of it.
+    /// Derives the node's fields from the launcher's state. `previous` is the VM's status as last read, so that the
+    /// Paused condition keeps its `lastTransitionTime` while its status holds, and what the launcher said of its
+    /// guest (how it ended, and while it is unreachable, its addresses and pause) outlives the launcher.
     pub fn derive(
         launcher: &LauncherState,
         previous: Option<&VirtualMachineStatus>,
@@ -68,293 +75,172 @@ impl NodeStatus {
     ) -> NodeStatus {
         // The API keeps whole seconds; so does this, so that what was written compares equal to what is read back.
         let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-        let outline = outline(launcher, previous);
-        let previous_conditions = previous.map_or(&[][..], |p| &p.conditions[..]);
-        let conditions = outline
-            .conditions
-            .into_iter()
-            .map(|c| {
-                let last_transition_time = previous_conditions
-                    .iter()
-                    .find(|p| p.condition_type == c.condition_type && p.status == c.status)
-                    .and_then(|p| p.last_transition_time.clone())
-                    .unwrap_or_else(|| now.clone());
-                Condition {
-                    condition_type: c.condition_type,
-                    status: c.status,
-                    reason: Some(c.reason),
-                    message: c.message,
-                    last_transition_time: Some(last_transition_time),
+        // This pod's last report; one on another pod says nothing about this one.
+        let earlier = previous.and_then(|p| p.launcher.as_ref()).filter(|r| r.pod == pod);
+        let previous_paused = previous
+            .and_then(|p| p.conditions.iter().find(|c| c.condition_type == ConditionType::Paused))
+            .filter(|_| earlier.is_some());
+        let report = |state: ReportedState, message: Option<String>| LauncherReport {
+            pod: pod.to_owned(),
+            node: node.to_owned(),
+            state,
+            guest_exit: earlier.and_then(|r| r.guest_exit),
+            exit_code: None,
+            message,
+        };
+        let (report, paused, interfaces) = match launcher {
+            LauncherState::Starting => (report(ReportedState::Starting, None), false, Vec::new()),
+            LauncherState::Answered(status) => {
+                let state = match status.phase {
+                    LauncherPhase::Starting => ReportedState::Starting,
+                    LauncherPhase::Running => ReportedState::Running,
+                    LauncherPhase::Paused => ReportedState::Paused,
+                    LauncherPhase::ShuttingDown => ReportedState::ShuttingDown,
+                    LauncherPhase::Stopped => ReportedState::Stopped,
+                    LauncherPhase::Failed => ReportedState::Failed,
+                };
+                // libvirt's own word on the domain, for people.
+                let message = status
+                    .domain_state
+                    .as_ref()
+                    .map(|state| format!("domain state {state}"));
+                let mut report = report(state, message);
+                report.guest_exit = status.exit.map(guest_exit).or(report.guest_exit);
+                let up = matches!(
+                    state,
+                    ReportedState::Running | ReportedState::Paused | ReportedState::ShuttingDown
+                );
+                let interfaces = if up {
+                    status.interfaces.iter().map(interface).collect()
+                } else {
+                    Vec::new()
+                };
+                (report, state == ReportedState::Paused, interfaces)
+            }
+            LauncherState::Unreachable { since } => match earlier {
+                // A launcher that said its guest is over exits next: its silence is no news.
+                Some(said) if matches!(said.state, ReportedState::Stopped | ReportedState::Failed) => {
+                    (said.clone(), false, Vec::new())
                 }
-            })
-            .collect();
+                // What was last known of the guest stands; nobody can vouch for it any more.
+                _ => (
+                    report(
+                        ReportedState::Unreachable,
+                        Some(format!("the launcher has not answered since {since}")),
+                    ),
+                    previous_paused.is_some_and(|c| c.status == "True"),
+                    previous
+                        .filter(|_| earlier.is_some())
+                        .map(|p| p.interfaces.clone())
+                        .unwrap_or_default(),
+                ),
+            },
+            LauncherState::Exited { code } => {
+                let mut report = report(ReportedState::Exited, None);
+                report.exit_code = Some(*code);
+                (report, false, Vec::new())
+            }
+            LauncherState::Lost(loss) => {
+                let message = match loss {
+                    Loss::Unreachable { since } => format!("the launcher has not answered since {since}"),
+                    Loss::PodGone => "the launcher's pod is gone".to_owned(),
+                };
+                (report(ReportedState::Lost, Some(message)), false, Vec::new())
+            }
+        };
+        let status = if paused { "True" } else { "False" };
+        let last_transition_time = previous_paused
+            .filter(|c| c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or(now);
         NodeStatus {
-            phase: outline.phase,
-            printable_status: outline.printable,
-            conditions,
-            interfaces: outline.interfaces,
-            node_name: node.to_owned(),
-            launcher_pod: pod.to_owned(),
+            conditions: vec![Condition {
+                condition_type: ConditionType::Paused,
+                status: status.to_owned(),
+                reason: Some(if paused { "Paused" } else { "NotPaused" }.to_owned()),
+                message: None,
+                last_transition_time: Some(last_transition_time),
+            }],
+            interfaces,
+            launcher: report,
         }
     }
 
     /// Whether `status` already holds exactly these fields.
     pub fn is_reflected_in(&self, status: &VirtualMachineStatus) -> bool {
-        status.phase == Some(self.phase)
-            && status.printable_status == Some(self.printable_status)
-            && status.conditions == self.conditions
-            && status.interfaces == self.interfaces
-            && status.node_name.as_deref() == Some(self.node_name.as_str())
-            && status.launcher_pod.as_deref() == Some(self.launcher_pod.as_str())
+        let mut written = status.clone();
+        self.write_into(&mut written);
+        written == *status
     }
 
-    /// Writes these fields into `status`, leaving the others as they are.
+    /// What a server-side apply of these fields makes of `status`: the node's fields replaced, the controller's
+    /// left as they are.
     pub fn write_into(&self, status: &mut VirtualMachineStatus) {
-        status.phase = Some(self.phase);
-        status.printable_status = Some(self.printable_status);
-        status.conditions.clone_from(&self.conditions);
+        // In place: the API keeps a keyed list's order, and a reordered list would not compare equal.
+        status.conditions.retain(|c| {
+            !NODE_CONDITIONS.contains(&c.condition_type)
+                || self.conditions.iter().any(|own| own.condition_type == c.condition_type)
+        });
+        for condition in &self.conditions {
+            match status
+                .conditions
+                .iter_mut()
+                .find(|c| c.condition_type == condition.condition_type)
+            {
+                Some(existing) => *existing = condition.clone(),
+                None => status.conditions.push(condition.clone()),
+            }
+        }
         status.interfaces.clone_from(&self.interfaces);
-        status.node_name = Some(self.node_name.clone());
-        status.launcher_pod = Some(self.launcher_pod.clone());
-    }
-
-    /// Whether the VM has ended: nothing the launcher says later can change these fields.
-    pub fn is_final(&self) -> bool {
-        matches!(self.phase, Phase::Succeeded | Phase::Failed)
+        status.launcher = Some(self.launcher.clone());
     }
 }
 
-/// A condition before its transition time is known.
-struct ConditionOutline {
-    condition_type: ConditionType,
-    /// `True`, `False` or `Unknown`.
-    status: String,
-    reason: String,
-    message: Option<String>,
-}
-
-fn condition(condition_type: ConditionType, status: &str, reason: &str, message: Option<String>) -> ConditionOutline {
-    ConditionOutline {
-        condition_type,
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-    }
-}
-
-/// Everything but the conditions' transition times.
-struct Outline {
-    phase: Phase,
-    printable: PrintableStatus,
-    conditions: Vec<ConditionOutline>,
-    interfaces: Vec<InterfaceStatus>,
-}
-
-/// How a VM ended, as the conditions say it.
-struct Ending {
-    phase: Phase,
-    reason: &'static str,
-    message: String,
-}
-
-fn outline(launcher: &LauncherState, previous: Option<&VirtualMachineStatus>) -> Outline {
-    match launcher {
-        LauncherState::Starting => starting(),
-        LauncherState::Answered(status) => answered(status),
-        LauncherState::Unreachable { since } => unreachable(*since, previous),
-        LauncherState::Exited { code } => ended(exited(*code)),
-        LauncherState::Lost(loss) => ended(Ending {
-            phase: Phase::Failed,
-            reason: "LauncherLost",
-            message: match loss {
-                Loss::Unreachable { since } => format!("the launcher has not answered since {since}"),
-                Loss::PodGone => "the launcher's pod is gone".to_owned(),
-            },
-        }),
-    }
-}
-
-fn starting() -> Outline {
-    alive(
-        Phase::Scheduled,
-        PrintableStatus::Starting,
-        ("False", "Starting"),
-        None,
-        false,
-        Vec::new(),
-    )
-}
-
-fn answered(status: &Status) -> Outline {
-    // libvirt's own word on the domain, for people.
-    let domain = status
-        .domain_state
-        .as_ref()
-        .map(|state| format!("domain state {state}"));
-    let interfaces = status.interfaces.iter().map(interface).collect();
-    match status.phase {
-        LauncherPhase::Starting => starting(),
-        LauncherPhase::Running => alive(
-            Phase::Running,
-            PrintableStatus::Running,
-            ("True", "Running"),
-            domain,
-            false,
-            interfaces,
-        ),
-        LauncherPhase::Paused => alive(
-            Phase::Running,
-            PrintableStatus::Paused,
-            ("False", "Paused"),
-            domain,
-            true,
-            interfaces,
-        ),
-        LauncherPhase::ShuttingDown => alive(
-            Phase::Running,
-            PrintableStatus::Stopping,
-            ("False", "ShuttingDown"),
-            domain,
-            false,
-            interfaces,
-        ),
-        LauncherPhase::Stopped => ended(match status.exit {
-            Some(Exit::PoweredOff) => stopped("PoweredOff", "the guest powered off"),
-            Some(Exit::ShutDown) => stopped("ShutDown", "the guest shut down"),
-            Some(Exit::Destroyed) => stopped("Destroyed", "the guest was destroyed"),
-            Some(Exit::Crashed) => crashed(),
-            None => stopped("Stopped", "the guest stopped"),
-        }),
-        LauncherPhase::Failed => ended(never_ran()),
-    }
-}
-
-fn exited(code: i32) -> Ending {
-    match code {
-        EXIT_STOPPED => stopped("Stopped", "the guest powered off or shut down"),
-        EXIT_NEVER_RAN => never_ran(),
-        EXIT_DESTROYED => stopped("Destroyed", "the guest was destroyed"),
-        EXIT_CRASHED => crashed(),
-        code => Ending {
-            phase: Phase::Failed,
-            reason: "LauncherExited",
-            message: format!("the launcher exited with code {code}"),
-        },
-    }
-}
-
-fn stopped(reason: &'static str, message: &str) -> Ending {
-    Ending {
-        phase: Phase::Succeeded,
-        reason,
-        message: message.to_owned(),
-    }
-}
-
-fn crashed() -> Ending {
-    Ending {
-        phase: Phase::Failed,
-        reason: "GuestCrashed",
-        message: "the guest crashed or QEMU died".to_owned(),
-    }
-}
-
-fn never_ran() -> Ending {
-    Ending {
-        phase: Phase::Failed,
-        reason: "LauncherFailed",
-        message: "the launcher could not start the VM".to_owned(),
-    }
-}
-
-/// A VM whose launcher is up.
-fn alive(
-    phase: Phase,
-    printable: PrintableStatus,
-    (ready, ready_reason): (&str, &str),
-    message: Option<String>,
-    paused: bool,
-    interfaces: Vec<InterfaceStatus>,
-) -> Outline {
-    let paused = if paused {
-        condition(ConditionType::Paused, "True", "Paused", None)
-    } else {
-        not_paused()
-    };
-    Outline {
-        phase,
-        printable,
-        conditions: vec![
-            condition(ConditionType::Ready, ready, ready_reason, message),
-            paused,
-            no_failure(),
-        ],
-        interfaces,
-    }
-}
-
-/// A VM that has ended: not ready, not paused, failed or not, and no longer on the network.
-fn ended(ending: Ending) -> Outline {
-    let failure = if ending.phase == Phase::Failed {
-        condition(
-            ConditionType::Failure,
-            "True",
-            ending.reason,
-            Some(ending.message.clone()),
-        )
-    } else {
-        no_failure()
-    };
-    Outline {
-        phase: ending.phase,
-        printable: PrintableStatus::Stopped,
-        conditions: vec![
-            condition(ConditionType::Ready, "False", ending.reason, Some(ending.message)),
-            not_paused(),
-            failure,
-        ],
+/// The fields of `status` the controller owns: what it applies.
+pub fn controller_part(status: &VirtualMachineStatus) -> VirtualMachineStatus {
+    VirtualMachineStatus {
+        phase: status.phase,
+        printable_status: status.printable_status,
+        conditions: status
+            .conditions
+            .iter()
+            .filter(|c| !NODE_CONDITIONS.contains(&c.condition_type))
+            .cloned()
+            .collect(),
         interfaces: Vec::new(),
+        node_name: status.node_name.clone(),
+        launcher_pod: status.launcher_pod.clone(),
+        restart_count: status.restart_count,
+        start_failure: status.start_failure.clone(),
+        phase_transition_timestamps: status.phase_transition_timestamps.clone(),
+        launcher: None,
     }
 }
 
-/// A VM whose launcher does not answer: what was last known of it stands, except that nobody can vouch that it is
-/// ready.
-fn unreachable(since: Timestamp, previous: Option<&VirtualMachineStatus>) -> Outline {
-    let kept = |condition_type: ConditionType, default: fn() -> ConditionOutline| {
-        previous
-            .and_then(|p| p.conditions.iter().find(|c| c.condition_type == condition_type))
-            .map_or_else(default, |c| ConditionOutline {
-                condition_type,
-                status: c.status.clone(),
-                reason: c.reason.clone().unwrap_or_default(),
-                message: c.message.clone(),
-            })
-    };
-    Outline {
-        phase: previous.and_then(|p| p.phase).unwrap_or(Phase::Unknown),
-        printable: previous
-            .and_then(|p| p.printable_status)
-            .unwrap_or(PrintableStatus::Unknown),
-        conditions: vec![
-            condition(
-                ConditionType::Ready,
-                "Unknown",
-                "LauncherUnreachable",
-                Some(format!("the launcher has not answered since {since}")),
-            ),
-            kept(ConditionType::Paused, not_paused),
-            kept(ConditionType::Failure, no_failure),
-        ],
-        interfaces: previous.map(|p| p.interfaces.clone()).unwrap_or_default(),
+/// What a server-side apply of the controller's fields (`applied`, as [`controller_part`] gives them) makes of
+/// `status`: the controller's fields replaced, the node's left as they are.
+#[cfg(test)]
+pub fn write_controller_part(status: &mut VirtualMachineStatus, applied: &VirtualMachineStatus) {
+    let node_conditions: Vec<Condition> = status
+        .conditions
+        .iter()
+        .filter(|c| NODE_CONDITIONS.contains(&c.condition_type))
+        .cloned()
+        .collect();
+    let (interfaces, launcher) = (std::mem::take(&mut status.interfaces), status.launcher.take());
+    *status = controller_part(applied);
+    status.conditions.extend(node_conditions);
+    status.interfaces = interfaces;
+    status.launcher = launcher;
+}
+
+fn guest_exit(exit: Exit) -> GuestExit {
+    match exit {
+        Exit::PoweredOff => GuestExit::PoweredOff,
+        Exit::ShutDown => GuestExit::ShutDown,
+        Exit::Destroyed => GuestExit::Destroyed,
+        Exit::Crashed => GuestExit::Crashed,
     }
-}
-
-fn not_paused() -> ConditionOutline {
-    condition(ConditionType::Paused, "False", "NotPaused", None)
-}
-
-fn no_failure() -> ConditionOutline {
-    condition(ConditionType::Failure, "False", "NoFailure", None)
 }
 
 fn interface(launcher: &vmlet_control::InterfaceStatus) -> InterfaceStatus {
@@ -369,10 +255,15 @@ fn interface(launcher: &vmlet_control::InterfaceStatus) -> InterfaceStatus {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::{Value, json};
+    use vmlet_api::{Phase, PhaseTransition, PrintableStatus, StartFailure};
+
     use super::*;
 
     const NODE: &str = "node-a";
-    const POD: &str = "vm-web-abcde";
+    const POD: &str = "vmlet-launcher-web-abcde";
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(second).unwrap()
@@ -396,248 +287,94 @@ mod tests {
         })
     }
 
-    /// (Ready, Paused, Failure) as (status, reason).
-    type Summary = (Phase, PrintableStatus, [(&'static str, &'static str); 3], usize);
+    /// The report's state, guest exit and exit code; the Paused condition's status; how many interfaces.
+    type Summary = (ReportedState, Option<GuestExit>, Option<i32>, &'static str, usize);
 
-    fn summary(status: &NodeStatus) -> (Phase, PrintableStatus, Vec<(String, String)>, usize) {
+    fn summary(status: &NodeStatus) -> Summary {
+        let paused = match status.conditions[..] {
+            [ref paused] if paused.condition_type == ConditionType::Paused => paused.status.clone(),
+            ref other => panic!("not the Paused condition alone: {other:?}"),
+        };
         (
-            status.phase,
-            status.printable_status,
-            status
-                .conditions
-                .iter()
-                .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
-                .collect(),
+            status.launcher.state,
+            status.launcher.guest_exit,
+            status.launcher.exit_code,
+            if paused == "True" { "True" } else { "False" },
             status.interfaces.len(),
         )
     }
 
     #[test]
-    fn each_launcher_state_maps_to_phase_conditions_and_interfaces() {
+    fn each_launcher_state_is_reported_as_it_is() {
         use LauncherPhase as L;
-        use Phase::*;
-        use PrintableStatus as P;
+        use ReportedState as R;
         let cases: Vec<(LauncherState, Summary)> = vec![
-            (
-                LauncherState::Starting,
-                (
-                    Scheduled,
-                    P::Starting,
-                    [("False", "Starting"), ("False", "NotPaused"), ("False", "NoFailure")],
-                    0,
-                ),
-            ),
-            (
-                answered(L::Starting, None),
-                (
-                    Scheduled,
-                    P::Starting,
-                    [("False", "Starting"), ("False", "NotPaused"), ("False", "NoFailure")],
-                    0,
-                ),
-            ),
-            (
-                answered(L::Running, None),
-                (
-                    Running,
-                    P::Running,
-                    [("True", "Running"), ("False", "NotPaused"), ("False", "NoFailure")],
-                    1,
-                ),
-            ),
-            (
-                answered(L::Paused, None),
-                (
-                    Running,
-                    P::Paused,
-                    [("False", "Paused"), ("True", "Paused"), ("False", "NoFailure")],
-                    1,
-                ),
-            ),
+            (LauncherState::Starting, (R::Starting, None, None, "False", 0)),
+            (answered(L::Starting, None), (R::Starting, None, None, "False", 0)),
+            (answered(L::Running, None), (R::Running, None, None, "False", 1)),
+            (answered(L::Paused, None), (R::Paused, None, None, "True", 1)),
             (
                 answered(L::ShuttingDown, None),
-                (
-                    Running,
-                    P::Stopping,
-                    [
-                        ("False", "ShuttingDown"),
-                        ("False", "NotPaused"),
-                        ("False", "NoFailure"),
-                    ],
-                    1,
-                ),
+                (R::ShuttingDown, None, None, "False", 1),
             ),
             (
                 answered(L::Stopped, Some(Exit::PoweredOff)),
-                (
-                    Succeeded,
-                    P::Stopped,
-                    [("False", "PoweredOff"), ("False", "NotPaused"), ("False", "NoFailure")],
-                    0,
-                ),
-            ),
-            (
-                answered(L::Stopped, Some(Exit::ShutDown)),
-                (
-                    Succeeded,
-                    P::Stopped,
-                    [("False", "ShutDown"), ("False", "NotPaused"), ("False", "NoFailure")],
-                    0,
-                ),
-            ),
-            (
-                answered(L::Stopped, Some(Exit::Destroyed)),
-                (
-                    Succeeded,
-                    P::Stopped,
-                    [("False", "Destroyed"), ("False", "NotPaused"), ("False", "NoFailure")],
-                    0,
-                ),
+                (R::Stopped, Some(GuestExit::PoweredOff), None, "False", 0),
             ),
             (
                 answered(L::Stopped, Some(Exit::Crashed)),
-                (
-                    Failed,
-                    P::Stopped,
-                    [
-                        ("False", "GuestCrashed"),
-                        ("False", "NotPaused"),
-                        ("True", "GuestCrashed"),
-                    ],
-                    0,
-                ),
+                (R::Stopped, Some(GuestExit::Crashed), None, "False", 0),
             ),
-            (
-                answered(L::Failed, None),
-                (
-                    Failed,
-                    P::Stopped,
-                    [
-                        ("False", "LauncherFailed"),
-                        ("False", "NotPaused"),
-                        ("True", "LauncherFailed"),
-                    ],
-                    0,
-                ),
-            ),
+            (answered(L::Failed, None), (R::Failed, None, None, "False", 0)),
             (
                 LauncherState::Exited { code: 0 },
-                (
-                    Succeeded,
-                    P::Stopped,
-                    [("False", "Stopped"), ("False", "NotPaused"), ("False", "NoFailure")],
-                    0,
-                ),
-            ),
-            (
-                LauncherState::Exited { code: 1 },
-                (
-                    Failed,
-                    P::Stopped,
-                    [
-                        ("False", "LauncherFailed"),
-                        ("False", "NotPaused"),
-                        ("True", "LauncherFailed"),
-                    ],
-                    0,
-                ),
-            ),
-            (
-                LauncherState::Exited { code: 3 },
-                (
-                    Succeeded,
-                    P::Stopped,
-                    [("False", "Destroyed"), ("False", "NotPaused"), ("False", "NoFailure")],
-                    0,
-                ),
+                (R::Exited, None, Some(0), "False", 0),
             ),
             (
                 LauncherState::Exited { code: 4 },
-                (
-                    Failed,
-                    P::Stopped,
-                    [
-                        ("False", "GuestCrashed"),
-                        ("False", "NotPaused"),
-                        ("True", "GuestCrashed"),
-                    ],
-                    0,
-                ),
+                (R::Exited, None, Some(4), "False", 0),
             ),
             (
                 LauncherState::Exited { code: 137 },
-                (
-                    Failed,
-                    P::Stopped,
-                    [
-                        ("False", "LauncherExited"),
-                        ("False", "NotPaused"),
-                        ("True", "LauncherExited"),
-                    ],
-                    0,
-                ),
+                (R::Exited, None, Some(137), "False", 0),
             ),
-            (
-                LauncherState::Lost(Loss::PodGone),
-                (
-                    Failed,
-                    P::Stopped,
-                    [
-                        ("False", "LauncherLost"),
-                        ("False", "NotPaused"),
-                        ("True", "LauncherLost"),
-                    ],
-                    0,
-                ),
-            ),
+            (LauncherState::Lost(Loss::PodGone), (R::Lost, None, None, "False", 0)),
             (
                 LauncherState::Lost(Loss::Unreachable { since: at(50) }),
-                (
-                    Failed,
-                    P::Stopped,
-                    [
-                        ("False", "LauncherLost"),
-                        ("False", "NotPaused"),
-                        ("True", "LauncherLost"),
-                    ],
-                    0,
-                ),
+                (R::Lost, None, None, "False", 0),
             ),
             (
                 LauncherState::Unreachable { since: at(50) },
-                (
-                    Unknown,
-                    P::Unknown,
-                    [
-                        ("Unknown", "LauncherUnreachable"),
-                        ("False", "NotPaused"),
-                        ("False", "NoFailure"),
-                    ],
-                    0,
-                ),
+                (R::Unreachable, None, None, "False", 0),
             ),
         ];
-        for (launcher, (phase, printable, conditions, interfaces)) in cases {
+        for (launcher, expected) in cases {
             let status = NodeStatus::derive(&launcher, None, NODE, POD, at(100));
-            let expected = (
-                phase,
-                printable,
-                conditions
-                    .iter()
-                    .map(|(s, r)| ((*s).to_owned(), (*r).to_owned()))
-                    .collect::<Vec<_>>(),
-                interfaces,
-            );
             assert_eq!(summary(&status), expected, "{launcher:?}");
-            let types: Vec<_> = status.conditions.iter().map(|c| c.condition_type).collect();
             assert_eq!(
-                types,
-                [ConditionType::Ready, ConditionType::Paused, ConditionType::Failure]
+                (status.launcher.pod.as_str(), status.launcher.node.as_str()),
+                (POD, NODE)
             );
-            assert_eq!(status.node_name, NODE);
-            assert_eq!(status.launcher_pod, POD);
-            assert_eq!(status.is_final(), matches!(phase, Succeeded | Failed), "{launcher:?}");
         }
+    }
+
+    #[test]
+    fn messages_say_what_libvirt_and_the_silence_say() {
+        let running = NodeStatus::derive(&answered(LauncherPhase::Running, None), None, NODE, POD, at(100));
+        assert_eq!(
+            running.launcher.message.as_deref(),
+            Some("domain state running (booted)")
+        );
+        let lost = NodeStatus::derive(&LauncherState::Lost(Loss::PodGone), None, NODE, POD, at(100));
+        assert_eq!(lost.launcher.message.as_deref(), Some("the launcher's pod is gone"));
+        let silent = NodeStatus::derive(
+            &LauncherState::Lost(Loss::Unreachable { since: at(150) }),
+            None,
+            NODE,
+            POD,
+            at(200),
+        );
+        assert!(silent.launcher.message.unwrap().contains("1970-01-01T00:02:30Z"));
     }
 
     #[test]
@@ -667,29 +404,37 @@ mod tests {
         assert_eq!(status.interfaces[0].mac, None);
     }
 
+    fn paused_since(vm: &VirtualMachineStatus) -> (String, i64) {
+        let paused = vm
+            .conditions
+            .iter()
+            .find(|c| c.condition_type == ConditionType::Paused)
+            .unwrap();
+        (
+            paused.status.clone(),
+            paused.last_transition_time.as_ref().unwrap().0.as_second(),
+        )
+    }
+
     #[test]
-    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+    fn the_paused_condition_keeps_its_transition_time_until_its_status_changes() {
         let running = answered(LauncherPhase::Running, None);
         let paused = answered(LauncherPhase::Paused, None);
         let mut vm = VirtualMachineStatus::default();
-
-        NodeStatus::derive(&running, Some(&vm), NODE, POD, at(100)).write_into(&mut vm);
-        let times = |vm: &VirtualMachineStatus| -> Vec<i64> {
-            vm.conditions
-                .iter()
-                .map(|c| c.last_transition_time.as_ref().unwrap().0.as_second())
-                .collect()
-        };
-        assert_eq!(times(&vm), [100, 100, 100]);
-
-        NodeStatus::derive(&running, Some(&vm), NODE, POD, at(200)).write_into(&mut vm);
-        assert_eq!(times(&vm), [100, 100, 100], "nothing changed");
-
-        NodeStatus::derive(&paused, Some(&vm), NODE, POD, at(300)).write_into(&mut vm);
-        assert_eq!(times(&vm), [300, 300, 100], "Ready and Paused flipped");
-
-        NodeStatus::derive(&running, Some(&vm), NODE, POD, at(400)).write_into(&mut vm);
-        assert_eq!(times(&vm), [400, 400, 100]);
+        for (launcher, second, expected) in [
+            (&running, 100, ("False", 100)),
+            (&running, 200, ("False", 100)),
+            (&paused, 300, ("True", 300)),
+            (&paused, 350, ("True", 300)),
+            (&running, 400, ("False", 400)),
+        ] {
+            NodeStatus::derive(launcher, Some(&vm), NODE, POD, at(second)).write_into(&mut vm);
+            assert_eq!(paused_since(&vm), (expected.0.to_owned(), expected.1), "at {second}");
+        }
+        // The next pod's report starts afresh.
+        let next = NodeStatus::derive(&running, Some(&vm), NODE, "vmlet-launcher-web-fghij", at(500));
+        next.write_into(&mut vm);
+        assert_eq!(paused_since(&vm), ("False".to_owned(), 500));
     }
 
     #[test]
@@ -704,42 +449,83 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_launcher_keeps_what_was_known_but_not_readiness() {
+    fn an_unreachable_launcher_keeps_what_was_known_of_its_guest() {
         let mut vm = VirtualMachineStatus::default();
         NodeStatus::derive(&answered(LauncherPhase::Paused, None), None, NODE, POD, at(100)).write_into(&mut vm);
 
-        let status = NodeStatus::derive(
-            &LauncherState::Unreachable { since: at(150) },
-            Some(&vm),
-            NODE,
-            POD,
-            at(160),
-        );
-        assert_eq!(status.phase, Phase::Running);
-        assert_eq!(status.printable_status, PrintableStatus::Paused);
+        let silent = LauncherState::Unreachable { since: at(150) };
+        let status = NodeStatus::derive(&silent, Some(&vm), NODE, POD, at(160));
+        assert_eq!(status.launcher.state, ReportedState::Unreachable);
         assert_eq!(status.interfaces, vm.interfaces);
-        let ready = &status.conditions[0];
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_deref()),
-            ("Unknown", Some("LauncherUnreachable"))
-        );
-        assert_eq!(ready.last_transition_time, Some(Time(at(160))));
-        assert!(ready.message.as_deref().unwrap().contains("1970-01-01T00:02:30Z"));
-        assert_eq!(status.conditions[1], vm.conditions[1], "still paused, since 100");
-        assert_eq!(status.conditions[2], vm.conditions[2]);
+        assert_eq!(status.conditions[0], vm.conditions[0], "still paused, since 100");
+
+        // Another pod's addresses are not this one's.
+        let other = NodeStatus::derive(&silent, Some(&vm), NODE, "vmlet-launcher-web-fghij", at(160));
+        assert!(other.interfaces.is_empty());
+        assert_eq!(other.conditions[0].status, "False");
     }
 
     #[test]
-    fn a_status_reflects_its_fields_only_when_all_of_them_match() {
+    fn a_launcher_silent_after_its_guest_ended_is_still_reported_as_ended() {
+        let mut vm = VirtualMachineStatus::default();
+        let stopped = answered(LauncherPhase::Stopped, Some(Exit::ShutDown));
+        NodeStatus::derive(&stopped, None, NODE, POD, at(100)).write_into(&mut vm);
+        let silent = NodeStatus::derive(
+            &LauncherState::Unreachable { since: at(101) },
+            Some(&vm),
+            NODE,
+            POD,
+            at(102),
+        );
+        assert!(silent.is_reflected_in(&vm), "{silent:?}");
+    }
+
+    #[test]
+    fn how_the_guest_ended_outlives_its_launcher() {
+        let mut vm = VirtualMachineStatus::default();
+        NodeStatus::derive(
+            &answered(LauncherPhase::Stopped, Some(Exit::Crashed)),
+            None,
+            NODE,
+            POD,
+            at(100),
+        )
+        .write_into(&mut vm);
+        let exited = NodeStatus::derive(&LauncherState::Exited { code: 4 }, Some(&vm), NODE, POD, at(101));
+        assert_eq!(
+            (
+                exited.launcher.state,
+                exited.launcher.guest_exit,
+                exited.launcher.exit_code
+            ),
+            (ReportedState::Exited, Some(GuestExit::Crashed), Some(4))
+        );
+        let next = NodeStatus::derive(
+            &LauncherState::Starting,
+            Some(&vm),
+            NODE,
+            "vmlet-launcher-web-fghij",
+            at(102),
+        );
+        assert_eq!(next.launcher.guest_exit, None, "the next pod's guest has not ended");
+    }
+
+    #[test]
+    fn a_status_reflects_the_node_fields_only_when_all_of_them_match() {
         let derived = NodeStatus::derive(&answered(LauncherPhase::Running, None), None, NODE, POD, at(100));
         let mut vm = VirtualMachineStatus {
             restart_count: 3,
+            phase: Some(Phase::Running),
             ..Default::default()
         };
         assert!(!derived.is_reflected_in(&vm));
         derived.write_into(&mut vm);
         assert!(derived.is_reflected_in(&vm));
-        assert_eq!(vm.restart_count, 3, "not the node's field");
+        assert_eq!(
+            (vm.restart_count, vm.phase),
+            (3, Some(Phase::Running)),
+            "not the node's fields"
+        );
 
         let elsewhere = NodeStatus::derive(
             &answered(LauncherPhase::Running, None),
@@ -753,28 +539,108 @@ mod tests {
         assert!(again.is_reflected_in(&vm));
     }
 
+    /// Every field of the status set, so that each writer's part is seen whole.
+    fn full_status() -> VirtualMachineStatus {
+        let time = Time(at(100));
+        let condition = |condition_type, status: &str| Condition {
+            condition_type,
+            status: status.into(),
+            reason: Some("R".into()),
+            message: None,
+            last_transition_time: Some(time.clone()),
+        };
+        let mut status = VirtualMachineStatus {
+            phase: Some(Phase::Running),
+            printable_status: Some(PrintableStatus::Running),
+            conditions: vec![
+                condition(ConditionType::Ready, "True"),
+                condition(ConditionType::Failure, "False"),
+            ],
+            node_name: Some(NODE.into()),
+            launcher_pod: Some(POD.into()),
+            restart_count: 2,
+            start_failure: Some(StartFailure {
+                consecutive_fail_count: 1,
+                last_failed_launcher: None,
+                retry_after_timestamp: Some(time.clone()),
+            }),
+            phase_transition_timestamps: vec![PhaseTransition {
+                phase: Phase::Running,
+                phase_transition_timestamp: time,
+            }],
+            ..Default::default()
+        };
+        NodeStatus::derive(&answered(LauncherPhase::Running, None), None, NODE, POD, at(100)).write_into(&mut status);
+        status
+    }
+
+    /// The status fields a JSON body sets, conditions by type.
+    fn fields(status: &Value) -> BTreeSet<String> {
+        let mut fields = BTreeSet::new();
+        for (key, value) in status.as_object().unwrap() {
+            if key == "conditions" {
+                for condition in value.as_array().unwrap() {
+                    fields.insert(format!("conditions[{}]", condition["type"].as_str().unwrap()));
+                }
+            } else {
+                fields.insert(key.clone());
+            }
+        }
+        fields
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_two_writers_parts_are_disjoint_and_make_the_whole_status() {
+        let full = full_status();
+        let node = NodeStatus::derive(&answered(LauncherPhase::Running, None), Some(&full), NODE, POD, at(100));
+        let node_fields = fields(&serde_json::to_value(&node).unwrap());
+        let controller_fields = fields(&serde_json::to_value(controller_part(&full)).unwrap());
+        assert_eq!(node_fields, set(&["conditions[Paused]", "interfaces", "launcher"]));
+        assert_eq!(
+            controller_fields,
+            set(&[
+                "phase",
+                "printableStatus",
+                "conditions[Ready]",
+                "conditions[Failure]",
+                "nodeName",
+                "launcherPod",
+                "restartCount",
+                "startFailure",
+                "phaseTransitionTimestamps",
+            ])
+        );
+        let all = fields(&serde_json::to_value(&full).unwrap());
+        assert_eq!(&node_fields | &controller_fields, all);
+
+        // Each writer's apply leaves the other's fields as they are.
+        let mut status = full.clone();
+        write_controller_part(&mut status, &VirtualMachineStatus::default());
+        assert_eq!(fields(&serde_json::to_value(&status).unwrap()), node_fields);
+        let mut status = VirtualMachineStatus::default();
+        node.write_into(&mut status);
+        write_controller_part(&mut status, &full);
+        assert_eq!(status, full);
+    }
+
     #[test]
     fn serializes_to_the_node_fields_only_in_the_api_form() {
         let status = NodeStatus::derive(&answered(LauncherPhase::Running, None), None, NODE, POD, at(100));
-        let json = serde_json::to_value(&status).unwrap();
         assert_eq!(
-            json,
-            serde_json::json!({
-                "phase": "Running",
-                "printableStatus": "Running",
+            serde_json::to_value(&status).unwrap(),
+            json!({
                 "conditions": [
-                    {"type": "Ready", "status": "True", "reason": "Running",
-                     "message": "domain state running (booted)",
-                     "lastTransitionTime": "1970-01-01T00:01:40Z"},
                     {"type": "Paused", "status": "False", "reason": "NotPaused",
-                     "lastTransitionTime": "1970-01-01T00:01:40Z"},
-                    {"type": "Failure", "status": "False", "reason": "NoFailure",
                      "lastTransitionTime": "1970-01-01T00:01:40Z"},
                 ],
                 "interfaces": [{"name": "default", "ipAddress": "10.244.1.7",
                                 "ipAddresses": ["fd00::7", "10.244.1.7"], "mac": "02:42:0a:f4:01:07"}],
-                "nodeName": NODE,
-                "launcherPod": POD,
+                "launcher": {"pod": POD, "node": NODE, "state": "Running",
+                             "message": "domain state running (booted)"},
             })
         );
         let ended = NodeStatus::derive(&LauncherState::Exited { code: 0 }, None, NODE, POD, at(100));

@@ -161,7 +161,7 @@ fn each_role_is_granted_what_it_uses_and_no_more() {
     let controller = rules_of(&deploy, "vmlet-controller");
     assert_eq!(
         verbs(&controller, "vmlet.dev", "virtualmachines"),
-        set(&["get", "list", "watch", "patch"])
+        set(&["list", "watch", "patch"])
     );
     assert_eq!(
         verbs(&controller, "vmlet.dev", "virtualmachines/status"),
@@ -173,7 +173,7 @@ fn each_role_is_granted_what_it_uses_and_no_more() {
     );
     assert_eq!(
         verbs(&controller, "", "pods"),
-        set(&["get", "list", "watch", "create", "delete"])
+        set(&["list", "watch", "create", "delete"])
     );
     assert_eq!(verbs(&controller, "events.k8s.io", "events"), set(&["create", "patch"]));
     assert_eq!(
@@ -183,14 +183,16 @@ fn each_role_is_granted_what_it_uses_and_no_more() {
     assert!(verbs(&controller, "", "nodes").is_empty());
 
     let node = rules_of(&deploy, "vmlet-node");
-    assert_eq!(
-        verbs(&node, "vmlet.dev", "virtualmachines"),
-        set(&["get", "list", "watch"])
-    );
+    assert_eq!(verbs(&node, "vmlet.dev", "virtualmachines"), set(&["get"]));
     assert_eq!(verbs(&node, "vmlet.dev", "virtualmachines/status"), set(&["patch"]));
-    assert_eq!(verbs(&node, "", "nodes"), set(&["get", "patch"]));
-    assert!(verbs(&node, "", "pods").is_empty(), "the node role makes no Pods");
-    assert_eq!(verbs(&node, "events.k8s.io", "events"), set(&["create", "patch"]));
+    assert_eq!(verbs(&node, "", "nodes"), set(&["patch"]));
+    assert_eq!(
+        verbs(&node, "", "pods"),
+        set(&["get", "list", "watch"]),
+        "the node role reads its launcher Pods and makes none"
+    );
+    assert!(verbs(&node, "events.k8s.io", "events").is_empty());
+    assert_eq!(verbs(&node, "coordination.k8s.io", "leases"), set(&["create", "patch"]));
 
     // Leases only in the handler's namespace: never through a ClusterRole.
     for role in &deploy.cluster_roles {
@@ -294,15 +296,22 @@ fn the_controller_is_leader_elected_and_the_node_agent_sees_its_node() {
     let container = &node.containers[0];
     assert_eq!(container.command.as_deref().unwrap(), ["vmlet-handler", "node"]);
     assert_eq!(env_field_path(container, "NODE_NAME").as_deref(), Some("spec.nodeName"));
+    assert_eq!(
+        env_field_path(container, "VMLET_NAMESPACE").as_deref(),
+        Some("metadata.namespace"),
+        "the node's Lease where the controller looks for it"
+    );
+    // The launcher Pods' run directories (the controller mounts /var/run/vmlet/pods/<namespace>_<pod>).
     let run = node.volumes.iter().flatten().find(|v| v.name == "run").unwrap();
-    assert_eq!(run.host_path.as_ref().unwrap().path, "/var/run/vmlet");
+    assert_eq!(run.host_path.as_ref().unwrap().path, "/var/run/vmlet/pods");
     let mount = container
         .volume_mounts
         .iter()
         .flatten()
         .find(|m| m.name == "run")
         .unwrap();
-    assert_eq!(mount.mount_path, "/var/run/vmlet");
+    assert_eq!(mount.mount_path, "/var/run/vmlet/pods");
+    assert_ne!(mount.read_only, Some(true), "it removes the directories of gone Pods");
 }
 
 #[test]

@@ -17,9 +17,9 @@ use crate::lifecycle::{Exit, Launcher};
 
 /// The label every launcher Pod carries, the VM's uid: how the controller finds a VM's launchers.
 pub const VM_UID_LABEL: &str = "vmlet.dev/vm-uid";
-/// The VM's name, for people (`kubectl get pods -l vmlet.dev/vm=NAME`).
+/// The VM's name, for people (`kubectl get pods -l vmlet.dev/vm=NAME`); programs go by the owner reference.
 pub const VM_NAME_LABEL: &str = "vmlet.dev/vm";
-/// The label the controller's Pod watch selects on.
+/// The label the controller's and the node role's Pod watches select on.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "vmlet-controller";
 /// The launcher's container.
@@ -88,9 +88,15 @@ pub fn new_pod_name(vm_name: &str) -> String {
     format!("{prefix}{}-{suffix}", vm.trim_end_matches(['-', '.']))
 }
 
+/// The name of a launcher Pod's run directory in [`RUN_DIRS_ON_HOST`]: a Pod's, not its VM's, so that a VM's next
+/// launcher never finds the previous one's network record (the node role finds each by its Pod).
+pub fn run_dir_name(namespace: &str, pod: &str) -> String {
+    format!("{namespace}_{pod}")
+}
+
 /// The node directory a launcher Pod's run directory is.
 pub fn run_dir_on_host(namespace: &str, pod: &str) -> String {
-    format!("{RUN_DIRS_ON_HOST}/{namespace}_{pod}")
+    format!("{RUN_DIRS_ON_HOST}/{}", run_dir_name(namespace, pod))
 }
 
 /// The launcher Pod `name` for `vm`.

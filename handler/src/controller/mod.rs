@@ -1,7 +1,9 @@
 //! The `controller` role: for every VirtualMachine in the cluster, a launcher Pod when its run strategy says it
 //! should run, and its lifecycle status. One replica leads (a Lease); the others wait to take over.
 
-mod launcher_pod;
+#[cfg(test)]
+mod contract_tests;
+pub mod launcher_pod;
 mod leader;
 mod reconcile;
 #[cfg(test)]

@@ -12,19 +12,16 @@ use kube::runtime::finalizer::{Event as Finalizing, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
-use vmlet_api::{ConditionType, RUN_ANNOTATION, VirtualMachine, VirtualMachineStatus};
+use vmlet_api::{RUN_ANNOTATION, VirtualMachine};
 
 use super::{Context, Error, launcher_pod};
 use crate::lifecycle::{self, EventKind, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
+use crate::vm_status::controller_part;
 
 /// The finalizer that keeps a VM until its launcher is gone.
 pub const FINALIZER: &str = "vmlet.dev/launcher";
 /// The field manager of every status the controller applies.
 pub const FIELD_MANAGER: &str = "vmlet-controller";
-/// The name of the Lease the node role heartbeats, in the handler's namespace.
-pub fn node_lease_name(node: &str) -> String {
-    format!("vmlet-node-{node}")
-}
 /// How often a VM is looked at when nothing else asks for it.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -73,7 +70,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         Some(node) => {
             let heartbeat = ctx
                 .leases
-                .get_opt(&node_lease_name(&node))
+                .get_opt(&crate::node::lease_name(&node))
                 .await?
                 .and_then(|lease| lease.spec)
                 .and_then(|spec| spec.renew_time.or(spec.acquire_time))
@@ -134,7 +131,8 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
 
     let mut status = plan.status;
     status.launcher_pod = launcher_name;
-    if status != owned_part(&previous) {
+    // Only the controller's fields: the node role owns the others (`crate::vm_status`).
+    if status != controller_part(&previous) {
         let apply = json!({
             "apiVersion": VirtualMachine::api_version(&()),
             "kind": VirtualMachine::kind(&()),
@@ -213,25 +211,5 @@ async fn delete_pod(pods: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(err) => Err(err.into()),
-    }
-}
-
-/// The fields of `status` the controller writes, so that an unchanged status is not applied again.
-fn owned_part(status: &VirtualMachineStatus) -> VirtualMachineStatus {
-    VirtualMachineStatus {
-        phase: status.phase,
-        printable_status: status.printable_status,
-        conditions: status
-            .conditions
-            .iter()
-            .filter(|c| matches!(c.condition_type, ConditionType::Ready | ConditionType::Failure))
-            .cloned()
-            .collect(),
-        interfaces: Vec::new(),
-        node_name: status.node_name.clone(),
-        launcher_pod: status.launcher_pod.clone(),
-        restart_count: status.restart_count,
-        start_failure: status.start_failure.clone(),
-        phase_transition_timestamps: status.phase_transition_timestamps.clone(),
     }
 }

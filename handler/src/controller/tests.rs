@@ -14,7 +14,10 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
-use vmlet_api::{Phase, PrintableStatus, VirtualMachine, VirtualMachineStatus};
+use vmlet_api::{
+    Condition, ConditionType, InterfaceStatus, LauncherReport, Phase, PrintableStatus, ReportedState, VirtualMachine,
+    VirtualMachineStatus,
+};
 
 use super::leader::{Decision, LeaderElector, decide};
 use super::reconcile::{FIELD_MANAGER, FINALIZER, next_look, reconcile};
@@ -389,6 +392,27 @@ async fn a_running_launcher_on_a_live_node_makes_the_vm_ready() {
         phase: Some(Phase::Scheduled),
         printable_status: Some(PrintableStatus::Starting),
         launcher_pod: Some("l".into()),
+        // The node role's fields: its report that the guest runs, the guest's address.
+        conditions: vec![Condition {
+            condition_type: ConditionType::Paused,
+            status: "False".into(),
+            reason: Some("NotPaused".into()),
+            message: None,
+            last_transition_time: Some(Time(Timestamp::now())),
+        }],
+        interfaces: vec![InterfaceStatus {
+            name: "default".into(),
+            ip_address: Some("10.244.1.7".into()),
+            ..InterfaceStatus::default()
+        }],
+        launcher: Some(LauncherReport {
+            pod: "l".into(),
+            node: "n1".into(),
+            state: ReportedState::Running,
+            guest_exit: None,
+            exit_code: None,
+            message: Some("domain state running (booted)".into()),
+        }),
         ..VirtualMachineStatus::default()
     });
     let pod = launcher("l", "Running", Some("n1"));
@@ -406,8 +430,25 @@ async fn a_running_launcher_on_a_live_node_makes_the_vm_ready() {
     let status = assert_apply(&seen[2]);
     assert_eq!(status["phase"], "Running");
     assert_eq!(status["nodeName"], "n1");
-    assert_eq!(status["conditions"][0]["type"], "Ready");
-    assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(status["launcherPod"], "l");
+    // The controller's fields, and only those: the Ready condition, from the node's report.
+    let fields: Vec<&str> = status.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        [
+            "conditions",
+            "launcherPod",
+            "nodeName",
+            "phase",
+            "phaseTransitionTimestamps",
+            "printableStatus"
+        ]
+    );
+    let conditions = status["conditions"].as_array().unwrap();
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(conditions[0]["type"], "Ready");
+    assert_eq!(conditions[0]["status"], "True");
+    assert_eq!(conditions[0]["message"], "domain state running (booted)");
     assert_eq!(seen[3].body["reason"], "Started");
 }
 

@@ -1,7 +1,7 @@
 //! Stand-ins for the tests: an API server that answers what the test scripts, and a launcher that answers on its
 //! control socket.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
@@ -91,10 +91,11 @@ impl Handler for FakeLauncher {
     }
 }
 
-/// A fake launcher serving its control socket where the node looks for the VM `web` in `default`. It runs on
-/// a runtime of its own, so that ending it closes every connection, as a launcher's death does.
+/// A fake launcher serving its control socket where the node looks for the launcher pod `pod` in `default`. It
+/// runs on a runtime of its own, so that ending it closes every connection, as a launcher's death does.
 pub struct LauncherProcess {
     pub vm: Arc<FakeLauncher>,
+    socket: PathBuf,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -108,8 +109,8 @@ impl Drop for LauncherProcess {
 }
 
 impl LauncherProcess {
-    pub fn start(pods_dir: &Path, status: Status) -> LauncherProcess {
-        let socket = socket_path(pods_dir, "default", "web");
+    pub fn start(pods_dir: &Path, pod: &str, status: Status) -> LauncherProcess {
+        let socket = socket_path(pods_dir, "default", pod);
         std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
         let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -126,13 +127,15 @@ impl LauncherProcess {
         });
         LauncherProcess {
             vm,
+            socket,
             runtime: Some(runtime),
         }
     }
 
     /// Ends the launcher; its socket file goes with it, as the launcher's run directory is torn down.
-    pub fn kill(self, pods_dir: &Path) {
+    pub fn kill(self) {
+        let socket = self.socket.clone();
         drop(self);
-        std::fs::remove_file(socket_path(pods_dir, "default", "web")).unwrap();
+        std::fs::remove_file(socket).unwrap();
     }
 }

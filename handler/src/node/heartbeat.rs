@@ -74,11 +74,16 @@ impl Heartbeat {
     }
 }
 
-/// The node role's Lease, `vmlet-node-<node>`, held by the node's name.
+/// The name of a node's heartbeat Lease, in the handler's namespace; the controller reads it to tell a dead node.
+pub fn lease_name(node: &str) -> String {
+    format!("vmlet-node-{node}")
+}
+
+/// The node role's Lease, held by the node's name.
 fn lease(config: &Config, started: Timestamp) -> Lease {
     Lease {
         metadata: ObjectMeta {
-            name: Some(format!("vmlet-node-{}", config.node_name)),
+            name: Some(lease_name(&config.node_name)),
             namespace: Some(config.namespace.clone()),
             ..Default::default()
         },
@@ -109,6 +114,7 @@ mod tests {
             lost_after: Duration::from_secs(30),
             renew_interval: Duration::from_secs(10),
             lease_duration: Duration::from_secs(40),
+            orphan_grace: Duration::from_secs(300),
         }
     }
 

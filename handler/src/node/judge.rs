@@ -1,18 +1,61 @@
 //! The node role's decisions, apart from any I/O: what a launcher's state is, given what its socket and its pod
-//! say, and whether a VM's status needs writing.
+//! say; whether a VM's status needs writing; which run directories are left from pods that are gone.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use vmlet_api::{Phase, VirtualMachineStatus};
+use kube::{Resource, ResourceExt};
+use vmlet_api::{ReportedState, VirtualMachine, VirtualMachineStatus};
 use vmlet_control::Status;
 
+use crate::controller::launcher_pod::CONTAINER;
 use crate::vm_status::{LauncherState, Loss, NodeStatus};
 
-/// The launcher pod's container, by the name the controller gives it; a pod without one is judged by its first
-/// container.
-pub const LAUNCHER_CONTAINER: &str = "launcher";
+/// A launcher pod, by namespace and name; also the name of its run directory on the node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodKey {
+    pub fn of(pod: &Pod) -> Option<PodKey> {
+        Some(PodKey {
+            namespace: pod.namespace()?,
+            name: pod.metadata.name.clone()?,
+        })
+    }
+
+    /// The pod a run directory belongs to, from the directory's name, `<namespace>_<pod>` (neither name can hold
+    /// a `_`); `None` for any other name.
+    pub fn from_dir_name(name: &str) -> Option<PodKey> {
+        let (namespace, pod) = name.split_once('_')?;
+        let dns = |part: &str| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        (dns(namespace) && dns(pod)).then(|| PodKey {
+            namespace: namespace.to_owned(),
+            name: pod.to_owned(),
+        })
+    }
+}
+
+/// The VM a launcher pod runs, by its controller reference: its name and uid.
+pub fn owner_vm(pod: &Pod) -> Option<(String, String)> {
+    pod.owner_references()
+        .iter()
+        .find(|o| {
+            o.controller == Some(true)
+                && o.kind == VirtualMachine::kind(&())
+                && o.api_version == VirtualMachine::api_version(&())
+        })
+        .map(|o| (o.name.clone(), o.uid.clone()))
+}
 
 /// What the control socket gave this time.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,10 +141,7 @@ pub fn judge(
 pub fn pod_state(pod: &Pod, deleted: bool) -> PodState {
     let status = pod.status.as_ref();
     let containers = status.and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
-    let launcher = containers
-        .iter()
-        .find(|c| c.name == LAUNCHER_CONTAINER)
-        .or(containers.first());
+    let launcher = containers.iter().find(|c| c.name == CONTAINER).or(containers.first());
     let terminated = launcher.and_then(|c| c.state.as_ref()?.terminated.as_ref());
     if let Some(terminated) = terminated {
         return PodState::Exited {
@@ -116,36 +156,68 @@ pub fn pod_state(pod: &Pod, deleted: bool) -> PodState {
     }
 }
 
-/// Decides whether `derived` should be written over `current`, the VM's status as read. Returns what to write.
-pub fn status_update(current: Option<&VirtualMachineStatus>, derived: NodeStatus) -> Option<NodeStatus> {
+/// What to do with the node's fields as derived, given the VM's status as read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    /// Apply them.
+    Write(NodeStatus),
+    /// The status holds them already, or holds a word that stands over them.
+    Unchanged,
+    /// The status follows another launcher pod: this one's word would cover that one's. Read the VM again next
+    /// time, as it may be the controller that has not named this pod yet.
+    OtherPod,
+}
+
+/// Decides whether `derived` should be written over `current`, the VM's status as read.
+pub fn status_update(current: Option<&VirtualMachineStatus>, derived: NodeStatus) -> Update {
     let Some(current) = current else {
-        return Some(derived);
+        return Update::Write(derived);
     };
     if derived.is_reflected_in(current) {
-        return None;
+        return Update::Unchanged;
     }
-    let same_pod = current
+    if current
         .launcher_pod
         .as_deref()
-        .is_none_or(|pod| pod == derived.launcher_pod);
-    let current_final = matches!(current.phase, Some(Phase::Succeeded | Phase::Failed));
-    if derived.is_final() {
-        // An old launcher's ending must not cover the VM's next launcher.
-        if !same_pod {
-            return None;
-        }
-        // The first word on how a VM ended stands: a later, vaguer one (the pod's exit code after the launcher
-        // said how the guest ended, a deleted pod after either) must not replace it.
-        if current_final {
-            return None;
-        }
+        .is_some_and(|pod| pod != derived.launcher.pod)
+    {
+        return Update::OtherPod;
     }
-    Some(derived)
+    // The first word on how a launcher ended stands: once its exit code is reported nothing follows, and after its
+    // loss only an exit code is news.
+    let earlier = current.launcher.as_ref().filter(|r| r.pod == derived.launcher.pod);
+    match (earlier.map(|r| r.state), derived.launcher.state) {
+        (Some(ReportedState::Exited), _) => Update::Unchanged,
+        (Some(ReportedState::Lost), state) if state != ReportedState::Exited => Update::Unchanged,
+        _ => Update::Write(derived),
+    }
+}
+
+/// Of the run directories on the node (by the pod each is named after), those to remove: the pods neither watched
+/// nor waiting for their last report, found so in every sweep for `grace`. `suspects` remembers since when each
+/// has been; the caller still checks that no launcher answers there and that the API has no such pod.
+pub fn orphans(
+    dirs: impl IntoIterator<Item = PodKey>,
+    known: &BTreeSet<PodKey>,
+    suspects: &mut BTreeMap<PodKey, Timestamp>,
+    now: Timestamp,
+    grace: Duration,
+) -> Vec<PodKey> {
+    let unknown: BTreeSet<PodKey> = dirs.into_iter().filter(|key| !known.contains(key)).collect();
+    suspects.retain(|key, _| unknown.contains(key));
+    unknown
+        .into_iter()
+        .filter(|key| {
+            let since = *suspects.entry(key.clone()).or_insert(now);
+            Duration::try_from(now.duration_since(since)).unwrap_or_default() >= grace
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus};
+    use vmlet_api::Phase;
     use vmlet_control::{Exit, Phase as LauncherPhase};
 
     use super::*;
@@ -384,14 +456,26 @@ mod tests {
         NodeStatus::derive(&launcher, previous, "node-a", pod, at(100))
     }
 
-    fn written(launcher: LauncherState, pod: &str) -> VirtualMachineStatus {
-        let mut vm = VirtualMachineStatus::default();
+    /// A status as the node left it for `pod`, with the controller following `follows`.
+    fn written(launcher: LauncherState, pod: &str, follows: Option<&str>) -> VirtualMachineStatus {
+        let mut vm = VirtualMachineStatus {
+            launcher_pod: follows.map(Into::into),
+            ..Default::default()
+        };
         derived(launcher, pod, None).write_into(&mut vm);
         vm
     }
 
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        Write,
+        Unchanged,
+        OtherPod,
+    }
+
     #[test]
     fn deciding_what_to_write() {
+        use Outcome::*;
         let running = || LauncherState::Answered(status(LauncherPhase::Running));
         let powered_off = || {
             LauncherState::Answered(Status {
@@ -404,91 +488,200 @@ mod tests {
             launcher_pod: Some("pod-1".into()),
             ..Default::default()
         };
-        // (what, current status, new launcher state, pod, written?)
-        let cases: Vec<(&str, Option<VirtualMachineStatus>, LauncherState, &str, bool)> = vec![
-            ("a VM not read", None, running(), "pod-1", true),
+        // (what, current status, new launcher state, pod, outcome)
+        let cases: Vec<(&str, Option<VirtualMachineStatus>, LauncherState, &str, Outcome)> = vec![
+            ("a VM not read", None, running(), "pod-1", Write),
             (
                 "a VM with no status",
                 Some(VirtualMachineStatus::default()),
                 running(),
                 "pod-1",
-                true,
+                Write,
             ),
             (
                 "the controller's status only",
                 Some(controller_only),
                 running(),
                 "pod-1",
-                true,
+                Write,
             ),
             (
                 "nothing new",
-                Some(written(running(), "pod-1")),
+                Some(written(running(), "pod-1", Some("pod-1"))),
                 running(),
                 "pod-1",
-                false,
+                Unchanged,
             ),
             (
                 "paused",
-                Some(written(running(), "pod-1")),
+                Some(written(running(), "pod-1", Some("pod-1"))),
                 LauncherState::Answered(status(LauncherPhase::Paused)),
                 "pod-1",
-                true,
+                Write,
             ),
             (
                 "the guest ended",
-                Some(written(running(), "pod-1")),
+                Some(written(running(), "pod-1", Some("pod-1"))),
                 powered_off(),
                 "pod-1",
-                true,
+                Write,
             ),
             (
                 "the launcher is lost while the VM runs",
-                Some(written(running(), "pod-1")),
+                Some(written(running(), "pod-1", Some("pod-1"))),
                 LauncherState::Lost(Loss::PodGone),
                 "pod-1",
-                true,
+                Write,
             ),
             (
                 "the exit code after the launcher said how the guest ended",
-                Some(written(powered_off(), "pod-1")),
+                Some(written(powered_off(), "pod-1", Some("pod-1"))),
                 LauncherState::Exited { code: 0 },
                 "pod-1",
-                false,
+                Write,
             ),
             (
-                "the pod deleted after the VM ended",
-                Some(written(LauncherState::Exited { code: 4 }, "pod-1")),
+                "the exit code after the launcher was lost",
+                Some(written(LauncherState::Lost(Loss::PodGone), "pod-1", Some("pod-1"))),
+                LauncherState::Exited { code: 4 },
+                "pod-1",
+                Write,
+            ),
+            (
+                "the pod deleted after its exit code was reported",
+                Some(written(LauncherState::Exited { code: 4 }, "pod-1", Some("pod-1"))),
                 LauncherState::Lost(Loss::PodGone),
                 "pod-1",
-                false,
+                Unchanged,
             ),
             (
-                "an old pod's end after the next pod took over",
-                Some(written(running(), "pod-2")),
+                "a second loss after the first",
+                Some(written(
+                    LauncherState::Lost(Loss::Unreachable { since: at(10) }),
+                    "pod-1",
+                    Some("pod-1"),
+                )),
                 LauncherState::Lost(Loss::PodGone),
                 "pod-1",
-                false,
+                Unchanged,
             ),
             (
-                "the next pod after the old one ended",
-                Some(written(LauncherState::Exited { code: 4 }, "pod-1")),
+                "the pod's end once the controller stopped following any pod",
+                Some(written(running(), "pod-1", None)),
+                LauncherState::Exited { code: 0 },
+                "pod-1",
+                Write,
+            ),
+            (
+                "an old pod's end after the controller moved to the next pod",
+                Some(written(running(), "pod-2", Some("pod-2"))),
+                LauncherState::Lost(Loss::PodGone),
+                "pod-1",
+                OtherPod,
+            ),
+            (
+                "a new pod the controller has not named yet",
+                Some(written(LauncherState::Exited { code: 4 }, "pod-1", Some("pod-1"))),
                 LauncherState::Starting,
                 "pod-2",
-                true,
+                OtherPod,
+            ),
+            (
+                "the next pod once the controller names it",
+                Some(written(LauncherState::Exited { code: 4 }, "pod-1", Some("pod-2"))),
+                LauncherState::Starting,
+                "pod-2",
+                Write,
             ),
             (
                 "an unreachable launcher",
-                Some(written(running(), "pod-1")),
+                Some(written(running(), "pod-1", Some("pod-1"))),
                 LauncherState::Unreachable { since: at(90) },
                 "pod-1",
-                true,
+                Write,
             ),
         ];
-        for (what, current, launcher, pod, write) in cases {
+        for (what, current, launcher, pod, outcome) in cases {
             let new = derived(launcher, pod, current.as_ref());
-            let update = status_update(current.as_ref(), new.clone());
-            assert_eq!(update, write.then_some(new), "{what}");
+            let expected = match outcome {
+                Write => Update::Write(new.clone()),
+                Unchanged => Update::Unchanged,
+                OtherPod => Update::OtherPod,
+            };
+            assert_eq!(status_update(current.as_ref(), new), expected, "{what}");
         }
+    }
+
+    #[test]
+    fn run_directories_are_named_after_their_pods() {
+        let key = PodKey::from_dir_name("default_vmlet-launcher-web-x7k2p").unwrap();
+        assert_eq!(
+            (key.namespace.as_str(), key.name.as_str()),
+            ("default", "vmlet-launcher-web-x7k2p")
+        );
+        assert_eq!(
+            crate::controller::launcher_pod::run_dir_name(&key.namespace, &key.name),
+            "default_vmlet-launcher-web-x7k2p"
+        );
+        for other in ["lost+found", "_x", "x_", "a_b_c", "Default_x", ".tmp", ""] {
+            assert_eq!(PodKey::from_dir_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_launcher_pod_names_its_vm_by_its_controller_reference() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let reference = |kind: &str, controller| OwnerReference {
+            api_version: "vmlet.dev/v1alpha1".into(),
+            kind: kind.into(),
+            name: "web".into(),
+            uid: "uid-1".into(),
+            controller: Some(controller),
+            ..Default::default()
+        };
+        let with = |references| {
+            let mut pod = Pod::default();
+            pod.metadata.owner_references = Some(references);
+            pod
+        };
+        assert_eq!(
+            owner_vm(&with(vec![
+                reference("ReplicaSet", true),
+                reference("VirtualMachine", true)
+            ])),
+            Some(("web".into(), "uid-1".into()))
+        );
+        assert_eq!(owner_vm(&with(vec![reference("VirtualMachine", false)])), None);
+        assert_eq!(owner_vm(&Pod::default()), None);
+    }
+
+    fn key(name: &str) -> PodKey {
+        PodKey {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_run_directory_is_an_orphan_only_after_the_grace_period_without_its_pod() {
+        let grace = Duration::from_secs(300);
+        let mut suspects = BTreeMap::new();
+        let known: BTreeSet<PodKey> = [key("live")].into();
+        let dirs = || vec![key("live"), key("gone"), key("late")];
+
+        assert!(orphans(dirs(), &known, &mut suspects, at(0), grace).is_empty());
+        assert_eq!(suspects.keys().cloned().collect::<Vec<_>>(), [key("gone"), key("late")]);
+        assert!(orphans(dirs(), &known, &mut suspects, at(299), grace).is_empty());
+
+        // `late`'s pod showed up meanwhile: no longer a suspect; `gone` has been one long enough.
+        let known: BTreeSet<PodKey> = [key("live"), key("late")].into();
+        assert_eq!(orphans(dirs(), &known, &mut suspects, at(300), grace), [key("gone")]);
+        // `late` goes again: its clock starts over.
+        let known: BTreeSet<PodKey> = [key("live")].into();
+        assert_eq!(orphans(dirs(), &known, &mut suspects, at(400), grace), [key("gone")]);
+        assert_eq!(suspects[&key("late")], at(400));
+        // A directory that is gone is forgotten.
+        orphans(vec![key("live")], &known, &mut suspects, at(500), grace);
+        assert!(suspects.is_empty());
     }
 }

@@ -1,6 +1,7 @@
-//! The node role: one per node (a DaemonSet). It watches the launcher pods scheduled to its node, asks each
-//! launcher over its control socket how its VM is, and writes the VM's status fields that the node owns; it
-//! heartbeats through a Lease and marks its Node schedulable for VMs while it runs.
+//! The node role: one per node (a DaemonSet). It watches the controller's launcher pods scheduled to its node,
+//! asks each launcher over its control socket how its VM is, and writes the VM's status fields that the node owns
+//! (`crate::vm_status`); it removes the run directories of pods that are gone, heartbeats through a Lease and marks
+//! its Node schedulable for VMs while it runs.
 //!
 //! It keeps no state of its own: a restarted handler finds the launchers again by their pods and sockets, and
 //! never touches a VM because it restarted.
@@ -8,7 +9,7 @@
 #[cfg(test)]
 mod fakes;
 mod heartbeat;
-mod judge;
+pub mod judge;
 mod launchers;
 
 use std::future::Future;
@@ -24,21 +25,20 @@ use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-pub use heartbeat::Heartbeat;
+pub use heartbeat::{Heartbeat, lease_name};
 pub use launchers::Launchers;
+
+use crate::controller::launcher_pod::{MANAGED_BY, MANAGED_BY_LABEL, run_dir_name};
 
 /// The field manager of everything the node role writes.
 pub const FIELD_MANAGER: &str = "vmlet-node";
-
-/// The label the controller puts on a launcher pod: its value is the VM's name (the pod's namespace is the VM's).
-pub const VM_LABEL: &str = "vmlet.dev/vm";
 
 /// The Node label that says whether the node role runs there and can serve VMs (`true` or `false`).
 pub const SCHEDULABLE_LABEL: &str = "vmlet.dev/schedulable";
 
 pub struct Config {
     pub node_name: String,
-    /// The node's directory of launcher run directories, one per pod: `<namespace>_<vm>/control.sock`.
+    /// The node's directory of launcher run directories, one per pod: `<namespace>_<pod>/control.sock`.
     pub pods_dir: PathBuf,
     /// Where the node's Lease lives: the handler's own namespace.
     pub namespace: String,
@@ -50,6 +50,8 @@ pub struct Config {
     pub renew_interval: Duration,
     /// The Lease's duration: how long others wait, after the last renewal, before they count the node role gone.
     pub lease_duration: Duration,
+    /// How long a run directory must stay without a pod before it is removed.
+    pub orphan_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +68,11 @@ pub struct Args {
     /// This node's name, as the API server knows it.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
-    /// The host directory holding each launcher pod's run directory, `<namespace>_<vm>/`.
-    #[arg(long, default_value = "/var/run/vmlet/pods")]
+    /// The host directory holding each launcher pod's run directory, `<namespace>_<pod>/`.
+    #[arg(long, default_value = crate::controller::launcher_pod::RUN_DIRS_ON_HOST)]
     pub pods_dir: PathBuf,
     /// The handler's namespace, where the node's Lease is kept.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "vmlet-system")]
+    #[arg(long, env = "VMLET_NAMESPACE", default_value = "vmlet-system")]
     pub namespace: String,
     /// Seconds between two status requests to each launcher.
     #[arg(long, default_value_t = 3)]
@@ -90,6 +92,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         lost_after: Duration::from_secs(args.lost_after_secs),
         renew_interval: Duration::from_secs(10),
         lease_duration: Duration::from_secs(40),
+        orphan_grace: ORPHAN_GRACE,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -106,19 +109,37 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     })
 }
 
-/// The launcher's control socket of a VM, in the node's pods directory.
-pub fn socket_path(pods_dir: &Path, namespace: &str, vm: &str) -> PathBuf {
-    pods_dir.join(format!("{namespace}_{vm}")).join("control.sock")
+/// How long a run directory stays after its pod is gone: the watch may lag behind a pod's start, and the API
+/// server is asked once more before anything is removed.
+const ORPHAN_GRACE: Duration = Duration::from_secs(300);
+
+/// How often the run directories are looked through.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A launcher pod's run directory on the node, as the controller mounts it.
+pub fn run_dir(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
+    pods_dir.join(run_dir_name(namespace, pod))
+}
+
+/// A launcher pod's control socket on the node.
+pub fn socket_path(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
+    run_dir(pods_dir, namespace, pod).join("control.sock")
+}
+
+/// The watch of the launcher pods on `node`: the controller's pods (by its label) that are scheduled there.
+pub fn launcher_pods(node: &str) -> watcher::Config {
+    watcher::Config::default()
+        .fields(&format!("spec.nodeName={node}"))
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
 }
 
 /// Runs the node role until `shutdown` completes, then marks the node unschedulable for VMs. The launchers and
 /// their VMs are left running.
 pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let pods: Api<Pod> = Api::all(client.clone());
-    let selector = watcher::Config::default()
-        .fields(&format!("spec.nodeName={}", config.node_name))
-        .labels(VM_LABEL);
-    let mut events = watcher(pods, selector).default_backoff().boxed();
+    let mut events = watcher(pods, launcher_pods(&config.node_name))
+        .default_backoff()
+        .boxed();
     let mut launchers = Launchers::new(client.clone(), &config);
     let mut heartbeat = Heartbeat::new(client, &config, Timestamp::now());
     let mut poll = tokio::time::interval(config.poll_interval);
@@ -132,6 +153,8 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
         config.renew_interval,
     );
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(node = %config.node_name, pods_dir = %config.pods_dir.display(), "node role started");
     tokio::pin!(shutdown);
     loop {
@@ -142,6 +165,7 @@ pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = 
                 None => return Err(Error::WatchEnded),
             },
             _ = poll.tick() => launchers.tick(Timestamp::now()).await,
+            _ = sweep.tick() => launchers.sweep(Timestamp::now()).await,
             _ = renew.tick() => {
                 if let Err(err) = heartbeat.beat(ready(&config.pods_dir), Timestamp::now()).await {
                     warn!(error = %err, "heartbeat");
@@ -177,7 +201,12 @@ mod tests {
         json!({
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": "web-launcher-x7k2p", "namespace": "default", "labels": {VM_LABEL: "web"}},
+            "metadata": {
+                "name": "vmlet-launcher-web-x7k2p", "namespace": "default",
+                "labels": {"vmlet.dev/vm": "web", MANAGED_BY_LABEL: MANAGED_BY},
+                "ownerReferences": [{"apiVersion": "vmlet.dev/v1alpha1", "kind": "VirtualMachine", "name": "web",
+                                     "uid": "uid-web", "controller": true}],
+            },
             "spec": {"nodeName": "node-a", "containers": [{"name": "launcher"}]},
             "status": {"phase": "Running"},
         })
@@ -187,8 +216,9 @@ mod tests {
         json!({
             "apiVersion": "vmlet.dev/v1alpha1",
             "kind": "VirtualMachine",
-            "metadata": {"name": "web", "namespace": "default"},
+            "metadata": {"name": "web", "namespace": "default", "uid": "uid-web", "resourceVersion": "3"},
             "spec": {"runStrategy": "Always", "template": {"spec": {"domain": {"devices": {}}}}},
+            "status": {"launcherPod": "vmlet-launcher-web-x7k2p", "phase": "Scheduled"},
         })
     }
 
@@ -229,6 +259,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _launcher = LauncherProcess::start(
             dir.path(),
+            "vmlet-launcher-web-x7k2p",
             Status {
                 phase: Phase::Running,
                 interfaces: vec![InterfaceStatus {
@@ -252,6 +283,7 @@ mod tests {
             lost_after: Duration::from_secs(30),
             renew_interval: Duration::from_secs(10),
             lease_duration: Duration::from_secs(40),
+            orphan_grace: Duration::from_secs(300),
         };
         let shutdown = async {
             let _ = stopped.await;
@@ -268,7 +300,12 @@ mod tests {
             "{}",
             list.uri
         );
-        assert!(list.uri.contains("labelSelector=vmlet.dev%2Fvm"), "{}", list.uri);
+        assert!(
+            list.uri
+                .contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dvmlet-controller"),
+            "{}",
+            list.uri
+        );
 
         let with_path =
             |path: &str| -> Vec<&Seen> { seen.iter().filter(|s| s.uri.split('?').next() == Some(path)).collect() };
@@ -290,10 +327,13 @@ mod tests {
             "{}",
             writes[0].uri
         );
-        let status = &writes[0].body.as_ref().unwrap()["status"];
-        assert_eq!(status["phase"], "Running");
-        assert_eq!(status["launcherPod"], "web-launcher-x7k2p");
-        assert_eq!(status["nodeName"], "node-a");
+        let body = writes[0].body.as_ref().unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], "3");
+        let status = &body["status"];
+        assert_eq!(status["launcher"]["state"], "Running");
+        assert_eq!(status["launcher"]["pod"], "vmlet-launcher-web-x7k2p");
+        assert_eq!(status["launcher"]["node"], "node-a");
         assert_eq!(status["interfaces"][0]["ipAddress"], "10.244.1.7");
+        assert!(status.get("phase").is_none(), "the controller's field");
     }
 }

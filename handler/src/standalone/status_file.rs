@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use vmlet_api::{Condition, ConditionType, PrintableStatus, VirtualMachineStatus};
+use vmlet_api::{Condition, ConditionType, VirtualMachineStatus};
 
 use super::manifests::{VmKey, is_status_file};
 use crate::vm_status::NodeStatus;
@@ -57,25 +57,14 @@ pub fn remove(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Adds the launcher's view (addresses, the Paused condition) to the run strategy's status.
+/// Combines the run strategy's status (the controller's part, `crate::lifecycle`) with the launcher's (the node
+/// role's part) as server-side apply combines the two writers' fields in a cluster: the node's fields replaced,
+/// the others left. The launcher pod is named as the controller names it, so that the next round's plan takes the
+/// launcher's report for this pod's, as the controller does; like the controller, it follows that report one
+/// round later.
 pub fn overlay(status: &mut VirtualMachineStatus, launcher: &NodeStatus) {
-    status.interfaces.clone_from(&launcher.interfaces);
-    status.launcher_pod = Some(launcher.launcher_pod.clone());
-    status.node_name = Some(launcher.node_name.clone());
-    for condition in &launcher.conditions {
-        match status
-            .conditions
-            .iter_mut()
-            .find(|c| c.condition_type == condition.condition_type)
-        {
-            Some(existing) if condition.condition_type == ConditionType::Paused => *existing = condition.clone(),
-            Some(_) => {}
-            None => status.conditions.push(condition.clone()),
-        }
-    }
-    if launcher.printable_status == PrintableStatus::Paused {
-        status.printable_status = Some(PrintableStatus::Paused);
-    }
+    launcher.write_into(status);
+    status.launcher_pod = Some(launcher.launcher.pod.clone());
 }
 
 /// Says in the status that the manifest cannot be read, when the run strategy's status does not already.
@@ -163,7 +152,7 @@ fn table(rows: &[[String; 6]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmlet_api::InterfaceStatus;
+    use vmlet_api::{InterfaceStatus, PrintableStatus};
 
     #[test]
     fn status_files_sit_beside_the_manifests_and_read_back_as_written() {
