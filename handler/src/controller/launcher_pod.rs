@@ -99,6 +99,13 @@ pub fn run_dir_on_host(namespace: &str, pod: &str) -> String {
     format!("{RUN_DIRS_ON_HOST}/{}", run_dir_name(namespace, pod))
 }
 
+/// The template's node selector, and a node whose node role runs: one that can report on the VM.
+fn node_selector(instance: &vmlet_api::VirtualMachineInstanceSpec) -> std::collections::BTreeMap<String, String> {
+    let mut selector = instance.node_selector.clone();
+    selector.insert(crate::node::SCHEDULABLE_LABEL.into(), "true".into());
+    selector
+}
+
 /// The launcher Pod `name` for `vm`.
 pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig) -> Result<Pod, BuildError> {
     let vm_name = vm.metadata.name.as_deref().ok_or(BuildError::Missing("name"))?;
@@ -199,7 +206,7 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig) -> Result<Pod,
             volumes: Some(volumes),
             restart_policy: Some("Never".into()),
             termination_grace_period_seconds: Some(i64::from(grace) + i64::from(config.grace_margin)),
-            node_selector: (!instance.node_selector.is_empty()).then(|| instance.node_selector.clone()),
+            node_selector: Some(node_selector(instance)),
             tolerations: (!instance.tolerations.is_empty()).then(|| instance.tolerations.clone()),
             // The launcher talks to no API server, and a VM pod's environment is the guest's business.
             automount_service_account_token: Some(false),

@@ -342,7 +342,12 @@ async fn a_vm_to_run_gets_one_launcher_its_status_and_an_event() {
     let spec = pod.spec.unwrap();
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     assert_eq!(spec.termination_grace_period_seconds, Some(35));
-    assert_eq!(spec.node_selector.unwrap()["kubernetes.io/arch"], "amd64");
+    let selector = spec.node_selector.unwrap();
+    assert_eq!(selector["kubernetes.io/arch"], "amd64");
+    assert_eq!(
+        selector["vmlet.dev/schedulable"], "true",
+        "only nodes whose node role runs"
+    );
     let container = &spec.containers[0];
     let env: BTreeMap<_, _> = container
         .env
