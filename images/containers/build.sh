@@ -45,6 +45,7 @@ fi
 in_root() {
   local root=$1
   shift
+  # shellcheck disable=SC2016 # expanded by the inner shell
   unshare --mount --propagation private -- sh -c '
     root=$1; shift
     mount -t proc proc "$root/proc" && mount --rbind /dev "$root/dev" || exit 1
@@ -68,8 +69,11 @@ rootfs() {
   local name=$1
   shift
   local dir=$cache/$name key
-  key=$({ declare -f rootfs in_root slim; cat "$here/excludes.cfg" "$here/debian.sources"; echo "$mirror $security_mirror $*"; } |
-    sha256sum | cut -c1-16)
+  key=$({
+    declare -f rootfs in_root slim
+    cat "$here/excludes.cfg" "$here/debian.sources"
+    echo "$mirror $security_mirror $*"
+  } | sha256sum | cut -c1-16)
   if [ -d "$dir" ] && [ "$(cat "$dir.key" 2>/dev/null)" = "$key" ]; then
     return
   fi
@@ -128,7 +132,7 @@ commit() {
   archive=$out/${image//\//-}-$version.oci.tar
   rm -f "$archive"
   "${buildah[@]}" push --quiet "$image:$version" "oci-archive:$archive:$image:$version" >&2
-  log "$image:$version: $(du -m --apparent-size "$archive" | cut -f1) MB archive ($archive)"
+  log "$image:$version: $(($(stat -c %s "$archive") / 1000000)) MB compressed ($archive)"
 }
 
 # The OCI labels of the image $1, described by $2.
@@ -142,7 +146,9 @@ labels() {
 
 # The launcher: the Debian root filesystem, with the two programs added.
 launcher_root=$cache/launcher-rootfs
+# shellcheck disable=SC2016 # dpkg-query's format
 qemu_version=$(chroot "$launcher_root" dpkg-query -W -f '${Version}' qemu-system-x86)
+# shellcheck disable=SC2016
 libvirt_version=$(chroot "$launcher_root" dpkg-query -W -f '${Version}' libvirt-daemon-driver-qemu)
 "${buildah[@]}" rm vmlet-launcher-build >/dev/null 2>&1 || true
 ctr=$("${buildah[@]}" from --name vmlet-launcher-build scratch)
@@ -158,7 +164,8 @@ chroot "$mnt" useradd --system --no-create-home --home-dir /var/lib/libvirt --sh
   -g libvirt-qemu -G kvm libvirt-qemu
 rm -f "$mnt"/etc/{passwd,group,shadow,gshadow}-
 "${buildah[@]}" umount "$ctr" >/dev/null
-"${buildah[@]}" copy --quiet --chmod 0755 "$ctr" "$programs/vmlet-launcher" "$programs/vmlet-driver" /usr/local/bin/ >/dev/null
+"${buildah[@]}" copy --quiet --chmod 0755 "$ctr" "$programs/vmlet-launcher" "$programs/vmlet-driver" /usr/local/bin/ \
+  >/dev/null
 labels vmlet-launcher "vmlet's VM pod: vmlet-launcher and vmlet-driver with QEMU and libvirt's QEMU driver"
 "${buildah[@]}" config \
   --os linux --arch amd64 \
@@ -190,6 +197,7 @@ if grep -q "not found" <<<"$libraries"; then
   echo "$libraries" >&2
   exit 1
 fi
+# shellcheck disable=SC2013 # ldd's paths have no spaces
 for library in $(grep -o '/[^ ]*' <<<"$libraries"); do
   mkdir -p "$handler_root$(dirname "$library")"
   cp -L "$handler_build$library" "$handler_root$library"

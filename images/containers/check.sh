@@ -68,7 +68,8 @@ root=$(open_image vmlet-image-check-handler "$handler_archive")
   fail "the handler's entrypoint is $(entrypoint vmlet-image-check-handler)"
 chroot --userspec=65532:65532 "$root" /usr/local/bin/vmlet-handler --version >&2
 chroot --userspec=65532:65532 "$root" /usr/local/bin/vmlet-handler crd > "$work/crd.yaml"
-diff -u "$repo/deploy/crd.yaml" "$work/crd.yaml" >&2 || fail "vmlet-handler crd in the image differs from deploy/crd.yaml"
+diff -u "$repo/deploy/crd.yaml" "$work/crd.yaml" >&2 ||
+  fail "vmlet-handler crd in the image differs from deploy/crd.yaml"
 ok "vmlet-handler crd, run in the image as user 65532, equals deploy/crd.yaml"
 [ -s "$root/etc/ssl/certs/ca-certificates.crt" ] || fail "the handler image has no CA certificates"
 ok "the handler image holds $(find "$root" -type f | wc -l) files, $(du -sm "$root" | cut -f1) MB"
@@ -117,12 +118,15 @@ spec='{"apiVersion": "vmlet.dev/v1alpha1", "kind": "VirtualMachine",
     "domain": {
       "memory": {"guest": "256Mi"},
       "firmware": {"kernelBoot": {"kernelArgs": "console=ttyS0 quiet panic=-1 vmlet.ping=10.244.1.1",
-        "hostPath": {"kernelPath": "/var/lib/vmlet/guest/vmlinux", "initrdPath": "/var/lib/vmlet/guest/initramfs.cpio.gz"}}},
+        "hostPath": {"kernelPath": "/var/lib/vmlet/guest/vmlinux",
+          "initrdPath": "/var/lib/vmlet/guest/initramfs.cpio.gz"}}},
       "devices": {"interfaces": [{"name": "default", "bridge": {}}], "disks": [{"name": "scratch", "disk": {}}]}},
     "networks": [{"name": "default", "pod": {}}],
     "volumes": [{"name": "scratch", "emptyDisk": {"capacity": "64Mi"}}]}}}}'
-# The container's view, made as a runtime does: the pod's host name, /proc and /sys of the pod's namespaces, a /dev with the usual nodes
-# and the host paths the controller's Pod mounts, then the image's entrypoint as PID 1 with the image's PATH.
+# The container's view, made as a runtime does: the pod's host name, /proc and /sys of the pod's namespaces, a /dev
+# with the usual nodes, and the host paths the controller's Pod mounts; then the image's entrypoint as PID 1 with the
+# image's PATH.
+# shellcheck disable=SC2016 # expanded by the pod's shell
 pod_setup='set -e
 root=$1 run=$2 caps=$3 guest=$4 resolv=$5
 shift 5
@@ -190,6 +194,7 @@ done
 status=0
 wait "$pod_pid" || status=$?
 pod_pid=""
-grep -qa "VMLET-GUEST poweroff reason=acpi" "$console" || { cat "$console" >&2; fail "the guest did not power off over ACPI"; }
+grep -qa "VMLET-GUEST poweroff reason=acpi" "$console" ||
+  { cat "$console" >&2; fail "the guest did not power off over ACPI"; }
 [ "$status" = 0 ] || { cat "$work/launcher.log" >&2; fail "the launcher exited with $status after SIGTERM"; }
 ok "SIGTERM shut the guest down over ACPI and the launcher exited 0 within $((SECONDS - started)) s"
