@@ -115,7 +115,8 @@ slim() {
 
 # The programs without their debug information (line tables, a few times the code's size), which no pod reads.
 programs=$(mktemp -d)
-trap 'rm -rf "$programs"' EXIT
+# A build that fails leaves no working container behind.
+trap 'rm -rf "$programs"; "${buildah[@]}" rm vmlet-launcher-build vmlet-handler-build >/dev/null 2>&1 || true' EXIT
 for program in vmlet-launcher vmlet-driver vmlet-handler; do
   strip --strip-debug -o "$programs/$program" "$bin/$program"
 done

@@ -29,7 +29,8 @@ stop_secs=120
 work=$(mktemp -d)
 node=vmlet-image-node-$$
 pod=vmlet-image-pod-$$
-containers=()
+# The working containers the archives are opened as.
+containers=(vmlet-image-check-handler vmlet-image-check-launcher)
 pod_pid=""
 cleanup() {
   if [ -n "$pod_pid" ]; then
@@ -50,12 +51,11 @@ fail() {
 }
 ok() { echo "images check: ok: $*" >&2; }
 
-# Opens the OCI archive $2 as the working container $1 and prints its root filesystem's path.
+# Opens the OCI archive $2 as the working container $1 (one of $containers) and prints its root filesystem's path.
 open_image() {
   local name=$1 archive=$2
   "${buildah[@]}" rm "$name" >/dev/null 2>&1 || true
   "${buildah[@]}" from --quiet --name "$name" "oci-archive:$archive" >/dev/null
-  containers+=("$name")
   "${buildah[@]}" mount "$name"
 }
 
