@@ -49,6 +49,8 @@ impl Seconds {
 pub struct CpuUse {
     /// The thread that sent or received at the node's end.
     pub node_end: Seconds,
+    /// The thread that played the far end, on the veth pair.
+    pub far_end: Option<Seconds>,
     pub qemu: Option<QemuUse>,
 }
 
@@ -65,8 +67,20 @@ pub struct QemuUse {
     pub vhost: Seconds,
 }
 
-/// Reads the CPU time of the calling thread and, if it is given, of a QEMU process.
+impl QemuUse {
+    /// All of QEMU's threads and vhost-net's.
+    pub fn total(&self) -> Seconds {
+        let parts = [self.vcpu, self.main_loop, self.other, self.vhost];
+        Seconds {
+            user: parts.iter().map(|part| part.user).sum(),
+            system: parts.iter().map(|part| part.system).sum(),
+        }
+    }
+}
+
+/// Reads the CPU time of the calling thread and of the far end: a thread of this process, or a QEMU process.
 pub struct CpuProbe {
+    far_thread: Option<u32>,
     qemu: Option<Qemu>,
 }
 
@@ -79,6 +93,7 @@ struct Qemu {
 /// What [`CpuProbe::read`] found.
 pub struct CpuTimes {
     node_end: Ticks,
+    far_end: Option<Ticks>,
     qemu: Option<QemuTicks>,
 }
 
@@ -91,12 +106,18 @@ struct QemuTicks {
 }
 
 impl CpuProbe {
-    pub fn node_only() -> CpuProbe {
-        CpuProbe { qemu: None }
+    /// The far end is the thread `tid` of this process.
+    pub fn far_thread(tid: u32) -> CpuProbe {
+        CpuProbe {
+            far_thread: Some(tid),
+            qemu: None,
+        }
     }
 
-    pub fn with_qemu(pid: u32) -> CpuProbe {
+    /// The far end is the guest of the QEMU process `pid`.
+    pub fn qemu(pid: u32) -> CpuProbe {
         CpuProbe {
+            far_thread: None,
             qemu: Some(Qemu {
                 pid,
                 vhost: vhost_threads(pid),
@@ -108,9 +129,21 @@ impl CpuProbe {
     pub fn read(&self) -> anyhow::Result<CpuTimes> {
         let own = std::fs::read_to_string("/proc/thread-self/stat").context("cannot read this thread's stat")?;
         let (_, node_end) = comm_and_ticks(&own).context("cannot parse this thread's stat")?;
+        let far_end = self.far_thread.map(read_thread).transpose()?;
         let qemu = self.qemu.as_ref().map(read_qemu).transpose()?;
-        Ok(CpuTimes { node_end, qemu })
+        Ok(CpuTimes {
+            node_end,
+            far_end,
+            qemu,
+        })
     }
+}
+
+fn read_thread(tid: u32) -> anyhow::Result<Ticks> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .with_context(|| format!("cannot read the stat of thread {tid}"))?;
+    let (_, ticks) = comm_and_ticks(&stat).with_context(|| format!("cannot parse the stat of thread {tid}"))?;
+    Ok(ticks)
 }
 
 fn read_qemu(qemu: &Qemu) -> anyhow::Result<QemuTicks> {
@@ -156,8 +189,13 @@ impl CpuTimes {
             }),
             _ => None,
         };
+        let far_end = match (self.far_end, later.far_end) {
+            (Some(before), Some(after)) => Some(before.seconds_until(after)),
+            _ => None,
+        };
         CpuUse {
             node_end: self.node_end.seconds_until(later.node_end),
+            far_end,
             qemu,
         }
     }
@@ -232,22 +270,33 @@ mod tests {
     }
 
     #[test]
-    fn counts_the_calling_thread_and_a_processes_threads() {
-        let probe = CpuProbe::with_qemu(std::process::id());
-        let before = probe.read().unwrap();
+    fn counts_the_calling_thread_a_far_thread_and_a_processes_threads() {
         let (spun, stop) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (tid, started) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
         let spinner = std::thread::spawn(move || {
+            tid.0.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+            started.1.recv().unwrap();
             spin(0.3);
             spun.0.send(()).unwrap();
             // Alive until counted: a thread that has ended is gone from /proc/PID/task with its time.
             let _ = stop.1.recv();
         });
+        let spinner_tid = tid.1.recv().unwrap();
+        let (this_process, far_thread) = (CpuProbe::qemu(std::process::id()), CpuProbe::far_thread(spinner_tid));
+        let before = [this_process.read().unwrap(), far_thread.read().unwrap()];
+        started.0.send(()).unwrap();
         spun.1.recv().unwrap();
         spin(0.2);
-        let after = probe.read().unwrap();
+        let after = [this_process.read().unwrap(), far_thread.read().unwrap()];
         stop.0.send(()).unwrap();
         spinner.join().unwrap();
-        let used = before.used_until(&after);
+        let spinner_used = before[1].used_until(&after[1]);
+        assert!(spinner_used.qemu.is_none());
+        let spinner = spinner_used.far_end.unwrap().total();
+        assert!((0.29..0.35).contains(&spinner), "{spinner_used:?}");
+        assert!(spinner_used.node_end.total() >= 0.15, "{spinner_used:?}");
+        let used = before[0].used_until(&after[0]);
+        assert!(used.far_end.is_none());
         let qemu = used.qemu.unwrap();
         // Clock ticks are 10 ms. The spinner counts as "other", the calling thread as the node's end and, as the test
         // harness's main thread or not, as the main loop or "other".
@@ -255,6 +304,5 @@ mod tests {
         assert!(qemu.other.total() >= 0.25, "{used:?}");
         assert!(qemu.main_loop.total() + qemu.other.total() >= 0.4, "{used:?}");
         assert_eq!((qemu.vcpu, qemu.vhost), (Seconds::default(), Seconds::default()));
-        assert!(CpuProbe::node_only().read().unwrap().qemu.is_none());
     }
 }

@@ -24,7 +24,7 @@ use vmlet_testkit::vm_pod::{GuestSpec, Launcher, MTU, VmPod, children};
 
 use self::cpu::{CpuProbe, CpuUse, Seconds};
 use self::meter::{Spread, Window};
-use self::transfer::{Measured, finish, listener, receive, send, socket_in, spawn_discarder, spawn_zero_sender};
+use self::transfer::{Measured, listener, receive, send, socket_in, spawn_discarder, spawn_zero_sender};
 use crate::pidns;
 
 #[derive(clap::Args)]
@@ -113,7 +113,6 @@ struct Veth {
     pod: VmPod,
     receiver: TcpListener,
     discard: TcpListener,
-    probe: CpuProbe,
 }
 
 /// A VM pod whose guest sends to the node's receiver and discards what the node sends.
@@ -143,17 +142,18 @@ impl FarEnd {
         let to_pod = SocketAddrV4::new(POD, DISCARD_PORT);
         match (self, direction) {
             (FarEnd::Veth(veth), Direction::ToNode) => {
-                let sender = spawn_zero_sender(&veth.pod.pod, to_node);
-                let measured = receive(&veth.receiver, window, &veth.probe);
-                let finished = finish(sender, "the far end's sender");
+                let sender = spawn_zero_sender(&veth.pod.pod, to_node)?;
+                let measured = receive(&veth.receiver, window, &CpuProbe::far_thread(sender.tid));
+                let finished = sender.finish("the far end's sender");
                 let measured = measured?;
                 finished?;
                 Ok(measured)
             }
             (FarEnd::Veth(veth), Direction::FromNode) => {
-                let discarder = spawn_discarder(veth.discard.try_clone()?);
-                let measured = send(socket_in(&veth.pod.node)?, to_pod, window, &veth.probe);
-                let finished = finish(discarder, "the far end's receiver");
+                let discarder = spawn_discarder(veth.discard.try_clone()?)?;
+                let probe = CpuProbe::far_thread(discarder.tid);
+                let measured = send(socket_in(&veth.pod.node)?, to_pod, window, &probe);
+                let finished = discarder.finish("the far end's receiver");
                 let measured = measured?;
                 finished?;
                 Ok(measured)
@@ -174,7 +174,6 @@ impl Veth {
         Ok(Veth {
             receiver: listener(&pod.node, SocketAddrV4::new(NODE, RECEIVE_PORT))?,
             discard: listener(&pod.pod, SocketAddrV4::new(POD, DISCARD_PORT))?,
-            probe: CpuProbe::node_only(),
             pod,
         })
     }
@@ -202,7 +201,7 @@ impl Guest {
         Ok(Guest {
             binding,
             receiver: listener(&pod.node, SocketAddrV4::new(NODE, RECEIVE_PORT))?,
-            probe: CpuProbe::with_qemu(qemu),
+            probe: CpuProbe::qemu(qemu),
             qemu_accel,
             qemu_netdev,
             launcher,
@@ -360,6 +359,10 @@ fn describe(path: &str, direction: Direction, measured: &Measured) -> String {
     };
     let seconds = measured.transfer.seconds;
     let share = |cpu: Seconds| cpu.total() / seconds * 100.0;
+    let far_thread = measured
+        .cpu
+        .far_end
+        .map_or_else(String::new, |far_end| format!(", far end {:.0} %", share(far_end)));
     let qemu = measured.cpu.qemu.map_or_else(String::new, |qemu| {
         format!(
             ", QEMU vCPU {:.0} %, main loop {:.0} %, other {:.0} %, vhost {:.0} %",
@@ -370,7 +373,7 @@ fn describe(path: &str, direction: Direction, measured: &Measured) -> String {
         )
     });
     format!(
-        "{path:<10} {arrow} {:>8.1} Mbit/s ({} MB in {seconds:.2} s); CPU: node end {:.0} %{qemu}",
+        "{path:<10} {arrow} {:>8.1} Mbit/s ({} MB in {seconds:.2} s); CPU: node end {:.0} %{far_thread}{qemu}",
         measured.transfer.mbit_per_s(),
         measured.transfer.bytes / 1_000_000,
         share(measured.cpu.node_end),
@@ -494,12 +497,13 @@ fn print_report(report: &Report) {
     }
     println!();
     println!(
-        "CPU seconds per GB moved, medians over the transfers' windows: the node end's thread, QEMU's vCPU thread, its \
-         main loop, its other threads, vhost-net; user+system. Then the vCPU's and the main loop's share of one CPU."
+        "CPU seconds per GB moved, medians over the transfers' windows, user+system: the node end's thread; the far \
+         end (on the veth pair its thread, for a guest all of QEMU's threads and vhost-net's), and of QEMU: its vCPU \
+         thread, its main loop, its other threads, vhost-net. Then the vCPU's and the main loop's share of one CPU."
     );
     println!(
-        "{:<12} {:<8} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7} {:>7}",
-        "path", "", "node end", "vCPU", "main loop", "other", "vhost", "vCPU %", "main %"
+        "{:<12} {:<8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7} {:>7}",
+        "path", "", "node end", "far end", "vCPU", "main loop", "other", "vhost", "vCPU %", "main %"
     );
     let pair = |user: Option<f64>, system: Option<f64>| match (user, system) {
         (Some(user), Some(system)) => format!("{user:.2}+{system:.2}"),
@@ -510,14 +514,19 @@ fn print_report(report: &Report) {
         for direction in directions {
             let per_gb = |part: fn(&CpuUse) -> Option<f64>| path.cpu_per_gb(direction, part);
             let share = |part: fn(&CpuUse) -> Option<f64>| path.cpu_share(direction, part);
+            let far_end = |cpu: &CpuUse| cpu.far_end.or(cpu.qemu.map(|qemu| qemu.total()));
             println!(
-                "{:<12} {:<8} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7} {:>7}",
+                "{:<12} {:<8} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7} {:>7} {:>7}",
                 path.path,
                 match direction {
                     Direction::ToNode => "→ node",
                     Direction::FromNode => "node →",
                 },
                 pair(per_gb(|c| Some(c.node_end.user)), per_gb(|c| Some(c.node_end.system))),
+                pair(
+                    path.cpu_per_gb(direction, |c| Some(far_end(c)?.user)),
+                    path.cpu_per_gb(direction, |c| Some(far_end(c)?.system))
+                ),
                 pair(
                     per_gb(|c| Some(c.qemu?.vcpu.user)),
                     per_gb(|c| Some(c.qemu?.vcpu.system))
@@ -596,7 +605,7 @@ mod tests {
     }
 
     /// The whole measurement over a real veth pair in namespaces: one transfer each way, each as long as asked, at a
-    /// plausible rate, with the node end's CPU time counted.
+    /// plausible rate, with the CPU time of both ends counted.
     #[test]
     fn measures_a_veth_pair_both_ways() {
         let veth = FarEnd::Veth(Veth::new().unwrap());
@@ -610,6 +619,10 @@ mod tests {
             // Even a busy two-core machine moves far more than this over a veth pair.
             assert!(measured.transfer.mbit_per_s() > 50.0, "{direction:?}: {measured:?}");
             assert!(measured.cpu.node_end.total() > 0.0, "{measured:?}");
+            assert!(
+                measured.cpu.far_end.is_some_and(|far_end| far_end.total() > 0.0),
+                "{measured:?}"
+            );
             assert!(measured.cpu.qemu.is_none());
             assert_eq!(measured.retransmits.is_some(), direction == Direction::FromNode);
         }

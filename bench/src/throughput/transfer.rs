@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -184,11 +185,40 @@ fn enter(path: &str) -> anyhow::Result<()> {
     setns(file, CloneFlags::CLONE_NEWNET).with_context(|| format!("cannot enter {path}"))
 }
 
+/// A thread of this program that plays the far end on the veth pair.
+pub struct FarThread {
+    handle: JoinHandle<anyhow::Result<()>>,
+    /// Its thread id, for its CPU time.
+    pub tid: u32,
+}
+
+impl FarThread {
+    fn spawn(body: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<FarThread> {
+        let (tid_sender, tid) = mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let _ = tid_sender.send(nix::unistd::gettid().as_raw() as u32);
+            body()
+        });
+        let tid = tid
+            .recv_timeout(IO_TIMEOUT)
+            .context("the far end's thread did not start")?;
+        Ok(FarThread { handle, tid })
+    }
+
+    /// Waits for the thread, which its socket timeouts bound.
+    pub fn finish(self, what: &str) -> anyhow::Result<()> {
+        self.handle
+            .join()
+            .map_err(|_| anyhow!("{what} panicked"))?
+            .with_context(|| what.to_owned())
+    }
+}
+
 /// The far end's sender over the veth pair: a thread in `ns` that connects to `to` and sends zeros until the receiver
 /// resets the connection.
-pub fn spawn_zero_sender(ns: &NetNs, to: SocketAddrV4) -> JoinHandle<anyhow::Result<()>> {
+pub fn spawn_zero_sender(ns: &NetNs, to: SocketAddrV4) -> anyhow::Result<FarThread> {
     let path = netns_path(ns);
-    std::thread::spawn(move || {
+    FarThread::spawn(move || {
         enter(&path)?;
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
         socket
@@ -210,20 +240,12 @@ pub fn spawn_zero_sender(ns: &NetNs, to: SocketAddrV4) -> JoinHandle<anyhow::Res
 }
 
 /// The far end's receiver over the veth pair: accepts one connection and reads it to its end, then closes it.
-pub fn spawn_discarder(listener: TcpListener) -> JoinHandle<anyhow::Result<()>> {
-    std::thread::spawn(move || {
+pub fn spawn_discarder(listener: TcpListener) -> anyhow::Result<FarThread> {
+    FarThread::spawn(move || {
         let (mut stream, _) = listener.accept().context("nothing connected to the discarder")?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         let mut buffer = vec![0; BLOCK];
         while stream.read(&mut buffer).context("cannot read")? > 0 {}
         Ok(())
     })
-}
-
-/// Waits for a far end's thread, which its socket timeouts bound.
-pub fn finish(thread: JoinHandle<anyhow::Result<()>>, what: &str) -> anyhow::Result<()> {
-    thread
-        .join()
-        .map_err(|_| anyhow!("{what} panicked"))?
-        .with_context(|| what.to_owned())
 }
