@@ -25,6 +25,7 @@ use vmlet_testkit::vm_pod::{GuestSpec, Launcher, MTU, VmPod, children};
 use self::cpu::{CpuProbe, CpuUse, Seconds};
 use self::meter::{Spread, Window};
 use self::transfer::{Measured, listener, receive, send, socket_in, spawn_discarder, spawn_zero_sender};
+use crate::boot::{BareGuest, has_exited};
 use crate::pidns;
 
 #[derive(clap::Args)]
@@ -41,6 +42,9 @@ pub struct Args {
     /// The bindings to measure.
     #[arg(long, value_delimiter = ',', default_value = "bridge,tap,masquerade")]
     bindings: Vec<Binding>,
+    /// Leave out the bare QEMU (the guest on a tap in a bridge on the node, no pod and no vmlet).
+    #[arg(long)]
+    no_bare: bool,
     /// The bound on one guest's boot to its `ready` record, in seconds.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
@@ -105,6 +109,7 @@ fn turn(round: u16) -> [Direction; 2] {
 /// The far end of a path, up for the whole run.
 enum FarEnd {
     Veth(Veth),
+    Bare(Box<Bare>),
     Guest(Box<Guest>),
 }
 
@@ -113,6 +118,16 @@ struct Veth {
     pod: VmPod,
     receiver: TcpListener,
     discard: TcpListener,
+}
+
+/// The same guest under QEMU alone, as the `boot` benchmark runs it: what any VM on a tap costs, before a pod's
+/// network.
+struct Bare {
+    receiver: TcpListener,
+    probe: CpuProbe,
+    qemu_netdev: String,
+    accel: String,
+    guest: BareGuest,
 }
 
 /// A VM pod whose guest sends to the node's receiver and discards what the node sends.
@@ -133,6 +148,7 @@ impl FarEnd {
     fn name(&self) -> &'static str {
         match self {
             FarEnd::Veth(_) => "veth",
+            FarEnd::Bare(_) => "bare QEMU",
             FarEnd::Guest(guest) => guest.binding.name(),
         }
     }
@@ -158,6 +174,12 @@ impl FarEnd {
                 finished?;
                 Ok(measured)
             }
+            (FarEnd::Bare(bare), Direction::ToNode) => {
+                receive(&bare.receiver, window, &bare.probe).map_err(|err| bare.explain(err))
+            }
+            (FarEnd::Bare(bare), Direction::FromNode) => {
+                send(socket_in(&bare.guest.ns)?, to_pod, window, &bare.probe).map_err(|err| bare.explain(err))
+            }
             (FarEnd::Guest(guest), Direction::ToNode) => {
                 receive(&guest.receiver, window, &guest.probe).map_err(|err| guest.explain(err))
             }
@@ -179,14 +201,46 @@ impl Veth {
     }
 }
 
+/// What the guest is asked for on its kernel command line, beyond a network interface: the node's address to ping,
+/// and the two ends of the transfers.
+fn guest_spec(interface: &str) -> GuestSpec {
+    GuestSpec::new(interface, &NODE.to_string())
+        .send_to(SocketAddrV4::new(NODE, RECEIVE_PORT).into())
+        .discard(DISCARD_PORT)
+}
+
+impl Bare {
+    /// Boots the guest under QEMU with `accel` and waits for it to be ready.
+    fn boot(accel: &str, timeout: Duration) -> anyhow::Result<Bare> {
+        // The command line the launcher's domain gets (`VmPod::write_manifest`).
+        let cmdline = format!("console=ttyS0 quiet panic=-1 {}", guest_spec("").kernel_args);
+        let guest = BareGuest::start(accel, &vmlet_testkit::guest_image(), &cmdline)?;
+        let console = || std::fs::read_to_string(guest.console_log()).unwrap_or_default();
+        let qemu = guest.qemu.pid();
+        wait_ready(console, || has_exited(qemu), timeout).map_err(|err| guest.explain(err))?;
+        let (accel, qemu_netdev) = qemu_setup(qemu)?;
+        eprintln!("  ready; QEMU {qemu}: -accel {accel}, -netdev {qemu_netdev}");
+        Ok(Bare {
+            receiver: listener(&guest.ns, SocketAddrV4::new(NODE, RECEIVE_PORT))?,
+            probe: CpuProbe::qemu(qemu),
+            qemu_netdev,
+            accel,
+            guest,
+        })
+    }
+
+    /// `err` with what the guest printed on its console, and QEMU and dnsmasq printed.
+    fn explain(&self, err: anyhow::Error) -> anyhow::Error {
+        let console = std::fs::read_to_string(self.guest.console_log()).unwrap_or_default();
+        self.guest.explain(anyhow!("{err:#}\n--- console ---\n{console}"))
+    }
+}
+
 impl Guest {
     /// Boots the guest with `binding` in a VM pod of its own and waits for it to be ready.
     fn boot(binding: Binding, timeout: Duration) -> anyhow::Result<Guest> {
         let pod = VmPod::subnet();
-        let spec = GuestSpec::new(&binding.interface(), &NODE.to_string())
-            .send_to(SocketAddrV4::new(NODE, RECEIVE_PORT).into())
-            .discard(DISCARD_PORT);
-        let launcher = pod.start(&pod.write_manifest("vm.yaml", &spec));
+        let launcher = pod.start(&pod.write_manifest("vm.yaml", &guest_spec(&binding.interface())));
         let explain = |err: anyhow::Error| {
             anyhow!(
                 "{err:#}\n--- console ---\n{}\n--- launcher ---\n{}",
@@ -194,7 +248,7 @@ impl Guest {
                 launcher.process.output()
             )
         };
-        wait_ready(&pod, &launcher, timeout).map_err(explain)?;
+        wait_ready(|| pod.console(), || launcher.has_exited(), timeout).map_err(explain)?;
         let qemu = qemu_of(&launcher).map_err(explain)?;
         let (qemu_accel, qemu_netdev) = qemu_setup(qemu)?;
         eprintln!("  ready; QEMU {qemu}: -accel {qemu_accel}, -netdev {qemu_netdev}");
@@ -296,6 +350,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .with_context(|| format!("the {} binding", binding.name()))?;
         far_ends.push(FarEnd::Guest(Box::new(guest)));
     }
+    if !args.no_bare {
+        // The accelerator the launcher chose, so that both run the guest alike.
+        let accel = far_ends
+            .iter()
+            .find_map(|far_end| match far_end {
+                FarEnd::Guest(guest) => Some(guest.qemu_accel.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "tcg".to_owned());
+        eprintln!("throughput: bare QEMU, booting the guest");
+        let bare = Bare::boot(&accel, Duration::from_secs(args.boot_timeout)).context("the bare QEMU")?;
+        far_ends.insert(1, FarEnd::Bare(Box::new(bare)));
+    }
 
     let load_average_start = load_average();
     let mut paths: Vec<PathReport> = far_ends
@@ -303,6 +370,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .map(|far_end| {
             let (accel, netdev) = match far_end {
                 FarEnd::Veth(_) => (None, None),
+                FarEnd::Bare(bare) => (Some(bare.accel.clone()), Some(bare.qemu_netdev.clone())),
                 FarEnd::Guest(guest) => (Some(guest.qemu_accel.clone()), Some(guest.qemu_netdev.clone())),
             };
             PathReport {
@@ -380,30 +448,30 @@ fn describe(path: &str, direction: Direction, measured: &Measured) -> String {
     )
 }
 
-/// Waits for the guest's `ready` record, and checks that it reached the node and runs both services.
-fn wait_ready(pod: &VmPod, launcher: &Launcher, timeout: Duration) -> anyhow::Result<()> {
+/// Waits for the guest's `ready` record on its console, read by `console`, and checks that the guest reached the
+/// node and runs both services. Fails at once when `exited` says the process behind the guest is gone.
+fn wait_ready(console: impl Fn() -> String, exited: impl Fn() -> bool, timeout: Duration) -> anyhow::Result<()> {
+    let lines = || -> Vec<String> { console().lines().map(|line| line.trim().to_owned()).collect() };
     let ready = poll_until("the guest's ready record", timeout, Duration::from_millis(100), || {
-        if !pod.console_lines("VMLET-GUEST ready").is_empty() {
+        if lines().iter().any(|line| line == "VMLET-GUEST ready") {
             Some(Ok(()))
-        } else if launcher.has_exited() {
-            Some(Err(anyhow!("the launcher exited before the guest was ready")))
+        } else if exited() {
+            Some(Err(anyhow!("exited before the guest was ready")))
         } else {
             None
         }
     });
     ready.map_err(anyhow::Error::new)??;
+    let lines = lines();
     let expected = [
         format!("VMLET-GUEST ping target={NODE} ok"),
         format!("VMLET-GUEST send target={NODE}:{RECEIVE_PORT}"),
         format!("VMLET-GUEST discard port={DISCARD_PORT}"),
     ];
     for line in expected {
-        ensure!(
-            !pod.console_lines(&line).is_empty(),
-            "the guest did not report `{line}`"
-        );
+        ensure!(lines.contains(&line), "the guest did not report `{line}`");
     }
-    if let Some(error) = pod.console_lines("VMLET-GUEST error").first() {
+    if let Some(error) = lines.iter().find(|line| line.starts_with("VMLET-GUEST error")) {
         bail!("the guest reported `{error}`");
     }
     Ok(())
@@ -469,29 +537,38 @@ fn load_average() -> String {
 fn print_report(report: &Report) {
     println!(
         "TCP throughput, one connection, MTU {}: {} rounds, each path once per direction and round, {} s measured \
-         after a {} s warm-up; Mbit/s, median (min–max); ratio: median / the veth pair's median",
+         after a {} s warm-up; Mbit/s, median (min–max); ratios of the medians to the veth pair's and to the bare \
+         QEMU's",
         report.mtu, report.repeats, report.window_s, report.warmup_s
     );
     println!();
     let directions = [Direction::ToNode, Direction::FromNode];
-    let ceiling = report.paths.first().map(|veth| directions.map(|d| veth.throughput(d)));
+    let median_of = |name: &str| {
+        report
+            .paths
+            .iter()
+            .find(|path| path.path == name)
+            .map(|path| directions.map(|direction| path.throughput(direction).map(|s| s.median)))
+            .unwrap_or([None, None])
+    };
+    let (ceiling, bare) = (median_of("veth"), median_of("bare QEMU"));
     println!(
-        "{:<12} {:>26} {:>7}   {:>26} {:>7}",
-        "path", "far end → node", "ratio", "node → far end", "ratio"
+        "{:<12} {:>26} {:>7} {:>7}   {:>26} {:>7} {:>7}",
+        "path", "far end → node", "÷ veth", "÷ bare", "node → far end", "÷ veth", "÷ bare"
     );
     for path in &report.paths {
         let cells = directions.map(|direction| {
+            let index = usize::from(direction == Direction::FromNode);
             let spread = path.throughput(direction);
-            let ceiling = ceiling.and_then(|c| c[usize::from(direction == Direction::FromNode)]);
-            let ratio = match (spread, ceiling) {
-                (Some(s), Some(c)) if c.median > 0.0 => format!("{:.4}", s.median / c.median),
+            let ratio = |to: Option<f64>| match (spread, to) {
+                (Some(s), Some(to)) if to > 0.0 => format!("{:.3}", s.median / to),
                 _ => "-".to_owned(),
             };
             let spread = spread.map_or_else(
                 || "-".to_owned(),
                 |s| format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max),
             );
-            format!("{spread:>26} {ratio:>7}")
+            format!("{spread:>26} {:>7} {:>7}", ratio(ceiling[index]), ratio(bare[index]))
         });
         println!("{:<12} {}   {}", path.path, cells[0], cells[1]);
     }
