@@ -7,8 +7,10 @@
 //! after a warm-up (slow start, data queued before the connection was accepted). The far end is the guest's busybox
 //! `dd` on the socket (its `vmlet.send` and `vmlet.discard` services), or, for the ceiling, a thread of this program
 //! in the pod namespace of a pod with no VM. Each binding's guest is booted once, one after the other, with
-//! `vmlet-launcher run` as a pod runs it (the testkit's `VmPod`), and all stay up; then the paths take turns, one
-//! transfer at a time, round after round, so that a busy spell of the machine hurts all of them alike.
+//! `vmlet-launcher run` as a pod runs it (the testkit's `VmPod`), and so is the same guest under a bare QEMU on a
+//! bridge in a namespace of its own (the `boot` benchmark's), a second reference with no pod and no vmlet. All stay
+//! up; then the paths take turns, one transfer at a time, round after round, so that a busy spell of the machine
+//! hurts all of them alike.
 
 mod cpu;
 mod meter;
@@ -212,7 +214,8 @@ fn guest_spec(interface: &str) -> GuestSpec {
 impl Bare {
     /// Boots the guest under QEMU with `accel` and waits for it to be ready.
     fn boot(accel: &str, timeout: Duration) -> anyhow::Result<Bare> {
-        // The command line the launcher's domain gets (`VmPod::write_manifest`).
+        // The command line the launcher's domain gets (`VmPod::write_manifest`); of the spec only the kernel
+        // arguments count here, the network interface being QEMU's own.
         let cmdline = format!("console=ttyS0 quiet panic=-1 {}", guest_spec("").kernel_args);
         let guest = BareGuest::start(accel, &vmlet_testkit::guest_image(), &cmdline)?;
         let console = || std::fs::read_to_string(guest.console_log()).unwrap_or_default();
@@ -241,13 +244,7 @@ impl Guest {
     fn boot(binding: Binding, timeout: Duration) -> anyhow::Result<Guest> {
         let pod = VmPod::subnet();
         let launcher = pod.start(&pod.write_manifest("vm.yaml", &guest_spec(&binding.interface())));
-        let explain = |err: anyhow::Error| {
-            anyhow!(
-                "{err:#}\n--- console ---\n{}\n--- launcher ---\n{}",
-                pod.console(),
-                launcher.process.output()
-            )
-        };
+        let explain = |err| with_output(err, &pod, &launcher);
         wait_ready(|| pod.console(), || launcher.has_exited(), timeout).map_err(explain)?;
         let qemu = qemu_of(&launcher).map_err(explain)?;
         let (qemu_accel, qemu_netdev) = qemu_setup(qemu)?;
@@ -263,21 +260,26 @@ impl Guest {
         })
     }
 
-    /// `err` with what the guest printed on its console and the launcher logged.
     fn explain(&self, err: anyhow::Error) -> anyhow::Error {
-        anyhow!(
-            "{err:#}\n--- console ---\n{}\n--- launcher ---\n{}",
-            self.pod.console(),
-            self.launcher.process.output()
-        )
+        with_output(err, &self.pod, &self.launcher)
     }
+}
+
+/// `err` with what the guest printed on its console and the launcher logged.
+fn with_output(err: anyhow::Error, pod: &VmPod, launcher: &Launcher) -> anyhow::Error {
+    anyhow!(
+        "{err:#}\n--- console ---\n{}\n--- launcher ---\n{}",
+        pod.console(),
+        launcher.process.output()
+    )
 }
 
 /// The transfers of one path.
 #[derive(Serialize)]
 struct PathReport {
     path: &'static str,
-    /// What QEMU was started with, as libvirt set it up: its accelerator and its network device.
+    /// What QEMU was started with (by libvirt, or by this program for the bare QEMU): its accelerator and its
+    /// network device.
     qemu_accel: Option<String>,
     qemu_netdev: Option<String>,
     to_node: Vec<Measured>,
