@@ -8,7 +8,7 @@
 //! bare boot's lease is seen the same way. One cold run (an empty capability cache) comes first and leaves the cache
 //! warm for the others; then launcher and bare boots take turns, one guest at a time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -272,76 +272,113 @@ spec:
 }
 
 fn boot_bare(args: &Args, guest: &GuestImage, timeout: Duration) -> anyhow::Result<BareBoot> {
-    let (ns, dir) = (NetNs::new(), ScratchDir::new());
-    let mtu = MTU.to_string();
-    ns.ip(&["link", "add", "br0", "mtu", &mtu, "type", "bridge"]);
-    ns.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
-    ns.ip(&["link", "set", "tap0", "master", "br0", "mtu", &mtu, "up"]);
-    ns.ip(&["addr", "add", &format!("{GATEWAY}/24"), "dev", "br0"]);
-    ns.ip(&["link", "set", "br0", "up"]);
-    let mut dnsmasq = ns.exec("dnsmasq");
-    dnsmasq.args([
-        // As in the `dhcp` benchmark: in the foreground as in production, logging to stderr.
-        "--keep-in-foreground".to_owned(),
-        "--log-facility=-".to_owned(),
-        "--conf-file=/dev/null".to_owned(),
-        format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
-        "--port=0".to_owned(),
-        "--no-ping".to_owned(),
-        "--dhcp-authoritative".to_owned(),
-        "--leasefile-ro".to_owned(),
-        "--interface=br0".to_owned(),
-        "--bind-interfaces".to_owned(),
-        format!("--dhcp-range={POD_ADDRESS},static,{NETMASK}"),
-        format!("--dhcp-host={POD_MAC},{POD_ADDRESS},{VM_NAME}"),
-        format!("--dhcp-option=option:router,{GATEWAY}"),
-        format!("--dhcp-option=option:dns-server,{DNS}"),
-        format!("--dhcp-option=option:domain-search,{SEARCH}"),
-        format!("--dhcp-option=option:mtu,{MTU}"),
-    ]);
-    let dnsmasq = Child::spawn("dnsmasq", &mut dnsmasq);
-    crate::dhcp::wait_listening(&ns, &dnsmasq)?;
-
-    let console_log = dir.join("console.log");
-    let mut qemu = ns.exec("qemu-system-x86_64");
-    qemu.args(["-machine", "q35", "-accel", &args.accel]);
-    if args.accel == "kvm" {
-        qemu.args(["-cpu", "host"]);
-    }
-    qemu.args([
-        "-m",
-        &MEMORY_MIB.to_string(),
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-no-reboot",
-    ])
-    .args(["-display", "none", "-serial"])
-    .arg(format!("file:{}", console_log.display()))
-    .arg("-kernel")
-    .arg(guest.kernel())
-    .arg("-initrd")
-    .arg(guest.initrd())
-    .args(["-append", CMDLINE])
-    .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
-    .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={POD_MAC}")]);
-    let spawned = SystemTime::now();
-    let qemu = Child::spawn("qemu-system-x86_64", &mut qemu);
-    let console = watch_console(&console_log, timeout, || has_exited(qemu.pid())).map_err(|err| {
-        anyhow!(
-            "{err:#}\n--- qemu ---\n{}--- dnsmasq ---\n{}",
-            qemu.output(),
-            dnsmasq.output()
-        )
-    })?;
+    let bare = BareGuest::start(&args.accel, guest, CMDLINE)?;
+    let console =
+        watch_console(&bare.console_log(), timeout, || has_exited(bare.qemu.pid())).map_err(|err| bare.explain(err))?;
     let memory = |child: &Child| pidns::describe(child.pid()).ok_or_else(|| anyhow!("cannot read its memory"));
     Ok(BareBoot {
-        total_ms: ms_between(spawned, console.lease),
+        total_ms: ms_between(bare.spawned, console.lease),
         guest_uptime_at_lease_s: console.uptime_at_lease,
-        qemu: memory(&qemu).context("QEMU")?,
-        dnsmasq: memory(&dnsmasq).context("dnsmasq")?,
+        qemu: memory(&bare.qemu).context("QEMU")?,
+        dnsmasq: memory(&bare.dnsmasq).context("dnsmasq")?,
     })
+}
+
+/// The test guest under a bare `qemu-system-x86_64`, no vmlet: its tap in a Linux bridge `br0` that holds the
+/// gateway's address, in a namespace of its own, with dnsmasq giving the guest the pod's address over DHCP.
+pub(crate) struct BareGuest {
+    // Dropped in this order: the processes, then their namespace and directory.
+    pub qemu: Child,
+    pub dnsmasq: Child,
+    /// When QEMU was spawned.
+    pub spawned: SystemTime,
+    pub ns: NetNs,
+    dir: ScratchDir,
+}
+
+impl BareGuest {
+    /// Starts dnsmasq, waits until it listens, and spawns QEMU with the kernel command line `cmdline`.
+    pub fn start(accel: &str, guest: &GuestImage, cmdline: &str) -> anyhow::Result<BareGuest> {
+        let (ns, dir) = (NetNs::new(), ScratchDir::new());
+        let mtu = MTU.to_string();
+        ns.ip(&["link", "add", "br0", "mtu", &mtu, "type", "bridge"]);
+        ns.ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"]);
+        ns.ip(&["link", "set", "tap0", "master", "br0", "mtu", &mtu, "up"]);
+        ns.ip(&["addr", "add", &format!("{GATEWAY}/24"), "dev", "br0"]);
+        ns.ip(&["link", "set", "br0", "up"]);
+        let mut dnsmasq = ns.exec("dnsmasq");
+        dnsmasq.args([
+            // As in the `dhcp` benchmark: in the foreground as in production, logging to stderr.
+            "--keep-in-foreground".to_owned(),
+            "--log-facility=-".to_owned(),
+            "--conf-file=/dev/null".to_owned(),
+            format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+            "--port=0".to_owned(),
+            "--no-ping".to_owned(),
+            "--dhcp-authoritative".to_owned(),
+            "--leasefile-ro".to_owned(),
+            "--interface=br0".to_owned(),
+            "--bind-interfaces".to_owned(),
+            format!("--dhcp-range={POD_ADDRESS},static,{NETMASK}"),
+            format!("--dhcp-host={POD_MAC},{POD_ADDRESS},{VM_NAME}"),
+            format!("--dhcp-option=option:router,{GATEWAY}"),
+            format!("--dhcp-option=option:dns-server,{DNS}"),
+            format!("--dhcp-option=option:domain-search,{SEARCH}"),
+            format!("--dhcp-option=option:mtu,{MTU}"),
+        ]);
+        let dnsmasq = Child::spawn("dnsmasq", &mut dnsmasq);
+        crate::dhcp::wait_listening(&ns, &dnsmasq)?;
+
+        let console_log = dir.join("console.log");
+        let mut qemu = ns.exec("qemu-system-x86_64");
+        qemu.args(["-machine", "q35", "-accel", accel]);
+        if accel == "kvm" {
+            qemu.args(["-cpu", "host"]);
+        }
+        qemu.args([
+            "-m",
+            &MEMORY_MIB.to_string(),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            // Threads named by their job, as libvirt has them (`CPU 0/TCG`), for the CPU time of each.
+            "-name",
+            "bare,debug-threads=on",
+        ])
+        .args(["-display", "none", "-serial"])
+        .arg(format!("file:{}", console_log.display()))
+        .arg("-kernel")
+        .arg(guest.kernel())
+        .arg("-initrd")
+        .arg(guest.initrd())
+        .args(["-append", cmdline])
+        .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={POD_MAC}")]);
+        let spawned = SystemTime::now();
+        let qemu = Child::spawn("qemu-system-x86_64", &mut qemu);
+        Ok(BareGuest {
+            qemu,
+            dnsmasq,
+            spawned,
+            ns,
+            dir,
+        })
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// `err` with what QEMU and dnsmasq printed.
+    pub fn explain(&self, err: anyhow::Error) -> anyhow::Error {
+        anyhow!(
+            "{err:#}\n--- qemu ---\n{}--- dnsmasq ---\n{}",
+            self.qemu.output(),
+            self.dnsmasq.output()
+        )
+    }
 }
 
 /// What the guest's console showed, and when.
@@ -478,7 +515,7 @@ fn stat_field(stat: &str, n: usize) -> Option<&str> {
 }
 
 /// Whether the process is gone or a zombie: a child of ours stays a zombie until reaped.
-fn has_exited(pid: u32) -> bool {
+pub(crate) fn has_exited(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| stat_field(&stat, 3).map(|state| state == "Z" || state == "X"))

@@ -10,6 +10,7 @@ mod dhcp;
 mod floor;
 mod pidns;
 mod stats;
+mod throughput;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +30,9 @@ enum Command {
     /// Time from `vmlet-launcher run`'s start to the guest's DHCP lease, phase by phase, against a bare QEMU +
     /// dnsmasq boot of the same guest; resident memory of every process of the VM pod.
     Boot(boot::Args),
+    /// TCP throughput between the test guest and the node end of its pod's veth pair, for the bridge, tap and
+    /// masquerade bindings in both directions, against the same transfers over a plain veth pair.
+    Throughput(throughput::Args),
     /// The floor the `dhcp` benchmark measures: a responder with canned replies, run by the benchmark.
     #[command(hide = true)]
     DhcpFloor(floor::Args),
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Dhcp(args) => dhcp::run(&args),
         Command::Boot(args) => boot::run(&args),
+        Command::Throughput(args) => throughput::run(&args),
         Command::DhcpFloor(args) => floor::serve(&args),
     };
     match result {

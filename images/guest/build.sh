@@ -213,6 +213,10 @@ cat >"$root/bin/vmlet-hello" <<'EOF'
 echo "VMLET-GUEST hello hostname=$(hostname)"
 EOF
 chmod 0755 "$root/bin/vmlet-hello"
+# The two ends of a throughput transfer (vmlet.send, vmlet.discard): nc -e makes the socket their stdout or stdin.
+printf '%s\n' '#!/bin/sh' 'exec dd if=/dev/zero bs=256k 2>/dev/null' >"$root/bin/vmlet-zeros"
+printf '%s\n' '#!/bin/sh' 'exec dd of=/dev/null bs=256k 2>/dev/null' >"$root/bin/vmlet-discard"
+chmod 0755 "$root/bin/vmlet-zeros" "$root/bin/vmlet-discard"
 
 # Modules: copy each (uncompressed), skip built-ins, and check that the load order satisfies the dependencies.
 loaded=()

@@ -99,6 +99,20 @@ spec:
         self.kernel_args.push_str(&format!(" vmlet.listen={}", ports.join(",")));
         self
     }
+
+    /// The guest also reads and discards whatever a connection to `port` sends, until the peer closes it.
+    pub fn discard(mut self, port: u16) -> GuestSpec {
+        self.kernel_args.push_str(&format!(" vmlet.discard={port}"));
+        self
+    }
+
+    /// The guest also connects to `address` and sends zeros until the peer closes the connection, then again, for as
+    /// long as it runs.
+    pub fn send_to(mut self, address: std::net::SocketAddr) -> GuestSpec {
+        self.kernel_args
+            .push_str(&format!(" vmlet.send={}:{}", address.ip(), address.port()));
+        self
+    }
 }
 
 /// A node namespace and a pod namespace joined by a veth pair, the pod end configured as a CNI would.
