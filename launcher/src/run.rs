@@ -161,6 +161,17 @@ async fn launch(vm: VmSpec, request: BindingRequest, args: Args) -> anyhow::Resu
         }));
     }
 
+    for relay in &network.loopback_relays {
+        let bound = relay
+            .bind()
+            .await
+            .with_context(|| format!("cannot listen on {} for the guest", relay.listen))?;
+        let mut stopped = dhcp_stopped.clone();
+        tokio::spawn(bound.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+    }
+
     let nic = InterfaceSpec {
         tap: network.tap.clone(),
         mac: network.guest_mac,

@@ -96,6 +96,7 @@ fn the_guest_sits_behind_nat_and_listed_ports_reach_it() {
         (&pod.node, "10.244.1.7"),
         (&pod.node, "fd00:10:244:1::7"),
         (&pod.pod, "127.0.0.1"),
+        (&pod.pod, "::1"),
     ] {
         assert_eq!(
             tcp_read(ns, host, 8080).as_deref(),

@@ -10,6 +10,7 @@ use vmlet_api::{Binding, Interface, PodNetwork};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 
 use super::bridge::BridgeBinding;
+use super::loopback_relay::LoopbackRelay;
 use super::masquerade::{ForwardedPort, GuestSubnets, MasqueradeBinding, forwarded_port};
 use super::plumbing::BindingError;
 use super::pod_interface::PodInterface;
@@ -100,6 +101,8 @@ pub(crate) struct GuestNetwork {
     pub(crate) dhcpv6: Option<Served<v6::Config>>,
     /// The addresses the VM is reached at, for its status: the pod's, whatever the binding.
     pub(crate) addresses: Vec<IpAddr>,
+    /// Ports the launcher relays from the pod's IPv6 loopback to the guest (`masquerade` only).
+    pub(crate) loopback_relays: Vec<LoopbackRelay>,
 }
 
 /// The binding's name as the spec spells it.
@@ -160,6 +163,7 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<G
                 dhcpv4,
                 dhcpv6,
                 addresses: pod_addresses(&setup.pod),
+                loopback_relays: Vec::new(),
             })
         }
         Binding::Tap => {
@@ -183,6 +187,7 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<G
                 guest_mac,
                 mtu: setup.mtu,
                 addresses: pod_addresses(&setup.pod),
+                loopback_relays: Vec::new(),
             })
         }
         Binding::Masquerade => {
@@ -205,6 +210,7 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<G
                 guest_mac: setup.guest_mac,
                 mtu: setup.mtu,
                 addresses: pod_addresses(&setup.pod),
+                loopback_relays: setup.loopback_relays(&request.ports),
             })
         }
     }

@@ -12,7 +12,7 @@
 //! was found, so a restarted launcher gives the guest the same one.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -21,6 +21,7 @@ use rtnetlink::{Handle, LinkUnspec};
 use tracing::info;
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 
+use super::loopback_relay::LoopbackRelay;
 use super::plumbing::{
     BindingError, LinkNames, PodRecord, Recorded, attach_port, ensure_addresses, ensure_bridge, ensure_tap, failed_to,
     local_mac, no_ipv6_addresses, random_bytes, set_ipv4_conf,
@@ -177,6 +178,23 @@ impl MasqueradeSetup {
         Some(config)
     }
 
+    /// The listed TCP ports, relayed from the pod's `[::1]` to the guest's IPv6 address (see
+    /// [`super::loopback_relay`]); none without IPv6 or without a port list.
+    pub(crate) fn loopback_relays(&self, ports: &[ForwardedPort]) -> Vec<LoopbackRelay> {
+        if !self.has_ipv6() {
+            return Vec::new();
+        }
+        let guest = self.subnets.guest_v6().addr();
+        ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(|p| LoopbackRelay {
+                listen: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), p.port),
+                guest: SocketAddr::new(guest.into(), p.port),
+            })
+            .collect()
+    }
+
     /// The DHCPv6 and router advertisement configuration: the guest's private address, the bridge as its router.
     pub(crate) fn dhcpv6_config(&self) -> Option<v6::Config> {
         if !self.has_ipv6() {
@@ -209,7 +227,7 @@ impl MasqueradeSetup {
 /// - `output`: connections from the pod's own loopback (127.0.0.1) to a forwarded port go to the guest; this needs
 ///   `route_localnet` on the bridge for a packet from 127.0.0.1 to leave through it. IPv6 has no such setting: the
 ///   guest's answer to ::1, once translated back, arrives on the bridge with a loopback destination, which the
-///   kernel drops, so connections to [::1] are not forwarded.
+///   kernel drops; the launcher relays [::1] in user space instead ([`super::loopback_relay`]).
 /// - `postrouting`: those loopback connections take the gateway's address as their source, which the guest can
 ///   answer; what the guest sends anywhere else leaves with the pod's address.
 pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> String {
@@ -527,6 +545,31 @@ mod tests {
             pod,
             dns: DnsConfig::parse("nameserver 10.96.0.10\nnameserver fd00:10:96::a\nsearch cluster.local\n"),
         }
+    }
+
+    #[test]
+    fn listed_tcp_ports_are_relayed_from_ipv6_loopback_when_the_pod_has_ipv6() {
+        let ports = [
+            forwarded_port(None, 8080).unwrap(),
+            forwarded_port(Some("UDP"), 53).unwrap(),
+        ];
+        let relays = setup(pod()).loopback_relays(&ports);
+        assert_eq!(
+            relays,
+            [LoopbackRelay {
+                listen: "[::1]:8080".parse().unwrap(),
+                guest: "[fd10:0:2::2]:8080".parse().unwrap(),
+            }]
+        );
+        assert!(
+            setup(pod()).loopback_relays(&[]).is_empty(),
+            "no list: nothing to listen on"
+        );
+        let v4_only = PodInterface {
+            ipv6: Vec::new(),
+            ..pod()
+        };
+        assert!(setup(v4_only).loopback_relays(&ports).is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub(crate) mod binding;
 pub(crate) mod bridge;
 mod gateway;
 mod leak_guard;
+pub(crate) mod loopback_relay;
 mod masquerade;
 mod netlink;
 #[cfg(test)]
