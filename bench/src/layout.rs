@@ -277,7 +277,8 @@ fn linker_script(executed: &BTreeSet<String>, symbols: &[Symbol]) -> String {
     for pattern in &patterns {
         let _ = writeln!(script, "    *(.text.{pattern} .text.unlikely.{pattern})");
     }
-    script.push_str("  }\n}\nINSERT BEFORE .init;\n");
+    // After `.init` and `.plt`, which run too: one window of pages with the rest.
+    script.push_str("  }\n}\nINSERT AFTER .plt;\n");
     script
 }
 
@@ -361,6 +362,6 @@ fn=(4) free
         assert!(script.contains("*(.text._RNvCs*_5alias* "), "{script}");
         assert!(script.contains("*(.text._RNvCs*_8original* "), "{script}");
         assert_eq!(script.matches("*(.text.").count(), 4, "{script}");
-        assert!(script.ends_with("  }\n}\nINSERT BEFORE .init;\n"), "{script}");
+        assert!(script.ends_with("  }\n}\nINSERT AFTER .plt;\n"), "{script}");
     }
 }
