@@ -41,12 +41,16 @@ pub struct Args {
     /// repeatable, to compare builds in one run (the ratio row compares the first with dnsmasq).
     #[arg(long = "launcher", value_name = "PATH")]
     launchers: Vec<PathBuf>,
+    /// After the table, where each server's resident pages were at the end of its last batch, mapping by mapping
+    /// (from `/proc/PID/smaps`; always in the JSON report).
+    #[arg(long)]
+    breakdown: bool,
 }
 
 // The host both servers serve. The server end of the veth has only a link-local address, as in a pod whose
 // address went to its guest.
 const SERVER_IF: &str = "srv0";
-const CLIENT_IF: &str = "cli0";
+pub(crate) const CLIENT_IF: &str = "cli0";
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const CLIENT_MAC_TEXT: &str = "02:00:00:00:00:01";
 const SERVER_ID: &str = "169.254.75.10";
@@ -107,7 +111,17 @@ impl Server {
 /// `vmlet-launcher dhcp-serve` serving the benchmark's host.
 fn vmlet_command(launcher: &Path, ns: &NetNs, quiet: bool) -> Command {
     let mut command = ns.exec(launcher);
-    command.arg("dhcp-serve").args([
+    command.args(dhcp_serve_args());
+    command
+        .env("VMLET_LOG", if quiet { "warn" } else { "info" })
+        .env("NO_COLOR", "1");
+    command
+}
+
+/// The arguments of `vmlet-launcher` that serve the benchmark's host.
+pub(crate) fn dhcp_serve_args() -> [String; 10] {
+    [
+        "dhcp-serve".to_owned(),
         format!("--interface={SERVER_IF}"),
         format!("--client-mac={CLIENT_MAC_TEXT}"),
         format!("--address={ADDRESS}/{PREFIX}"),
@@ -117,11 +131,7 @@ fn vmlet_command(launcher: &Path, ns: &NetNs, quiet: bool) -> Command {
         format!("--mtu={MTU}"),
         format!("--route={ROUTE}={GATEWAY}"),
         format!("--server-id={SERVER_ID}"),
-    ]);
-    command
-        .env("VMLET_LOG", if quiet { "warn" } else { "info" })
-        .env("NO_COLOR", "1");
-    command
+    ]
 }
 
 /// This program's canned responder, in the server's place.
@@ -178,6 +188,8 @@ struct ServerResult {
     lost: usize,
     /// Read at the end of the last batch.
     memory: Option<Memory>,
+    /// Where `memory` was, read at the same time.
+    regions: Vec<Region>,
     ack_bytes: usize,
     #[serde(skip)]
     samples: Vec<Duration>,
@@ -210,14 +222,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "the benchmark creates network namespaces: run it as root"
     );
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
-    let server_ns = NetNs::new();
-    let client_ns = NetNs::new();
-    veth::link(
-        &server_ns,
-        &VethEnd::named(SERVER_IF).address(&format!("{SERVER_ID}/32")),
-        &client_ns,
-        &VethEnd::named(CLIENT_IF).mac(CLIENT_MAC_TEXT),
-    );
+    let (server_ns, client_ns) = namespaces();
     let scratch = ScratchDir::new();
 
     let launchers = match args.launchers.as_slice() {
@@ -240,6 +245,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             latency: None,
             lost: 0,
             memory: None,
+            regions: Vec::new(),
             ack_bytes: 0,
             samples: Vec::new(),
         });
@@ -265,7 +271,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             let batch_result = run_batch(&client_ns, xid, args.warmup, per_batch)
                 .with_context(|| format!("batch {} against {}", batch + 1, result.name))?;
             xid += (args.warmup + per_batch) as u32;
-            result.memory = Some(stop(process).with_context(|| result.name.clone())?);
+            let (memory, regions) = stop(process).with_context(|| result.name.clone())?;
+            result.memory = Some(memory);
+            result.regions = regions;
             result.samples.extend(batch_result.samples);
             result.lost += batch_result.lost;
             result.ack_bytes = batch_result.ack_bytes;
@@ -286,28 +294,45 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+        if args.breakdown {
+            print_regions(&report);
+        }
     }
     Ok(())
+}
+
+/// The server's namespace and the client's, joined by a veth pair: the server end has only a link-local address.
+pub(crate) fn namespaces() -> (NetNs, NetNs) {
+    let server_ns = NetNs::new();
+    let client_ns = NetNs::new();
+    veth::link(
+        &server_ns,
+        &VethEnd::named(SERVER_IF).address(&format!("{SERVER_ID}/32")),
+        &client_ns,
+        &VethEnd::named(CLIENT_IF).mac(CLIENT_MAC_TEXT),
+    );
+    (server_ns, client_ns)
 }
 
 /// Waits until a UDP socket listens on port 67 in the server's namespace: how ready looks from outside, the same
 /// for both servers.
 pub(crate) fn wait_listening(ns: &NetNs, server: &Child) -> anyhow::Result<()> {
-    let listening = poll_until(
-        "a socket on UDP port 67",
-        Duration::from_secs(10),
-        Duration::from_millis(5),
-        || {
-            let sockets = ns.run("ss", &["-H", "-u", "-l", "-n", "sport = :67"]);
-            (!sockets.trim().is_empty()).then_some(())
-        },
-    );
+    wait_listening_within(ns, server, Duration::from_secs(10))
+}
+
+pub(crate) fn wait_listening_within(ns: &NetNs, server: &Child, timeout: Duration) -> anyhow::Result<()> {
+    let listening = poll_until("a socket on UDP port 67", timeout, Duration::from_millis(5), || {
+        let sockets = ns.run("ss", &["-H", "-u", "-l", "-n", "sport = :67"]);
+        (!sockets.trim().is_empty()).then_some(())
+    });
     listening.map_err(|err| anyhow::anyhow!("{err}\n{}", server.output()))
 }
 
-/// Stops a server, and returns its memory as it was just before.
-fn stop(mut server: Child) -> anyhow::Result<Memory> {
+/// Stops a server, and returns its memory as it was just before, and where it was.
+fn stop(mut server: Child) -> anyhow::Result<(Memory, Vec<Region>)> {
     let memory = Memory::of(server.pid()).context("cannot read the server's memory")?;
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", server.pid()))
+        .context("cannot read the server's memory map")?;
     let status = server.terminate();
     // The floor has no SIGTERM handler.
     let terminated = status.signal() == Some(Signal::SIGTERM as i32);
@@ -316,18 +341,18 @@ fn stop(mut server: Child) -> anyhow::Result<Memory> {
         "exited with {status} on SIGTERM:\n{}",
         server.output()
     );
-    Ok(memory)
+    Ok((memory, resident_regions(&smaps)))
 }
 
-struct BatchResult {
-    samples: Vec<Duration>,
+pub(crate) struct BatchResult {
+    pub(crate) samples: Vec<Duration>,
     lost: usize,
     ack_bytes: usize,
 }
 
 /// Runs `warmup` unmeasured and then `measured` exchanges from the client namespace, on a thread of its own (the
 /// namespace switch is per thread).
-fn run_batch(ns: &NetNs, first_xid: u32, warmup: usize, measured: usize) -> anyhow::Result<BatchResult> {
+pub(crate) fn run_batch(ns: &NetNs, first_xid: u32, warmup: usize, measured: usize) -> anyhow::Result<BatchResult> {
     let netns = format!("/run/netns/{}", ns.name());
     let client = std::thread::spawn(move || {
         let mut client = Client::open_in(&netns, CLIENT_IF, CLIENT_MAC)?;
@@ -436,5 +461,118 @@ fn print_table(report: &Report) {
     println!();
     for server in &report.servers {
         println!("{}: {}", server.name, server.version);
+    }
+}
+
+fn print_regions(report: &Report) {
+    for server in &report.servers {
+        println!();
+        println!("{}: resident KiB (anonymous KiB) by mapping", server.name);
+        for region in &server.regions {
+            println!(
+                "  {:<28} {} {:>6} {:>6}",
+                region.name, region.perms, region.rss_kib, region.anonymous_kib
+            );
+        }
+    }
+}
+
+/// Resident pages of consecutive mappings of one file (or of one kind of anonymous memory) with the same
+/// permissions, as `/proc/PID/smaps` shows them: an executable's or a library's code (`r-xp`), its read-only data
+/// (`r--p`: after relocation, its `.data.rel.ro` is anonymous), its writable data (`rw-p`), the heap, stacks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+struct Region {
+    /// A file's name without its directory, `[heap]`, `[stack]`, `[vdso]`..., or `[anon]` for an unnamed mapping.
+    name: String,
+    perms: String,
+    rss_kib: u64,
+    anonymous_kib: u64,
+}
+
+/// The regions of `/proc/PID/smaps` that hold resident pages, in address order; neighbouring mappings of the same
+/// name and permissions are added together.
+fn resident_regions(smaps: &str) -> Vec<Region> {
+    let mut regions: Vec<Region> = Vec::new();
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if !first.ends_with(':') {
+            // A mapping's header: range, permissions, offset, device, inode, and maybe a name.
+            let perms = fields.next().unwrap_or_default().to_owned();
+            let name = match fields.nth(3) {
+                Some(path) if path.starts_with('/') => path.rsplit('/').next().unwrap_or(path).to_owned(),
+                Some(name) => name.to_owned(),
+                None => "[anon]".to_owned(),
+            };
+            match regions.last() {
+                Some(last) if last.name == name && last.perms == perms => {}
+                _ => regions.push(Region {
+                    name,
+                    perms,
+                    rss_kib: 0,
+                    anonymous_kib: 0,
+                }),
+            }
+            continue;
+        }
+        let Some(region) = regions.last_mut() else { continue };
+        let kib: u64 = fields.next().and_then(|value| value.parse().ok()).unwrap_or(0);
+        match first {
+            "Rss:" => region.rss_kib += kib,
+            "Anonymous:" => region.anonymous_kib += kib,
+            _ => {}
+        }
+    }
+    regions.retain(|region| region.rss_kib > 0);
+    regions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_add_up_neighbouring_mappings() {
+        let smaps = "\
+5600-5640 r--p 00000000 fe:01 42 /usr/bin/server
+Size:                256 kB
+Rss:                 128 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me
+5640-5680 r-xp 00040000 fe:01 42 /usr/bin/server
+Rss:                 200 kB
+Anonymous:             0 kB
+5680-5690 r--p 00080000 fe:01 42 /usr/bin/server
+Rss:                  60 kB
+Anonymous:            60 kB
+5690-56a0 r--p 00090000 fe:01 42 /usr/bin/server
+Rss:                   4 kB
+Anonymous:             4 kB
+56a0-56b0 rw-p 00000000 00:00 0
+Rss:                   0 kB
+Anonymous:             0 kB
+7f00-7f10 rw-p 00000000 00:00 0 [heap]
+Rss:                 132 kB
+Anonymous:           132 kB
+7f10-7f20 rw-p 00000000 00:00 0
+Rss:                   8 kB
+Anonymous:             8 kB
+";
+        let region = |name: &str, perms: &str, rss_kib, anonymous_kib| Region {
+            name: name.to_owned(),
+            perms: perms.to_owned(),
+            rss_kib,
+            anonymous_kib,
+        };
+        assert_eq!(
+            resident_regions(smaps),
+            [
+                region("server", "r--p", 128, 0),
+                region("server", "r-xp", 200, 0),
+                region("server", "r--p", 64, 64),
+                region("[heap]", "rw-p", 132, 132),
+                region("[anon]", "rw-p", 8, 8),
+            ]
+        );
     }
 }

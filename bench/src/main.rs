@@ -8,6 +8,7 @@ mod boot;
 mod client;
 mod dhcp;
 mod floor;
+mod layout;
 mod pidns;
 mod stats;
 mod throughput;
@@ -36,6 +37,9 @@ enum Command {
     /// The floor the `dhcp` benchmark measures: a responder with canned replies, run by the benchmark.
     #[command(hide = true)]
     DhcpFloor(floor::Args),
+    /// Writes launcher/dhcp-serve.ld, the launcher's code layout, from a run of `vmlet-launcher dhcp-serve` under
+    /// Valgrind's callgrind.
+    DhcpLayout(layout::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(&args),
         Command::Throughput(args) => throughput::run(&args),
         Command::DhcpFloor(args) => floor::serve(&args),
+        Command::DhcpLayout(args) => layout::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
