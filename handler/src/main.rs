@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use clap::builder::FalseyValueParser;
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 use vmlet_api::VirtualMachine;
@@ -19,7 +20,8 @@ mod vm_status;
 #[command(name = "vmlet-handler", version, about = "Reconciles vmlet VirtualMachines")]
 struct Cli {
     /// Log as JSON lines instead of text.
-    #[arg(long, global = true, env = vmlet_log::JSON_ENV)]
+    /// Read as every vmlet program reads it: any true or false value (`1`, `yes`, `0`, ...).
+    #[arg(long, global = true, env = vmlet_log::JSON_ENV, value_parser = FalseyValueParser::new())]
     log_json: bool,
     #[command(subcommand)]
     command: Command,
