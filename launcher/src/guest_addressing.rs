@@ -39,14 +39,7 @@ pub(crate) fn dhcpv4_config(
             (!is_default && !is_subnet).then_some(Route { destination, gateway })
         })
         .collect();
-    config.dns = dns
-        .nameservers
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(*v4),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
+    config.dns = dns.ipv4_nameservers();
     config.search = dns.search.clone();
     config.mtu = u16::try_from(pod.mtu).ok();
     config.hostname = Some(hostname.to_owned());
@@ -89,14 +82,7 @@ pub(crate) fn dhcpv6_config(
             _ => None,
         })
         .collect();
-    config.dns = dns
-        .nameservers
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V6(v6) => Some(*v6),
-            IpAddr::V4(_) => None,
-        })
-        .collect();
+    config.dns = dns.ipv6_nameservers();
     config.search = dns.search.clone();
     config.mtu = Some(pod.mtu);
     Some(config)

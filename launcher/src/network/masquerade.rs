@@ -163,15 +163,7 @@ impl MasqueradeSetup {
         let gateway = self.subnets.gateway_v4().addr();
         let mut config = ServerConfig::new(self.guest_mac, self.subnets.guest_v4(), gateway);
         config.gateway = Some(gateway);
-        config.dns = self
-            .dns
-            .nameservers
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
+        config.dns = self.dns.ipv4_nameservers();
         config.search = self.dns.search.clone();
         config.mtu = u16::try_from(self.mtu).ok();
         config.hostname = Some(hostname.to_owned());
@@ -205,15 +197,7 @@ impl MasqueradeSetup {
             link_local: GATEWAY_LINK_LOCAL,
             mac: Some(self.bridge_mac),
         });
-        config.dns = self
-            .dns
-            .nameservers
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V6(v6) => Some(*v6),
-                IpAddr::V4(_) => None,
-            })
-            .collect();
+        config.dns = self.dns.ipv6_nameservers();
         config.search = self.dns.search.clone();
         config.mtu = Some(self.mtu);
         Some(config)

@@ -1,6 +1,6 @@
 //! The pod's DNS settings, read from its `resolv.conf` to be handed to the guest.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::{fs, io};
 
@@ -30,6 +30,28 @@ pub(crate) struct DnsConfig {
 const MAX_NDOTS: u8 = 15;
 
 impl DnsConfig {
+    /// The IPv4 servers, for DHCPv4.
+    pub(crate) fn ipv4_nameservers(&self) -> Vec<Ipv4Addr> {
+        self.nameservers
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// The IPv6 servers, for DHCPv6 and router advertisements.
+    pub(crate) fn ipv6_nameservers(&self) -> Vec<Ipv6Addr> {
+        self.nameservers
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
+            })
+            .collect()
+    }
+
     pub(crate) fn read(path: &Path) -> Result<DnsConfig, ResolvConfError> {
         let text = fs::read_to_string(path).map_err(|source| ResolvConfError {
             path: path.to_owned(),
