@@ -348,23 +348,26 @@ impl Standalone {
         let id = record.uid();
         let node = Some(self.node_name.clone());
         let started = Timestamp::from_second(record.created_at as i64).ok();
-        let finished_at = |secs: u64| Timestamp::from_second(secs as i64).unwrap_or_else(|_| Timestamp::now());
+        let failed_now = |id, node, reason: &str| Launcher::Ended {
+            id,
+            node,
+            started,
+            finished: Timestamp::now(),
+            exit: Exit::Failed {
+                code: None,
+                reason: Some(reason.into()),
+            },
+        };
+        let stopping = pod.stopping_for();
         match state {
-            LauncherState::Starting | LauncherState::Running(_) if pod.is_stopping() => {
+            LauncherState::Starting | LauncherState::Running(_) if stopping.is_some() => {
                 Launcher::Terminating { id, node }
             }
             // How a run stopped for an edit ended is not the VM's business: it goes on with the new spec.
-            _ if pod.stopping_for() == Some(StopFor::Restart) => Launcher::Terminating { id, node },
-            LauncherState::Starting if record.created_at + SHIM_START.as_secs() < now_secs() => Launcher::Ended {
-                id,
-                node,
-                started,
-                finished: Timestamp::now(),
-                exit: Exit::Failed {
-                    code: None,
-                    reason: Some("the pod's shim never started".into()),
-                },
-            },
+            _ if stopping == Some(StopFor::Restart) => Launcher::Terminating { id, node },
+            LauncherState::Starting if record.created_at + SHIM_START.as_secs() < now_secs() => {
+                failed_now(id, node, "the pod's shim never started")
+            }
             LauncherState::Starting => Launcher::Pending {
                 id,
                 node,
@@ -379,7 +382,7 @@ impl Standalone {
                 id,
                 node,
                 started,
-                finished: finished_at(exit.finished_at),
+                finished: Timestamp::from_second(exit.finished_at as i64).unwrap_or_else(|_| Timestamp::now()),
                 exit: match (exit.code, exit.signal) {
                     (Some(0), _) => Exit::Succeeded,
                     (code, None) => Exit::Failed { code, reason: None },
@@ -389,16 +392,7 @@ impl Standalone {
                     },
                 },
             },
-            LauncherState::Lost => Launcher::Ended {
-                id,
-                node,
-                started,
-                finished: Timestamp::now(),
-                exit: Exit::Failed {
-                    code: None,
-                    reason: Some("the launcher's shim is gone".into()),
-                },
-            },
+            LauncherState::Lost => failed_now(id, node, "the launcher's shim is gone"),
         }
     }
 
