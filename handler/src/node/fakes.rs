@@ -12,7 +12,21 @@ use tokio::net::UnixListener;
 use tower_test::mock::{Handle, SendResponse};
 use vmlet_control::{Command, Error, Handler, Status};
 
-use super::socket_path;
+use super::{Config, socket_path};
+
+/// The node role's settings in the tests: node `node-a`, its pods under `pods_dir`, the defaults' intervals.
+pub fn config(pods_dir: &Path) -> Config {
+    Config {
+        node_name: "node-a".into(),
+        pods_dir: pods_dir.into(),
+        namespace: "vmlet-system".into(),
+        poll_interval: std::time::Duration::from_secs(3),
+        lost_after: std::time::Duration::from_secs(30),
+        renew_interval: std::time::Duration::from_secs(10),
+        lease_duration: std::time::Duration::from_secs(40),
+        orphan_grace: std::time::Duration::from_secs(300),
+    }
+}
 
 pub struct ApiServer(Handle<Request<Body>, Response<Body>>);
 

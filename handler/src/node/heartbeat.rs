@@ -98,25 +98,11 @@ fn lease(config: &Config, started: Timestamp) -> Lease {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use serde_json::{Value, json};
 
     use super::*;
     use crate::node::fakes;
-
-    fn config() -> Config {
-        Config {
-            node_name: "node-a".into(),
-            pods_dir: "/nonexistent".into(),
-            namespace: "vmlet-system".into(),
-            poll_interval: Duration::from_secs(3),
-            lost_after: Duration::from_secs(30),
-            renew_interval: Duration::from_secs(10),
-            lease_duration: Duration::from_secs(40),
-            orphan_grace: Duration::from_secs(300),
-        }
-    }
 
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(second).unwrap()
@@ -172,7 +158,7 @@ mod tests {
             assert_eq!(seen.body.unwrap(), node_labelled("false"));
             server.done().await;
         });
-        let mut heartbeat = Heartbeat::new(client, &config(), at(100));
+        let mut heartbeat = Heartbeat::new(client, &fakes::config(std::path::Path::new("/nonexistent")), at(100));
         heartbeat.beat(true, at(100)).await.unwrap();
         heartbeat.beat(true, at(110)).await.unwrap();
         heartbeat.beat(false, at(120)).await.unwrap();
@@ -194,7 +180,7 @@ mod tests {
             assert_eq!(seen.body.unwrap(), node_labelled("false"));
             server.done().await;
         });
-        let mut heartbeat = Heartbeat::new(client, &config(), at(100));
+        let mut heartbeat = Heartbeat::new(client, &fakes::config(std::path::Path::new("/nonexistent")), at(100));
         heartbeat.beat(true, at(100)).await.unwrap();
         heartbeat.label(false).await.unwrap();
         drop(heartbeat);
@@ -214,7 +200,7 @@ mod tests {
             assert_eq!(seen.body.unwrap(), node_labelled("true"));
             server.done().await;
         });
-        let mut heartbeat = Heartbeat::new(client, &config(), at(100));
+        let mut heartbeat = Heartbeat::new(client, &fakes::config(std::path::Path::new("/nonexistent")), at(100));
         assert!(heartbeat.beat(true, at(100)).await.is_err());
         heartbeat.beat(true, at(110)).await.unwrap();
         drop(heartbeat);

@@ -392,19 +392,6 @@ mod tests {
         }
     }
 
-    fn config(pods_dir: &std::path::Path) -> Config {
-        Config {
-            node_name: "node-a".into(),
-            pods_dir: pods_dir.into(),
-            namespace: "vmlet-system".into(),
-            poll_interval: Duration::from_secs(3),
-            lost_after: Duration::from_secs(30),
-            renew_interval: Duration::from_secs(10),
-            lease_duration: Duration::from_secs(40),
-            orphan_grace: Duration::from_secs(300),
-        }
-    }
-
     fn launcher_pod(exit_code: Option<i32>) -> Pod {
         named_launcher_pod(POD, exit_code)
     }
@@ -547,7 +534,7 @@ mod tests {
             server.done().await;
         });
 
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Init);
         launchers.observe(watcher::Event::InitApply(launcher_pod(None)));
         launchers.observe(watcher::Event::InitDone);
@@ -582,7 +569,7 @@ mod tests {
             expect_apply(&mut server, 2, &now, &paused).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Apply(launcher_pod(None)));
         launchers.tick(at(100)).await;
         *launcher.vm.0.lock().unwrap() = Status {
@@ -609,7 +596,7 @@ mod tests {
             .await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Init);
         launchers.observe(watcher::Event::InitApply(launcher_pod(None)));
         launchers.observe(watcher::Event::InitDone);
@@ -640,7 +627,7 @@ mod tests {
             expect_apply(&mut server, 1, &base, &exited_report()).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Apply(launcher_pod(Some(4))));
         launchers.tick(at(200)).await;
         launchers.observe(watcher::Event::Delete(launcher_pod(Some(4))));
@@ -668,7 +655,7 @@ mod tests {
             assert!(body["status"].get("interfaces").is_none());
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Apply(launcher_pod(None)));
         // The watch restarts and the pod is no longer listed: it was deleted while the watch was down.
         launchers.observe(watcher::Event::Init);
@@ -697,7 +684,7 @@ mod tests {
             expect_get(&mut server, vm(6, now)).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Apply(named_launcher_pod(POD, Some(4))));
         launchers.observe(watcher::Event::Apply(named_launcher_pod(NEXT_POD, None)));
         launchers.tick(at(300)).await;
@@ -723,7 +710,7 @@ mod tests {
             expect_get(&mut server, vm(2, moved)).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Delete(launcher_pod(None)));
         launchers.tick(at(300)).await;
         assert!(launchers.launchers.is_empty(), "nothing left to say about it");
@@ -741,7 +728,7 @@ mod tests {
             expect_get(&mut server, other).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Apply(launcher_pod(Some(0))));
         launchers.tick(at(300)).await;
         drop(launchers);
@@ -766,7 +753,7 @@ mod tests {
             assert_eq!(seen.body.unwrap()["status"]["launcher"]["state"], "Lost");
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
         launchers.observe(watcher::Event::Delete(launcher_pod(None)));
         launchers.tick(at(300)).await;
         assert_eq!(launchers.launchers.len(), 1, "kept: its status is not written yet");
@@ -819,7 +806,7 @@ mod tests {
             assert_eq!(seen.uri, "/api/v1/namespaces/default/pods/vmlet-launcher-web-unwat");
             server.done().await;
         });
-        let mut config = config(pods);
+        let mut config = fakes::config(pods);
         config.orphan_grace = Duration::from_secs(60);
         let mut launchers = Launchers::new(client, &config);
         // Before the watch has listed the node's pods, nothing is known to be gone.
