@@ -98,7 +98,6 @@ fn lease(config: &Config, started: Timestamp) -> Lease {
 
 #[cfg(test)]
 mod tests {
-
     use serde_json::{Value, json};
 
     use super::*;
