@@ -271,6 +271,12 @@ impl VmPod {
             .collect()
     }
 
+    /// Asserts that the guest reported exactly one default route, through `gateway` on `eth0`.
+    pub fn assert_default_route(&self, gateway: &str) {
+        let routes = self.console_lines(&format!("VMLET-GUEST route default via {gateway} dev eth0"));
+        assert_eq!(routes.len(), 1, "one default route via {gateway}\n{}", self.console());
+    }
+
     /// Waits until the console has shown `count` lines starting with `prefix`, and returns the last of them. Fails
     /// at once if the launcher has exited.
     pub fn wait_console(&self, launcher: &Launcher, prefix: &str, count: usize) -> String {

@@ -44,13 +44,7 @@ fn the_guest_sits_behind_nat_and_listed_ports_reach_it() {
     );
     let link = fields(&pod.wait_console(&launcher, "VMLET-GUEST link ", 1));
     assert_eq!(link["mtu"], MTU.to_string());
-    assert_eq!(
-        pod.console_lines("VMLET-GUEST route default via 10.0.2.1 dev eth0")
-            .len(),
-        1,
-        "{}",
-        pod.console()
-    );
+    pod.assert_default_route("10.0.2.1");
     let guest_mac = link["mac"].clone();
     assert_ne!(guest_mac, POD_MAC, "the pod keeps its MAC address");
     let first_octet = u8::from_str_radix(&guest_mac[..2], 16).unwrap();

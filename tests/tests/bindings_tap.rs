@@ -30,13 +30,7 @@ fn the_guest_takes_the_pods_identity_through_tc_redirects() {
     assert_eq!(lease["mtu"], MTU.to_string());
     let link = fields(&pod.wait_console(&launcher, "VMLET-GUEST link ", 1));
     assert_eq!((link["mtu"].as_str(), link["mac"].as_str()), ("1400", POD_MAC));
-    assert_eq!(
-        pod.console_lines("VMLET-GUEST route default via 10.244.1.1 dev eth0")
-            .len(),
-        1,
-        "{}",
-        pod.console()
-    );
+    pod.assert_default_route("10.244.1.1");
     let lease6 = fields(&pod.wait_console(&launcher, "VMLET-GUEST lease6 ", 1));
     assert_eq!(lease6["ip"], "fd00:10:244:1::7", "the guest has the pod's IPv6 address");
     assert_eq!(lease6["dns"], "fd00:10:96::a");
