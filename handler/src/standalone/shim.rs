@@ -23,7 +23,7 @@ use super::pod::{ExitRecord, PodDir, ShimRecord, process_start_time};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The pod's directory: the shim writes shim.json, exit.json and launcher.log there.
+    /// The pod's directory: the shim writes shim.json and exit.json there.
     #[arg(long)]
     pod_dir: PathBuf,
     /// The pod's network namespace, a file under /run/netns.
@@ -73,18 +73,10 @@ fn run_launcher(args: Args) -> anyhow::Result<ExitCode> {
     )
     .context("cannot make the pod's mounts private")?;
 
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pod.launcher_log())
-        .context("cannot open the launcher's log")?;
     let (program, launcher_args) = args.command.split_first().context("no launcher to run")?;
     let mut command = Command::new(program);
-    command
-        .args(launcher_args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    // The launcher writes where the shim does: the pod's launcher.log, when the handler started it (`command`).
+    command.args(launcher_args).stdin(Stdio::null());
     // SAFETY: between fork and exec the closure calls only async-signal-safe system calls (prctl, mount,
     // sigprocmask) and allocates nothing.
     unsafe {
