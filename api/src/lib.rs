@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 
 pub use quantity::{ParseQuantityError, parse_quantity};
 pub use status::{
-    Condition, ConditionType, GuestExit, InterfaceStatus, LauncherReport, Phase, PhaseTransition, PrintableStatus,
-    ReportedState, StartFailure, VirtualMachineStatus,
+    Condition, ConditionType, GuestExit, GuestOsInfo, InterfaceStatus, LauncherReport, Phase, PhaseTransition,
+    PrintableStatus, ReportedState, StartFailure, VirtualMachineStatus,
 };
-pub use validate::{Binding, InvalidSpec, Problem};
+pub use validate::{Binding, CloudInitKind, InvalidSpec, Problem, decode_base64};
 
 /// The annotation that starts or stops a VM whose run strategy is `Manual`: `start` or `stop`. It is a request, not
 /// a state: the controller acts on it once and removes it (KubeVirt's start and stop subresources). Under any other
@@ -132,6 +132,54 @@ pub struct VirtualMachineInstanceSpec {
     /// The guest's host name; defaults to the VM's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// SSH public keys given to the guest through its cloud-init data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub access_credentials: Vec<AccessCredential>,
+}
+
+/// A credential put into the guest (KubeVirt's `accessCredentials`); vmlet offers SSH public keys.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessCredential {
+    pub ssh_public_key: SshPublicKeyAccessCredential,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshPublicKeyAccessCredential {
+    pub source: SshPublicKeySource,
+    pub propagation_method: SshPublicKeyPropagation,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SshPublicKeySource {
+    /// A Secret whose every value holds public keys, one per line. In standalone mode, a Secret manifest in the
+    /// manifests folder.
+    pub secret: SecretSource,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretSource {
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// How the keys reach the guest: merged into the user data of the VM's `cloudInitNoCloud` volume, or into the
+/// metadata of its `cloudInitConfigDrive` volume.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.noCloud) != has(self.configDrive)",
+    "message": "exactly one propagation method is required: noCloud or configDrive",
+}]))]
+pub struct SshPublicKeyPropagation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_cloud: Option<Empty>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_drive: Option<Empty>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -198,8 +246,44 @@ pub struct Firmware {
     /// The SMBIOS UUID; derived from the VM's uid when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// BIOS (the default) or UEFI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootloader: Option<Bootloader>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_boot: Option<KernelBoot>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.bios) && has(self.efi))",
+    "message": "a bootloader is either bios or efi",
+}]))]
+pub struct Bootloader {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios: Option<Bios>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efi: Option<Efi>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bios {
+    /// SeaBIOS's own messages on the serial console (they always are with vmlet; accepted for KubeVirt's manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_serial: Option<bool>,
+}
+
+/// UEFI firmware (OVMF). Secure Boot is on unless `secureBoot: false`, as in KubeVirt; it needs SMM, which vmlet
+/// turns on for it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Efi {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<bool>,
+    /// Keep the EFI variables across restarts of the VM (in standalone mode; a pod's variables go with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<bool>,
 }
 
 /// Direct kernel boot: QEMU loads a kernel and initrd instead of booting from a disk.
@@ -260,17 +344,23 @@ pub struct Disk {
     pub disk: Option<DiskTarget>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cdrom: Option<DiskTarget>,
+    /// The disks the firmware tries, lowest first; disks without one are not booted from when any disk has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub boot_order: Option<u32>,
+    /// The serial number the guest sees (`/dev/disk/by-id/virtio-SERIAL`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20))]
     pub serial: Option<String>,
+    /// The host's cache mode: `none` (direct I/O), `writethrough` or `writeback`; QEMU's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiskTarget {
-    /// Only `virtio` (the default) and, for a cdrom, `sata` are offered.
+    /// `virtio` (a disk's default), `sata` (a cdrom's default) or `scsi` (virtio-scsi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bus: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,8 +455,8 @@ pub struct PodNetwork {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "[has(self.containerDisk), has(self.emptyDisk), has(self.hostDisk), has(self.persistentVolumeClaim), has(self.cloudInitNoCloud)].filter(s, s).size() == 1",
-    "message": "exactly one source is required: containerDisk, emptyDisk, hostDisk, persistentVolumeClaim or cloudInitNoCloud",
+    "rule": "[has(self.containerDisk), has(self.emptyDisk), has(self.hostDisk), has(self.persistentVolumeClaim), has(self.cloudInitNoCloud), has(self.cloudInitConfigDrive)].filter(s, s).size() == 1",
+    "message": "exactly one source is required: containerDisk, emptyDisk, hostDisk, persistentVolumeClaim, cloudInitNoCloud or cloudInitConfigDrive",
 }]))]
 pub struct Volume {
     #[schemars(length(min = 1, max = 63))]
@@ -385,18 +475,27 @@ pub struct Volume {
     pub persistent_volume_claim: Option<PersistentVolumeClaim>,
     /// cloud-init NoCloud data, given to the guest as a small read-only disk labelled `cidata`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cloud_init_no_cloud: Option<CloudInitNoCloud>,
+    pub cloud_init_no_cloud: Option<CloudInitSource>,
+    /// cloud-init data in OpenStack's config drive layout, on a small read-only disk labelled `config-2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_init_config_drive: Option<CloudInitSource>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerDisk {
+    #[schemars(length(min = 1))]
     pub image: String,
     /// The image file's path inside the container image; by default the one file under `/disk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// `Always`, `IfNotPresent` or `Never`; by default `Always` for a `:latest` or untagged image, `IfNotPresent`
+    /// otherwise, as Kubernetes does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,
+    /// A Secret of type `kubernetes.io/dockerconfigjson` with the registry's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -432,17 +531,42 @@ pub struct PersistentVolumeClaim {
     pub read_only: Option<bool>,
 }
 
+/// cloud-init's user data and network data, each given at most one way: inline, inline in base64, or from a Secret
+/// (key `userdata` or `userData`, `networkdata` or `networkData`; in standalone mode a Secret manifest in the manifests
+/// folder). Network data alone is allowed.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CloudInitNoCloud {
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "[has(self.userData), has(self.userDataBase64), has(self.secretRef)].filter(s, s).size() <= 1",
+        "message": "give user data at most one way: userData, userDataBase64 or secretRef",
+    },
+    {
+        "rule": "[has(self.networkData), has(self.networkDataBase64), has(self.networkDataSecretRef)].filter(s, s).size() <= 1",
+        "message": "give network data at most one way: networkData, networkDataBase64 or networkDataSecretRef",
+    },
+]))]
+pub struct CloudInitSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_base64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_data_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data_secret_ref: Option<LocalObjectReference>,
+}
+
+/// An object of the VM's namespace, by name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalObjectReference {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 #[cfg(test)]
@@ -525,11 +649,47 @@ spec:
         assert_eq!(
             cel_messages(&sources),
             [
-                "exactly one source is required: containerDisk, emptyDisk, hostDisk, persistentVolumeClaim or cloudInitNoCloud"
+                "exactly one source is required: containerDisk, emptyDisk, hostDisk, persistentVolumeClaim, cloudInitNoCloud or cloudInitConfigDrive"
             ]
         );
         let both = VM.replace("disk: {}", "disk: {}, cdrom: {}");
         assert_eq!(cel_messages(&both), ["a disk is either a disk or a cdrom"]);
+    }
+
+    #[test]
+    fn cel_rules_refuse_cloud_init_data_given_twice_and_ambiguous_choices() {
+        let cloud_init = VM
+            .replace(
+                "disks: [{name: root, disk: {}}]",
+                "disks: [{name: root, disk: {}}, {name: ci, disk: {}}]",
+            )
+            .replace(
+                "volumes: [{name: root, hostDisk: {path: /var/lib/vmlet/root.img, type: Disk}}]",
+                "volumes: [{name: root, hostDisk: {path: /var/lib/vmlet/root.img, type: Disk}}, \
+                 {name: ci, cloudInitNoCloud: {userData: x, secretRef: {name: s}, networkData: y, \
+                 networkDataBase64: eQ==}}]",
+            );
+        assert_eq!(
+            cel_messages(&cloud_init),
+            [
+                "give network data at most one way: networkData, networkDataBase64 or networkDataSecretRef",
+                "give user data at most one way: userData, userDataBase64 or secretRef",
+            ]
+        );
+        let keys = VM.replace(
+            "      networks:",
+            "      accessCredentials: [{sshPublicKey: {source: {secret: {secretName: k}}, \
+             propagationMethod: {noCloud: {}, configDrive: {}}}}]\n      networks:",
+        );
+        assert_eq!(
+            cel_messages(&keys),
+            ["exactly one propagation method is required: noCloud or configDrive"]
+        );
+        let firmware = VM.replace(
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n        firmware: {bootloader: {bios: {}, efi: {}}}",
+        );
+        assert_eq!(cel_messages(&firmware), ["a bootloader is either bios or efi"]);
     }
 
     #[test]

@@ -36,6 +36,33 @@ pub struct VirtualMachineStatus {
     /// the phase, the printable status and the Ready and Failure conditions from it and from the launcher's Pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launcher: Option<LauncherReport>,
+    /// The guest's operating system, as its QEMU guest agent tells it (KubeVirt's `guestOSInfo`); absent when the
+    /// guest runs no agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "guestOSInfo")]
+    pub guest_os_info: Option<GuestOsInfo>,
+}
+
+/// What the guest agent says of the guest's operating system (KubeVirt's field names).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestOsInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretty_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -80,6 +107,12 @@ pub enum PrintableStatus {
     CrashLoopBackOff,
     Unschedulable,
     ErrorUnschedulable,
+    /// A containerDisk's image could not be pulled.
+    ErrImagePull,
+    /// A containerDisk's image could not be pulled, and the next try waits (back-off).
+    ImagePullBackOff,
+    /// A persistent volume claim the VM names does not exist.
+    ErrorPvcNotFound,
     Unknown,
 }
 
@@ -116,6 +149,13 @@ pub struct InterfaceStatus {
     pub ip_addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The interface's name inside the guest, from its guest agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_name: Option<String>,
+    /// Where the addresses come from: `domain` (the launcher's DHCP lease), `guest-agent`, or both
+    /// (`domain, guest-agent`), as KubeVirt writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info_source: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

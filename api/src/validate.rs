@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::{Interface, VirtualMachineInstanceSpec, Volume, parse_quantity};
+use crate::{CloudInitSource, Interface, VirtualMachineInstanceSpec, Volume, parse_quantity};
 
 /// One broken rule: where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,7 @@ impl Volume {
             self.host_disk.is_some(),
             self.persistent_volume_claim.is_some(),
             self.cloud_init_no_cloud.is_some(),
+            self.cloud_init_config_drive.is_some(),
         ]
         .into_iter()
         .filter(|&set| set)
@@ -108,6 +109,7 @@ impl VirtualMachineInstanceSpec {
         self.check_compute(&mut problem);
         self.check_network(&mut problem);
         self.check_storage(&mut problem);
+        self.check_access_credentials(&mut problem);
         if let Some(hostname) = &self.hostname
             && !is_dns_label(hostname)
         {
@@ -267,6 +269,7 @@ impl VirtualMachineInstanceSpec {
     fn check_storage(&self, problem: &mut impl FnMut(String, String)) {
         let disks = &self.domain.devices.disks;
         let mut names = BTreeSet::new();
+        let mut boot_orders = BTreeSet::new();
         for (i, disk) in disks.iter().enumerate() {
             let field = format!("domain.devices.disks[{i}]");
             if !names.insert(disk.name.as_str()) {
@@ -279,22 +282,47 @@ impl VirtualMachineInstanceSpec {
                 .disk
                 .as_ref()
                 .and_then(|d| d.bus.as_deref())
-                .filter(|b| *b != "virtio")
+                .filter(|b| !DISK_BUSES.contains(b))
             {
                 problem(
                     format!("{field}.disk.bus"),
-                    format!("{bus:?} is not offered; only virtio"),
+                    format!("{bus:?} is not offered; only virtio, sata or scsi"),
                 );
             }
             if let Some(bus) = disk
                 .cdrom
                 .as_ref()
                 .and_then(|d| d.bus.as_deref())
-                .filter(|b| !matches!(*b, "sata"))
+                .filter(|b| !CDROM_BUSES.contains(b))
             {
                 problem(
                     format!("{field}.cdrom.bus"),
-                    format!("{bus:?} is not offered; only sata"),
+                    format!("{bus:?} is not offered; only sata or scsi"),
+                );
+            }
+            if let Some(cache) = disk.cache.as_deref().filter(|c| !CACHE_MODES.contains(c)) {
+                problem(
+                    format!("{field}.cache"),
+                    format!("{cache:?} is not none, writethrough or writeback"),
+                );
+            }
+            if let Some(serial) = disk.serial.as_deref()
+                && (serial.len() > 20
+                    || !serial
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            {
+                problem(
+                    format!("{field}.serial"),
+                    format!("{serial:?} is not at most 20 letters, digits, '-' or '_'"),
+                );
+            }
+            if let Some(order) = disk.boot_order
+                && !boot_orders.insert(order)
+            {
+                problem(
+                    format!("{field}.bootOrder"),
+                    format!("{order} is the boot order of another disk too"),
                 );
             }
             if !self.volumes.iter().any(|v| v.name == disk.name) {
@@ -307,7 +335,7 @@ impl VirtualMachineInstanceSpec {
                 problem(
                     field.clone(),
                     "exactly one source is required: containerDisk, emptyDisk, hostDisk, \
-                     persistentVolumeClaim or cloudInitNoCloud"
+                     persistentVolumeClaim, cloudInitNoCloud or cloudInitConfigDrive"
                         .into(),
                 );
             }
@@ -339,16 +367,175 @@ impl VirtualMachineInstanceSpec {
                     (None, crate::HostDiskType::Disk) => {}
                 }
             }
-            if let Some(cloud_init) = &volume.cloud_init_no_cloud
-                && cloud_init.user_data.is_some() == cloud_init.user_data_base64.is_some()
+            if let Some(container) = &volume.container_disk {
+                let field = format!("{field}.containerDisk");
+                if container.image.trim().is_empty() {
+                    problem(format!("{field}.image"), "an image is required".into());
+                }
+                if let Some(policy) = container
+                    .image_pull_policy
+                    .as_deref()
+                    .filter(|p| !PULL_POLICIES.contains(p))
+                {
+                    problem(
+                        format!("{field}.imagePullPolicy"),
+                        format!("{policy:?} is not Always, IfNotPresent or Never"),
+                    );
+                }
+                if let Some(path) = container.path.as_deref().filter(|p| !is_plain_absolute_path(p)) {
+                    problem(
+                        format!("{field}.path"),
+                        format!("{path:?} is not an absolute path without '..'"),
+                    );
+                }
+            }
+            if let Some(claim) = &volume.persistent_volume_claim
+                && claim.claim_name.is_empty()
             {
                 problem(
-                    format!("{field}.cloudInitNoCloud"),
-                    "exactly one of userData and userDataBase64 is required".into(),
+                    format!("{field}.persistentVolumeClaim.claimName"),
+                    "a claim name is required".into(),
+                );
+            }
+            for (kind, source) in [
+                ("cloudInitNoCloud", &volume.cloud_init_no_cloud),
+                ("cloudInitConfigDrive", &volume.cloud_init_config_drive),
+            ] {
+                if let Some(source) = source {
+                    check_cloud_init(source, &format!("{field}.{kind}"), problem);
+                }
+            }
+        }
+        for kind in [CloudInitKind::NoCloud, CloudInitKind::ConfigDrive] {
+            let count = self.volumes.iter().filter(|v| v.cloud_init(kind).is_some()).count();
+            if count > 1 {
+                problem(
+                    "volumes".into(),
+                    format!("{count} {} volumes; a guest reads one", kind.field()),
                 );
             }
         }
     }
+
+    fn check_access_credentials(&self, problem: &mut impl FnMut(String, String)) {
+        for (i, credential) in self.access_credentials.iter().enumerate() {
+            let field = format!("accessCredentials[{i}].sshPublicKey");
+            let key = &credential.ssh_public_key;
+            if key.source.secret.secret_name.is_empty() {
+                problem(
+                    format!("{field}.source.secret.secretName"),
+                    "a Secret name is required".into(),
+                );
+            }
+            let method = &key.propagation_method;
+            let kind = match (method.no_cloud.is_some(), method.config_drive.is_some()) {
+                (true, false) => CloudInitKind::NoCloud,
+                (false, true) => CloudInitKind::ConfigDrive,
+                _ => {
+                    problem(
+                        format!("{field}.propagationMethod"),
+                        "exactly one propagation method is required: noCloud or configDrive".into(),
+                    );
+                    continue;
+                }
+            };
+            if !self.volumes.iter().any(|v| v.cloud_init(kind).is_some()) {
+                problem(
+                    format!("{field}.propagationMethod"),
+                    format!("{} propagation needs a {} volume", kind.method(), kind.field()),
+                );
+            }
+        }
+    }
+}
+
+/// The two ways cloud-init data reaches a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudInitKind {
+    NoCloud,
+    ConfigDrive,
+}
+
+impl CloudInitKind {
+    fn field(self) -> &'static str {
+        match self {
+            CloudInitKind::NoCloud => "cloudInitNoCloud",
+            CloudInitKind::ConfigDrive => "cloudInitConfigDrive",
+        }
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            CloudInitKind::NoCloud => "noCloud",
+            CloudInitKind::ConfigDrive => "configDrive",
+        }
+    }
+}
+
+impl Volume {
+    /// The volume's cloud-init data of `kind`, if it is such a volume.
+    pub fn cloud_init(&self, kind: CloudInitKind) -> Option<&CloudInitSource> {
+        match kind {
+            CloudInitKind::NoCloud => self.cloud_init_no_cloud.as_ref(),
+            CloudInitKind::ConfigDrive => self.cloud_init_config_drive.as_ref(),
+        }
+    }
+}
+
+const DISK_BUSES: [&str; 3] = ["virtio", "sata", "scsi"];
+const CDROM_BUSES: [&str; 2] = ["sata", "scsi"];
+const CACHE_MODES: [&str; 3] = ["none", "writethrough", "writeback"];
+const PULL_POLICIES: [&str; 3] = ["Always", "IfNotPresent", "Never"];
+
+fn check_cloud_init(source: &CloudInitSource, field: &str, problem: &mut impl FnMut(String, String)) {
+    let user = [
+        source.user_data.is_some(),
+        source.user_data_base64.is_some(),
+        source.secret_ref.is_some(),
+    ];
+    let network = [
+        source.network_data.is_some(),
+        source.network_data_base64.is_some(),
+        source.network_data_secret_ref.is_some(),
+    ];
+    let count = |set: [bool; 3]| set.into_iter().filter(|&s| s).count();
+    if count(user) > 1 {
+        problem(
+            field.into(),
+            "give user data at most one way: userData, userDataBase64 or secretRef".into(),
+        );
+    }
+    if count(network) > 1 {
+        problem(
+            field.into(),
+            "give network data at most one way: networkData, networkDataBase64 or networkDataSecretRef".into(),
+        );
+    }
+    if count(user) + count(network) == 0 {
+        problem(field.into(), "user data or network data is required".into());
+    }
+    for (name, text) in [
+        ("userDataBase64", &source.user_data_base64),
+        ("networkDataBase64", &source.network_data_base64),
+    ] {
+        if let Some(text) = text
+            && let Err(e) = decode_base64(text)
+        {
+            problem(format!("{field}.{name}"), format!("not valid base64: {e}"));
+        }
+    }
+}
+
+/// Decodes standard base64, with or without padding; line breaks and spaces (as `base64` wraps its output) are
+/// allowed.
+pub fn decode_base64(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::Engine;
+    let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD_NO_PAD.decode(compact.trim_end_matches('='))
+}
+
+fn is_plain_absolute_path(path: &str) -> bool {
+    path.starts_with('/') && !path.split('/').any(|part| part == "..")
 }
 
 /// An RFC 1123 label, as Kubernetes requires of host names.
@@ -535,6 +722,95 @@ spec:
         assert_eq!(
             problems(&spec),
             ["domain: nothing to boot: give firmware.kernelBoot or at least one disk"]
+        );
+    }
+
+    fn with_volumes(disks: &str, volumes: &str, extra: &str) -> Vec<String> {
+        let yaml = EXAMPLE
+            .replace(
+                "          disks:\n          - name: data\n            disk: {bus: virtio}\n",
+                &format!("          disks: {disks}\n"),
+            )
+            .replace(
+                "      volumes:\n      - name: data\n        emptyDisk: {capacity: 1Gi}\n",
+                &format!("      volumes: {volumes}\n{extra}"),
+            );
+        let vm: VirtualMachine = serde_yaml::from_str(&yaml).unwrap();
+        problems(&vm.spec.template.spec)
+    }
+
+    #[test]
+    fn cloud_init_data_is_given_once_and_decodes() {
+        let disks = "[{name: ci, disk: {}}, {name: cd, disk: {}}]";
+        assert_eq!(
+            with_volumes(
+                disks,
+                "[{name: ci, cloudInitNoCloud: {networkData: 'version: 2'}}, \
+                 {name: cd, cloudInitConfigDrive: {secretRef: {name: s}}}]",
+                ""
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            with_volumes(
+                disks,
+                "[{name: ci, cloudInitNoCloud: {userData: x, userDataBase64: eA==, networkDataBase64: '!!'}}, \
+                 {name: cd, cloudInitConfigDrive: {}}]",
+                ""
+            ),
+            [
+                "volumes[0].cloudInitNoCloud: give user data at most one way: userData, userDataBase64 or secretRef",
+                "volumes[0].cloudInitNoCloud.networkDataBase64: not valid base64: Invalid symbol 33, offset 0.",
+                "volumes[1].cloudInitConfigDrive: user data or network data is required",
+            ]
+        );
+        assert_eq!(decode_base64("I2Nsb3VkLWNvbmZp\nZwo=").unwrap(), b"#cloud-config\n");
+    }
+
+    #[test]
+    fn container_disks_claims_and_disk_options_are_checked() {
+        assert_eq!(
+            with_volumes(
+                "[{name: a, disk: {bus: ide}, cache: unsafe, bootOrder: 1, serial: 'has space'}, \
+                 {name: b, cdrom: {bus: virtio}, bootOrder: 1}]",
+                "[{name: a, containerDisk: {image: ' ', imagePullPolicy: Sometimes, path: /disk/../x}}, \
+                 {name: b, persistentVolumeClaim: {claimName: ''}}]",
+                ""
+            ),
+            [
+                "domain.devices.disks[0].disk.bus: \"ide\" is not offered; only virtio, sata or scsi",
+                "domain.devices.disks[0].cache: \"unsafe\" is not none, writethrough or writeback",
+                "domain.devices.disks[0].serial: \"has space\" is not at most 20 letters, digits, '-' or '_'",
+                "domain.devices.disks[1].cdrom.bus: \"virtio\" is not offered; only sata or scsi",
+                "domain.devices.disks[1].bootOrder: 1 is the boot order of another disk too",
+                "volumes[0].containerDisk.image: an image is required",
+                "volumes[0].containerDisk.imagePullPolicy: \"Sometimes\" is not Always, IfNotPresent or Never",
+                "volumes[0].containerDisk.path: \"/disk/../x\" is not an absolute path without '..'",
+                "volumes[1].persistentVolumeClaim.claimName: a claim name is required",
+            ]
+        );
+    }
+
+    #[test]
+    fn ssh_keys_need_the_cloud_init_volume_they_propagate_through() {
+        let keys = concat!(
+            "      accessCredentials:\n",
+            "      - sshPublicKey: {source: {secret: {secretName: keys}}, propagationMethod: {configDrive: {}}}\n",
+            "      - sshPublicKey: {source: {secret: {secretName: ''}}, propagationMethod: {}}\n",
+        );
+        assert_eq!(
+            with_volumes(
+                "[{name: ci, disk: {}}]",
+                "[{name: ci, cloudInitNoCloud: {userData: x}}]",
+                keys
+            ),
+            [
+                "accessCredentials[0].sshPublicKey.propagationMethod: configDrive propagation needs a \
+                 cloudInitConfigDrive volume",
+                "accessCredentials[1].sshPublicKey.source.secret.secretName: a Secret name is required",
+                "accessCredentials[1].sshPublicKey.propagationMethod: exactly one propagation method is required: \
+                 noCloud or configDrive",
+            ]
         );
     }
 

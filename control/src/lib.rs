@@ -3,6 +3,7 @@
 //! per request, each carrying the protocol version.
 
 mod client;
+pub mod pod_volumes;
 mod server;
 
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
+pub use pod_volumes::PodVolumes;
 pub use server::{Handler, serve};
 
 /// The protocol version this crate speaks. A peer speaking another one is answered with an

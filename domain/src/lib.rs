@@ -31,6 +31,7 @@ pub struct DomainSpec {
     /// QEMU's machine type, [`DEFAULT_MACHINE`] unless the VM asks for another.
     pub machine: String,
     pub accel: Accel,
+    pub firmware: Firmware,
     pub boot: Boot,
     /// In order: the first virtio disk is `vda`, the first CD-ROM `sda`.
     pub disks: Vec<DiskSpec>,
@@ -65,11 +66,56 @@ pub enum Boot {
     Disk,
 }
 
+/// The firmware the guest starts in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    #[default]
+    Bios,
+    /// UEFI (OVMF): its code, read-only, and the guest's own copy of the variable store, made from `vars_template`
+    /// by libvirt when it does not exist yet.
+    Efi {
+        code: PathBuf,
+        vars_template: PathBuf,
+        vars: PathBuf,
+        /// Secure Boot: the code must be a build that enforces it, and the machine gets SMM so the guest cannot
+        /// write the variable store around the firmware.
+        secure_boot: bool,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpec {
     pub source: DiskSource,
     pub media: DiskMedia,
+    pub bus: DiskBus,
     pub readonly: bool,
+    /// The disks the firmware tries, lowest first. When any disk has one, only disks with one are booted from.
+    pub boot_order: Option<u32>,
+    /// The serial number the guest sees.
+    pub serial: Option<String>,
+    /// The host's cache mode; QEMU's default when absent.
+    pub cache: Option<DiskCache>,
+}
+
+/// The bus a disk hangs off, and so its name in the guest: `vdX` for virtio, `sdX` for SATA and SCSI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskBus {
+    Virtio,
+    Sata,
+    /// virtio-scsi: one controller carries every SCSI disk.
+    Scsi,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskCache {
+    /// Direct I/O: no host page cache.
+    None,
+    Writethrough,
+    Writeback,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,9 +138,9 @@ pub enum DiskFormat {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DiskMedia {
-    /// A virtio disk (`vdX`). A cloud-init NoCloud image works as a read-only one.
+    /// A hard disk. A cloud-init seed works as a read-only one.
     Disk,
-    /// A SATA CD-ROM (`sdX`), for ISO images that guests expect on optical media.
+    /// A CD-ROM, for ISO images that guests expect on optical media (SATA or SCSI: virtio cannot carry one).
     Cdrom,
 }
 
@@ -133,6 +179,8 @@ pub enum DomainSpecError {
     NoVcpus,
     #[error("a domain needs memory")]
     NoMemory,
+    #[error("a CD-ROM cannot be on the virtio bus")]
+    VirtioCdrom,
     #[error(transparent)]
     Xml(#[from] XmlError),
 }
@@ -148,6 +196,13 @@ impl DomainSpec {
         }
         if self.memory_mib == 0 {
             return Err(DomainSpecError::NoMemory);
+        }
+        if self
+            .disks
+            .iter()
+            .any(|d| d.media == DiskMedia::Cdrom && d.bus == DiskBus::Virtio)
+        {
+            return Err(DomainSpecError::VirtioCdrom);
         }
         Ok(libvirt_xml::write(self)?)
     }

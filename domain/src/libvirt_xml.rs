@@ -3,7 +3,9 @@
 //! actions) is written unconditionally, with the reason next to it.
 
 use super::xml_writer::{XmlError, XmlWriter};
-use super::{Accel, Boot, DiskFormat, DiskMedia, DiskSource, DiskSpec, DomainSpec, InterfaceSpec};
+use super::{
+    Accel, Boot, DiskBus, DiskCache, DiskFormat, DiskMedia, DiskSource, DiskSpec, DomainSpec, Firmware, InterfaceSpec,
+};
 
 /// The CPU model under TCG: QEMU's baseline, which every x86-64 guest kernel runs on.
 const TCG_CPU_MODEL: &str = "qemu64";
@@ -24,6 +26,9 @@ pub fn write(spec: &DomainSpec) -> Result<String, XmlError> {
     // ACPI carries the power button that a graceful shutdown presses.
     w.empty("acpi", &[]);
     w.empty("apic", &[]);
+    if matches!(spec.firmware, Firmware::Efi { secure_boot: true, .. }) {
+        w.empty("smm", &[("state", "on")]);
+    }
     w.close();
     write_cpu(&mut w, spec.accel);
     // The timer policies virt-install uses: a guest starved of CPU catches up instead of drifting.
@@ -45,6 +50,22 @@ pub fn write(spec: &DomainSpec) -> Result<String, XmlError> {
 fn write_os(w: &mut XmlWriter, spec: &DomainSpec) {
     w.open("os", &[]);
     w.text("type", &[("arch", "x86_64"), ("machine", &spec.machine)], "hvm");
+    if let Firmware::Efi {
+        code,
+        vars_template,
+        vars,
+        secure_boot,
+    } = &spec.firmware
+    {
+        let (code, vars_template, vars) = (w.path(code), w.path(vars_template), w.path(vars));
+        let secure = if *secure_boot { "yes" } else { "no" };
+        w.text(
+            "loader",
+            &[("readonly", "yes"), ("secure", secure), ("type", "pflash")],
+            &code,
+        );
+        w.text("nvram", &[("template", &vars_template)], &vars);
+    }
     match &spec.boot {
         Boot::Kernel {
             kernel,
@@ -59,6 +80,8 @@ fn write_os(w: &mut XmlWriter, spec: &DomainSpec) {
             }
             w.text("cmdline", &[], cmdline);
         }
+        // Per-disk boot orders and <os><boot> exclude each other in libvirt.
+        Boot::Disk if spec.disks.iter().any(|d| d.boot_order.is_some()) => {}
         Boot::Disk => w.empty("boot", &[("dev", "hd")]),
     }
     w.close();
@@ -78,20 +101,29 @@ fn write_cpu(w: &mut XmlWriter, accel: Accel) {
 
 fn write_devices(w: &mut XmlWriter, spec: &DomainSpec) {
     w.open("devices", &[]);
-    let (mut virtio_disks, mut sata_disks) = (0, 0);
+    // SATA and SCSI disks share the `sd` names, as in the guest.
+    let (mut vd, mut sd) = (0, 0);
     for disk in &spec.disks {
-        let (bus, target) = match disk.media {
-            DiskMedia::Disk => {
-                virtio_disks += 1;
-                ("virtio", disk_target_name("vd", virtio_disks - 1))
+        let (bus, target) = match disk.bus {
+            DiskBus::Virtio => {
+                vd += 1;
+                ("virtio", disk_target_name("vd", vd - 1))
             }
-            // virtio cannot carry a CD-ROM, and q35 has no IDE.
-            DiskMedia::Cdrom => {
-                sata_disks += 1;
-                ("sata", disk_target_name("sd", sata_disks - 1))
+            DiskBus::Sata | DiskBus::Scsi => {
+                sd += 1;
+                let bus = if disk.bus == DiskBus::Sata { "sata" } else { "scsi" };
+                (bus, disk_target_name("sd", sd - 1))
             }
         };
         write_disk(w, disk, bus, &target);
+    }
+    if spec.disks.iter().any(|d| d.bus == DiskBus::Scsi) {
+        // libvirt's default SCSI controller is an emulated LSI card few guests still drive; virtio-scsi is what
+        // KubeVirt uses.
+        w.empty(
+            "controller",
+            &[("type", "scsi"), ("index", "0"), ("model", "virtio-scsi")],
+        );
     }
     // Nothing vmlet attaches uses USB; without this libvirt adds a controller the guest then probes at boot.
     w.empty("controller", &[("type", "usb"), ("model", "none")]);
@@ -155,12 +187,28 @@ fn write_disk(w: &mut XmlWriter, disk: &DiskSpec, bus: &str, target: &str) {
     };
     let path = w.path(path);
     w.open("disk", &[("type", kind), ("device", device)]);
-    w.empty("driver", &[("name", "qemu"), ("type", format)]);
+    match disk.cache {
+        Some(cache) => {
+            let cache = match cache {
+                DiskCache::None => "none",
+                DiskCache::Writethrough => "writethrough",
+                DiskCache::Writeback => "writeback",
+            };
+            w.empty("driver", &[("name", "qemu"), ("type", format), ("cache", cache)]);
+        }
+        None => w.empty("driver", &[("name", "qemu"), ("type", format)]),
+    }
     w.empty("source", &[(source_attr, &path)]);
     w.empty("target", &[("dev", target), ("bus", bus)]);
+    if let Some(order) = disk.boot_order {
+        w.empty("boot", &[("order", &order.to_string())]);
+    }
     // libvirt makes every CD-ROM read-only anyway; saying so keeps the XML it reports back equal to ours.
     if disk.readonly || disk.media == DiskMedia::Cdrom {
         w.empty("readonly", &[]);
+    }
+    if let Some(serial) = &disk.serial {
+        w.text("serial", &[], serial);
     }
     w.close();
 }

@@ -101,6 +101,7 @@ mod tests {
             memory_mib: 256,
             machine: "q35".to_owned(),
             accel: Accel::Tcg,
+            firmware: crate::Firmware::Bios,
             boot: Boot::Kernel {
                 kernel: "/guest/vmlinux".into(),
                 initrd: None,
@@ -112,7 +113,11 @@ mod tests {
                     format: DiskFormat::Qcow2,
                 },
                 media: DiskMedia::Disk,
+                bus: crate::DiskBus::Virtio,
                 readonly: false,
+                boot_order: None,
+                serial: None,
+                cache: None,
             }],
             interfaces: vec![InterfaceSpec {
                 tap: "tap0".to_owned(),

@@ -14,6 +14,7 @@ fn kernel_spec() -> DomainSpec {
         memory_mib: 256,
         machine: DEFAULT_MACHINE.to_owned(),
         accel: Accel::Tcg,
+        firmware: Firmware::Bios,
         boot: Boot::Kernel {
             kernel: "/var/lib/vmlet/guest/vmlinux".into(),
             initrd: Some("/var/lib/vmlet/guest/initramfs.cpio.gz".into()),
@@ -123,22 +124,21 @@ fn disks_get_names_and_buses_in_order() {
     };
     let spec = DomainSpec {
         disks: vec![
+            disk(file("/var/lib/vmlet/root.qcow2", DiskFormat::Qcow2)),
             DiskSpec {
-                source: file("/var/lib/vmlet/root.qcow2", DiskFormat::Qcow2),
-                media: DiskMedia::Disk,
-                readonly: false,
-            },
-            DiskSpec {
-                source: file("/var/lib/vmlet/cidata.iso", DiskFormat::Raw),
                 media: DiskMedia::Cdrom,
-                readonly: false,
+                bus: DiskBus::Sata,
+                ..disk(file("/var/lib/vmlet/cidata.iso", DiskFormat::Raw))
             },
             DiskSpec {
-                source: DiskSource::Block {
-                    path: "/dev/vmlet/data".into(),
-                },
-                media: DiskMedia::Disk,
                 readonly: true,
+                ..disk(DiskSource::Block {
+                    path: "/dev/vmlet/data".into(),
+                })
+            },
+            DiskSpec {
+                bus: DiskBus::Scsi,
+                ..disk(file("/var/lib/vmlet/data.img", DiskFormat::Raw))
             },
         ],
         ..kernel_spec()
@@ -177,8 +177,113 @@ fn disks_get_names_and_buses_in_order() {
             ),
             ("file", "cdrom", "raw", "/var/lib/vmlet/cidata.iso", "sda", "sata", true),
             ("block", "disk", "raw", "/dev/vmlet/data", "vdb", "virtio", true),
+            ("file", "disk", "raw", "/var/lib/vmlet/data.img", "sdb", "scsi", false),
         ]
     );
+    let controller = all(&doc, "devices/controller")
+        .into_iter()
+        .find(|c| attr(*c, "type") == "scsi")
+        .expect("a SCSI controller for the SCSI disk");
+    assert_eq!(attr(controller, "model"), "virtio-scsi");
+}
+
+/// A virtio hard disk from `source`, with nothing else set.
+fn disk(source: DiskSource) -> DiskSpec {
+    DiskSpec {
+        source,
+        media: DiskMedia::Disk,
+        bus: DiskBus::Virtio,
+        readonly: false,
+        boot_order: None,
+        serial: None,
+        cache: None,
+    }
+}
+
+#[test]
+fn boot_order_serial_and_cache_are_per_disk() {
+    let file = |path: &str| DiskSource::File {
+        path: path.into(),
+        format: DiskFormat::Raw,
+    };
+    let spec = DomainSpec {
+        boot: Boot::Disk,
+        disks: vec![
+            DiskSpec {
+                serial: Some("data-1".into()),
+                cache: Some(DiskCache::None),
+                ..disk(file("/d/data.img"))
+            },
+            DiskSpec {
+                boot_order: Some(1),
+                cache: Some(DiskCache::Writeback),
+                ..disk(file("/d/root.img"))
+            },
+        ],
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    // libvirt refuses <os><boot> beside per-device boot orders.
+    assert!(all(&doc, "os/boot").is_empty());
+    let disks = all(&doc, "devices/disk");
+    fn child<'a>(disk: Node<'a, 'a>, name: &str) -> Option<Node<'a, 'a>> {
+        disk.children().find(|c| c.has_tag_name(name))
+    }
+    assert!(child(disks[0], "boot").is_none());
+    assert_eq!(child(disks[0], "serial").unwrap().text(), Some("data-1"));
+    assert_eq!(attr(child(disks[0], "driver").unwrap(), "cache"), "none");
+    assert_eq!(attr(child(disks[1], "boot").unwrap(), "order"), "1");
+    assert_eq!(attr(child(disks[1], "driver").unwrap(), "cache"), "writeback");
+}
+
+#[test]
+fn efi_firmware_with_and_without_secure_boot() {
+    let efi = |secure_boot| DomainSpec {
+        boot: Boot::Disk,
+        firmware: Firmware::Efi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars_template: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+            vars: "/run/vmlet/efi-vars.fd".into(),
+            secure_boot,
+        },
+        ..kernel_spec()
+    };
+    let xml = efi(false).to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    let loader = one(&doc, "os/loader");
+    assert_eq!(loader.text(), Some("/usr/share/OVMF/OVMF_CODE_4M.fd"));
+    assert_eq!(
+        (attr(loader, "readonly"), attr(loader, "secure"), attr(loader, "type")),
+        ("yes", "no", "pflash")
+    );
+    let nvram = one(&doc, "os/nvram");
+    assert_eq!(nvram.text(), Some("/run/vmlet/efi-vars.fd"));
+    assert_eq!(attr(nvram, "template"), "/usr/share/OVMF/OVMF_VARS_4M.fd");
+    assert!(all(&doc, "features/smm").is_empty());
+
+    let xml = efi(true).to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert_eq!(attr(one(&doc, "os/loader"), "secure"), "yes");
+    assert_eq!(attr(one(&doc, "features/smm"), "state"), "on");
+
+    let bios = kernel_spec().to_xml().unwrap();
+    assert!(all(&Document::parse(&bios).unwrap(), "os/loader").is_empty());
+}
+
+#[test]
+fn a_cdrom_on_virtio_is_refused() {
+    let spec = DomainSpec {
+        disks: vec![DiskSpec {
+            media: DiskMedia::Cdrom,
+            ..disk(DiskSource::File {
+                path: "/d/x.iso".into(),
+                format: DiskFormat::Raw,
+            })
+        }],
+        ..kernel_spec()
+    };
+    assert_eq!(spec.to_xml(), Err(DomainSpecError::VirtioCdrom));
 }
 
 #[test]

@@ -214,6 +214,7 @@ pub fn controller_part(status: &VirtualMachineStatus) -> VirtualMachineStatus {
         start_failure: status.start_failure.clone(),
         phase_transition_timestamps: status.phase_transition_timestamps.clone(),
         launcher: None,
+        guest_os_info: None,
     }
 }
 
@@ -228,10 +229,12 @@ pub fn write_controller_part(status: &mut VirtualMachineStatus, applied: &Virtua
         .cloned()
         .collect();
     let (interfaces, launcher) = (std::mem::take(&mut status.interfaces), status.launcher.take());
+    let guest_os_info = status.guest_os_info.take();
     *status = controller_part(applied);
     status.conditions.extend(node_conditions);
     status.interfaces = interfaces;
     status.launcher = launcher;
+    status.guest_os_info = guest_os_info;
 }
 
 fn guest_exit(exit: Exit) -> GuestExit {
@@ -250,6 +253,8 @@ fn interface(launcher: &vmlet_control::InterfaceStatus) -> InterfaceStatus {
         ip_address: first_v4.or(launcher.ip_addresses.first()).cloned(),
         ip_addresses: launcher.ip_addresses.clone(),
         mac: (!launcher.mac.is_empty()).then(|| launcher.mac.clone()),
+        interface_name: None,
+        info_source: None,
     }
 }
 
@@ -387,6 +392,7 @@ mod tests {
                 ip_address: Some("10.244.1.7".into()),
                 ip_addresses: vec!["fd00::7".into(), "10.244.1.7".into()],
                 mac: Some("02:42:0a:f4:01:07".into()),
+                ..Default::default()
             }]
         );
         let v6_only = LauncherState::Answered(Status {

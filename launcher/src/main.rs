@@ -11,6 +11,7 @@ mod guest_addressing;
 mod network;
 mod run;
 mod spec;
+mod storage;
 mod vm_domain;
 
 #[derive(Parser)]

@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
-use vmlet_control::{Command, DhcpStatus, Exit, InterfaceStatus, Phase, Status};
+use vmlet_control::{Command, DhcpStatus, Exit, InterfaceStatus, Phase, PodVolumes, Status};
 use vmlet_dhcp::runner::{Runner, Status as DhcpRunnerStatus};
 use vmlet_dhcp::v6;
 
@@ -25,6 +25,7 @@ use crate::driver::{Domain, DomainState, DriverProcess, ShutOffReason, accel};
 use crate::network;
 use crate::network::binding::{BindingRequest, Served, binding_name};
 use crate::spec::{self, SPEC_ENV, VmSpec};
+use crate::storage::{self, Storage};
 use crate::vm_domain;
 
 /// How long a pause or resume may take to show in the polled domain state before the control socket answers.
@@ -53,6 +54,9 @@ pub struct Args {
     /// The pod's resolver configuration, whose servers and search domains the guest gets.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// Where the pod provides the data of the VM's volumes (containerDisk images, claims, Secrets).
+    #[arg(long, default_value = vmlet_control::pod_volumes::DEFAULT_ROOT)]
+    volumes_dir: PathBuf,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -75,8 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &args.resolv_conf,
         vm.hostname(),
     )?;
+    std::fs::create_dir_all(&args.run_dir)
+        .with_context(|| format!("cannot create the run directory {}", args.run_dir.display()))?;
+    // Before the network: a volume the pod cannot serve must leave the pod as the CNI made it.
+    let storage = storage::prepare(&vm, &PodVolumes::new(&args.volumes_dir), &args.run_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ending = runtime.block_on(launch(vm, request, args))?;
+    let ending = runtime.block_on(launch(vm, request, storage, args))?;
     info!(?ending, "guest ended");
     Ok(ExitCode::from(ending.exit_code()))
 }
@@ -123,10 +131,8 @@ impl Ending {
     }
 }
 
-async fn launch(vm: VmSpec, request: BindingRequest, args: Args) -> anyhow::Result<Ending> {
+async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Args) -> anyhow::Result<Ending> {
     let run_dir = args.run_dir;
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
     let accel = accel::choose()?;
     let binding = binding_name(request.binding);
     info!(vm = %vm.name, ?accel, interface = %args.interface, binding, "starting");
@@ -177,14 +183,11 @@ async fn launch(vm: VmSpec, request: BindingRequest, args: Args) -> anyhow::Resu
         mac: network.guest_mac,
         mtu: Some(network.mtu),
     };
-    let plan = vm_domain::plan(&vm, nic, accel, &run_dir)?;
-    for disk in &plan.empty_disks {
-        create_sparse(&disk.path, disk.bytes)?;
-    }
+    let domain_spec = vm_domain::plan(&vm, nic, storage, accel, &run_dir)?;
     let started = Instant::now();
     let driver = DriverProcess::spawn()?;
     let domain = driver
-        .start(&plan.domain, &run_dir, &args.cache_dir)
+        .start(&domain_spec, &run_dir, &args.cache_dir)
         .await
         .context("cannot start the domain")?;
     info!(domain = %domain.name(), elapsed_ms = started.elapsed().as_millis() as u64, "domain started");
@@ -407,18 +410,6 @@ fn bind_control_socket(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Creates a sparse file of `bytes` for an empty disk, keeping one that exists: a restarted launcher must not wipe
 /// what the guest wrote.
-fn create_sparse(path: &Path, bytes: u64) -> anyhow::Result<()> {
-    if path.exists() {
-        return Ok(());
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let file = std::fs::File::create_new(path).with_context(|| format!("cannot create the disk {}", path.display()))?;
-    file.set_len(bytes)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,17 +432,5 @@ mod tests {
             .map(Ending::exit_code)
             .to_vec();
         assert_eq!(codes, [0, 0, 3, 4]);
-    }
-
-    #[test]
-    fn an_empty_disk_is_created_once_and_never_wiped() {
-        let dir = std::env::temp_dir().join(format!("vmlet-run-test-{}", std::process::id()));
-        let path = dir.join("disks/scratch.img");
-        create_sparse(&path, 1 << 20).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
-        std::fs::write(&path, b"guest data").unwrap();
-        create_sparse(&path, 1 << 20).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"guest data");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

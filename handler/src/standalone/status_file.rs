@@ -172,6 +172,7 @@ mod tests {
                 ip_address: Some("10.111.0.2".into()),
                 ip_addresses: vec!["10.111.0.2".into()],
                 mac: None,
+                ..Default::default()
             }],
             node_name: Some("node-1".into()),
             ..Default::default()

@@ -197,6 +197,7 @@ impl ScenarioEnv {
             memory_mib: 256,
             machine: DEFAULT_MACHINE.to_owned(),
             accel,
+            firmware: vmlet_domain::Firmware::Bios,
             boot: Boot::Kernel {
                 kernel: self.guest_dir.join("vmlinux"),
                 initrd: Some(self.guest_dir.join("initramfs.cpio.gz")),
