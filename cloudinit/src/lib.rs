@@ -40,7 +40,8 @@ pub struct Seed {
 /// Where the SSH keys travel, as KubeVirt's `accessCredentials` `propagationMethod`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KeyPropagation {
-    /// Merged into the user data, as `ssh_authorized_keys` of a cloud-config; works with either flavor.
+    /// In the user data, as `ssh_authorized_keys` of a cloud-config: the whole user data when there is none, else a
+    /// cloud-config part beside the user's own in a MIME message, which cloud-init merges. Works with either flavor.
     #[default]
     NoCloud,
     /// In `meta_data.json`'s `public_keys`, which only a ConfigDrive seed has.
