@@ -6,6 +6,7 @@
 //! written, nor copied), empty disks, cloud-init seeds and the EFI variable store. A persistent volume claim's
 //! `disk.img` is made once, sparse, when the claim holds none yet (as KubeVirt does).
 
+mod cloud_init;
 mod disk;
 mod overlay;
 
@@ -15,7 +16,7 @@ mod tests;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
-use vmlet_api::{HostDiskType, Volume, parse_quantity};
+use vmlet_api::{CloudInitKind, HostDiskType, Volume, parse_quantity};
 use vmlet_control::PodVolumes;
 use vmlet_control::pod_volumes::CLAIM_DISK_FILE;
 use vmlet_domain::{Boot, DiskFormat, DiskSource, DiskSpec, Firmware};
@@ -69,8 +70,12 @@ pub enum Problem {
     Create(PathBuf, #[source] std::io::Error),
     #[error(transparent)]
     Overlay(#[from] OverlayError),
-    #[error("{0} volumes are not supported by this launcher yet")]
-    Unsupported(&'static str),
+    #[error("the Secret mounted at {} has no key {keys}", .dir.display())]
+    SecretKey { dir: PathBuf, keys: String },
+    #[error("not valid base64: {0}")]
+    Base64(String),
+    #[error(transparent)]
+    CloudInit(#[from] vmlet_cloudinit::Error),
     #[error("UEFI firmware {} is missing (Debian's package ovmf)", .0.display())]
     NoFirmware(PathBuf),
 }
@@ -92,7 +97,7 @@ pub fn prepare(vm: &VmSpec, volumes: &PodVolumes, run_dir: &Path) -> Result<Stor
             volume: volume.name.clone(),
             problem,
         };
-        let source = source(volume, volumes, run_dir).map_err(failed)?;
+        let source = source(vm, volume, volumes, run_dir).map_err(failed)?;
         disks.push(disk::spec(disk, source));
     }
     let firmware = firmware(vm, run_dir).map_err(|problem| StorageError {
@@ -106,7 +111,7 @@ pub fn prepare(vm: &VmSpec, volumes: &PodVolumes, run_dir: &Path) -> Result<Stor
     Ok(Storage { disks, firmware, boot })
 }
 
-fn source(volume: &Volume, volumes: &PodVolumes, run_dir: &Path) -> Result<DiskSource, Problem> {
+fn source(vm: &VmSpec, volume: &Volume, volumes: &PodVolumes, run_dir: &Path) -> Result<DiskSource, Problem> {
     if let Some(container) = &volume.container_disk {
         let root = volumes.disk(&volume.name);
         let image = container_disk_file(&root, container.path.as_deref())?;
@@ -148,10 +153,15 @@ fn source(volume: &Volume, volumes: &PodVolumes, run_dir: &Path) -> Result<DiskS
             format: DiskFormat::Raw,
         });
     }
-    Err(if volume.cloud_init_no_cloud.is_some() {
-        Problem::Unsupported("cloudInitNoCloud")
+    // Validation guarantees one source; what is left is cloud-init's.
+    let kind = if volume.cloud_init_no_cloud.is_some() {
+        CloudInitKind::NoCloud
     } else {
-        Problem::Unsupported("cloudInitConfigDrive")
+        CloudInitKind::ConfigDrive
+    };
+    Ok(DiskSource::File {
+        path: cloud_init::seed_image(vm, volume, kind, volumes, run_dir)?,
+        format: DiskFormat::Raw,
     })
 }
 

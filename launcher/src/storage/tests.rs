@@ -6,6 +6,7 @@ use vmlet_domain::{Boot, DiskBus, DiskCache, DiskFormat, DiskMedia, DiskSource, 
 
 use super::*;
 use crate::spec::test_vm;
+use vmlet_api::CloudInitKind;
 
 /// A VM with the given disks and volumes (YAML flow lists), booting from disk.
 fn vm(disks: &str, volumes: &str) -> VmSpec {
@@ -316,4 +317,120 @@ spec:
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// A VM with the cloud-init `volume` and one SSH key Secret propagated by `method`.
+fn cloud_init_vm(volume: &str, secret: &str, method: &str) -> VmSpec {
+    test_vm(&format!(
+        r#"
+metadata: {{name: vm1, namespace: lab, uid: 4a7c-uid}}
+spec:
+  template:
+    spec:
+      hostname: web-1
+      domain:
+        memory: {{guest: 128Mi}}
+        devices:
+          disks: [{{name: ci, disk: {{}}}}]
+          interfaces: [{{name: default, bridge: {{}}}}]
+      networks: [{{name: default, pod: {{}}}}]
+      volumes: [{volume}]
+      accessCredentials:
+      - sshPublicKey: {{source: {{secret: {{secretName: {secret}}}}}, propagationMethod: {{{method}: {{}}}}}}
+"#
+    ))
+}
+
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
+}
+
+#[test]
+fn a_no_cloud_seed_takes_inline_data_secrets_and_the_keys_that_travel_its_way() {
+    let vm = cloud_init_vm(
+        "{name: ci, cloudInitNoCloud: {userDataBase64: I2Nsb3VkLWNvbmZpZwo=, networkDataSecretRef: {name: net}}}",
+        "keys",
+        "noCloud",
+    );
+    let pod = pod();
+    write(
+        &pod.volumes.network_data_secret("ci"),
+        &[("networkData", "version: 2\n")],
+    );
+    // A mounted Secret's files, beside the kubelet's hidden bookkeeping.
+    write(
+        &pod.volumes.ssh_keys("keys"),
+        &[
+            ("b", "ssh-ed25519 BBBB b@x\n"),
+            ("a", "# team\nssh-ed25519 AAAA a@x\n\n"),
+            ("..data", "x"),
+        ],
+    );
+    let volume = &vm.spec.volumes[0];
+    let seed = cloud_init::seed(&vm, volume, CloudInitKind::NoCloud, &pod.volumes).unwrap();
+    assert_eq!(
+        seed,
+        vmlet_cloudinit::Seed {
+            instance_id: "4a7c-uid".into(),
+            hostname: "web-1".into(),
+            user_data: Some(b"#cloud-config\n".to_vec()),
+            network_data: Some(b"version: 2\n".to_vec()),
+            ssh_keys: vec!["ssh-ed25519 AAAA a@x".into(), "ssh-ed25519 BBBB b@x".into()],
+            key_propagation: vmlet_cloudinit::KeyPropagation::NoCloud,
+        }
+    );
+    let storage = prepare(&vm, &pod.volumes, &pod.run_dir).unwrap();
+    let iso = pod.run_dir.join("cloud-init/ci.iso");
+    assert_eq!(
+        storage.disks[0].source,
+        DiskSource::File {
+            path: iso.clone(),
+            format: DiskFormat::Raw
+        }
+    );
+    // ISO 9660's primary volume descriptor, at 32 KiB, carries the label cloud-init looks for.
+    let image = std::fs::read(&iso).unwrap();
+    assert_eq!(&image[0x8001..0x8006], b"CD001");
+    assert_eq!(String::from_utf8_lossy(&image[0x8028..0x8048]).trim_end(), "cidata");
+}
+
+#[test]
+fn what_a_cloud_init_volume_lacks_is_named() {
+    let pod = pod();
+    let vm = cloud_init_vm(
+        "{name: ci, cloudInitConfigDrive: {secretRef: {name: ud}}}",
+        "other",
+        "configDrive",
+    );
+    let secret = pod.volumes.user_data_secret("ci");
+    assert_eq!(
+        problem(prepare(&vm, &pod.volumes, &pod.run_dir)),
+        format!("volume \"ci\": the pod provides no data for it at {}", secret.display())
+    );
+    write(&secret, &[("user-data", "x")]);
+    assert_eq!(
+        problem(prepare(&vm, &pod.volumes, &pod.run_dir)),
+        format!(
+            "volume \"ci\": the Secret mounted at {} has no key userdata or userData",
+            secret.display()
+        )
+    );
+    write(&secret, &[("userdata", "#cloud-config\n")]);
+    assert_eq!(
+        problem(prepare(&vm, &pod.volumes, &pod.run_dir)),
+        format!(
+            "volume \"ci\": the pod provides no data for it at {}",
+            pod.volumes.ssh_keys("other").display()
+        )
+    );
+    write(&pod.volumes.ssh_keys("other"), &[("key", "ssh-ed25519 CCCC c@x")]);
+    let volume = &vm.spec.volumes[0];
+    let seed = cloud_init::seed(&vm, volume, CloudInitKind::ConfigDrive, &pod.volumes).unwrap();
+    assert_eq!(seed.ssh_keys, ["ssh-ed25519 CCCC c@x"]);
+    assert_eq!(seed.key_propagation, vmlet_cloudinit::KeyPropagation::ConfigDrive);
+    prepare(&vm, &pod.volumes, &pod.run_dir).unwrap();
+    assert!(pod.run_dir.join("cloud-init/ci.iso").is_file());
 }
