@@ -15,7 +15,9 @@ pub struct Digest {
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest { hex: hex::encode(Sha256::digest(bytes)) }
+        Digest {
+            hex: hex::encode(Sha256::digest(bytes)),
+        }
     }
 
     /// The 64 lowercase hex digits.
@@ -30,7 +32,8 @@ impl Digest {
 
     /// The inverse of [`Digest::dir_name`].
     pub fn from_dir_name(name: &str) -> Option<Digest> {
-        name.strip_prefix("sha256-").and_then(|hex| format!("sha256:{hex}").parse().ok())
+        name.strip_prefix("sha256-")
+            .and_then(|hex| format!("sha256:{hex}").parse().ok())
     }
 }
 
@@ -65,9 +68,16 @@ impl fmt::Display for Digest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mismatch {
     /// More bytes arrived than the descriptor announced; reading stopped there.
-    TooLong { expected: u64 },
-    TooShort { expected: u64, got: u64 },
-    Digest { got: Digest },
+    TooLong {
+        expected: u64,
+    },
+    TooShort {
+        expected: u64,
+        got: u64,
+    },
+    Digest {
+        got: Digest,
+    },
 }
 
 impl fmt::Display for Mismatch {
@@ -94,7 +104,14 @@ pub struct VerifyingReader<R> {
 
 impl<R: Read> VerifyingReader<R> {
     pub fn new(inner: R, expected: Digest, size: u64) -> VerifyingReader<R> {
-        VerifyingReader { inner, expected, size, read: 0, hasher: Sha256::new(), mismatch: None }
+        VerifyingReader {
+            inner,
+            expected,
+            size,
+            read: 0,
+            hasher: Sha256::new(),
+            mismatch: None,
+        }
     }
 
     /// Reads what the consumer left (a tar ends before its padding, gzip before its trailer) and checks the whole.
@@ -115,10 +132,19 @@ impl<R: Read> VerifyingReader<R> {
             return Ok(Err(mismatch));
         }
         if self.read != self.size {
-            return Ok(Err(Mismatch::TooShort { expected: self.size, got: self.read }));
+            return Ok(Err(Mismatch::TooShort {
+                expected: self.size,
+                got: self.read,
+            }));
         }
-        let got = Digest { hex: hex::encode(self.hasher.finalize()) };
-        Ok(if got == self.expected { Ok(self.read) } else { Err(Mismatch::Digest { got }) })
+        let got = Digest {
+            hex: hex::encode(self.hasher.finalize()),
+        };
+        Ok(if got == self.expected {
+            Ok(self.read)
+        } else {
+            Err(Mismatch::Digest { got })
+        })
     }
 }
 

@@ -31,7 +31,11 @@ pub enum DiskFormat {
 impl DiskFormat {
     /// qcow2 by its magic (`QFI\xfb`); anything else is taken as raw, as QEMU does for a raw image.
     pub fn detect(header: &[u8]) -> DiskFormat {
-        if header.starts_with(b"QFI\xfb") { DiskFormat::Qcow2 } else { DiskFormat::Raw }
+        if header.starts_with(b"QFI\xfb") {
+            DiskFormat::Qcow2
+        } else {
+            DiskFormat::Raw
+        }
     }
 }
 
@@ -47,10 +51,13 @@ pub struct Disk {
 pub(crate) fn find(reference: &str, rootfs: &Path, lookup: &DiskLookup) -> Result<Option<Disk>, Error> {
     let path = match lookup {
         DiskLookup::Skip => return Ok(None),
-        DiskLookup::At(path) => unpack::relative(path)
+        DiskLookup::At(path) => unpack::relative(path.strip_prefix("/").unwrap_or(path))
             .ok()
             .and_then(|rel| unpack::existing_file(rootfs, &rel))
-            .ok_or_else(|| Error::NoDisk { reference: reference.to_owned(), path: path.clone() })?,
+            .ok_or_else(|| Error::NoDisk {
+                reference: reference.to_owned(),
+                path: path.clone(),
+            })?,
         DiskLookup::Find => {
             let mut files = Vec::new();
             regular_files(&rootfs.join(DISK_DIR), &mut files);
@@ -68,7 +75,10 @@ pub(crate) fn find(reference: &str, rootfs: &Path, lookup: &DiskLookup) -> Resul
                         .iter()
                         .map(|f| Path::new("/").join(f.strip_prefix(rootfs).unwrap_or(f)))
                         .collect();
-                    return Err(Error::SeveralDisks { reference: reference.to_owned(), disks });
+                    return Err(Error::SeveralDisks {
+                        reference: reference.to_owned(),
+                        disks,
+                    });
                 }
             }
         }
@@ -77,7 +87,11 @@ pub(crate) fn find(reference: &str, rootfs: &Path, lookup: &DiskLookup) -> Resul
     let mut file = unpack::open_no_follow(&path).map_err(Error::io(reference, "open", &path))?;
     let read = file.read(&mut header).map_err(Error::io(reference, "read", &path))?;
     let size = file.metadata().map_err(Error::io(reference, "inspect", &path))?.len();
-    Ok(Some(Disk { format: DiskFormat::detect(&header[..read]), path, size }))
+    Ok(Some(Disk {
+        format: DiskFormat::detect(&header[..read]),
+        path,
+        size,
+    }))
 }
 
 fn regular_files(dir: &Path, found: &mut Vec<PathBuf>) {

@@ -23,28 +23,57 @@ pub enum Error {
     Unreachable { reference: String, detail: String },
 
     #[error("the connection was lost while pulling blob {digest} of image {reference}: {detail}")]
-    ConnectionLost { reference: String, digest: Digest, detail: String },
+    ConnectionLost {
+        reference: String,
+        digest: Digest,
+        detail: String,
+    },
 
     #[error("the registry failed to serve image {reference}: {detail}")]
     Registry { reference: String, detail: String },
 
     #[error("the credentials file {path} for image {reference} is unusable: {detail}")]
-    Credentials { reference: String, path: PathBuf, detail: String },
+    Credentials {
+        reference: String,
+        path: PathBuf,
+        detail: String,
+    },
 
     #[error("blob {digest} of image {reference} does not match its descriptor: {found}")]
-    DigestMismatch { reference: String, digest: Digest, found: String },
+    DigestMismatch {
+        reference: String,
+        digest: Digest,
+        found: String,
+    },
 
     #[error("layer {layer} of image {reference} has an unsafe entry {path}: {why}")]
-    UnsafeEntry { reference: String, layer: Digest, path: PathBuf, why: &'static str },
+    UnsafeEntry {
+        reference: String,
+        layer: Digest,
+        path: PathBuf,
+        why: &'static str,
+    },
 
     #[error("layer {layer} of image {reference} is not a readable tar: {detail}")]
-    BadLayer { reference: String, layer: Digest, detail: String },
+    BadLayer {
+        reference: String,
+        layer: Digest,
+        detail: String,
+    },
 
     #[error("image {reference} unpacks to more than {limit} {what}")]
-    TooLarge { reference: String, limit: u64, what: &'static str },
+    TooLarge {
+        reference: String,
+        limit: u64,
+        what: &'static str,
+    },
 
     #[error("blob {digest} of image {reference} has the unsupported media type {media_type}")]
-    UnsupportedMediaType { reference: String, digest: Digest, media_type: String },
+    UnsupportedMediaType {
+        reference: String,
+        digest: Digest,
+        media_type: String,
+    },
 
     #[error("image {reference} is not a usable image: {detail}")]
     InvalidImage { reference: String, detail: String },
@@ -74,13 +103,26 @@ pub enum Error {
 }
 
 fn list(paths: &[PathBuf]) -> String {
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Error {
-    pub(crate) fn io(reference: impl ToString, action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(
+        reference: impl ToString,
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let reference = reference.to_string();
         let path = path.into();
-        move |source| Error::Io { reference, action, path, source }
+        move |source| Error::Io {
+            reference,
+            action,
+            path,
+            source,
+        }
     }
 }

@@ -56,12 +56,20 @@ impl Layer {
             digest: digest.clone(),
             media_type: descriptor.media_type.clone(),
         })?;
-        Ok(Layer { digest, size, compression })
+        Ok(Layer {
+            digest,
+            size,
+            compression,
+        })
     }
 
     /// The descriptor to ask a registry with: no `urls`, so that nothing is fetched from outside the registry.
     pub(crate) fn descriptor(&self) -> OciDescriptor {
-        OciDescriptor { digest: self.digest.to_string(), size: self.size as i64, ..OciDescriptor::default() }
+        OciDescriptor {
+            digest: self.digest.to_string(),
+            size: self.size as i64,
+            ..OciDescriptor::default()
+        }
     }
 }
 
@@ -102,15 +110,29 @@ impl LayerFailure {
         let reference = reference.to_owned();
         let layer = layer.clone();
         match self {
-            LayerFailure::Mismatch(found) => Error::DigestMismatch { reference, digest: layer, found: found.to_string() },
-            LayerFailure::Unpack(UnpackError::Unsafe { path, why }) => Error::UnsafeEntry { reference, layer, path, why },
+            LayerFailure::Mismatch(found) => Error::DigestMismatch {
+                reference,
+                digest: layer,
+                found: found.to_string(),
+            },
+            LayerFailure::Unpack(UnpackError::Unsafe { path, why }) => Error::UnsafeEntry {
+                reference,
+                layer,
+                path,
+                why,
+            },
             LayerFailure::Unpack(UnpackError::TooLarge { limit, what }) => Error::TooLarge { reference, limit, what },
-            LayerFailure::Unpack(UnpackError::Malformed(err)) | LayerFailure::Read(err) => {
-                Error::BadLayer { reference, layer, detail: err.to_string() }
-            }
-            LayerFailure::Unpack(UnpackError::Io { action, path, source }) => {
-                Error::Io { reference, action, path, source }
-            }
+            LayerFailure::Unpack(UnpackError::Malformed(err)) | LayerFailure::Read(err) => Error::BadLayer {
+                reference,
+                layer,
+                detail: err.to_string(),
+            },
+            LayerFailure::Unpack(UnpackError::Io { action, path, source }) => Error::Io {
+                reference,
+                action,
+                path,
+                source,
+            },
         }
     }
 }

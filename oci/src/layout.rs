@@ -38,10 +38,16 @@ impl LayoutSource {
             LayoutKind::Directory => (layout.path.clone(), None),
             LayoutKind::Archive => {
                 let file = fs::File::open(&layout.path).map_err(|err| match err.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        Error::NotFound { reference: name.clone(), detail: "no such archive".to_owned() }
-                    }
-                    _ => Error::Io { reference: name.clone(), action: "open", path: layout.path.clone(), source: err },
+                    std::io::ErrorKind::NotFound => Error::NotFound {
+                        reference: name.clone(),
+                        detail: "no such archive".to_owned(),
+                    },
+                    _ => Error::Io {
+                        reference: name.clone(),
+                        action: "open",
+                        path: layout.path.clone(),
+                        source: err,
+                    },
                 })?;
                 let tree = TempTree::create(scratch.clone()).map_err(Error::io(&name, "create", &scratch))?;
                 let mut budget = Budget::new(limits);
@@ -50,20 +56,25 @@ impl LayoutSource {
                 (tree.path().to_owned(), Some(tree))
             }
         };
-        Ok(LayoutSource { name, dir, selector: layout.selector.clone(), _unpacked: unpacked })
+        Ok(LayoutSource {
+            name,
+            dir,
+            selector: layout.selector.clone(),
+            _unpacked: unpacked,
+        })
     }
 
     /// The image manifest (linux/amd64 when the selected entry is an index) and its digest.
     pub(crate) fn resolve(&self) -> Result<(Digest, OciImageManifest), Error> {
         let index_path = self.dir.join("index.json");
         if !index_path.is_file() {
-            return Err(Error::NotFound { reference: self.name.clone(), detail: "no OCI layout there".to_owned() });
+            return Err(Error::NotFound {
+                reference: self.name.clone(),
+                detail: "no OCI layout there".to_owned(),
+            });
         }
-        let index: OciImageIndex = self.parse(&read_bounded(&index_path).map_err(Error::io(
-            &self.name,
-            "read",
-            &index_path,
-        ))?)?;
+        let index: OciImageIndex =
+            self.parse(&read_bounded(&index_path).map_err(Error::io(&self.name, "read", &index_path))?)?;
         let (mut digest, mut size) = match &self.selector {
             Some(Selector::Tag(tag)) => {
                 let entry = index
@@ -77,13 +88,20 @@ impl LayoutSource {
                 (self.digest(&entry.digest)?, Some(entry.size))
             }
             Some(Selector::Digest(digest)) => {
-                let size = index.manifests.iter().find(|entry| entry.digest == digest.to_string()).map(|e| e.size);
+                let size = index
+                    .manifests
+                    .iter()
+                    .find(|entry| entry.digest == digest.to_string())
+                    .map(|e| e.size);
                 (digest.clone(), size)
             }
             None => match index.manifests.as_slice() {
                 [entry] => (self.digest(&entry.digest)?, Some(entry.size)),
                 entries => {
-                    return Err(self.invalid(format!("the layout holds {} images, so one must be named", entries.len())));
+                    return Err(self.invalid(format!(
+                        "the layout holds {} images, so one must be named",
+                        entries.len()
+                    )));
                 }
             },
         };
@@ -98,7 +116,11 @@ impl LayoutSource {
                 reference: self.name.clone(),
                 detail: format!("index {digest} has no linux/amd64 image"),
             })?;
-            size = index.manifests.iter().find(|entry| entry.digest == chosen).map(|entry| entry.size);
+            size = index
+                .manifests
+                .iter()
+                .find(|entry| entry.digest == chosen)
+                .map(|entry| entry.size);
             digest = self.digest(&chosen)?;
         }
         Err(self.invalid(format!("indexes nest deeper than {MAX_NESTING}")))
@@ -118,7 +140,12 @@ impl LayoutSource {
                 reference: self.name.clone(),
                 detail: format!("blob {digest} is missing from the layout"),
             },
-            _ => Error::Io { reference: self.name.clone(), action: "open", path, source: err },
+            _ => Error::Io {
+                reference: self.name.clone(),
+                action: "open",
+                path,
+                source: err,
+            },
         })
     }
 
@@ -128,8 +155,16 @@ impl LayoutSource {
         self.open_blob(digest)?
             .take(MAX_JSON)
             .read_to_end(&mut bytes)
-            .map_err(Error::io(&self.name, "read", self.dir.join("blobs/sha256").join(digest.hex())))?;
-        let mismatch = |found: String| Error::DigestMismatch { reference: self.name.clone(), digest: digest.clone(), found };
+            .map_err(Error::io(
+                &self.name,
+                "read",
+                self.dir.join("blobs/sha256").join(digest.hex()),
+            ))?;
+        let mismatch = |found: String| Error::DigestMismatch {
+            reference: self.name.clone(),
+            digest: digest.clone(),
+            found,
+        };
         if let Some(size) = size
             && size != bytes.len() as i64
         {
@@ -143,7 +178,8 @@ impl LayoutSource {
     }
 
     fn digest(&self, text: &str) -> Result<Digest, Error> {
-        text.parse().map_err(|_| self.invalid(format!("{text:?} is not a sha256 digest")))
+        text.parse()
+            .map_err(|_| self.invalid(format!("{text:?} is not a sha256 digest")))
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, Error> {
@@ -151,7 +187,10 @@ impl LayoutSource {
     }
 
     fn invalid(&self, detail: String) -> Error {
-        Error::InvalidImage { reference: self.name.clone(), detail }
+        Error::InvalidImage {
+            reference: self.name.clone(),
+            detail,
+        }
     }
 }
 
@@ -164,11 +203,20 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 fn archive_error(name: &str, err: UnpackError) -> Error {
     let reference = name.to_owned();
     match err {
-        UnpackError::Unsafe { path, why } => {
-            Error::InvalidImage { reference, detail: format!("the archive has an unsafe entry {}: {why}", path.display()) }
-        }
+        UnpackError::Unsafe { path, why } => Error::InvalidImage {
+            reference,
+            detail: format!("the archive has an unsafe entry {}: {why}", path.display()),
+        },
         UnpackError::TooLarge { limit, what } => Error::TooLarge { reference, limit, what },
-        UnpackError::Malformed(err) => Error::InvalidImage { reference, detail: format!("the archive is not a tar: {err}") },
-        UnpackError::Io { action, path, source } => Error::Io { reference, action, path, source },
+        UnpackError::Malformed(err) => Error::InvalidImage {
+            reference,
+            detail: format!("the archive is not a tar: {err}"),
+        },
+        UnpackError::Io { action, path, source } => Error::Io {
+            reference,
+            action,
+            path,
+            source,
+        },
     }
 }

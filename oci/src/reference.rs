@@ -100,12 +100,19 @@ impl ImageRef {
     /// Reads `quay.io/containerdisks/fedora:40`, `debian`, `name@sha256:…`, `oci:/dir[:tag|:@sha256:…]` or
     /// `oci-archive:/file.tar[:tag|:@sha256:…]`.
     pub fn parse(input: &str) -> Result<ImageRef, Error> {
-        let invalid = |problem| Error::InvalidReference { input: input.to_owned(), problem };
+        let invalid = |problem| Error::InvalidReference {
+            input: input.to_owned(),
+            problem,
+        };
         if let Some(rest) = input.strip_prefix("oci-archive:") {
-            return parse_layout(LayoutKind::Archive, rest).map(ImageRef::Layout).map_err(invalid);
+            return parse_layout(LayoutKind::Archive, rest)
+                .map(ImageRef::Layout)
+                .map_err(invalid);
         }
         if let Some(rest) = input.strip_prefix("oci:") {
-            return parse_layout(LayoutKind::Directory, rest).map(ImageRef::Layout).map_err(invalid);
+            return parse_layout(LayoutKind::Directory, rest)
+                .map(ImageRef::Layout)
+                .map_err(invalid);
         }
         // skopeo's name for a registry; accepted so that one syntax covers all sources.
         let name = input.strip_prefix("docker://").unwrap_or(input);
@@ -189,9 +196,22 @@ fn parse_registry(input: &str) -> Result<RegistryRef, ReferenceProblem> {
     if !path.split('/').all(is_path_component) {
         return Err(ReferenceProblem::Name);
     }
-    let registry = if registry == "index.docker.io" { DEFAULT_REGISTRY.to_owned() } else { registry };
-    let repository = if registry == DEFAULT_REGISTRY && !path.contains('/') { format!("library/{path}") } else { path };
-    Ok(RegistryRef { registry, repository, tag: tag.map(str::to_owned), digest })
+    let registry = if registry == "index.docker.io" {
+        DEFAULT_REGISTRY.to_owned()
+    } else {
+        registry
+    };
+    let repository = if registry == DEFAULT_REGISTRY && !path.contains('/') {
+        format!("library/{path}")
+    } else {
+        path
+    };
+    Ok(RegistryRef {
+        registry,
+        repository,
+        tag: tag.map(str::to_owned),
+        digest,
+    })
 }
 
 fn check_registry(registry: &str) -> Result<(), ReferenceProblem> {
@@ -280,7 +300,11 @@ fn parse_layout(kind: LayoutKind, input: &str) -> Result<LayoutRef, ReferencePro
     if path.is_empty() {
         return Err(ReferenceProblem::NoPath);
     }
-    Ok(LayoutRef { kind, path: PathBuf::from(path), selector })
+    Ok(LayoutRef {
+        kind,
+        path: PathBuf::from(path),
+        selector,
+    })
 }
 
 impl fmt::Display for RegistryRef {

@@ -61,7 +61,9 @@ impl RegistrySource {
     pub(crate) fn new(image: &RegistryRef, options: &RegistryOptions) -> Result<RegistrySource, Error> {
         let name = image.to_string();
         let reference = match &image.digest {
-            Some(digest) => Reference::with_digest(image.registry.clone(), image.repository.clone(), digest.to_string()),
+            Some(digest) => {
+                Reference::with_digest(image.registry.clone(), image.repository.clone(), digest.to_string())
+            }
             None => Reference::with_tag(
                 image.registry.clone(),
                 image.repository.clone(),
@@ -106,7 +108,12 @@ impl RegistrySource {
             }
             None => RegistryAuth::Anonymous,
         };
-        Ok(RegistrySource { reference, name, client, auth })
+        Ok(RegistrySource {
+            reference,
+            name,
+            client,
+            auth,
+        })
     }
 
     /// The image manifest (linux/amd64 when the reference names an index) and its digest.
@@ -124,10 +131,17 @@ impl RegistrySource {
     }
 
     /// Streams a layer into the unpacker (a blocking task) and returns how many bytes came.
-    pub(crate) async fn apply_layer(&self, layer: &Layer, target: &Path, budget: Budget) -> Result<(u64, Budget), Error> {
+    pub(crate) async fn apply_layer(
+        &self,
+        layer: &Layer,
+        target: &Path,
+        budget: Budget,
+    ) -> Result<(u64, Budget), Error> {
         // The client remembers credentials per registry and uses them (as basic auth, or to fetch a bearer token
         // when the registry asks for one) on every request; a blob request alone does not pass them.
-        self.client.store_auth_if_needed(self.reference.resolve_registry(), &self.auth).await;
+        self.client
+            .store_auth_if_needed(self.reference.resolve_registry(), &self.auth)
+            .await;
         let blob = self
             .client
             .pull_blob_stream(&self.reference, &layer.descriptor())
@@ -138,7 +152,10 @@ impl RegistrySource {
         let (consumer_layer, target) = (layer.clone(), target.to_owned());
         let consumer = tokio::task::spawn_blocking(move || {
             let mut budget = budget;
-            let reader = ChannelReader { receiver, chunk: Bytes::new() };
+            let reader = ChannelReader {
+                receiver,
+                chunk: Bytes::new(),
+            };
             layer::apply(reader, &consumer_layer, &target, &mut budget, Whiteouts::Apply).map(|size| (size, budget))
         });
         let mut stream = blob.stream;
@@ -161,7 +178,9 @@ impl RegistrySource {
             }
         }
         drop(sender);
-        let result = consumer.await.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+        let result = consumer
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
         match (result, lost) {
             (Ok(done), _) => Ok(done),
             // The stream ended early, which the unpacker saw as a short blob: the cause is the connection.
@@ -176,7 +195,8 @@ impl RegistrySource {
 }
 
 fn is_digest_error(err: &io::Error) -> bool {
-    err.get_ref().is_some_and(|inner| inner.is::<oci_client::errors::DigestError>())
+    err.get_ref()
+        .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>())
 }
 
 /// Feeds the blocking unpacker from the download task.
@@ -219,7 +239,11 @@ pub(crate) fn client_error(reference: &str, err: OciDistributionError) -> Error 
     let reference = reference.to_owned();
     match err {
         OciDistributionError::RegistryError { envelope, .. } => {
-            let message = envelope.errors.iter().map(|e| format!("{:?}: {}", e.code, e.message)).collect::<Vec<_>>();
+            let message = envelope
+                .errors
+                .iter()
+                .map(|e| format!("{:?}: {}", e.code, e.message))
+                .collect::<Vec<_>>();
             let message = message.join("; ");
             let not_found = envelope.errors.iter().any(|e| {
                 matches!(
@@ -231,41 +255,71 @@ pub(crate) fn client_error(reference: &str, err: OciDistributionError) -> Error 
                 )
             });
             let refused = envelope.errors.iter().any(|e| {
-                matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied | OciErrorCode::Toomanyrequests)
+                matches!(
+                    e.code,
+                    OciErrorCode::Unauthorized | OciErrorCode::Denied | OciErrorCode::Toomanyrequests
+                )
             });
             if not_found {
-                Error::NotFound { reference, detail: message }
+                Error::NotFound {
+                    reference,
+                    detail: message,
+                }
             } else if refused {
                 Error::Refused { reference, message }
             } else {
-                Error::Registry { reference, detail: message }
+                Error::Registry {
+                    reference,
+                    detail: message,
+                }
             }
         }
         // The client drops the body of a 401; the status is all there is to say.
-        OciDistributionError::UnauthorizedError { url } => {
-            Error::Refused { reference, message: format!("401 Unauthorized for {url}") }
-        }
+        OciDistributionError::UnauthorizedError { url } => Error::Refused {
+            reference,
+            message: format!("401 Unauthorized for {url}"),
+        },
         OciDistributionError::AuthenticationFailure(message) => Error::Refused { reference, message },
         OciDistributionError::ServerError { code, message, url } => {
             let message = format!("{code} for {url}: {}", message.trim());
             match code {
-                404 => Error::NotFound { reference, detail: message },
+                404 => Error::NotFound {
+                    reference,
+                    detail: message,
+                },
                 401 | 403 | 429 => Error::Refused { reference, message },
-                502..=504 => Error::Unreachable { reference, detail: message },
-                _ => Error::Registry { reference, detail: message },
+                502..=504 => Error::Unreachable {
+                    reference,
+                    detail: message,
+                },
+                _ => Error::Registry {
+                    reference,
+                    detail: message,
+                },
             }
         }
         OciDistributionError::ImageManifestNotFoundError(detail) => Error::NotFound { reference, detail },
         OciDistributionError::UnsupportedMediaTypeError(media_type)
-        | OciDistributionError::IncompatibleLayerMediaTypeError(media_type) => {
-            Error::InvalidImage { reference, detail: format!("unsupported manifest media type {media_type}") }
-        }
-        OciDistributionError::RequestError(err) => Error::Unreachable { reference, detail: chain(&err) },
-        OciDistributionError::IoError(err) => Error::Unreachable { reference, detail: chain(&err) },
-        OciDistributionError::DigestError(err) => {
-            Error::InvalidImage { reference, detail: format!("the manifest does not match its digest: {err}") }
-        }
-        other => Error::Registry { reference, detail: chain(&other) },
+        | OciDistributionError::IncompatibleLayerMediaTypeError(media_type) => Error::InvalidImage {
+            reference,
+            detail: format!("unsupported manifest media type {media_type}"),
+        },
+        OciDistributionError::RequestError(err) => Error::Unreachable {
+            reference,
+            detail: chain(&err),
+        },
+        OciDistributionError::IoError(err) => Error::Unreachable {
+            reference,
+            detail: chain(&err),
+        },
+        OciDistributionError::DigestError(err) => Error::InvalidImage {
+            reference,
+            detail: format!("the manifest does not match its digest: {err}"),
+        },
+        other => Error::Registry {
+            reference,
+            detail: chain(&other),
+        },
     }
 }
 
@@ -295,8 +349,9 @@ pub(crate) fn credentials_for(json: &[u8], registry: &str) -> Result<RegistryAut
             .decode(auth.trim())
             .map_err(|_| format!("the auth of {registry} is not base64"))?;
         let decoded = String::from_utf8(decoded).map_err(|_| format!("the auth of {registry} is not text"))?;
-        let (user, password) =
-            decoded.split_once(':').ok_or_else(|| format!("the auth of {registry} is not user:password"))?;
+        let (user, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| format!("the auth of {registry} is not user:password"))?;
         return Ok(RegistryAuth::Basic(user.to_owned(), password.to_owned()));
     }
     if let (Some(user), Some(password)) = (&entry.username, &entry.password) {

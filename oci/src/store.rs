@@ -40,7 +40,11 @@ pub enum PullPolicy {
 impl PullPolicy {
     /// Kubernetes' default: `Always` for `:latest` or no tag, `IfNotPresent` for another tag or a digest.
     pub fn default_for(reference: &ImageRef) -> PullPolicy {
-        if reference.pins_content() { PullPolicy::IfNotPresent } else { PullPolicy::Always }
+        if reference.pins_content() {
+            PullPolicy::IfNotPresent
+        } else {
+            PullPolicy::Always
+        }
     }
 }
 
@@ -86,8 +90,17 @@ impl Store {
     /// Opens (creating if needed) the store at `root`, and removes what dead processes left in its `tmp/`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, Error> {
         let store = Store { root: root.into() };
-        for dir in [store.root.clone(), store.root.join("refs"), store.root.join("locks"), store.tmp()] {
-            fs::create_dir_all(&dir).map_err(|source| Error::Store { action: "create", path: dir.clone(), source })?;
+        for dir in [
+            store.root.clone(),
+            store.root.join("refs"),
+            store.root.join("locks"),
+            store.tmp(),
+        ] {
+            fs::create_dir_all(&dir).map_err(|source| Error::Store {
+                action: "create",
+                path: dir.clone(),
+                source,
+            })?;
         }
         store.sweep_tmp();
         Ok(store)
@@ -109,8 +122,11 @@ impl Store {
 
     /// The digests of the images in the store.
     pub fn images(&self) -> Result<Vec<Digest>, Error> {
-        let entries = fs::read_dir(&self.root)
-            .map_err(|source| Error::Store { action: "list", path: self.root.clone(), source })?;
+        let entries = fs::read_dir(&self.root).map_err(|source| Error::Store {
+            action: "list",
+            path: self.root.clone(),
+            source,
+        })?;
         let mut digests: Vec<Digest> = entries
             .flatten()
             .filter_map(|entry| entry.file_name().to_str().and_then(Digest::from_dir_name))
@@ -206,9 +222,16 @@ impl Store {
         manifest: &OciImageManifest,
         options: &PullOptions,
     ) -> Result<u64, Error> {
-        let layers = manifest.layers.iter().map(|d| Layer::from_descriptor(name, d)).collect::<Result<Vec<_>, _>>()?;
+        let layers = manifest
+            .layers
+            .iter()
+            .map(|d| Layer::from_descriptor(name, d))
+            .collect::<Result<Vec<_>, _>>()?;
         if layers.is_empty() {
-            return Err(Error::InvalidImage { reference: name.to_owned(), detail: "the image has no layers".to_owned() });
+            return Err(Error::InvalidImage {
+                reference: name.to_owned(),
+                detail: "the image has no layers".to_owned(),
+            });
         }
         // Only the lock holder uses this name, so whatever is there was left by a pull that died.
         let tmp_path = self.tmp().join(digest.dir_name());
@@ -246,10 +269,22 @@ impl Store {
         Ok(downloaded)
     }
 
-    fn pulled(&self, reference: String, digest: Digest, downloaded_bytes: u64, lookup: &DiskLookup) -> Result<Pulled, Error> {
+    fn pulled(
+        &self,
+        reference: String,
+        digest: Digest,
+        downloaded_bytes: u64,
+        lookup: &DiskLookup,
+    ) -> Result<Pulled, Error> {
         let rootfs = self.image_dir(&digest).join("rootfs");
         let disk = disk::find(&reference, &rootfs, lookup)?;
-        Ok(Pulled { reference, digest, rootfs, disk, downloaded_bytes })
+        Ok(Pulled {
+            reference,
+            digest,
+            rootfs,
+            disk,
+            downloaded_bytes,
+        })
     }
 
     async fn lock(&self, name: &str, digest: &Digest) -> Result<Flock<File>, Error> {
@@ -292,7 +327,10 @@ impl Store {
         let Ok(entries) = fs::read_dir(self.tmp()) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.split('-').nth(1)).and_then(|p| p.parse::<i32>().ok())
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.split('-').nth(1))
+                .and_then(|p| p.parse::<i32>().ok())
             else {
                 continue;
             };
@@ -321,5 +359,7 @@ fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
 
 /// Runs file work off the async threads.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }

@@ -27,7 +27,10 @@ impl Default for Limits {
     /// Generous for a containerDisk (one disk file of a few GiB and a handful of directories), small enough that a
     /// hostile image cannot fill the node's disk or inode table.
     fn default() -> Limits {
-        Limits { max_bytes: 64 << 30, max_entries: 100_000 }
+        Limits {
+            max_bytes: 64 << 30,
+            max_entries: 100_000,
+        }
     }
 }
 
@@ -41,13 +44,20 @@ pub(crate) struct Budget {
 
 impl Budget {
     pub(crate) fn new(limits: Limits) -> Budget {
-        Budget { limits, bytes: 0, entries: 0 }
+        Budget {
+            limits,
+            bytes: 0,
+            entries: 0,
+        }
     }
 
     fn entry(&mut self) -> Result<(), UnpackError> {
         self.entries += 1;
         if self.entries > self.limits.max_entries {
-            return Err(UnpackError::TooLarge { limit: self.limits.max_entries, what: "entries" });
+            return Err(UnpackError::TooLarge {
+                limit: self.limits.max_entries,
+                what: "entries",
+            });
         }
         Ok(())
     }
@@ -55,7 +65,10 @@ impl Budget {
     fn bytes(&mut self, size: u64) -> Result<(), UnpackError> {
         self.bytes = self.bytes.saturating_add(size);
         if self.bytes > self.limits.max_bytes {
-            return Err(UnpackError::TooLarge { limit: self.limits.max_bytes, what: "bytes" });
+            return Err(UnpackError::TooLarge {
+                limit: self.limits.max_bytes,
+                what: "bytes",
+            });
         }
         Ok(())
     }
@@ -64,11 +77,21 @@ impl Budget {
 /// Why a layer could not be unpacked; the caller adds the image and the layer.
 #[derive(Debug)]
 pub(crate) enum UnpackError {
-    Unsafe { path: PathBuf, why: &'static str },
-    TooLarge { limit: u64, what: &'static str },
+    Unsafe {
+        path: PathBuf,
+        why: &'static str,
+    },
+    TooLarge {
+        limit: u64,
+        what: &'static str,
+    },
     /// Not a tar (or not gzip), or the stream under it failed.
     Malformed(io::Error),
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -233,7 +256,10 @@ fn existing_dir(target: &Path, rel: &Path) -> Result<Option<PathBuf>, &'static s
 pub(crate) fn existing_file(target: &Path, rel: &Path) -> Option<PathBuf> {
     let dir = existing_dir(target, rel.parent()?).ok()??;
     let path = dir.join(rel.file_name()?);
-    fs::symlink_metadata(&path).ok().filter(|meta| meta.is_file()).map(|_| path)
+    fs::symlink_metadata(&path)
+        .ok()
+        .filter(|meta| meta.is_file())
+        .map(|_| path)
 }
 
 /// Removes whatever is at `path` (a symlink itself, never what it points to); nothing there is fine.
@@ -280,7 +306,8 @@ fn write_file(data: &mut impl Read, dest: &Path, size: u64, executable: bool) ->
             Err(err) => return Err(UnpackError::Malformed(err)),
         };
         if buf[..n].iter().all(|&b| b == 0) {
-            file.seek(SeekFrom::Current(n as i64)).map_err(io_error("write", dest))?;
+            file.seek(SeekFrom::Current(n as i64))
+                .map_err(io_error("write", dest))?;
         } else {
             file.write_all(&buf[..n]).map_err(io_error("write", dest))?;
         }
