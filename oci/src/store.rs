@@ -82,7 +82,7 @@ pub struct Store {
 static SCRATCH: AtomicU64 = AtomicU64::new(0);
 
 enum Source {
-    Registry(RegistrySource),
+    Registry(Box<RegistrySource>),
     Layout(Arc<LayoutSource>),
 }
 
@@ -149,7 +149,7 @@ impl Store {
             }
         }
         let source = match reference {
-            ImageRef::Registry(image) => Source::Registry(RegistrySource::new(image, &options.registry)?),
+            ImageRef::Registry(image) => Source::Registry(Box::new(RegistrySource::new(image, &options.registry)?)),
             ImageRef::Layout(layout) => {
                 let (layout, scratch, limits) = (layout.clone(), self.scratch("archive"), options.limits);
                 let opened = blocking(move || LayoutSource::open(&layout, scratch, limits)).await?;

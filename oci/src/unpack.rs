@@ -130,7 +130,7 @@ pub(crate) fn unpack(
         };
         if whiteouts == Whiteouts::Apply && name.starts_with(WHITEOUT_PREFIX) {
             let parent = rel.parent().unwrap_or(Path::new(""));
-            let Some(dir) = existing_dir(target, parent).map_err(|why| unsafe_entry(why))? else {
+            let Some(dir) = existing_dir(target, parent).map_err(&unsafe_entry)? else {
                 continue;
             };
             if name == OPAQUE_WHITEOUT {
@@ -328,9 +328,7 @@ fn write_file(data: &mut impl Read, dest: &Path, size: u64, executable: bool) ->
 /// their own.
 pub(crate) fn make_read_only(root: &Path) -> io::Result<()> {
     set_tree_modes(root, |meta| {
-        if meta.is_dir() {
-            0o555
-        } else if meta_mode(meta) & 0o111 != 0 {
+        if meta.is_dir() || meta_mode(meta) & 0o111 != 0 {
             0o555
         } else {
             0o444
