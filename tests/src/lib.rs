@@ -18,6 +18,7 @@ mod child;
 pub mod guest;
 mod netns;
 mod owner;
+pub mod registry;
 mod scratch;
 pub mod veth;
 pub mod vm_pod;
