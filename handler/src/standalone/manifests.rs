@@ -1,4 +1,5 @@
-//! The VMs of standalone mode: `VirtualMachine` manifests in a folder, the same YAML as for Kubernetes.
+//! The VMs of standalone mode: `VirtualMachine` manifests in a folder, the same YAML as for Kubernetes, beside the
+//! `Secret`s (cloud-init data, SSH keys) and `PersistentVolumeClaim`s (disks that outlive their VM) the VMs name.
 //!
 //! Every `*.yaml`, `*.yml` and `*.json` file in the folder is read, each YAML document in it a manifest; status
 //! files (`*.status.yaml`, written beside the manifests) are skipped. A manifest that does not parse or does not
@@ -47,11 +48,22 @@ pub struct Manifest {
     pub vm: Result<Box<VirtualMachine>, String>,
 }
 
-/// What the folder holds: the manifests by VM, and the problems that have no VM name to be reported under.
+/// What the folder holds: the manifests by VM, the Secrets and claims by namespace and name, and the problems
+/// that have no VM name to be reported under.
 #[derive(Debug, Default)]
 pub struct Folder {
     pub vms: BTreeMap<VmKey, Manifest>,
+    /// Each Secret's data, `stringData` merged over the decoded `data` as the API server does.
+    pub secrets: BTreeMap<VmKey, BTreeMap<String, Vec<u8>>>,
+    pub claims: BTreeMap<VmKey, Claim>,
     pub unnamed: Vec<String>,
+}
+
+/// A `PersistentVolumeClaim`: in standalone mode a disk file of the requested size, kept until the claim's
+/// manifest is removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub bytes: u64,
 }
 
 /// Whether a file of the folder is a status file rather than a manifest.
@@ -97,6 +109,17 @@ pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
             }
         };
         let key = name_of(&value);
+        match value.get("kind").and_then(|k| k.as_str()) {
+            Some("Secret") => {
+                add_other(file, key, parse_secret(value), &mut folder.secrets, &mut folder.unnamed);
+                continue;
+            }
+            Some("PersistentVolumeClaim") => {
+                add_other(file, key, parse_claim(value), &mut folder.claims, &mut folder.unnamed);
+                continue;
+            }
+            _ => {}
+        }
         let vm = parse_vm(value);
         match key {
             Some(key) if folder.vms.contains_key(&key) => folder.unnamed.push(format!(
@@ -120,6 +143,63 @@ pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
             }
         }
     }
+}
+
+/// Adds a Secret or a claim under its key, or reports why it cannot be used.
+fn add_other<T>(
+    file: &Path,
+    key: Option<VmKey>,
+    parsed: Result<T, String>,
+    into: &mut BTreeMap<VmKey, T>,
+    unnamed: &mut Vec<String>,
+) {
+    match (key, parsed) {
+        (Some(key), _) if into.contains_key(&key) => unnamed.push(format!(
+            "{}: {key} is defined more than once; the first definition counts",
+            file.display()
+        )),
+        (Some(key), Ok(object)) => {
+            into.insert(key, object);
+        }
+        (Some(key), Err(why)) => unnamed.push(format!("{}: {key}: {why}", file.display())),
+        (None, _) => unnamed.push(format!("{}: a manifest has no metadata.name", file.display())),
+    }
+}
+
+fn parse_secret(value: serde_yaml::Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let secret: k8s_openapi::api::core::v1::Secret = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+    let mut data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, bytes)| (key, bytes.0))
+        .collect();
+    for (key, text) in secret.string_data.unwrap_or_default() {
+        data.insert(key, text.into_bytes());
+    }
+    for key in data.keys() {
+        // The key names a file in the pod's folder.
+        if key.is_empty() || key.starts_with('.') || key.contains('/') {
+            return Err(format!("the key {key:?} cannot name a file"));
+        }
+    }
+    Ok(data)
+}
+
+fn parse_claim(value: serde_yaml::Value) -> Result<Claim, String> {
+    let claim: k8s_openapi::api::core::v1::PersistentVolumeClaim =
+        serde_yaml::from_value(value).map_err(|e| e.to_string())?;
+    let spec = claim.spec.unwrap_or_default();
+    if spec.volume_mode.as_deref().is_some_and(|mode| mode != "Filesystem") {
+        return Err("standalone mode makes Filesystem claims only (a disk file)".into());
+    }
+    let storage = spec
+        .resources
+        .and_then(|r| r.requests)
+        .and_then(|mut requests| requests.remove("storage"))
+        .ok_or("spec.resources.requests.storage is required")?;
+    let bytes = vmlet_api::parse_quantity(&storage.0).map_err(|e| format!("spec.resources.requests.storage: {e}"))?;
+    Ok(Claim { bytes })
 }
 
 /// The VM's key as far as the document gives it, before it is parsed as a whole.
@@ -209,6 +289,34 @@ spec:
         assert!(other.vm.as_ref().unwrap_err().contains("ConfigMap"));
         let garbage = parse("{ not yaml");
         assert_eq!(garbage.unnamed.len(), 1);
+    }
+
+    #[test]
+    fn secrets_and_claims_are_read_beside_the_vms() {
+        let folder = parse(concat!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: init, namespace: lab}\n",
+            "data: {userdata: I2Nsb3VkLWNvbmZpZwo=}\nstringData: {networkdata: 'version: 2'}\n",
+            "---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\n",
+            "spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 2Gi}}}\n",
+            "---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: raw}\n",
+            "spec: {volumeMode: Block, resources: {requests: {storage: 1Gi}}}\n",
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: bad}\nstringData: {../x: y}\n",
+        ));
+        let secret = &folder.secrets[&VmKey::from_file_stem("lab_init").unwrap()];
+        assert_eq!(secret["userdata"], b"#cloud-config\n");
+        assert_eq!(secret["networkdata"], b"version: 2");
+        assert_eq!(
+            folder.claims[&VmKey::from_file_stem("default_data").unwrap()],
+            Claim { bytes: 2 << 30 }
+        );
+        assert_eq!(
+            folder.unnamed,
+            [
+                "vms.yaml: default/raw: standalone mode makes Filesystem claims only (a disk file)",
+                "vms.yaml: default/bad: the key \"../x\" cannot name a file",
+            ]
+        );
+        assert!(folder.vms.is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod manifests;
 mod pod;
 pub mod shim;
 mod status_file;
+mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -32,8 +33,9 @@ use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 
 use crate::lifecycle::{self, Exit, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
 use crate::vm_status::{self, NodeStatus};
-use manifests::{Manifest, VmKey};
+use manifests::{Folder, Manifest, VmKey};
 use pod::{LauncherState, PodDir, PodRecord, StopFor, now_secs};
+use volumes::{ImageNeed, Layout, NotReady, Pulled};
 
 pub use status_file::{StatusArgs, print_status};
 
@@ -45,6 +47,9 @@ const SHIM_START: Duration = Duration::from_secs(60);
 const DEFAULT_GRACE_SECS: u64 = 30;
 /// A launcher answers its control socket in milliseconds; one that takes longer is busy or stuck.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The kubelet's image pull back-off: 10 s after the first failure, doubling up to 5 minutes.
+const PULL_BACKOFF: Duration = Duration::from_secs(10);
+const PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -78,6 +83,12 @@ pub struct Args {
     /// How often the manifests and the pods are looked at.
     #[arg(long, default_value_t = 1.0)]
     interval_secs: f64,
+    /// PEM certificates to trust, beside the system's, for registries that containerDisk images come from.
+    #[arg(long)]
+    registry_ca: Option<PathBuf>,
+    /// A Docker `config.json` with the registries' credentials (its `auths`).
+    #[arg(long)]
+    registry_auth: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -100,6 +111,51 @@ struct Standalone {
     shims: Vec<std::process::Child>,
     /// Problems already reported, so each is logged once.
     reported: BTreeSet<String>,
+    /// The machine's images, shared by every VM.
+    images: vmlet_oci::Store,
+    registry: vmlet_oci::RegistryOptions,
+    /// Persistent volume claims' disks, by claim.
+    claims_dir: PathBuf,
+    /// Each VM's uid, kept while its manifest exists.
+    uids_dir: PathBuf,
+    /// Image pulls for VMs about to start. Lost with the process, which costs nothing: a new handler pulls
+    /// again, and the store has what was pulled.
+    pulls: BTreeMap<VmKey, Pull>,
+}
+
+/// The images of a VM about to start.
+enum Pull {
+    Running {
+        needs: Vec<ImageNeed>,
+        failures: u32,
+        task: tokio::task::JoinHandle<Result<Pulled, NotReady>>,
+    },
+    Failed {
+        needs: Vec<ImageNeed>,
+        failures: u32,
+        error: NotReady,
+        retry_at: std::time::Instant,
+    },
+    Done {
+        needs: Vec<ImageNeed>,
+        pulled: Pulled,
+    },
+}
+
+impl Pull {
+    fn needs(&self) -> &[ImageNeed] {
+        match self {
+            Pull::Running { needs, .. } | Pull::Failed { needs, .. } | Pull::Done { needs, .. } => needs,
+        }
+    }
+}
+
+/// Whether a VM's pod can be made now.
+enum Readiness {
+    Ready(Layout),
+    /// Its images are being pulled.
+    Pulling,
+    NotReady(NotReady),
 }
 
 /// One VM as this pass of the loop sees it.
@@ -107,6 +163,7 @@ struct Seen<'a> {
     key: &'a VmKey,
     manifest: Option<&'a Manifest>,
     pod: Option<&'a PodDir>,
+    folder: &'a Folder,
 }
 
 impl Standalone {
@@ -126,9 +183,19 @@ impl Standalone {
         let node_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|name| name.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into());
+        let images = vmlet_oci::Store::open(args.state_dir.join("images")).context("cannot open the image store")?;
         Ok(Standalone {
             manifests: args.manifests,
             pods_dir: args.state_dir.join("pods"),
+            images,
+            registry: vmlet_oci::RegistryOptions {
+                ca_file: args.registry_ca,
+                auth_file: args.registry_auth,
+                ..vmlet_oci::RegistryOptions::default()
+            },
+            claims_dir: args.state_dir.join("claims"),
+            uids_dir: args.state_dir.join("uids"),
+            pulls: BTreeMap::new(),
             node: NodeNetwork {
                 bridge: args.bridge,
                 pool: args.pod_cidr,
@@ -178,8 +245,12 @@ impl Standalone {
 
     /// Looks at every manifest and every pod once.
     async fn pass(&mut self) -> anyhow::Result<()> {
-        let folder =
+        let mut folder =
             manifests::read(&self.manifests).with_context(|| format!("cannot read {}", self.manifests.display()))?;
+        self.give_uids(&mut folder)?;
+        volumes::ensure_claims(&folder.claims, &self.claims_dir)
+            .with_context(|| format!("cannot make the claims' disks in {}", self.claims_dir.display()))?;
+        self.pulls.retain(|key, _| folder.vms.contains_key(key));
         for problem in &folder.unnamed {
             if self.reported.insert(problem.clone()) {
                 warn!(problem = %problem, "manifest ignored");
@@ -193,12 +264,14 @@ impl Standalone {
             }
         }
         let pods = self.pods()?;
+        self.remove_unclaimed(&folder, &pods);
         let keys: BTreeSet<&VmKey> = folder.vms.keys().chain(pods.keys()).collect();
         for key in keys {
             let seen = Seen {
                 key,
                 manifest: folder.vms.get(key),
                 pod: pods.get(key),
+                folder: &folder,
             };
             if let Err(err) = self.reconcile(&seen, &pods).await {
                 warn!(vm = %key, error = format!("{err:#}"), "cannot reconcile");
@@ -261,21 +334,31 @@ impl Standalone {
             now: Timestamp::now(),
         };
         let plan = lifecycle::plan(&observation);
-        for event in &plan.events {
-            info!(vm = %seen.key, reason = event.reason, kind = ?event.kind, "{}", event.message);
-        }
-        if plan.consume_request
-            && let Some(request) = &request
-        {
-            self.consume(seen.key, request)?;
+        // A VM whose volumes are not ready waits, as a Pod whose volumes the kubelet cannot set up does: the start
+        // happens (and is told) once they are.
+        let readiness = match (plan.action, vm) {
+            (LauncherAction::Create, Some(vm)) => Some(self.readiness(seen.key, vm, seen.folder)),
+            _ => None,
+        };
+        let waiting = matches!(readiness, Some(Readiness::Pulling | Readiness::NotReady(_)));
+        if !waiting {
+            for event in &plan.events {
+                info!(vm = %seen.key, reason = event.reason, kind = ?event.kind, "{}", event.message);
+            }
+            if plan.consume_request
+                && let Some(request) = &request
+            {
+                self.consume(seen.key, request)?;
+            }
         }
         match plan.action {
             LauncherAction::Create => {
-                if let Some(vm) = vm {
+                if let (Some(vm), Some(Readiness::Ready(layout))) = (vm, &readiness) {
                     if let Some(pod) = seen.pod {
                         self.remove(pod)?;
                     }
-                    self.create(seen.key, vm, pods)?;
+                    self.create(seen.key, vm, pods, layout)?;
+                    self.pulls.remove(seen.key);
                 }
             }
             LauncherAction::Delete => {
@@ -309,10 +392,17 @@ impl Standalone {
         if seen.manifest.is_none() {
             if plan.release || pod_gone {
                 status_file::remove(&status_path)?;
+                self.forget_uid(seen.key)?;
             }
             return Ok(());
         }
         let mut status = plan.status;
+        if let Some(Readiness::NotReady(why)) = &readiness {
+            status_file::note_not_ready(&mut status, why);
+            if self.reported.insert(format!("{}: {}", seen.key, why.message)) {
+                warn!(vm = %seen.key, reason = why.reason, "{}", why.message);
+            }
+        }
         if start_afresh {
             // The run that ended was stopped to apply an edit: the run strategy starts the new spec as a new VM.
             status = VirtualMachineStatus {
@@ -396,8 +486,174 @@ impl Standalone {
         }
     }
 
+    /// Whether `vm`'s pod can be made: its claims and Secrets are in the folder and its images in the store.
+    /// Starts, or retries after a back-off, the pull of what the store lacks.
+    fn readiness(&mut self, key: &VmKey, vm: &VirtualMachine, folder: &Folder) -> Readiness {
+        let layout = |pulled: &Pulled| match volumes::layout(vm, &key.namespace, folder, &self.claims_dir, pulled) {
+            Ok(layout) => Readiness::Ready(layout),
+            Err(why) => Readiness::NotReady(why),
+        };
+        // Claims and Secrets first: no pull for a VM that could not start anyway.
+        if let Readiness::NotReady(why) = layout(&Pulled::new()) {
+            return Readiness::NotReady(why);
+        }
+        let needs = volumes::needs(vm);
+        if needs.is_empty() {
+            return layout(&Pulled::new());
+        }
+        let pull = self.pulls.remove(key).filter(|pull| pull.needs() == needs.as_slice());
+        let (next, readiness) = match pull {
+            None => (self.start_pull(key, needs, 0), Readiness::Pulling),
+            Some(Pull::Running { needs, failures, task }) if task.is_finished() => {
+                match futures::FutureExt::now_or_never(task) {
+                    Some(Ok(Ok(pulled))) => {
+                        info!(vm = %key, "images pulled");
+                        let readiness = layout(&pulled);
+                        (Pull::Done { needs, pulled }, readiness)
+                    }
+                    result => {
+                        let error = match result {
+                            Some(Ok(Err(error))) => error,
+                            _ => NotReady {
+                                printable: vmlet_api::PrintableStatus::ErrImagePull,
+                                reason: "ErrImagePull",
+                                message: "the image pull ended without a result".into(),
+                            },
+                        };
+                        let failures = failures + 1;
+                        let backoff = PULL_BACKOFF
+                            .saturating_mul(1 << (failures - 1).min(5))
+                            .min(PULL_BACKOFF_MAX);
+                        let shown = pull_error_shown(&error, failures);
+                        (
+                            Pull::Failed {
+                                needs,
+                                failures,
+                                error,
+                                retry_at: std::time::Instant::now() + backoff,
+                            },
+                            Readiness::NotReady(shown),
+                        )
+                    }
+                }
+            }
+            Some(Pull::Failed {
+                needs,
+                failures,
+                retry_at,
+                ..
+            }) if std::time::Instant::now() >= retry_at => {
+                info!(vm = %key, failures, "pulling the images again");
+                (self.start_pull(key, needs, failures), Readiness::Pulling)
+            }
+            Some(Pull::Failed {
+                needs,
+                failures,
+                error,
+                retry_at,
+            }) => {
+                let shown = pull_error_shown(&error, failures);
+                (
+                    Pull::Failed {
+                        needs,
+                        failures,
+                        error,
+                        retry_at,
+                    },
+                    Readiness::NotReady(shown),
+                )
+            }
+            Some(Pull::Done { needs, pulled }) => {
+                let readiness = layout(&pulled);
+                (Pull::Done { needs, pulled }, readiness)
+            }
+            Some(running) => (running, Readiness::Pulling),
+        };
+        self.pulls.insert(key.clone(), next);
+        readiness
+    }
+
+    fn start_pull(&self, key: &VmKey, needs: Vec<ImageNeed>, failures: u32) -> Pull {
+        info!(vm = %key, images = ?needs.iter().map(|n| n.image.as_str()).collect::<Vec<_>>(), "pulling images");
+        let task = tokio::spawn(volumes::pull(self.images.clone(), needs.clone(), self.registry.clone()));
+        Pull::Running { needs, failures, task }
+    }
+
+    /// Gives every VM of the folder a uid, kept in the state folder while its manifest exists: a VM deleted and
+    /// written again is a new VM (cloud-init sets it up afresh), one edited is the same.
+    fn give_uids(&self, folder: &mut Folder) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.uids_dir)
+            .with_context(|| format!("cannot create {}", self.uids_dir.display()))?;
+        for (key, manifest) in &mut folder.vms {
+            let Ok(vm) = &mut manifest.vm else { continue };
+            let path = self.uids_dir.join(key.file_stem());
+            let uid = match std::fs::read_to_string(&path) {
+                Ok(uid) => uid.trim().to_owned(),
+                Err(_) => {
+                    let uid = uuid::Uuid::new_v4().to_string();
+                    std::fs::write(&path, &uid).with_context(|| format!("cannot write {}", path.display()))?;
+                    uid
+                }
+            };
+            vm.metadata.uid = Some(uid);
+        }
+        Ok(())
+    }
+
+    /// Removes the disks of claims whose manifests are gone, once no pod uses them.
+    fn remove_unclaimed(&self, folder: &Folder, pods: &BTreeMap<VmKey, PodDir>) {
+        let Ok(entries) = std::fs::read_dir(&self.claims_dir) else {
+            return;
+        };
+        let in_use: BTreeSet<VmKey> = pods
+            .iter()
+            .filter_map(|(key, pod)| Some((key, pod.read_vm().ok()?)))
+            .flat_map(|(key, vm)| {
+                let namespace = key.namespace.clone();
+                vm.spec
+                    .template
+                    .spec
+                    .volumes
+                    .into_iter()
+                    .filter_map(|v| v.persistent_volume_claim)
+                    .map(move |claim| VmKey {
+                        namespace: namespace.clone(),
+                        name: claim.claim_name,
+                    })
+            })
+            .collect();
+        for entry in entries.flatten() {
+            let Some(key) = entry.file_name().to_str().and_then(VmKey::from_file_stem) else {
+                continue;
+            };
+            if folder.claims.contains_key(&key) || in_use.contains(&key) {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => info!(claim = %key, "claim removed with its disk"),
+                Err(e) => warn!(claim = %key, error = %e, "cannot remove the claim's disk"),
+            }
+        }
+    }
+
+    fn forget_uid(&self, key: &VmKey) -> anyhow::Result<()> {
+        let path = self.uids_dir.join(key.file_stem());
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Makes a pod for `vm` and starts its launcher.
-    fn create(&mut self, key: &VmKey, vm: &VirtualMachine, pods: &BTreeMap<VmKey, PodDir>) -> anyhow::Result<()> {
+    fn create(
+        &mut self,
+        key: &VmKey,
+        vm: &VirtualMachine,
+        pods: &BTreeMap<VmKey, PodDir>,
+        layout: &Layout,
+    ) -> anyhow::Result<()> {
         let used: Vec<Ipv4Addr> = pods
             .values()
             .filter_map(|p| p.read_record().ok())
@@ -414,6 +670,8 @@ impl Standalone {
             self.node.gateway()?,
         );
         pod.write_vm(vm)?;
+        volumes::write(layout, &pod.volumes_dir())
+            .with_context(|| format!("cannot lay out the volumes in {}", pod.volumes_dir().display()))?;
         std::fs::write(pod.resolv_conf(), resolv_conf(&self.dns, key))?;
         Host.attach(
             &self.node,
@@ -435,6 +693,8 @@ impl Standalone {
             self.cache_dir.clone().into(),
             "--resolv-conf".into(),
             pod.resolv_conf().into(),
+            "--volumes-dir".into(),
+            pod.volumes_dir().into(),
         ];
         let netns = Path::new(vmlet_podnet::NETNS_DIR).join(&record.netns);
         let shim = shim::command(&self.handler, &pod, &netns, &launcher)?
@@ -513,6 +773,18 @@ impl Standalone {
 
     fn request_file(&self, key: &VmKey) -> PathBuf {
         self.pods_dir.with_file_name("requests").join(key.file_stem())
+    }
+}
+
+/// A failed pull as status shows it: `ErrImagePull` after the first failure, `ImagePullBackOff` once it repeats.
+fn pull_error_shown(error: &NotReady, failures: u32) -> NotReady {
+    if failures < 2 || error.printable != vmlet_api::PrintableStatus::ErrImagePull {
+        return error.clone();
+    }
+    NotReady {
+        printable: vmlet_api::PrintableStatus::ImagePullBackOff,
+        reason: "ImagePullBackOff",
+        message: error.message.clone(),
     }
 }
 

@@ -163,6 +163,11 @@ impl PodDir {
         self.path.join("launcher.log")
     }
 
+    /// The pod's volumes folder, where the launcher finds images, claims and Secrets ([`vmlet_control::PodVolumes`]).
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.path.join("volumes")
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.path.join("run")
     }

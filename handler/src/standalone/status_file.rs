@@ -82,6 +82,25 @@ pub fn note_spec_error(status: &mut VirtualMachineStatus, error: &str) {
     });
 }
 
+/// Marks a VM whose pod cannot start yet (an image, a claim or a Secret missing): printable status, and the Ready
+/// and Failure conditions with the reason and the volume at fault.
+pub fn note_not_ready(status: &mut VirtualMachineStatus, why: &super::volumes::NotReady) {
+    status.phase = Some(vmlet_api::Phase::Pending);
+    status.printable_status = Some(why.printable);
+    status
+        .conditions
+        .retain(|c| !matches!(c.condition_type, ConditionType::Ready | ConditionType::Failure));
+    for (condition_type, value) in [(ConditionType::Ready, "False"), (ConditionType::Failure, "True")] {
+        status.conditions.push(Condition {
+            condition_type,
+            status: value.into(),
+            reason: Some(why.reason.into()),
+            message: Some(why.message.clone()),
+            last_transition_time: None,
+        });
+    }
+}
+
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// The folder of VirtualMachine manifests that standalone mode runs.
