@@ -20,6 +20,7 @@ mod netns;
 mod owner;
 pub mod registry;
 mod scratch;
+pub mod standalone;
 pub mod veth;
 pub mod vm_pod;
 mod wait;
