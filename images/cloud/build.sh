@@ -139,6 +139,9 @@ cleanup() {
   rm -rf --one-file-system "$tmp"
 }
 trap cleanup EXIT
+# A signal ends the build through the EXIT trap, which cleans up.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Runs a command in a mount namespace of its own, so that every mount it makes ends with it, however it ends.
 private_mounts() {
