@@ -287,10 +287,13 @@ mkfs.ext4 -q -F -O "$ext4_features" -U "$uuid" -L root -d "$root" -E "offset=$((
 # shellcheck disable=SC2016 # expanded by the inner shell
 private_mounts sh -c '
   mkdir -p "$1" && mount -o "loop,offset=$3,sizelimit=$4" "$2" "$1" || exit 1
-  extlinux --install "$1/boot/extlinux" >&2; rc=$?
+  extlinux --install "$1/boot/extlinux"; rc=$?
   umount "$1" || rc=1
   exit $rc
-' extlinux "$tmp/mnt" "$img" "$((root_start_mib * 1024 * 1024))" "$root_bytes" || die "extlinux --install failed"
+' extlinux "$tmp/mnt" "$img" "$((root_start_mib * 1024 * 1024))" "$root_bytes" >"$tmp/extlinux.log" 2>&1 || {
+  cat "$tmp/extlinux.log" >&2
+  die "extlinux --install failed"
+}
 dd if="$mbr_bin" of="$img" bs=440 count=1 conv=notrunc status=none
 truncate -s "${esp_mib}M" "$tmp/esp.img"
 mkfs.vfat -n EFI "$tmp/esp.img" >/dev/null
