@@ -2,7 +2,7 @@
 //! with SeaBIOS and with OVMF, takes a NoCloud seed on a virtio disk, and answers SSH with what the seed asked for:
 //! the hostname, a user with the test's key, a file written by `runcmd`. The guest has no network but QEMU's
 //! user-mode network with `restrict=on`, which reaches nothing outside; SSH comes in through a port forwarded from
-//! the host's loopback.
+//! the host's loopback. The containerDisk holds that disk as KubeVirt expects.
 //!
 //! Needs root (the image's build) and the packages of `scripts/setup`.
 
@@ -42,6 +42,69 @@ fn boots_under_bios_and_takes_its_nocloud_seed() {
 #[test]
 fn boots_under_uefi_and_takes_its_nocloud_seed() {
     boot_and_check(Firmware::Efi);
+}
+
+#[test]
+fn the_container_disk_holds_the_disk_as_kubevirt_expects() {
+    let image = cloud_image();
+    let layout = image.oci_layout();
+    let read_json = |path: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    };
+    let blob = |digest: &serde_json::Value| {
+        let digest = digest.as_str().unwrap();
+        layout
+            .join("blobs/sha256")
+            .join(digest.strip_prefix("sha256:").unwrap())
+    };
+    let index = read_json(&layout.join("index.json"));
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 1, "{index}");
+    assert_eq!(
+        manifests[0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
+    let manifest_digest = &manifests[0]["digest"];
+    let manifest = read_json(&blob(manifest_digest));
+    let config = read_json(&blob(&manifest["config"]["digest"]));
+    assert_eq!(
+        (config["os"].as_str(), config["architecture"].as_str()),
+        (Some("linux"), Some("amd64"))
+    );
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "one layer, FROM scratch: {manifest}");
+
+    // tar's verbose listing: mode, owner/group, size, date, time, name.
+    let listing = run(Command::new("tar").arg("-tvzf").arg(blob(&layers[0]["digest"])));
+    let entries: Vec<(String, String, String, String)> = listing
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.len(), 6, "{line}");
+            (fields[0].into(), fields[1].into(), fields[2].into(), fields[5].into())
+        })
+        .collect();
+    let disk_size = std::fs::metadata(image.disk()).unwrap().len().to_string();
+    assert_eq!(
+        entries,
+        [
+            ("drwxr-xr-x".into(), "107/107".into(), "0".into(), "disk/".into()),
+            (
+                "-r--r-----".into(),
+                "107/107".into(),
+                disk_size,
+                "disk/disk.qcow2".into()
+            ),
+        ],
+        "the disk at /disk/, owned by KubeVirt's qemu user"
+    );
+
+    // The archive is the same image: skopeo reads it as such.
+    let inspect: serde_json::Value = serde_json::from_str(&run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", image.oci_archive().display()))))
+    .unwrap();
+    assert_eq!(&inspect["Digest"], manifest_digest, "{inspect}");
 }
 
 fn boot_and_check(firmware: Firmware) {
