@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Once;
 
 mod child;
+pub mod cloud_image;
 pub mod guest;
 mod netns;
 mod owner;
@@ -26,6 +27,7 @@ pub mod vm_pod;
 mod wait;
 
 pub use child::{Child, output_within, run};
+pub use cloud_image::{CloudImage, cloud_image};
 pub use guest::{GuestImage, guest_image};
 pub use netns::{NetNs, namespaces, remove_namespaces};
 pub use owner::{PREFIX, unique_name};
