@@ -3,17 +3,13 @@
 //! blob corrupted in the registry's storage. Each test starts its own registry and stops it when done.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 
 use base64::Engine as _;
 use vmlet_oci::{DiskFormat, Error, ImageRef, PullOptions, PullPolicy, Pulled, RegistryOptions, Store};
 use vmlet_testkit::ScratchDir;
-use vmlet_testkit::registry::{LayoutImage, LayoutLayer, Registry, write_layout};
+use vmlet_testkit::registry::{CuttingProxy, LayoutImage, LayoutLayer, Registry, write_layout};
 
 const QCOW2_HEADER: &[u8] = b"QFI\xfb\x00\x00\x00\x03";
 
@@ -199,70 +195,6 @@ fn a_registry_that_is_gone_is_unreachable() {
     }
 }
 
-/// Forwards connections to `upstream` and cuts each one after `limit` bytes have come back.
-struct CuttingProxy {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
-}
-
-impl CuttingProxy {
-    fn start(upstream: SocketAddr, limit: usize) -> CuttingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let acceptor = std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                let (client_in, server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || forward(client_in, server_out, usize::MAX));
-                std::thread::spawn(move || forward(server, client, limit));
-            }
-        });
-        CuttingProxy {
-            addr,
-            stop,
-            acceptor: Some(acceptor),
-        }
-    }
-}
-
-impl Drop for CuttingProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocked accept so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-/// Copies `from` to `to` until either closes or `limit` bytes have passed, then closes both.
-fn forward(mut from: TcpStream, mut to: TcpStream, limit: usize) {
-    let mut buf = [0u8; 16 * 1024];
-    let mut passed = 0;
-    while passed < limit {
-        let n = match from.read(&mut buf[..(limit - passed).min(16 * 1024)]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-        passed += n;
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
-}
-
 #[test]
 fn a_connection_lost_mid_pull_fails_it_and_leaves_nothing() {
     let registry = Registry::start();
@@ -273,7 +205,7 @@ fn a_connection_lost_mid_pull_fails_it_and_leaves_nothing() {
     let image = push_disk(&registry, &scratch, "vmlet/big:1", layer);
     let proxy = CuttingProxy::start(registry.addr(), 1 << 20);
     let store = Store::open(scratch.join("store")).unwrap();
-    let reference = format!("{}/vmlet/big:1", proxy.addr);
+    let reference = format!("{}/vmlet/big:1", proxy.addr());
     match pull(&store, &reference, &PullOptions::default()) {
         Err(Error::ConnectionLost { digest, .. }) => assert_eq!(digest.to_string(), image.layer_digests[0]),
         other => panic!("{other:?}"),

@@ -3,10 +3,13 @@
 //!
 //! [`write_layout`] makes the images: an OCI image layout directory that `skopeo` copies as `oci:DIR:TAG`.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -287,4 +290,76 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> (String, usize) {
     let mut file = std::fs::File::create(dir.join("blobs/sha256").join(&hex)).expect("writing a blob");
     file.write_all(bytes).expect("writing a blob");
     (format!("sha256:{hex}"), bytes.len())
+}
+
+/// Forwards connections to `upstream` and cuts each one after `limit` bytes have come back.
+pub struct CuttingProxy {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: SocketAddr, limit: usize) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+        let addr = listener.local_addr().expect("the proxy's address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let acceptor = std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (Ok(client_in), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                std::thread::spawn(move || forward(client_in, server_out, usize::MAX));
+                std::thread::spawn(move || forward(server, client, limit));
+            }
+        });
+        CuttingProxy {
+            addr,
+            stop,
+            acceptor: Some(acceptor),
+        }
+    }
+}
+
+impl CuttingProxy {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocked accept so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+/// Copies `from` to `to` until either closes or `limit` bytes have passed, then closes both.
+fn forward(mut from: TcpStream, mut to: TcpStream, limit: usize) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut passed = 0;
+    while passed < limit {
+        let n = match from.read(&mut buf[..(limit - passed).min(16 * 1024)]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        passed += n;
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
 }

@@ -265,7 +265,8 @@ impl Standalone {
         }
         let pods = self.pods()?;
         self.remove_unclaimed(&folder, &pods);
-        let keys: BTreeSet<&VmKey> = folder.vms.keys().chain(pods.keys()).collect();
+        let with_status = status_file::keys(&self.manifests)?;
+        let keys: BTreeSet<&VmKey> = folder.vms.keys().chain(pods.keys()).chain(&with_status).collect();
         for key in keys {
             let seen = Seen {
                 key,

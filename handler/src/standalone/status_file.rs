@@ -28,6 +28,24 @@ pub fn path(manifests: &Path, key: &VmKey) -> PathBuf {
     manifests.join(format!("{stem}.status.yaml"))
 }
 
+/// The VMs that have a status file in `manifests`: a VM whose manifest is gone is still looked at, so that its
+/// status goes with it even when it never had a pod.
+pub fn keys(manifests: &Path) -> io::Result<Vec<VmKey>> {
+    let mut keys = Vec::new();
+    for entry in std::fs::read_dir(manifests)? {
+        let path = entry?.path();
+        if is_status_file(&path)
+            && let Ok(file) = read_file(&path)
+        {
+            keys.push(VmKey {
+                namespace: file.namespace,
+                name: file.name,
+            });
+        }
+    }
+    Ok(keys)
+}
+
 pub fn read(path: &Path) -> anyhow::Result<VirtualMachineStatus> {
     Ok(read_file(path)?.status)
 }
