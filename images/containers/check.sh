@@ -79,7 +79,7 @@ root=$(open_image vmlet-image-check-launcher "$launcher_archive")
 entry=$(entrypoint vmlet-image-check-launcher)
 [ "$entry" = "/usr/local/bin/vmlet-launcher run" ] || fail "the launcher's entrypoint is $entry"
 chroot "$root" /usr/local/bin/vmlet-launcher --version >&2
-for program in /usr/local/bin/vmlet-driver /usr/bin/qemu-system-x86_64 \
+for program in /usr/local/bin/vmlet-driver /usr/bin/qemu-system-x86_64 /usr/bin/qemu-img \
   /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so /usr/sbin/nft /usr/sbin/tc; do
   [ -e "$root$program" ] || fail "the launcher image has no $program"
   libraries=$(chroot "$root" ldd "$program")
@@ -87,6 +87,10 @@ for program in /usr/local/bin/vmlet-driver /usr/bin/qemu-system-x86_64 \
     echo "$libraries" >&2
     fail "$program misses libraries in the launcher image"
   fi
+done
+for firmware in /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd /usr/share/OVMF/OVMF_CODE_4M.secboot.fd \
+  /usr/share/OVMF/OVMF_VARS_4M.ms.fd; do
+  [ -e "$root$firmware" ] || fail "the launcher image has no $firmware (UEFI guests)"
 done
 ok "vmlet-driver, QEMU, libvirt's QEMU driver, nft and tc find all their libraries"
 chroot "$root" qemu-system-x86_64 --version | head -n 1 >&2
