@@ -174,7 +174,6 @@ impl World {
     }
 }
 
-
 /// The VM of the first test: the containerDisk, a claim, a NoCloud seed whose runcmd formats the claim once and
 /// mounts it, and an SSH key granted through accessCredentials.
 fn web_manifest(world: &World) -> String {
@@ -245,7 +244,7 @@ fn a_cloud_image_boots_with_cloud_init_and_its_claim_outlives_it() {
         "user",
         "tester",
         &address,
-        "hostname; cat /run/proof; ip -4 -o addr show scope global",
+        "hostname && cat /run/proof && ip -4 -o addr show scope global",
         "web",
     );
     let lines: Vec<&str> = said.lines().collect();
@@ -305,7 +304,7 @@ fn a_cloud_image_boots_with_cloud_init_and_its_claim_outlives_it() {
         "user",
         "tester",
         &address,
-        "cat /run/proof; cat /data/proof; test -e /var/tmp/proof && echo containerDisk-kept || echo containerDisk-fresh",
+        "cat /run/proof && cat /data/proof && (test -e /var/tmp/proof && echo containerDisk-kept || echo containerDisk-fresh)",
         "web",
     );
     assert_eq!(
@@ -371,7 +370,7 @@ stringData: {{key: "{granted_key}"}}
         "granted",
         "debian",
         &address,
-        "hostname; cat /run/proof; test -d /sys/firmware/efi && echo efi; \
+        "hostname && cat /run/proof && test -d /sys/firmware/efi && echo efi && \
          cat /sys/class/net/$(ip -o link | awk -F': ' '/02:00:00:00:00:42/ {print $2}')/mtu",
         "efi",
     );

@@ -398,10 +398,25 @@ impl Standalone {
             return Ok(());
         }
         let mut status = plan.status;
-        if let Some(Readiness::NotReady(why)) = &readiness {
-            status_file::note_not_ready(&mut status, why);
-            if self.reported.insert(format!("{}: {}", seen.key, why.message)) {
-                warn!(vm = %seen.key, reason = why.reason, "{}", why.message);
+        if waiting {
+            // Nothing started: the status stays what it was (a phase saying a launcher exists would make the
+            // next pass take its absence for a vanished launcher), with why it waits.
+            status = previous.clone();
+            match &readiness {
+                Some(Readiness::NotReady(why)) => {
+                    status_file::note_waiting(&mut status, why, true);
+                    if self.reported.insert(format!("{}: {}", seen.key, why.message)) {
+                        warn!(vm = %seen.key, reason = why.reason, "{}", why.message);
+                    }
+                }
+                _ => {
+                    let pulling = NotReady {
+                        printable: vmlet_api::PrintableStatus::Starting,
+                        reason: "PullingImage",
+                        message: "pulling the VM's images".into(),
+                    };
+                    status_file::note_waiting(&mut status, &pulling, false);
+                }
             }
         }
         if start_afresh {

@@ -100,15 +100,16 @@ pub fn note_spec_error(status: &mut VirtualMachineStatus, error: &str) {
     });
 }
 
-/// Marks a VM whose pod cannot start yet (an image, a claim or a Secret missing): printable status, and the Ready
-/// and Failure conditions with the reason and the volume at fault.
-pub fn note_not_ready(status: &mut VirtualMachineStatus, why: &super::volumes::NotReady) {
-    status.phase = Some(vmlet_api::Phase::Pending);
+/// Marks a VM whose pod cannot start yet: printable status, Ready false with the reason, and, for a `failure` (an
+/// image, a claim or a Secret that cannot be had, as opposed to a pull under way), the Failure condition, each
+/// naming the volume at fault.
+pub fn note_waiting(status: &mut VirtualMachineStatus, why: &super::volumes::NotReady, failure: bool) {
     status.printable_status = Some(why.printable);
     status
         .conditions
         .retain(|c| !matches!(c.condition_type, ConditionType::Ready | ConditionType::Failure));
-    for (condition_type, value) in [(ConditionType::Ready, "False"), (ConditionType::Failure, "True")] {
+    let conditions = [(ConditionType::Ready, "False"), (ConditionType::Failure, "True")];
+    for (condition_type, value) in conditions.into_iter().take(if failure { 2 } else { 1 }) {
         status.conditions.push(Condition {
             condition_type,
             status: value.into(),
