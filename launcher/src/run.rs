@@ -323,6 +323,7 @@ impl Control {
             started_at,
             uptime_secs: self.started_at.elapsed().unwrap_or_default().as_secs(),
             exit,
+            guest_agent: None,
         }
     }
 }
