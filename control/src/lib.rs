@@ -97,6 +97,10 @@ pub struct Status {
     /// Why the VM stopped, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<Exit>,
+    /// What the guest's QEMU guest agent last said; absent while no agent has answered. Boxed: most statuses
+    /// have none, and it would double their size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<Box<GuestAgentStatus>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -132,6 +136,63 @@ pub struct DhcpStatus {
     /// Packets by what became of them: `answered`, `ignored`, `malformed`, ...
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
+}
+
+/// What the guest's QEMU guest agent says of the guest.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestAgentStatus {
+    /// `guest-get-osinfo`; absent when the agent refused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<GuestOsInfo>,
+    /// `guest-get-host-name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    /// `guest-network-get-interfaces`, loopback left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<GuestInterface>,
+    /// When the agent last answered, in seconds since the Unix epoch.
+    pub answered_at: u64,
+    /// Replies the launcher could not read and dropped, since it started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub malformed_replies: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The guest's operating system, in the agent's words (`/etc/os-release` and `uname` on Linux).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestOsInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretty_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+}
+
+/// One of the guest's network interfaces, as the guest sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestInterface {
+    /// Its name inside the guest (`enp1s0`).
+    pub name: String,
+    /// Lower case, colon separated; absent for interfaces without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Each address with its prefix length (`10.244.1.7/24`, `fe80::42:aff:fef4:107/64`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
 }
 
 /// How the guest ended.
@@ -199,6 +260,39 @@ mod tests {
         assert_eq!(
             json,
             r#"{"version":1,"id":8,"status":{"phase":"running","launcher_pid":1,"started_at":100,"uptime_secs":5}}"#
+        );
+    }
+
+    /// Every JSON example in docs/control-protocol.md is a request or a response, and reads back as written.
+    #[test]
+    fn the_documented_examples_round_trip() {
+        let doc = include_str!("../../docs/control-protocol.md");
+        let examples: Vec<&str> = doc
+            .split("```json\n")
+            .skip(1)
+            .map(|block| block.split("```").next().unwrap())
+            .collect();
+        assert_eq!(examples.len(), 3, "a request, a status and an error");
+        for example in examples {
+            let written: serde_json::Value = serde_json::from_str(example).unwrap();
+            let read_back = if written.get("command").is_some() {
+                serde_json::to_value(serde_json::from_value::<Request>(written.clone()).unwrap())
+            } else {
+                serde_json::to_value(serde_json::from_value::<Response>(written.clone()).unwrap())
+            };
+            assert_eq!(read_back.unwrap(), written, "{example}");
+        }
+    }
+
+    #[test]
+    fn a_status_without_a_guest_agent_reads_as_before() {
+        let status: Status =
+            serde_json::from_str(r#"{"phase":"running","launcher_pid":1,"started_at":100,"uptime_secs":5}"#).unwrap();
+        assert_eq!(status.guest_agent, None);
+        let agent: GuestAgentStatus = serde_json::from_str(r#"{"answered_at":100}"#).unwrap();
+        assert_eq!(
+            (agent.os, agent.interfaces.len(), agent.malformed_replies),
+            (None, 0, 0)
         );
     }
 }

@@ -5,7 +5,7 @@
 //! | field | writer (field manager) |
 //! | --- | --- |
 //! | `phase`, `printableStatus`, conditions `Ready` and `Failure`, `nodeName`, `launcherPod`, `restartCount`, `startFailure`, `phaseTransitionTimestamps` | the controller (`vmlet-controller`) |
-//! | `interfaces`, condition `Paused`, `launcher` (the node's report on the launcher) | the node role (`vmlet-node`) |
+//! | `interfaces`, `guestOSInfo`, condition `Paused`, `launcher` (the node's report on the launcher) | the node role (`vmlet-node`) |
 //!
 //! The node role reports what it alone observes (the control socket, a launcher gone silent, an exit code kept past
 //! its Pod's deletion) and judges nothing; the controller derives the VM's phase from the launcher's Pod and that
@@ -14,13 +14,16 @@
 //! Pure: no Kubernetes I/O, so the node role (which applies its part to the API server) and the standalone mode
 //! (which merges it into a file) report a VM the same way.
 
+use std::net::IpAddr;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use vmlet_api::{
-    Condition, ConditionType, GuestExit, InterfaceStatus, LauncherReport, ReportedState, VirtualMachineStatus,
+    Condition, ConditionType, GuestExit, GuestOsInfo, InterfaceStatus, LauncherReport, ReportedState,
+    VirtualMachineStatus,
 };
-use vmlet_control::{Exit, Phase as LauncherPhase, Status};
+use vmlet_control::{Exit, GuestInterface, Phase as LauncherPhase, Status};
 
 /// The conditions the node role writes; the controller writes the others.
 pub const NODE_CONDITIONS: [ConditionType; 1] = [ConditionType::Paused];
@@ -59,6 +62,10 @@ pub struct NodeStatus {
     /// The guest's interfaces while its launcher is up; none once it has ended (the apply then drops them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceStatus>,
+    /// The guest's OS as its guest agent tells it, under the same rule as the interfaces. Boxed: most reports
+    /// have none, and it would double their size.
+    #[serde(rename = "guestOSInfo", skip_serializing_if = "Option::is_none")]
+    pub guest_os_info: Option<Box<GuestOsInfo>>,
     pub launcher: LauncherReport,
 }
 
@@ -88,8 +95,8 @@ impl NodeStatus {
             exit_code: None,
             message,
         };
-        let (report, paused, interfaces) = match launcher {
-            LauncherState::Starting => (report(ReportedState::Starting, None), false, Vec::new()),
+        let (report, paused, (interfaces, guest_os_info)) = match launcher {
+            LauncherState::Starting => (report(ReportedState::Starting, None), false, GuestView::default()),
             LauncherState::Answered(status) => {
                 let state = match status.phase {
                     LauncherPhase::Starting => ReportedState::Starting,
@@ -110,17 +117,13 @@ impl NodeStatus {
                     state,
                     ReportedState::Running | ReportedState::Paused | ReportedState::ShuttingDown
                 );
-                let interfaces = if up {
-                    status.interfaces.iter().map(interface).collect()
-                } else {
-                    Vec::new()
-                };
-                (report, state == ReportedState::Paused, interfaces)
+                let guest = if up { guest_view(status) } else { GuestView::default() };
+                (report, state == ReportedState::Paused, guest)
             }
             LauncherState::Unreachable { since } => match earlier {
                 // A launcher that said its guest is over exits next: its silence is no news.
                 Some(said) if matches!(said.state, ReportedState::Stopped | ReportedState::Failed) => {
-                    (said.clone(), false, Vec::new())
+                    (said.clone(), false, GuestView::default())
                 }
                 // What was last known of the guest stands; nobody can vouch for it any more.
                 _ => (
@@ -131,21 +134,21 @@ impl NodeStatus {
                     previous_paused.is_some_and(|c| c.status == "True"),
                     previous
                         .filter(|_| earlier.is_some())
-                        .map(|p| p.interfaces.clone())
+                        .map(|p| (p.interfaces.clone(), p.guest_os_info.clone().map(Box::new)))
                         .unwrap_or_default(),
                 ),
             },
             LauncherState::Exited { code } => {
                 let mut report = report(ReportedState::Exited, None);
                 report.exit_code = Some(*code);
-                (report, false, Vec::new())
+                (report, false, GuestView::default())
             }
             LauncherState::Lost(loss) => {
                 let message = match loss {
                     Loss::Unreachable { since } => format!("the launcher has not answered since {since}"),
                     Loss::PodGone => "the launcher's pod is gone".to_owned(),
                 };
-                (report(ReportedState::Lost, Some(message)), false, Vec::new())
+                (report(ReportedState::Lost, Some(message)), false, GuestView::default())
             }
         };
         let status = if paused { "True" } else { "False" };
@@ -162,6 +165,7 @@ impl NodeStatus {
                 last_transition_time: Some(last_transition_time),
             }],
             interfaces,
+            guest_os_info,
             launcher: report,
         }
     }
@@ -192,6 +196,7 @@ impl NodeStatus {
             }
         }
         status.interfaces.clone_from(&self.interfaces);
+        status.guest_os_info = self.guest_os_info.as_deref().cloned();
         status.launcher = Some(self.launcher.clone());
     }
 }
@@ -246,15 +251,104 @@ fn guest_exit(exit: Exit) -> GuestExit {
     }
 }
 
-fn interface(launcher: &vmlet_control::InterfaceStatus) -> InterfaceStatus {
-    let first_v4 = launcher.ip_addresses.iter().find(|a| !a.contains(':'));
+/// What the node reports of a running guest: its interfaces, and its OS.
+type GuestView = (Vec<InterfaceStatus>, Option<Box<GuestOsInfo>>);
+
+fn guest_view(status: &Status) -> GuestView {
+    let agent = status.guest_agent.as_deref();
+    let os = agent.and_then(|a| a.os.as_ref()).map(|os| {
+        Box::new(GuestOsInfo {
+            name: os.name.clone(),
+            id: os.id.clone(),
+            pretty_name: os.pretty_name.clone(),
+            version: os.version.clone(),
+            version_id: os.version_id.clone(),
+            kernel_release: os.kernel_release.clone(),
+            kernel_version: os.kernel_version.clone(),
+            machine: os.machine.clone(),
+        })
+    });
+    let guest_interfaces = agent.map(|a| a.interfaces.as_slice()).unwrap_or_default();
+    (interfaces(&status.interfaces, guest_interfaces), os)
+}
+
+/// Where an interface's addresses come from, in KubeVirt's words.
+const FROM_DOMAIN: &str = "domain";
+const FROM_GUEST_AGENT: &str = "guest-agent";
+const FROM_BOTH: &str = "domain, guest-agent";
+
+/// The VM's interfaces as the launcher knows them (the NIC it gave the guest, the addresses it serves), merged with
+/// the guest's own view where the MACs agree: the guest's name for it, and the addresses the guest has beside those
+/// the launcher gave (a static address, an IPv6 address of its own making). Interfaces the guest has and the
+/// launcher did not make (a bridge, a VPN) come after, named only in the guest. Link-local addresses are left out,
+/// unlike KubeVirt: every interface has one, nothing outside the guest reaches it, and it would otherwise become
+/// `ipAddress` on an IPv6-only guest whose agent lists it first.
+fn interfaces(domain: &[vmlet_control::InterfaceStatus], guest: &[GuestInterface]) -> Vec<InterfaceStatus> {
+    let same_mac = |nic: &vmlet_control::InterfaceStatus, g: &GuestInterface| {
+        !nic.mac.is_empty() && g.mac.as_deref().is_some_and(|mac| mac.eq_ignore_ascii_case(&nic.mac))
+    };
+    let mut merged: Vec<InterfaceStatus> = domain
+        .iter()
+        .map(|nic| {
+            let seen = guest.iter().find(|g| same_mac(nic, g));
+            let mut addresses = nic.ip_addresses.clone();
+            for address in seen.map(reachable_addresses).unwrap_or_default() {
+                if !addresses.iter().any(|a| same_address(a, &address)) {
+                    addresses.push(address);
+                }
+            }
+            InterfaceStatus {
+                name: nic.name.clone(),
+                mac: (!nic.mac.is_empty()).then(|| nic.mac.clone()),
+                interface_name: seen.map(|g| g.name.clone()),
+                info_source: Some(if seen.is_some() { FROM_BOTH } else { FROM_DOMAIN }.to_owned()),
+                ..with_addresses(addresses)
+            }
+        })
+        .collect();
+    merged.extend(
+        guest
+            .iter()
+            .filter(|g| !domain.iter().any(|nic| same_mac(nic, g)))
+            .map(|g| InterfaceStatus {
+                mac: g.mac.clone(),
+                interface_name: Some(g.name.clone()),
+                info_source: Some(FROM_GUEST_AGENT.to_owned()),
+                ..with_addresses(reachable_addresses(g))
+            }),
+    );
+    merged
+}
+
+/// An interface with these addresses, the first IPv4 one (else the first) as its address.
+fn with_addresses(ip_addresses: Vec<String>) -> InterfaceStatus {
+    let first_v4 = ip_addresses.iter().find(|a| !a.contains(':'));
     InterfaceStatus {
-        name: launcher.name.clone(),
-        ip_address: first_v4.or(launcher.ip_addresses.first()).cloned(),
-        ip_addresses: launcher.ip_addresses.clone(),
-        mac: (!launcher.mac.is_empty()).then(|| launcher.mac.clone()),
-        interface_name: None,
-        info_source: None,
+        ip_address: first_v4.or(ip_addresses.first()).cloned(),
+        ip_addresses,
+        ..Default::default()
+    }
+}
+
+/// The guest's addresses on an interface without their prefix lengths, link-local ones left out.
+fn reachable_addresses(interface: &GuestInterface) -> Vec<String> {
+    interface
+        .ip_addresses
+        .iter()
+        .filter_map(|cidr| cidr.split('/').next()?.parse::<IpAddr>().ok())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_loopback(),
+            IpAddr::V6(v6) => !v6.is_unicast_link_local() && !v6.is_loopback(),
+        })
+        .map(|ip| ip.to_string())
+        .collect()
+}
+
+/// Whether two addresses are one, however written (`fd00::7`, `fd00:0::7`).
+fn same_address(a: &str, b: &str) -> bool {
+    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
     }
 }
 
@@ -290,6 +384,49 @@ mod tests {
             exit,
             ..Default::default()
         })
+    }
+
+    /// Debian's guest agent on the guest's NIC (its MAC in upper case, as a guest may write it), with the address
+    /// the launcher gave, an address of the guest's own making and a link-local one; and a bridge of its own.
+    fn agent() -> vmlet_control::GuestAgentStatus {
+        vmlet_control::GuestAgentStatus {
+            os: Some(vmlet_control::GuestOsInfo {
+                name: Some("Debian GNU/Linux".into()),
+                pretty_name: Some("Debian GNU/Linux 12 (bookworm)".into()),
+                kernel_release: Some("6.1.0-28-cloud-amd64".into()),
+                machine: Some("x86_64".into()),
+                ..Default::default()
+            }),
+            host_name: Some("web".into()),
+            interfaces: vec![
+                GuestInterface {
+                    name: "enp1s0".into(),
+                    mac: Some("02:42:0A:F4:01:07".into()),
+                    ip_addresses: vec![
+                        "10.244.1.7/24".into(),
+                        "fd00:0::7/64".into(),
+                        "fd00::1234/64".into(),
+                        "fe80::42:aff:fef4:107/64".into(),
+                    ],
+                },
+                GuestInterface {
+                    name: "docker0".into(),
+                    mac: Some("02:42:ac:11:00:01".into()),
+                    ip_addresses: vec!["172.17.0.1/16".into(), "169.254.3.3/16".into()],
+                },
+            ],
+            answered_at: 1_004,
+            malformed_replies: 0,
+        }
+    }
+
+    /// `answered`, with the guest agent's word.
+    fn answered_with_agent(phase: LauncherPhase) -> LauncherState {
+        let LauncherState::Answered(mut status) = answered(phase, None) else {
+            unreachable!()
+        };
+        status.guest_agent = Some(Box::new(agent()));
+        LauncherState::Answered(status)
     }
 
     /// The report's state, guest exit and exit code; the Paused condition's status; how many interfaces.
@@ -392,7 +529,8 @@ mod tests {
                 ip_address: Some("10.244.1.7".into()),
                 ip_addresses: vec!["fd00::7".into(), "10.244.1.7".into()],
                 mac: Some("02:42:0a:f4:01:07".into()),
-                ..Default::default()
+                interface_name: None,
+                info_source: Some("domain".into()),
             }]
         );
         let v6_only = LauncherState::Answered(Status {
@@ -408,6 +546,177 @@ mod tests {
         let status = NodeStatus::derive(&v6_only, None, NODE, POD, at(100));
         assert_eq!(status.interfaces[0].ip_address.as_deref(), Some("fd00::7"));
         assert_eq!(status.interfaces[0].mac, None);
+    }
+
+    /// Each interface in short: name, address, addresses, MAC, name in the guest, source.
+    type Row<'a> = (
+        &'a str,
+        Option<&'a str>,
+        Vec<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a str,
+    );
+
+    fn rows(interfaces: &[InterfaceStatus]) -> Vec<Row<'_>> {
+        interfaces
+            .iter()
+            .map(|i| {
+                (
+                    i.name.as_str(),
+                    i.ip_address.as_deref(),
+                    i.ip_addresses.iter().map(String::as_str).collect(),
+                    i.mac.as_deref(),
+                    i.interface_name.as_deref(),
+                    i.info_source.as_deref().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn interfaces_merge_the_launchers_lease_with_the_guest_agents_view() {
+        let nic = vmlet_control::InterfaceStatus {
+            name: "default".into(),
+            mac: "02:42:0a:f4:01:07".into(),
+            ip_addresses: vec!["10.244.1.7".into(), "fd00::7".into()],
+            binding: "bridge".into(),
+        };
+        let mac = Some("02:42:0a:f4:01:07");
+        let everything = agent().interfaces;
+        let only_its_nic = &everything[..1];
+        let elsewhere = GuestInterface {
+            mac: Some("02:00:00:00:00:99".into()),
+            ..everything[0].clone()
+        };
+        type Case<'a> = (
+            &'a str,
+            Vec<vmlet_control::InterfaceStatus>,
+            Vec<GuestInterface>,
+            Vec<Row<'a>>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "the lease only",
+                vec![nic.clone()],
+                Vec::new(),
+                vec![(
+                    "default",
+                    Some("10.244.1.7"),
+                    vec!["10.244.1.7", "fd00::7"],
+                    mac,
+                    None,
+                    "domain",
+                )],
+            ),
+            (
+                "the agent only: its MAC is none of the launcher's",
+                vec![nic.clone()],
+                vec![elsewhere],
+                vec![
+                    (
+                        "default",
+                        Some("10.244.1.7"),
+                        vec!["10.244.1.7", "fd00::7"],
+                        mac,
+                        None,
+                        "domain",
+                    ),
+                    (
+                        "",
+                        Some("10.244.1.7"),
+                        vec!["10.244.1.7", "fd00::7", "fd00::1234"],
+                        Some("02:00:00:00:00:99"),
+                        Some("enp1s0"),
+                        "guest-agent",
+                    ),
+                ],
+            ),
+            (
+                "both, agreeing on the MAC: the guest's own address added, link-local left out",
+                vec![nic.clone()],
+                only_its_nic.to_vec(),
+                vec![(
+                    "default",
+                    Some("10.244.1.7"),
+                    vec!["10.244.1.7", "fd00::7", "fd00::1234"],
+                    mac,
+                    Some("enp1s0"),
+                    "domain, guest-agent",
+                )],
+            ),
+            (
+                "an agent with several interfaces",
+                vec![nic.clone()],
+                everything.clone(),
+                vec![
+                    (
+                        "default",
+                        Some("10.244.1.7"),
+                        vec!["10.244.1.7", "fd00::7", "fd00::1234"],
+                        mac,
+                        Some("enp1s0"),
+                        "domain, guest-agent",
+                    ),
+                    (
+                        "",
+                        Some("172.17.0.1"),
+                        vec!["172.17.0.1"],
+                        Some("02:42:ac:11:00:01"),
+                        Some("docker0"),
+                        "guest-agent",
+                    ),
+                ],
+            ),
+            (
+                "a NIC without a MAC matches nothing",
+                vec![vmlet_control::InterfaceStatus {
+                    mac: String::new(),
+                    ..nic.clone()
+                }],
+                only_its_nic.to_vec(),
+                vec![
+                    (
+                        "default",
+                        Some("10.244.1.7"),
+                        vec!["10.244.1.7", "fd00::7"],
+                        None,
+                        None,
+                        "domain",
+                    ),
+                    (
+                        "",
+                        Some("10.244.1.7"),
+                        vec!["10.244.1.7", "fd00::7", "fd00::1234"],
+                        Some("02:42:0A:F4:01:07"),
+                        Some("enp1s0"),
+                        "guest-agent",
+                    ),
+                ],
+            ),
+        ];
+        for (what, domain, guest, expected) in cases {
+            assert_eq!(rows(&interfaces(&domain, &guest)), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_guest_os_is_reported_while_the_guest_runs() {
+        for (phase, expected) in [
+            (LauncherPhase::Starting, false),
+            (LauncherPhase::Running, true),
+            (LauncherPhase::Paused, true),
+            (LauncherPhase::ShuttingDown, true),
+            (LauncherPhase::Stopped, false),
+        ] {
+            let status = NodeStatus::derive(&answered_with_agent(phase), None, NODE, POD, at(100));
+            assert_eq!(status.guest_os_info.is_some(), expected, "{phase:?}");
+        }
+        let status = NodeStatus::derive(&answered_with_agent(LauncherPhase::Running), None, NODE, POD, at(100));
+        assert_eq!(
+            status.guest_os_info.unwrap().pretty_name.as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
     }
 
     fn paused_since(vm: &VirtualMachineStatus) -> (String, i64) {
@@ -457,17 +766,23 @@ mod tests {
     #[test]
     fn an_unreachable_launcher_keeps_what_was_known_of_its_guest() {
         let mut vm = VirtualMachineStatus::default();
-        NodeStatus::derive(&answered(LauncherPhase::Paused, None), None, NODE, POD, at(100)).write_into(&mut vm);
+        NodeStatus::derive(&answered_with_agent(LauncherPhase::Paused), None, NODE, POD, at(100)).write_into(&mut vm);
+        assert!(vm.guest_os_info.is_some());
 
         let silent = LauncherState::Unreachable { since: at(150) };
         let status = NodeStatus::derive(&silent, Some(&vm), NODE, POD, at(160));
         assert_eq!(status.launcher.state, ReportedState::Unreachable);
         assert_eq!(status.interfaces, vm.interfaces);
+        assert_eq!(status.guest_os_info.as_deref(), vm.guest_os_info.as_ref());
         assert_eq!(status.conditions[0], vm.conditions[0], "still paused, since 100");
 
         // Another pod's addresses are not this one's.
         let other = NodeStatus::derive(&silent, Some(&vm), NODE, "vmlet-launcher-web-fghij", at(160));
         assert!(other.interfaces.is_empty());
+        assert_eq!(other.guest_os_info, None);
+        // An ended guest runs no OS.
+        let exited = NodeStatus::derive(&LauncherState::Exited { code: 0 }, Some(&vm), NODE, POD, at(170));
+        assert_eq!(exited.guest_os_info, None);
         assert_eq!(other.conditions[0].status, "False");
     }
 
@@ -576,7 +891,8 @@ mod tests {
             }],
             ..Default::default()
         };
-        NodeStatus::derive(&answered(LauncherPhase::Running, None), None, NODE, POD, at(100)).write_into(&mut status);
+        NodeStatus::derive(&answered_with_agent(LauncherPhase::Running), None, NODE, POD, at(100))
+            .write_into(&mut status);
         status
     }
 
@@ -602,10 +918,19 @@ mod tests {
     #[test]
     fn the_two_writers_parts_are_disjoint_and_make_the_whole_status() {
         let full = full_status();
-        let node = NodeStatus::derive(&answered(LauncherPhase::Running, None), Some(&full), NODE, POD, at(100));
+        let node = NodeStatus::derive(
+            &answered_with_agent(LauncherPhase::Running),
+            Some(&full),
+            NODE,
+            POD,
+            at(100),
+        );
         let node_fields = fields(&serde_json::to_value(&node).unwrap());
         let controller_fields = fields(&serde_json::to_value(controller_part(&full)).unwrap());
-        assert_eq!(node_fields, set(&["conditions[Paused]", "interfaces", "launcher"]));
+        assert_eq!(
+            node_fields,
+            set(&["conditions[Paused]", "interfaces", "guestOSInfo", "launcher"])
+        );
         assert_eq!(
             controller_fields,
             set(&[
@@ -644,10 +969,17 @@ mod tests {
                      "lastTransitionTime": "1970-01-01T00:01:40Z"},
                 ],
                 "interfaces": [{"name": "default", "ipAddress": "10.244.1.7",
-                                "ipAddresses": ["fd00::7", "10.244.1.7"], "mac": "02:42:0a:f4:01:07"}],
+                                "ipAddresses": ["fd00::7", "10.244.1.7"], "mac": "02:42:0a:f4:01:07",
+                                "infoSource": "domain"}],
                 "launcher": {"pod": POD, "node": NODE, "state": "Running",
                              "message": "domain state running (booted)"},
             })
+        );
+        let with_agent = NodeStatus::derive(&answered_with_agent(LauncherPhase::Running), None, NODE, POD, at(100));
+        assert_eq!(
+            serde_json::to_value(&with_agent).unwrap()["guestOSInfo"],
+            json!({"name": "Debian GNU/Linux", "prettyName": "Debian GNU/Linux 12 (bookworm)",
+                   "kernelRelease": "6.1.0-28-cloud-amd64", "machine": "x86_64"})
         );
         let ended = NodeStatus::derive(&LauncherState::Exited { code: 0 }, None, NODE, POD, at(100));
         assert!(serde_json::to_value(&ended).unwrap().get("interfaces").is_none());

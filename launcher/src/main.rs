@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod dhcp_serve;
 mod driver;
 mod guest_addressing;
+mod guest_agent;
 mod network;
 mod run;
 mod spec;

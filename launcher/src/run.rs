@@ -15,13 +15,14 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
-use vmlet_control::{Command, DhcpStatus, Exit, InterfaceStatus, Phase, PodVolumes, Status};
+use vmlet_control::{Command, DhcpStatus, Exit, GuestAgentStatus, InterfaceStatus, Phase, PodVolumes, Status};
 use vmlet_dhcp::runner::{Runner, Status as DhcpRunnerStatus};
 use vmlet_dhcp::v6;
 
 use vmlet_domain::InterfaceSpec;
 
 use crate::driver::{Domain, DomainState, DriverProcess, ShutOffReason, accel};
+use crate::guest_agent::{self, Agent};
 use crate::network;
 use crate::network::binding::{BindingRequest, Served, binding_name};
 use crate::spec::{self, SPEC_ENV, VmSpec};
@@ -205,12 +206,17 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         ip_addresses: network.addresses.iter().map(ToString::to_string).collect(),
         binding: binding.to_owned(),
     };
+    // At once: the agent's channel serves one client, and the launcher must be it (see `guest_agent`).
+    let (agent_status, guest_agent) = watch::channel(None);
+    let agent = Agent::new(run_dir.join("guest-agent.sock"), guest_agent::Timeouts::default());
+    tokio::spawn(guest_agent::poll(agent, agent_status));
     let (commands, mut requests) = mpsc::channel(8);
     let control = Arc::new(Control {
         domain: domain.clone(),
         states: domain.watch_state(),
         dhcp: dhcp_status,
         interface,
+        guest_agent,
         started_at: SystemTime::now(),
         phase: Mutex::new((Phase::Running, None)),
         commands,
@@ -289,6 +295,7 @@ struct Control {
     states: watch::Receiver<DomainState>,
     dhcp: Option<watch::Receiver<DhcpRunnerStatus>>,
     interface: InterfaceStatus,
+    guest_agent: watch::Receiver<Option<Box<GuestAgentStatus>>>,
     started_at: SystemTime,
     phase: Mutex<(Phase, Option<Exit>)>,
     /// Shutdown and kill go to [`supervise`], which owns the grace period.
@@ -323,6 +330,7 @@ impl Control {
             started_at,
             uptime_secs: self.started_at.elapsed().unwrap_or_default().as_secs(),
             exit,
+            guest_agent: self.guest_agent.borrow().clone(),
         }
     }
 }

@@ -187,6 +187,18 @@ fn guest(phase: LauncherPhase, exit: Option<GuestEnd>) -> Probe {
         }],
         launcher_pid: 1,
         exit,
+        guest_agent: Some(Box::new(vmlet_control::GuestAgentStatus {
+            os: Some(vmlet_control::GuestOsInfo {
+                id: Some("debian".into()),
+                ..Default::default()
+            }),
+            interfaces: vec![vmlet_control::GuestInterface {
+                name: "enp1s0".into(),
+                mac: Some("02:42:0a:f4:01:07".into()),
+                ip_addresses: vec!["10.244.1.7/24".into()],
+            }],
+            ..Default::default()
+        })),
         ..Status::default()
     })
 }
@@ -444,9 +456,23 @@ fn both_writers_make_one_status_in_each_scenario() {
             cluster.round(round);
         }
         assert_eq!(summary(&cluster.server.status), expected, "{what}");
+        // The guest's OS follows the same rule as its addresses: reported while it runs, kept while nobody knows.
+        let status = &cluster.server.status;
+        assert_eq!(
+            status.contains_key("guestOSInfo"),
+            status.contains_key("interfaces"),
+            "{what}"
+        );
+        if let Some(interfaces) = status.get("interfaces") {
+            assert_eq!(interfaces[0]["interfaceName"], "enp1s0", "{what}");
+            assert_eq!(interfaces[0]["infoSource"], "domain, guest-agent", "{what}");
+        }
         // Each field has one writer, by the fields' names.
         for (field, owner) in &cluster.server.owners {
-            let node_field = matches!(field.as_str(), "interfaces" | "launcher" | "conditions[Paused]");
+            let node_field = matches!(
+                field.as_str(),
+                "interfaces" | "guestOSInfo" | "launcher" | "conditions[Paused]"
+            );
             assert_eq!(*owner == "vmlet-node", node_field, "{what}: {field} written by {owner}");
         }
     }

@@ -365,7 +365,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::api::ObjectMeta;
     use serde_json::{Value, json};
-    use vmlet_control::{InterfaceStatus, Phase, Status};
+    use vmlet_control::{GuestAgentStatus, GuestInterface, GuestOsInfo, InterfaceStatus, Phase, Status};
 
     use super::*;
     use crate::controller::launcher_pod::{MANAGED_BY, MANAGED_BY_LABEL, VM_NAME_LABEL};
@@ -388,6 +388,21 @@ mod tests {
             launcher_pid: 1,
             started_at: 1_000,
             uptime_secs: 5,
+            guest_agent: Some(Box::new(GuestAgentStatus {
+                os: Some(GuestOsInfo {
+                    name: Some("Debian GNU/Linux".into()),
+                    id: Some("debian".into()),
+                    version_id: Some("12".into()),
+                    ..Default::default()
+                }),
+                interfaces: vec![GuestInterface {
+                    name: "enp1s0".into(),
+                    mac: Some("02:42:0a:f4:01:07".into()),
+                    ip_addresses: vec!["10.244.1.7/24".into(), "fe80::42:aff:fef4:107/64".into()],
+                }],
+                answered_at: 1_004,
+                ..Default::default()
+            })),
             ..Default::default()
         }
     }
@@ -481,7 +496,9 @@ mod tests {
                  "lastTransitionTime": "1970-01-01T00:01:40Z"},
             ],
             "interfaces": [{"name": "default", "ipAddress": "10.244.1.7",
-                            "ipAddresses": ["10.244.1.7", "fd00::7"], "mac": "02:42:0a:f4:01:07"}],
+                            "ipAddresses": ["10.244.1.7", "fd00::7"], "mac": "02:42:0a:f4:01:07",
+                            "interfaceName": "enp1s0", "infoSource": "domain, guest-agent"}],
+            "guestOSInfo": {"name": "Debian GNU/Linux", "id": "debian", "versionId": "12"},
             "launcher": {"pod": pod, "node": "node-a", "state": "Running", "message": "domain state Running(Booted)"},
         })
     }
@@ -521,7 +538,7 @@ mod tests {
             unreachable["launcher"] = json!({"pod": POD, "node": "node-a", "state": "Unreachable",
                 "message": "the launcher has not answered since 1970-01-01T00:01:50Z"});
             let now = expect_apply(&mut server, 2, &now, &unreachable).await;
-            // Silent for 30 s: lost, and no longer on the network.
+            // Silent for 30 s: lost, and no longer on the network nor known to run any OS.
             let lost = json!({
                 "conditions": [{"type": "Paused", "status": "False", "reason": "NotPaused",
                                 "lastTransitionTime": "1970-01-01T00:01:40Z"}],
@@ -530,6 +547,7 @@ mod tests {
             });
             let mut base = now;
             base.as_object_mut().unwrap().remove("interfaces");
+            base.as_object_mut().unwrap().remove("guestOSInfo");
             expect_apply(&mut server, 3, &base, &lost).await;
             server.done().await;
         });
@@ -624,6 +642,7 @@ mod tests {
             expect_get(&mut server, vm(1, before.clone())).await;
             let mut base = before;
             base.as_object_mut().unwrap().remove("interfaces");
+            base.as_object_mut().unwrap().remove("guestOSInfo");
             expect_apply(&mut server, 1, &base, &exited_report()).await;
             server.done().await;
         });
@@ -653,6 +672,7 @@ mod tests {
             assert_eq!(body["status"]["launcher"]["state"], "Lost");
             assert_eq!(body["status"]["launcher"]["message"], "the launcher's pod is gone");
             assert!(body["status"].get("interfaces").is_none());
+            assert!(body["status"].get("guestOSInfo").is_none());
             server.done().await;
         });
         let mut launchers = Launchers::new(client, &fakes::config(dir.path()));

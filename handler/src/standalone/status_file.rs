@@ -228,6 +228,44 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Standalone mode shows what the guest agent says as a cluster does.
+    #[test]
+    fn the_overlay_carries_the_guest_agents_word() {
+        let answered = crate::vm_status::LauncherState::Answered(vmlet_control::Status {
+            phase: vmlet_control::Phase::Running,
+            interfaces: vec![vmlet_control::InterfaceStatus {
+                name: "default".into(),
+                mac: "02:00:0a:00:02:02".into(),
+                ip_addresses: vec!["10.0.2.2".into()],
+                binding: "masquerade".into(),
+            }],
+            guest_agent: Some(Box::new(vmlet_control::GuestAgentStatus {
+                os: Some(vmlet_control::GuestOsInfo {
+                    id: Some("debian".into()),
+                    ..Default::default()
+                }),
+                interfaces: vec![vmlet_control::GuestInterface {
+                    name: "enp1s0".into(),
+                    mac: Some("02:00:0a:00:02:02".into()),
+                    ip_addresses: vec!["10.0.2.2/24".into()],
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+        let node = NodeStatus::derive(
+            &answered,
+            None,
+            "node-1",
+            "pod",
+            jiff::Timestamp::from_second(100).unwrap(),
+        );
+        let mut status = VirtualMachineStatus::default();
+        overlay(&mut status, &node);
+        assert_eq!(status.guest_os_info.unwrap().id.as_deref(), Some("debian"));
+        assert_eq!(status.interfaces[0].interface_name.as_deref(), Some("enp1s0"));
+    }
+
     #[test]
     fn a_spec_error_is_a_failure_condition_once() {
         let mut status = VirtualMachineStatus::default();
