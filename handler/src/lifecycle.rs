@@ -33,6 +33,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 /// How often a VM whose launcher's node stopped answering is looked at again.
 pub const NODE_LOST_RECHECK: Duration = Duration::from_secs(30);
+/// How often a VM waiting for a claim that does not exist is looked at again (the controller does not watch
+/// claims).
+pub const CLAIM_RECHECK: Duration = Duration::from_secs(15);
+/// The reason of the Ready and Failure conditions while a claim is missing (KubeVirt's).
+const CLAIM_NOT_FOUND: &str = "FailedPvcNotFound";
 
 /// The wait before the automatic start that follows `consecutive_failures` failed runs in a row.
 pub fn backoff(consecutive_failures: u32) -> Duration {
@@ -157,6 +162,32 @@ pub struct Observation<'a> {
     pub now: Timestamp,
 }
 
+/// What only a cluster shows of why a launcher cannot run, beside the [`Observation`] (standalone mode has none of
+/// these); [`plan_with`] reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Obstacles {
+    /// A claim the VM names does not exist: no launcher is made until it does. Known only when the launcher is
+    /// about to be made (the controller reads the claims then).
+    pub missing_claim: Option<MissingClaim>,
+    /// The pending launcher's Pod cannot pull an image (a containerDisk's, say).
+    pub image_pull: Option<ImagePull>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingClaim {
+    pub volume: String,
+    pub claim: String,
+}
+
+/// A container of the launcher's Pod waiting for its image, or an image volume's, that could not be pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePull {
+    /// The kubelet waits before it tries again (`ImagePullBackOff`), or the last try failed (`ErrImagePull`).
+    pub backing_off: bool,
+    /// The kubelet's words.
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LauncherAction {
     None,
@@ -210,12 +241,17 @@ enum Desire {
 
 /// Decides what to do about one VM's launcher.
 pub fn plan(obs: &Observation<'_>) -> Plan {
+    plan_with(obs, &Obstacles::default())
+}
+
+/// [`plan`], knowing what stands in the launcher's way.
+pub fn plan_with(obs: &Observation<'_>, obstacles: &Obstacles) -> Plan {
     let report = reported(obs.status);
     let obs = Observation {
         launcher: with_report(&obs.launcher, report, obs.now),
         ..obs.clone()
     };
-    Planner::new(&obs, report).decide()
+    Planner::new(&obs, report, obstacles).decide()
 }
 
 /// The node's report on the VM's launcher, if it is about the launcher the status follows (`launcherPod`); a
@@ -296,6 +332,7 @@ struct Planner<'o, 'a> {
     obs: &'o Observation<'a>,
     /// The node's report on the launcher the status follows.
     report: Option<&'o LauncherReport>,
+    obstacles: &'o Obstacles,
     phase: Option<Phase>,
     printable: PrintableStatus,
     /// The Ready condition: `True`, `False` or `Unknown`, its reason and message.
@@ -311,11 +348,12 @@ struct Planner<'o, 'a> {
 }
 
 impl<'o, 'a> Planner<'o, 'a> {
-    fn new(obs: &'o Observation<'a>, report: Option<&'o LauncherReport>) -> Self {
+    fn new(obs: &'o Observation<'a>, report: Option<&'o LauncherReport>, obstacles: &'o Obstacles) -> Self {
         let previous = obs.status;
         Self {
             obs,
             report,
+            obstacles,
             phase: previous.phase,
             printable: previous.printable_status.unwrap_or(PrintableStatus::Stopped),
             ready: ("False", "Stopped", "the VM is not running".into()),
@@ -489,6 +527,26 @@ impl<'o, 'a> Planner<'o, 'a> {
             self.requeue_after = Some(wait);
             return;
         }
+        if let Some(missing) = &self.obstacles.missing_claim {
+            // The phase stays: no launcher was made. A Manual start request stays too, and acts once the claim is
+            // there.
+            let message = format!(
+                "volume {:?}: the persistent volume claim {:?} does not exist; the VM starts once it does",
+                missing.volume, missing.claim
+            );
+            if self
+                .failure
+                .as_ref()
+                .is_none_or(|(reason, _)| *reason != CLAIM_NOT_FOUND)
+            {
+                self.event(EventKind::Warning, CLAIM_NOT_FOUND, message.clone());
+            }
+            self.failure = Some((CLAIM_NOT_FOUND, message.clone()));
+            self.printable = PrintableStatus::ErrorPvcNotFound;
+            self.ready = ("False", CLAIM_NOT_FOUND, message);
+            self.requeue_after = Some(CLAIM_RECHECK);
+            return;
+        }
         let restart = matches!(self.phase, Some(Phase::Succeeded | Phase::Failed));
         if automatic && restart {
             self.restart_count = self.restart_count.saturating_add(1);
@@ -528,6 +586,14 @@ impl<'o, 'a> Planner<'o, 'a> {
                 if let Some(why) = unschedulable {
                     self.printable = PrintableStatus::ErrorUnschedulable;
                     self.ready = ("False", "Unschedulable", why.clone());
+                } else if let Some(pull) = &self.obstacles.image_pull {
+                    let (printable, reason) = if pull.backing_off {
+                        (PrintableStatus::ImagePullBackOff, "ImagePullBackOff")
+                    } else {
+                        (PrintableStatus::ErrImagePull, "ErrImagePull")
+                    };
+                    self.printable = printable;
+                    self.ready = ("False", reason, pull.message.clone());
                 } else {
                     self.printable = PrintableStatus::Starting;
                     self.ready = ("False", "Starting", "the launcher is starting".into());
@@ -818,6 +884,7 @@ const FAILURE_REASONS: &[&str] = &[
     "LauncherLost",
     "InvalidSpec",
     "NodeUnresponsive",
+    CLAIM_NOT_FOUND,
 ];
 
 /// The Failure reason and message for how a launcher's run failed: its exit code (docs/launcher.md), or its loss.

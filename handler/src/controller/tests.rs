@@ -20,8 +20,9 @@ use vmlet_api::{
 };
 
 use super::leader::{Decision, LeaderElector, decide};
+use super::pod_volumes::ClaimModes;
 use super::reconcile::{FIELD_MANAGER, FINALIZER, next_look, reconcile};
-use super::{Context, Error, PodConfig, launcher_pod};
+use super::{ContainerDisks, Context, Error, PodConfig, launcher_pod};
 use crate::lifecycle::{Exit, Launcher, NodeHealth};
 
 const UID: &str = "0d4c8f2e-8e2b-4c7e-9d3c-3a1f1e2b7c11";
@@ -60,6 +61,7 @@ fn config() -> PodConfig {
         kvm_resource: None,
         grace_margin: 15,
         log_json: false,
+        container_disks: ContainerDisks::ImageVolume,
     }
 }
 
@@ -677,12 +679,12 @@ fn pod_names_fit_a_host_name_and_differ_per_run() {
 fn kvm_from_a_device_plugin_replaces_the_host_device() {
     let mut with_plugin = config();
     with_plugin.kvm_resource = Some("devices.kubevirt.io/kvm".into());
-    let pod = launcher_pod::build(&vm(ALWAYS), "p", &with_plugin).unwrap();
+    let pod = launcher_pod::build(&vm(ALWAYS), "p", &with_plugin, &ClaimModes::new()).unwrap();
     let spec = pod.spec.unwrap();
     assert!(spec.volumes.unwrap().iter().all(|v| v.name != "kvm"));
     let resources = spec.containers[0].resources.clone().unwrap();
     assert_eq!(resources.limits.unwrap()["devices.kubevirt.io/kvm"].0, "1");
-    let plain = launcher_pod::build(&vm(ALWAYS), "p", &config()).unwrap();
+    let plain = launcher_pod::build(&vm(ALWAYS), "p", &config(), &ClaimModes::new()).unwrap();
     let volumes = plain.spec.unwrap().volumes.unwrap();
     let kvm = volumes.iter().find(|v| v.name == "kvm").unwrap();
     assert_eq!(kvm.host_path.as_ref().unwrap().type_.as_deref(), Some("CharDevice"));
@@ -694,7 +696,7 @@ fn memory_limit_gets_the_overhead_too() {
         "memory: {guest: 256Mi}",
         "memory: {guest: 256Mi}\n      resources: {limits: {memory: 512Mi, cpu: '2'}}",
     ));
-    let pod = launcher_pod::build(&limited, "p", &config()).unwrap();
+    let pod = launcher_pod::build(&limited, "p", &config(), &ClaimModes::new()).unwrap();
     let resources = pod.spec.unwrap().containers[0].resources.clone().unwrap();
     let limits = resources.limits.unwrap();
     assert_eq!(limits["memory"].0, ((512u64 + 160) << 20).to_string());
