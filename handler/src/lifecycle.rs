@@ -1454,6 +1454,133 @@ mod tests {
         }
     }
 
+    fn missing_claim() -> Obstacles {
+        Obstacles {
+            missing_claim: Some(MissingClaim {
+                volume: "data".into(),
+                claim: "data-claim".into(),
+            }),
+            image_pull: None,
+        }
+    }
+
+    /// A plan's Ready condition: status, reason, message.
+    fn ready_of(plan: &Plan) -> (String, String, String) {
+        let ready = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.condition_type == ConditionType::Ready)
+            .unwrap();
+        (
+            ready.status.clone(),
+            ready.reason.clone().unwrap(),
+            ready.message.clone().unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_missing_claim_holds_every_start_and_names_the_claim() {
+        const MESSAGE: &str =
+            "volume \"data\": the persistent volume claim \"data-claim\" does not exist; the VM starts once it does";
+        let never_ran = VirtualMachineStatus::default();
+        let succeeded = status(Some(Succeeded), Some(P::Stopped));
+        // Strategy, request, previous status: each would make a launcher.
+        let cases: [(RunStrategy, Option<RunRequest>, &VirtualMachineStatus); 5] = [
+            (Always, None, &never_ran),
+            (Always, None, &succeeded),
+            (RerunOnFailure, None, &never_ran),
+            (Once, None, &never_ran),
+            (Manual, Some(RunRequest::Start), &succeeded),
+        ];
+        for (strategy, request, previous) in cases {
+            let what = format!("{strategy:?} {request:?} after {:?}", previous.phase);
+            let mut obs = observe(strategy, previous, Launcher::Absent, 10);
+            obs.request = request;
+            assert_eq!(plan(&obs).action, Create, "{what}: it would start");
+            let held = plan_with(&obs, &missing_claim());
+            assert_eq!(held.action, Nothing, "{what}");
+            assert_eq!(held.status.phase, previous.phase, "{what}: no launcher, no new phase");
+            assert_eq!(held.status.printable_status, Some(P::ErrorPvcNotFound), "{what}");
+            assert_eq!(
+                ready_of(&held),
+                ("False".into(), "FailedPvcNotFound".into(), MESSAGE.into()),
+                "{what}"
+            );
+            assert_eq!(
+                condition_of(&held, ConditionType::Failure),
+                Some(("True", "FailedPvcNotFound")),
+                "{what}"
+            );
+            assert_eq!(reasons(&held), ["FailedPvcNotFound"], "{what}");
+            assert_eq!(
+                held.status.restart_count, previous.restart_count,
+                "{what}: not a restart"
+            );
+            assert_eq!(
+                held.requeue_after,
+                Some(CLAIM_RECHECK),
+                "{what}: claims are not watched"
+            );
+            assert!(!held.consume_request, "{what}: a start request waits for the claim");
+
+            // Reported once; and once the claim is there, the VM starts and the failure goes.
+            let read = as_read(&held, previous);
+            obs.status = &read;
+            let again = plan_with(&obs, &missing_claim());
+            assert!(again.events.is_empty(), "{what}: reported once");
+            assert_eq!(again.status, held.status, "{what}: nothing new to write");
+            let started = plan(&obs);
+            assert_eq!(started.action, Create, "{what}");
+            assert_eq!(condition_of(&started, ConditionType::Failure), None, "{what}");
+        }
+        // A stop request, or a halted VM, is no start: nothing to hold.
+        let halted = plan_with(&observe(Halted, &never_ran, Launcher::Absent, 10), &missing_claim());
+        assert_eq!(halted.status.printable_status, Some(P::Stopped));
+        assert!(halted.events.is_empty());
+    }
+
+    #[test]
+    fn a_pending_launcher_whose_image_cannot_be_pulled_says_so() {
+        let previous = status(Some(Scheduled), Some(P::Starting));
+        let message = "Back-off pulling image \"registry.example/fedora:40\"";
+        let cases = [
+            (false, P::ErrImagePull, "ErrImagePull"),
+            (true, P::ImagePullBackOff, "ImagePullBackOff"),
+        ];
+        for (backing_off, printable, reason) in cases {
+            let obstacles = Obstacles {
+                missing_claim: None,
+                image_pull: Some(ImagePull {
+                    backing_off,
+                    message: message.into(),
+                }),
+            };
+            let waiting = plan_with(&observe(Always, &previous, pending(Some("n1")), 10), &obstacles);
+            assert_eq!(waiting.action, Nothing, "the kubelet keeps trying");
+            assert_eq!(waiting.status.phase, Some(Scheduled));
+            assert_eq!(waiting.status.printable_status, Some(printable));
+            assert_eq!(ready_of(&waiting), ("False".into(), reason.into(), message.into()));
+            assert_eq!(condition_of(&waiting, ConditionType::Failure), None, "not a failure");
+            assert!(waiting.events.is_empty(), "the kubelet records its own");
+        }
+        // A launcher no node can take says that first: nothing is pulled before a node is found.
+        let unschedulable = Launcher::Pending {
+            id: "l1".into(),
+            node: None,
+            unschedulable: Some("0/3 nodes are available".into()),
+        };
+        let obstacles = Obstacles {
+            missing_claim: None,
+            image_pull: Some(ImagePull {
+                backing_off: true,
+                message: message.into(),
+            }),
+        };
+        let plan = plan_with(&observe(Always, &previous, unschedulable, 10), &obstacles);
+        assert_eq!(plan.status.printable_status, Some(P::ErrorUnschedulable));
+    }
+
     #[test]
     fn an_invalid_spec_is_not_started() {
         let previous = VirtualMachineStatus::default();
