@@ -21,8 +21,9 @@ mirror=${VMLET_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 security_mirror=${VMLET_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 buildah=(buildah --storage-driver vfs)
 
-# What `vmlet-launcher run` needs in a pod: QEMU, libvirt's QEMU driver (embedded in vmlet-driver), nft and tc.
-launcher_packages=(qemu-system-x86 libvirt-daemon-driver-qemu libvirt0 nftables iproute2)
+# What `vmlet-launcher run` needs in a pod: QEMU, libvirt's QEMU driver (embedded in vmlet-driver), nft and tc; and
+# a static busybox, which the controller's holder mode copies into the containerDisk holders (images without a shell).
+launcher_packages=(qemu-system-x86 libvirt-daemon-driver-qemu libvirt0 nftables iproute2 busybox-static)
 # The handler image takes only files from this root: its program's libraries and the CA certificates.
 handler_packages=(ca-certificates)
 
