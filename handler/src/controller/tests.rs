@@ -1150,3 +1150,48 @@ fn a_launcher_that_ended_beside_running_holders_has_ended() {
         }
     ));
 }
+
+#[test]
+fn in_holder_mode_the_pod_shares_its_processes_and_starts_the_holders_first() {
+    let holder = PodConfig {
+        container_disks: ContainerDisks::Holder,
+        ..config()
+    };
+    let claims = [("data-claim".to_owned(), ClaimMode::Filesystem)].into();
+    let pod = launcher_pod::build(&vm(WITH_VOLUMES), "p", &holder, &claims).unwrap();
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.share_process_namespace, Some(true));
+    let init: Vec<(&str, Option<&str>)> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.restart_policy.as_deref()))
+        .collect();
+    assert_eq!(
+        init,
+        [("holder-tools", None), ("disk-0-root", Some("Always"))],
+        "the busybox copy, then the holder as a sidecar"
+    );
+    let tools = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(tools.image.as_deref(), Some("registry.example/vmlet-launcher:1"));
+    let mounts: Vec<&str> = spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "/var/run/vmlet",
+            "/var/cache/vmlet/qemu",
+            "/dev/net/tun",
+            "/dev/kvm",
+            "/var/run/vmlet-volumes",
+            "/var/run/vmlet-volumes/disks/data",
+            "/var/run/vmlet-volumes/cloud-init/cloudinit/user",
+            "/var/run/vmlet-volumes/ssh-keys/keys",
+        ],
+        "the shared volumes root, then what is mounted in it; the disk is the holder's link"
+    );
+}
