@@ -1,4 +1,5 @@
-//! A VM's launcher Pod: made from the VM (pure), and read back as the lifecycle's [`Launcher`].
+//! A VM's launcher Pod: made from the VM and its claims' volume modes (pure), and read back as the lifecycle's
+//! [`Launcher`] and the image pulls it waits for.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};

@@ -75,7 +75,7 @@ pub struct LauncherVolumes {
     pub share_process_namespace: bool,
 }
 
-/// The launcher's launcher image, for the holders' busybox copy.
+/// The launcher container's image and pull policy: the holders' busybox is copied from it.
 #[derive(Debug, Clone, Copy)]
 pub struct LauncherImage<'a> {
     pub image: &'a str,
