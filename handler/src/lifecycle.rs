@@ -33,6 +33,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 /// How often a VM whose launcher's node stopped answering is looked at again.
 pub const NODE_LOST_RECHECK: Duration = Duration::from_secs(30);
+/// How often a VM waiting for a claim that does not exist is looked at again (the controller does not watch
+/// claims).
+pub const CLAIM_RECHECK: Duration = Duration::from_secs(15);
+/// The reason of the Ready and Failure conditions while a claim is missing (KubeVirt's).
+const CLAIM_NOT_FOUND: &str = "FailedPvcNotFound";
 
 /// The wait before the automatic start that follows `consecutive_failures` failed runs in a row.
 pub fn backoff(consecutive_failures: u32) -> Duration {
@@ -157,6 +162,32 @@ pub struct Observation<'a> {
     pub now: Timestamp,
 }
 
+/// What only a cluster shows of why a launcher cannot run, beside the [`Observation`] (standalone mode has none of
+/// these); [`plan_with`] reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Obstacles {
+    /// A claim the VM names does not exist: no launcher is made until it does. Known only when the launcher is
+    /// about to be made (the controller reads the claims then).
+    pub missing_claim: Option<MissingClaim>,
+    /// The pending launcher's Pod cannot pull an image (a containerDisk's, say).
+    pub image_pull: Option<ImagePull>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingClaim {
+    pub volume: String,
+    pub claim: String,
+}
+
+/// A container of the launcher's Pod waiting for its image, or an image volume's, that could not be pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePull {
+    /// The kubelet waits before it tries again (`ImagePullBackOff`), or the last try failed (`ErrImagePull`).
+    pub backing_off: bool,
+    /// The kubelet's words.
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LauncherAction {
     None,
@@ -210,12 +241,17 @@ enum Desire {
 
 /// Decides what to do about one VM's launcher.
 pub fn plan(obs: &Observation<'_>) -> Plan {
+    plan_with(obs, &Obstacles::default())
+}
+
+/// [`plan`], knowing what stands in the launcher's way.
+pub fn plan_with(obs: &Observation<'_>, obstacles: &Obstacles) -> Plan {
     let report = reported(obs.status);
     let obs = Observation {
         launcher: with_report(&obs.launcher, report, obs.now),
         ..obs.clone()
     };
-    Planner::new(&obs, report).decide()
+    Planner::new(&obs, report, obstacles).decide()
 }
 
 /// The node's report on the VM's launcher, if it is about the launcher the status follows (`launcherPod`); a
@@ -296,6 +332,7 @@ struct Planner<'o, 'a> {
     obs: &'o Observation<'a>,
     /// The node's report on the launcher the status follows.
     report: Option<&'o LauncherReport>,
+    obstacles: &'o Obstacles,
     phase: Option<Phase>,
     printable: PrintableStatus,
     /// The Ready condition: `True`, `False` or `Unknown`, its reason and message.
@@ -311,11 +348,12 @@ struct Planner<'o, 'a> {
 }
 
 impl<'o, 'a> Planner<'o, 'a> {
-    fn new(obs: &'o Observation<'a>, report: Option<&'o LauncherReport>) -> Self {
+    fn new(obs: &'o Observation<'a>, report: Option<&'o LauncherReport>, obstacles: &'o Obstacles) -> Self {
         let previous = obs.status;
         Self {
             obs,
             report,
+            obstacles,
             phase: previous.phase,
             printable: previous.printable_status.unwrap_or(PrintableStatus::Stopped),
             ready: ("False", "Stopped", "the VM is not running".into()),
@@ -489,6 +527,26 @@ impl<'o, 'a> Planner<'o, 'a> {
             self.requeue_after = Some(wait);
             return;
         }
+        if let Some(missing) = &self.obstacles.missing_claim {
+            // The phase stays: no launcher was made. A Manual start request stays too, and acts once the claim is
+            // there.
+            let message = format!(
+                "volume {:?}: the persistent volume claim {:?} does not exist; the VM starts once it does",
+                missing.volume, missing.claim
+            );
+            if self
+                .failure
+                .as_ref()
+                .is_none_or(|(reason, _)| *reason != CLAIM_NOT_FOUND)
+            {
+                self.event(EventKind::Warning, CLAIM_NOT_FOUND, message.clone());
+            }
+            self.failure = Some((CLAIM_NOT_FOUND, message.clone()));
+            self.printable = PrintableStatus::ErrorPvcNotFound;
+            self.ready = ("False", CLAIM_NOT_FOUND, message);
+            self.requeue_after = Some(CLAIM_RECHECK);
+            return;
+        }
         let restart = matches!(self.phase, Some(Phase::Succeeded | Phase::Failed));
         if automatic && restart {
             self.restart_count = self.restart_count.saturating_add(1);
@@ -528,6 +586,14 @@ impl<'o, 'a> Planner<'o, 'a> {
                 if let Some(why) = unschedulable {
                     self.printable = PrintableStatus::ErrorUnschedulable;
                     self.ready = ("False", "Unschedulable", why.clone());
+                } else if let Some(pull) = &self.obstacles.image_pull {
+                    let (printable, reason) = if pull.backing_off {
+                        (PrintableStatus::ImagePullBackOff, "ImagePullBackOff")
+                    } else {
+                        (PrintableStatus::ErrImagePull, "ErrImagePull")
+                    };
+                    self.printable = printable;
+                    self.ready = ("False", reason, pull.message.clone());
                 } else {
                     self.printable = PrintableStatus::Starting;
                     self.ready = ("False", "Starting", "the launcher is starting".into());
@@ -818,6 +884,7 @@ const FAILURE_REASONS: &[&str] = &[
     "LauncherLost",
     "InvalidSpec",
     "NodeUnresponsive",
+    CLAIM_NOT_FOUND,
 ];
 
 /// The Failure reason and message for how a launcher's run failed: its exit code (docs/launcher.md), or its loss.
@@ -1385,6 +1452,133 @@ mod tests {
             assert_eq!((plan.action, plan.release), (action, release), "{launcher:?}");
             assert_eq!(plan.status.printable_status, Some(P::Terminating));
         }
+    }
+
+    fn missing_claim() -> Obstacles {
+        Obstacles {
+            missing_claim: Some(MissingClaim {
+                volume: "data".into(),
+                claim: "data-claim".into(),
+            }),
+            image_pull: None,
+        }
+    }
+
+    /// A plan's Ready condition: status, reason, message.
+    fn ready_of(plan: &Plan) -> (String, String, String) {
+        let ready = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.condition_type == ConditionType::Ready)
+            .unwrap();
+        (
+            ready.status.clone(),
+            ready.reason.clone().unwrap(),
+            ready.message.clone().unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_missing_claim_holds_every_start_and_names_the_claim() {
+        const MESSAGE: &str =
+            "volume \"data\": the persistent volume claim \"data-claim\" does not exist; the VM starts once it does";
+        let never_ran = VirtualMachineStatus::default();
+        let succeeded = status(Some(Succeeded), Some(P::Stopped));
+        // Strategy, request, previous status: each would make a launcher.
+        let cases: [(RunStrategy, Option<RunRequest>, &VirtualMachineStatus); 5] = [
+            (Always, None, &never_ran),
+            (Always, None, &succeeded),
+            (RerunOnFailure, None, &never_ran),
+            (Once, None, &never_ran),
+            (Manual, Some(RunRequest::Start), &succeeded),
+        ];
+        for (strategy, request, previous) in cases {
+            let what = format!("{strategy:?} {request:?} after {:?}", previous.phase);
+            let mut obs = observe(strategy, previous, Launcher::Absent, 10);
+            obs.request = request;
+            assert_eq!(plan(&obs).action, Create, "{what}: it would start");
+            let held = plan_with(&obs, &missing_claim());
+            assert_eq!(held.action, Nothing, "{what}");
+            assert_eq!(held.status.phase, previous.phase, "{what}: no launcher, no new phase");
+            assert_eq!(held.status.printable_status, Some(P::ErrorPvcNotFound), "{what}");
+            assert_eq!(
+                ready_of(&held),
+                ("False".into(), "FailedPvcNotFound".into(), MESSAGE.into()),
+                "{what}"
+            );
+            assert_eq!(
+                condition_of(&held, ConditionType::Failure),
+                Some(("True", "FailedPvcNotFound")),
+                "{what}"
+            );
+            assert_eq!(reasons(&held), ["FailedPvcNotFound"], "{what}");
+            assert_eq!(
+                held.status.restart_count, previous.restart_count,
+                "{what}: not a restart"
+            );
+            assert_eq!(
+                held.requeue_after,
+                Some(CLAIM_RECHECK),
+                "{what}: claims are not watched"
+            );
+            assert!(!held.consume_request, "{what}: a start request waits for the claim");
+
+            // Reported once; and once the claim is there, the VM starts and the failure goes.
+            let read = as_read(&held, previous);
+            obs.status = &read;
+            let again = plan_with(&obs, &missing_claim());
+            assert!(again.events.is_empty(), "{what}: reported once");
+            assert_eq!(again.status, held.status, "{what}: nothing new to write");
+            let started = plan(&obs);
+            assert_eq!(started.action, Create, "{what}");
+            assert_eq!(condition_of(&started, ConditionType::Failure), None, "{what}");
+        }
+        // A stop request, or a halted VM, is no start: nothing to hold.
+        let halted = plan_with(&observe(Halted, &never_ran, Launcher::Absent, 10), &missing_claim());
+        assert_eq!(halted.status.printable_status, Some(P::Stopped));
+        assert!(halted.events.is_empty());
+    }
+
+    #[test]
+    fn a_pending_launcher_whose_image_cannot_be_pulled_says_so() {
+        let previous = status(Some(Scheduled), Some(P::Starting));
+        let message = "Back-off pulling image \"registry.example/fedora:40\"";
+        let cases = [
+            (false, P::ErrImagePull, "ErrImagePull"),
+            (true, P::ImagePullBackOff, "ImagePullBackOff"),
+        ];
+        for (backing_off, printable, reason) in cases {
+            let obstacles = Obstacles {
+                missing_claim: None,
+                image_pull: Some(ImagePull {
+                    backing_off,
+                    message: message.into(),
+                }),
+            };
+            let waiting = plan_with(&observe(Always, &previous, pending(Some("n1")), 10), &obstacles);
+            assert_eq!(waiting.action, Nothing, "the kubelet keeps trying");
+            assert_eq!(waiting.status.phase, Some(Scheduled));
+            assert_eq!(waiting.status.printable_status, Some(printable));
+            assert_eq!(ready_of(&waiting), ("False".into(), reason.into(), message.into()));
+            assert_eq!(condition_of(&waiting, ConditionType::Failure), None, "not a failure");
+            assert!(waiting.events.is_empty(), "the kubelet records its own");
+        }
+        // A launcher no node can take says that first: nothing is pulled before a node is found.
+        let unschedulable = Launcher::Pending {
+            id: "l1".into(),
+            node: None,
+            unschedulable: Some("0/3 nodes are available".into()),
+        };
+        let obstacles = Obstacles {
+            missing_claim: None,
+            image_pull: Some(ImagePull {
+                backing_off: true,
+                message: message.into(),
+            }),
+        };
+        let plan = plan_with(&observe(Always, &previous, unschedulable, 10), &obstacles);
+        assert_eq!(plan.status.printable_status, Some(P::ErrorUnschedulable));
     }
 
     #[test]

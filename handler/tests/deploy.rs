@@ -175,6 +175,15 @@ fn each_role_is_granted_what_it_uses_and_no_more() {
         verbs(&controller, "", "pods"),
         set(&["list", "watch", "create", "delete"])
     );
+    assert_eq!(
+        verbs(&controller, "", "persistentvolumeclaims"),
+        set(&["get"]),
+        "a claim's volume mode, before its VM's launcher Pod is made"
+    );
+    assert!(
+        verbs(&controller, "", "secrets").is_empty(),
+        "the kubelet mounts the VMs' Secrets"
+    );
     assert_eq!(verbs(&controller, "events.k8s.io", "events"), set(&["create", "patch"]));
     assert_eq!(
         verbs(&controller, "coordination.k8s.io", "leases"),

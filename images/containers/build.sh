@@ -22,8 +22,9 @@ security_mirror=${VMLET_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-sec
 buildah=(buildah --storage-driver vfs)
 
 # What `vmlet-launcher run` needs in a pod: QEMU, qemu-img (containerDisk overlays), OVMF (UEFI guests), libvirt's QEMU
-# driver (embedded in vmlet-driver), nft and tc.
-launcher_packages=(qemu-system-x86 qemu-utils ovmf libvirt-daemon-driver-qemu libvirt0 nftables iproute2)
+# driver (embedded in vmlet-driver), nft and tc; and a static busybox, which the controller's holder mode copies into
+# the containerDisk holders (images without a shell).
+launcher_packages=(qemu-system-x86 qemu-utils ovmf libvirt-daemon-driver-qemu libvirt0 nftables iproute2 busybox-static)
 # The handler image takes only files from this root: its program's libraries and the CA certificates.
 handler_packages=(ca-certificates)
 

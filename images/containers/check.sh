@@ -98,6 +98,10 @@ chroot "$root" nft --version >&2
 chroot "$root" getent passwd libvirt-qemu >/dev/null || fail "the launcher image has no libvirt-qemu user"
 chroot "$root" getent group kvm libvirt-qemu >/dev/null || fail "the launcher image lacks the kvm or libvirt-qemu group"
 ok "the libvirt-qemu user and the kvm and libvirt-qemu groups exist"
+# The controller's holder mode copies it into containerDisk images, which have no libraries for it.
+if chroot "$root" ldd /bin/busybox >/dev/null 2>&1; then fail "/bin/busybox in the launcher image is not static"; fi
+chroot "$root" /bin/busybox sh -c 'exec /bin/busybox true' || fail "the launcher image's /bin/busybox does not run"
+ok "a static busybox for containerDisk holders"
 
 echo "== a VM pod from the launcher image" >&2
 guest=$("$repo/images/guest/build.sh" 2>/dev/null | tail -n 1)

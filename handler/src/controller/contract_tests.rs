@@ -629,6 +629,7 @@ fn the_controller_deployment_runs_the_controller_with_options_it_has() {
     assert_eq!(args.namespace, "vmlet-system", "where the nodes' Leases are");
     assert_eq!(args.identity.as_deref(), Some("vmlet-controller-5d9f7-abcde"));
     assert!(!args.launcher_image.is_empty());
+    assert_eq!(args.container_disks, super::ContainerDisks::ImageVolume);
 }
 
 #[test]

@@ -1,19 +1,21 @@
-//! A VM's launcher Pod: made from the VM (pure), and read back as the lifecycle's [`Launcher`].
+//! A VM's launcher Pod: made from the VM and its claims' volume modes (pure), and read back as the lifecycle's
+//! [`Launcher`] and the image pulls it waits for.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerStateTerminated, EnvVar, HostPathVolumeSource, Pod, PodSpec,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, ContainerStateTerminated, ContainerStatus, EnvVar, Pod, PodSpec, ResourceRequirements,
+    SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use vmlet_api::{VirtualMachine, VirtualMachineSpec};
 
-use crate::lifecycle::{Exit, Launcher};
+use super::pod_volumes::{self, ClaimModes, ContainerDisks, LauncherImage, host_path, mount};
+use crate::lifecycle::{Exit, ImagePull, Launcher};
 
 /// The label every launcher Pod carries, the VM's uid: how the controller finds a VM's launchers.
 pub const VM_UID_LABEL: &str = "vmlet.dev/vm-uid";
@@ -53,6 +55,8 @@ pub struct PodConfig {
     /// Seconds the Pod gets beyond the guest's grace period to tear down after it.
     pub grace_margin: u32,
     pub log_json: bool,
+    /// How containerDisks and `kernelBoot.container` images reach the launcher.
+    pub container_disks: ContainerDisks,
 }
 
 /// The guest's grace period when the VM gives none (the launcher's default).
@@ -66,6 +70,8 @@ pub enum BuildError {
     NoMemory,
     #[error("the VM cannot be written as JSON")]
     Serialize(#[from] serde_json::Error),
+    #[error(transparent)]
+    Volume(#[from] pod_volumes::VolumeError),
 }
 
 /// A name for a new launcher Pod of `vm`: `vmlet-launcher-<vm>-<5 characters>`, at most 63 characters so that it is
@@ -106,8 +112,8 @@ fn node_selector(instance: &vmlet_api::VirtualMachineInstanceSpec) -> std::colle
     selector
 }
 
-/// The launcher Pod `name` for `vm`.
-pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig) -> Result<Pod, BuildError> {
+/// The launcher Pod `name` for `vm`, whose claims have the volume modes `claims`.
+pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &ClaimModes) -> Result<Pod, BuildError> {
     let vm_name = vm.metadata.name.as_deref().ok_or(BuildError::Missing("name"))?;
     let namespace = vm
         .metadata
@@ -161,14 +167,25 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig) -> Result<Pod,
         host_path("tun", "/dev/net/tun", "CharDevice"),
     ];
     let mut mounts = vec![
-        mount("run", RUN_DIR),
-        mount("qemu-cache", CACHE_DIR),
-        mount("tun", "/dev/net/tun"),
+        mount("run", RUN_DIR, false),
+        mount("qemu-cache", CACHE_DIR, false),
+        mount("tun", "/dev/net/tun", false),
     ];
     if config.kvm_resource.is_none() {
         volumes.push(host_path("kvm", "/dev/kvm", "CharDevice"));
-        mounts.push(mount("kvm", "/dev/kvm"));
+        mounts.push(mount("kvm", "/dev/kvm", false));
     }
+    let served = pod_volumes::launcher_volumes(
+        instance,
+        config.container_disks,
+        LauncherImage {
+            image: &config.image,
+            pull_policy: config.image_pull_policy.as_deref(),
+        },
+        claims,
+    )?;
+    volumes.extend(served.volumes);
+    mounts.extend(served.mounts);
 
     let container = Container {
         name: CONTAINER.into(),
@@ -189,6 +206,7 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig) -> Result<Pod,
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
+        volume_devices: (!served.devices.is_empty()).then_some(served.devices),
         ..Container::default()
     };
 
@@ -202,8 +220,11 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig) -> Result<Pod,
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
+            init_containers: (!served.init_containers.is_empty()).then_some(served.init_containers),
             containers: vec![container],
             volumes: Some(volumes),
+            image_pull_secrets: (!served.image_pull_secrets.is_empty()).then_some(served.image_pull_secrets),
+            share_process_namespace: served.share_process_namespace.then_some(true),
             restart_policy: Some("Never".into()),
             termination_grace_period_seconds: Some(i64::from(grace) + i64::from(config.grace_margin)),
             node_selector: Some(node_selector(instance)),
@@ -255,25 +276,6 @@ fn env_var(name: &str, value: String) -> EnvVar {
     }
 }
 
-fn host_path(name: &str, path: &str, kind: &str) -> Volume {
-    Volume {
-        name: name.into(),
-        host_path: Some(HostPathVolumeSource {
-            path: path.into(),
-            type_: Some(kind.into()),
-        }),
-        ..Volume::default()
-    }
-}
-
-fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount {
-        name: name.into(),
-        mount_path: path.into(),
-        ..VolumeMount::default()
-    }
-}
-
 /// Whether `pod` is a launcher of `vm` (controlled by it).
 pub fn belongs_to(pod: &Pod, vm: &VirtualMachine) -> bool {
     let uid = vm.meta().uid.as_deref();
@@ -298,7 +300,37 @@ pub fn observe(pod: &Pod, now: Timestamp) -> Launcher {
         .and_then(|c| c.state.clone())
         .unwrap_or_default();
     let pod_started = status.start_time.as_ref().map(|t| t.0);
-    match status.phase.as_deref() {
+    let phase = status.phase.as_deref();
+    // The launcher's own end ends the run, whatever the Pod's phase: holder sidecars outlive it a moment, until
+    // the kubelet stops them, and the Pod is still Running meanwhile.
+    if matches!(phase, Some("Succeeded" | "Failed")) || launcher_state.terminated.is_some() {
+        let terminated = launcher_state.terminated.unwrap_or_else(|| ContainerStateTerminated {
+            // A Pod that failed before its container ran (evicted, rejected by the node) has no exit code.
+            exit_code: -1,
+            ..ContainerStateTerminated::default()
+        });
+        let succeeded = match phase {
+            Some("Succeeded") => true,
+            Some("Failed") => false,
+            _ => terminated.exit_code == 0,
+        };
+        let exit = if succeeded {
+            Exit::Succeeded
+        } else {
+            Exit::Failed {
+                code: (terminated.exit_code >= 0).then_some(terminated.exit_code),
+                reason: terminated.reason.clone().or(status.reason.clone()),
+            }
+        };
+        return Launcher::Ended {
+            id,
+            node: spec_node,
+            started: terminated.started_at.map(|t| t.0).or(pod_started),
+            finished: terminated.finished_at.map(|t| t.0).unwrap_or(now),
+            exit,
+        };
+    }
+    match phase {
         Some("Running") | Some("Unknown") => Launcher::Running {
             id,
             node: spec_node,
@@ -309,28 +341,6 @@ pub fn observe(pod: &Pod, now: Timestamp) -> Launcher {
                 .or(pod_started)
                 .unwrap_or(now),
         },
-        Some("Succeeded") | Some("Failed") => {
-            let terminated = launcher_state.terminated.unwrap_or_else(|| ContainerStateTerminated {
-                // A Pod that failed before its container ran (evicted, rejected by the node) has no exit code.
-                exit_code: -1,
-                ..ContainerStateTerminated::default()
-            });
-            let exit = if status.phase.as_deref() == Some("Succeeded") {
-                Exit::Succeeded
-            } else {
-                Exit::Failed {
-                    code: (terminated.exit_code >= 0).then_some(terminated.exit_code),
-                    reason: terminated.reason.clone().or(status.reason.clone()),
-                }
-            };
-            Launcher::Ended {
-                id,
-                node: spec_node,
-                started: terminated.started_at.map(|t| t.0).or(pod_started),
-                finished: terminated.finished_at.map(|t| t.0).unwrap_or(now),
-                exit,
-            }
-        }
         _ => {
             let unschedulable = status
                 .conditions
@@ -347,6 +357,27 @@ pub fn observe(pod: &Pod, now: Timestamp) -> Launcher {
             }
         }
     }
+}
+
+/// An image the Pod cannot pull, as its first container that waits for one says: a holder, or the launcher
+/// (its own image, or an image volume it mounts).
+pub fn image_pull(pod: &Pod) -> Option<ImagePull> {
+    let status = pod.status.as_ref()?;
+    let containers = status.init_container_statuses.iter().chain(&status.container_statuses);
+    containers
+        .flatten()
+        .filter_map(|c: &ContainerStatus| c.state.as_ref()?.waiting.as_ref())
+        .find_map(|waiting| {
+            let backing_off = match waiting.reason.as_deref() {
+                Some("ErrImagePull") => false,
+                Some("ImagePullBackOff") => true,
+                _ => return None,
+            };
+            Some(ImagePull {
+                backing_off,
+                message: waiting.message.clone().unwrap_or_default(),
+            })
+        })
 }
 
 /// Of a VM's launcher Pods, the one its lifecycle follows: the newest. Older ones are left from a run that a

@@ -5,6 +5,7 @@
 mod contract_tests;
 pub mod launcher_pod;
 mod leader;
+pub mod pod_volumes;
 mod reconcile;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ use vmlet_api::VirtualMachine;
 
 pub use launcher_pod::PodConfig;
 use leader::LeaderElector;
+pub use pod_volumes::ContainerDisks;
 
 /// The Lease the controller replicas elect their leader with, in the handler's namespace.
 const LEADER_LEASE: &str = "vmlet-controller";
@@ -51,6 +53,10 @@ pub struct Args {
     /// from the node, which an unprivileged pod cannot open, so guests are emulated.
     #[arg(long, env = "VMLET_KVM_RESOURCE")]
     kvm_resource: Option<String>,
+    /// How containerDisk and kernelBoot.container images reach the launcher: as image volumes (Kubernetes 1.33+
+    /// with the ImageVolume feature), or through a holder container per image.
+    #[arg(long, env = "VMLET_CONTAINER_DISKS", value_enum, default_value_t = ContainerDisks::ImageVolume)]
+    container_disks: ContainerDisks,
     /// Seconds a launcher pod gets beyond its guest's grace period to tear down.
     #[arg(long, default_value_t = 15)]
     grace_margin: u32,
@@ -169,6 +175,7 @@ async fn run_async(args: Args) -> Result<(), RunError> {
             kvm_resource: args.kvm_resource,
             grace_margin: args.grace_margin,
             log_json: vmlet_log::json_from_env(),
+            container_disks: args.container_disks,
         },
         node_timeout: Duration::from_secs(args.node_timeout),
     });

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
@@ -14,8 +14,11 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 use vmlet_api::{RUN_ANNOTATION, VirtualMachine};
 
+use super::pod_volumes::{ClaimMode, ClaimModes, claims_of};
 use super::{Context, Error, launcher_pod};
-use crate::lifecycle::{self, EventKind, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
+use crate::lifecycle::{
+    self, EventKind, Launcher, LauncherAction, MissingClaim, NodeHealth, Observation, Obstacles, RunRequest,
+};
 use crate::vm_status::controller_part;
 
 /// The finalizer that keeps a VM until its launcher is gone.
@@ -92,7 +95,23 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         node,
         now,
     };
-    let plan = lifecycle::plan(&observation);
+    let mut obstacles = Obstacles {
+        missing_claim: None,
+        image_pull: pod.as_ref().and_then(launcher_pod::image_pull),
+    };
+    let mut plan = lifecycle::plan_with(&observation, &obstacles);
+    // The claims are read only for a launcher about to be made: the Pod needs their volume modes, and a missing
+    // one stops the start.
+    let mut claims = ClaimModes::new();
+    if plan.action == LauncherAction::Create {
+        match read_claims(vm, &Api::namespaced(ctx.client.clone(), &namespace)).await? {
+            Ok(modes) => claims = modes,
+            Err(missing) => {
+                obstacles.missing_claim = Some(missing);
+                plan = lifecycle::plan_with(&observation, &obstacles);
+            }
+        }
+    }
     debug!(vm = %name, ?plan.action, phase = ?plan.status.phase, "planned");
 
     let mut launcher_name = pod.as_ref().map(ResourceExt::name_any);
@@ -100,7 +119,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         LauncherAction::None => {}
         LauncherAction::Create => {
             let pod_name = launcher_pod::new_pod_name(&name);
-            let new = launcher_pod::build(vm, &pod_name, &ctx.pod_config)?;
+            let new = launcher_pod::build(vm, &pod_name, &ctx.pod_config, &claims)?;
             pods.create(&PostParams::default(), &new).await?;
             info!(vm = %name, pod = %pod_name, "launcher created");
             launcher_name = Some(pod_name);
@@ -196,6 +215,27 @@ pub fn next_look(
         .flatten()
         .min()
         .unwrap_or(RESYNC)
+}
+
+/// The volume mode of every claim the VM names, or the first that does not exist.
+async fn read_claims(
+    vm: &VirtualMachine,
+    api: &Api<PersistentVolumeClaim>,
+) -> Result<Result<ClaimModes, MissingClaim>, Error> {
+    let mut modes = ClaimModes::new();
+    for (volume, claim) in claims_of(&vm.spec.template.spec) {
+        let Some(found) = api.get_opt(claim).await? else {
+            return Ok(Err(MissingClaim {
+                volume: volume.into(),
+                claim: claim.into(),
+            }));
+        };
+        // Kubernetes' default is Filesystem.
+        let block = found.spec.and_then(|s| s.volume_mode).as_deref() == Some("Block");
+        let mode = if block { ClaimMode::Block } else { ClaimMode::Filesystem };
+        modes.insert(claim.into(), mode);
+    }
+    Ok(Ok(modes))
 }
 
 /// Deletes a launcher Pod gracefully, only if it is still the one that was seen (not a newer one of the same name).

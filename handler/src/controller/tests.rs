@@ -20,8 +20,9 @@ use vmlet_api::{
 };
 
 use super::leader::{Decision, LeaderElector, decide};
+use super::pod_volumes::{ClaimMode, ClaimModes};
 use super::reconcile::{FIELD_MANAGER, FINALIZER, next_look, reconcile};
-use super::{Context, Error, PodConfig, launcher_pod};
+use super::{ContainerDisks, Context, Error, PodConfig, launcher_pod};
 use crate::lifecycle::{Exit, Launcher, NodeHealth};
 
 const UID: &str = "0d4c8f2e-8e2b-4c7e-9d3c-3a1f1e2b7c11";
@@ -60,6 +61,7 @@ fn config() -> PodConfig {
         kvm_resource: None,
         grace_margin: 15,
         log_json: false,
+        container_disks: ContainerDisks::ImageVolume,
     }
 }
 
@@ -677,12 +679,12 @@ fn pod_names_fit_a_host_name_and_differ_per_run() {
 fn kvm_from_a_device_plugin_replaces_the_host_device() {
     let mut with_plugin = config();
     with_plugin.kvm_resource = Some("devices.kubevirt.io/kvm".into());
-    let pod = launcher_pod::build(&vm(ALWAYS), "p", &with_plugin).unwrap();
+    let pod = launcher_pod::build(&vm(ALWAYS), "p", &with_plugin, &ClaimModes::new()).unwrap();
     let spec = pod.spec.unwrap();
     assert!(spec.volumes.unwrap().iter().all(|v| v.name != "kvm"));
     let resources = spec.containers[0].resources.clone().unwrap();
     assert_eq!(resources.limits.unwrap()["devices.kubevirt.io/kvm"].0, "1");
-    let plain = launcher_pod::build(&vm(ALWAYS), "p", &config()).unwrap();
+    let plain = launcher_pod::build(&vm(ALWAYS), "p", &config(), &ClaimModes::new()).unwrap();
     let volumes = plain.spec.unwrap().volumes.unwrap();
     let kvm = volumes.iter().find(|v| v.name == "kvm").unwrap();
     assert_eq!(kvm.host_path.as_ref().unwrap().type_.as_deref(), Some("CharDevice"));
@@ -694,7 +696,7 @@ fn memory_limit_gets_the_overhead_too() {
         "memory: {guest: 256Mi}",
         "memory: {guest: 256Mi}\n      resources: {limits: {memory: 512Mi, cpu: '2'}}",
     ));
-    let pod = launcher_pod::build(&limited, "p", &config()).unwrap();
+    let pod = launcher_pod::build(&limited, "p", &config(), &ClaimModes::new()).unwrap();
     let resources = pod.spec.unwrap().containers[0].resources.clone().unwrap();
     let limits = resources.limits.unwrap();
     assert_eq!(limits["memory"].0, ((512u64 + 160) << 20).to_string());
@@ -858,4 +860,338 @@ async fn a_vm_that_cannot_boot_gets_no_launcher_and_says_why() {
     assert_eq!(status["conditions"][1]["reason"], "InvalidSpec");
     assert_eq!(seen[2].body["type"], "Warning");
     assert_eq!(seen[2].body["reason"], "InvalidSpec");
+}
+
+/// A VM whose volumes need the cluster's help: a containerDisk, a claim, a cloud-init Secret and an SSH key Secret.
+const WITH_VOLUMES: &str = r#"
+runStrategy: Always
+template:
+  spec:
+    domain:
+      memory: {guest: 256Mi}
+      devices:
+        disks: [{name: root, disk: {}}, {name: data, disk: {}}, {name: cloudinit, disk: {}}]
+        interfaces: [{name: default, bridge: {}}]
+    networks: [{name: default, pod: {}}]
+    volumes:
+      - name: root
+        containerDisk: {image: "registry.example/fedora:40", imagePullSecret: regcred}
+      - name: data
+        persistentVolumeClaim: {claimName: data-claim}
+      - name: cloudinit
+        cloudInitNoCloud: {secretRef: {name: init}}
+    accessCredentials:
+      - sshPublicKey: {source: {secret: {secretName: keys}}, propagationMethod: {noCloud: {}}}
+"#;
+
+fn get_claim(volume_mode: &str) -> Expect {
+    expect(
+        Method::GET,
+        "/api/v1/namespaces/ns/persistentvolumeclaims/data-claim",
+        json!({
+            "kind": "PersistentVolumeClaim", "apiVersion": "v1",
+            "metadata": {"name": "data-claim", "namespace": "ns"},
+            "spec": {"volumeMode": volume_mode, "accessModes": ["ReadWriteOnce"]},
+        }),
+    )
+}
+
+/// Reconciles a new VM `WITH_VOLUMES` whose claim is in `volume_mode`; returns the Pod it creates, as sent.
+async fn pod_made_with_claim(volume_mode: &str) -> Value {
+    let created = json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "x", "namespace": "ns"}});
+    let (result, seen) = run(
+        vm(WITH_VOLUMES),
+        vec![
+            list_pods(),
+            get_claim(volume_mode),
+            expect(Method::POST, "/api/v1/namespaces/ns/pods", created).status(StatusCode::CREATED),
+            apply_status(),
+            post_event(),
+        ],
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(assert_apply(&seen[3])["printableStatus"], "Starting");
+    seen[2].body.clone()
+}
+
+/// The Pod volumes every `WITH_VOLUMES` launcher has: its own, then the VM's.
+fn volumes_with(claim: Value) -> Value {
+    json!([
+        {"name": "run", "hostPath": {"path": "/var/run/vmlet/pods/ns_NAME", "type": "DirectoryOrCreate"}},
+        {"name": "qemu-cache", "hostPath": {"path": "/var/cache/vmlet/qemu", "type": "DirectoryOrCreate"}},
+        {"name": "tun", "hostPath": {"path": "/dev/net/tun", "type": "CharDevice"}},
+        {"name": "kvm", "hostPath": {"path": "/dev/kvm", "type": "CharDevice"}},
+        claim,
+        {"name": "user-data-2-cloudinit", "secret": {"secretName": "init"}},
+        {"name": "ssh-keys-0-keys", "secret": {"secretName": "keys"}},
+        {"name": "disk-0-root", "image": {"reference": "registry.example/fedora:40", "pullPolicy": "IfNotPresent"}},
+    ])
+}
+
+/// The launcher container's mounts of a `WITH_VOLUMES` launcher, with the claim's if it is a filesystem.
+fn mounts_with(claim: Option<Value>) -> Value {
+    let mut mounts = vec![
+        json!({"name": "run", "mountPath": "/var/run/vmlet"}),
+        json!({"name": "qemu-cache", "mountPath": "/var/cache/vmlet/qemu"}),
+        json!({"name": "tun", "mountPath": "/dev/net/tun"}),
+        json!({"name": "kvm", "mountPath": "/dev/kvm"}),
+    ];
+    mounts.extend(claim);
+    mounts.extend([
+        json!({"name": "user-data-2-cloudinit", "mountPath": "/var/run/vmlet-volumes/cloud-init/cloudinit/user", "readOnly": true}),
+        json!({"name": "ssh-keys-0-keys", "mountPath": "/var/run/vmlet-volumes/ssh-keys/keys", "readOnly": true}),
+        json!({"name": "disk-0-root", "mountPath": "/var/run/vmlet-volumes/disks/root", "readOnly": true}),
+    ]);
+    Value::Array(mounts)
+}
+
+/// `pod` with its random name replaced by NAME (in its run directory too), so that it can be compared whole.
+fn named_name(pod: Value) -> Value {
+    let name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+    let text = serde_json::to_string(&pod).unwrap().replace(&name, "NAME");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn a_filesystem_claim_is_read_then_mounted_beside_the_image_and_the_secrets() {
+    let pod = named_name(pod_made_with_claim("Filesystem").await);
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["volumes"],
+        volumes_with(json!({"name": "disk-1-data", "persistentVolumeClaim": {"claimName": "data-claim"}}))
+    );
+    let launcher = &spec["containers"][0];
+    assert_eq!(
+        launcher["volumeMounts"],
+        mounts_with(Some(
+            json!({"name": "disk-1-data", "mountPath": "/var/run/vmlet-volumes/disks/data"})
+        ))
+    );
+    assert_eq!(launcher.get("volumeDevices"), None);
+    assert_eq!(spec["imagePullSecrets"], json!([{"name": "regcred"}]));
+    assert_eq!(spec.get("initContainers"), None, "image volumes need no holders");
+    assert_eq!(spec.get("shareProcessNamespace"), None);
+    // And the rest is the launcher Pod as ever: the request is exactly the builder's Pod.
+    let claims = [("data-claim".to_owned(), ClaimMode::Filesystem)].into();
+    let built = launcher_pod::build(&vm(WITH_VOLUMES), "NAME", &config(), &claims).unwrap();
+    assert_eq!(pod, serde_json::to_value(built).unwrap());
+}
+
+#[tokio::test]
+async fn a_block_claim_is_the_launchers_device_at_the_same_path() {
+    let pod = named_name(pod_made_with_claim("Block").await);
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["volumes"],
+        volumes_with(json!({"name": "disk-1-data", "persistentVolumeClaim": {"claimName": "data-claim"}}))
+    );
+    let launcher = &spec["containers"][0];
+    assert_eq!(launcher["volumeMounts"], mounts_with(None));
+    assert_eq!(
+        launcher["volumeDevices"],
+        json!([{"name": "disk-1-data", "devicePath": "/var/run/vmlet-volumes/disks/data"}])
+    );
+}
+
+#[tokio::test]
+async fn a_missing_claim_makes_no_pod_and_tells_the_user_which() {
+    let (result, seen) = run(
+        vm(WITH_VOLUMES),
+        vec![
+            list_pods(),
+            expect(
+                Method::GET,
+                "/api/v1/namespaces/ns/persistentvolumeclaims/data-claim",
+                not_found(),
+            )
+            .status(StatusCode::NOT_FOUND),
+            apply_status(),
+            post_event(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        result.unwrap(),
+        kube::runtime::controller::Action::requeue(Duration::from_secs(15)),
+        "claims are not watched: looked at again soon"
+    );
+    let message =
+        "volume \"data\": the persistent volume claim \"data-claim\" does not exist; the VM starts once it does";
+    let status = assert_apply(&seen[2]);
+    assert_eq!(status["printableStatus"], "ErrorPvcNotFound");
+    assert_eq!(status.get("phase"), None, "no launcher was made");
+    assert_eq!(status.get("launcherPod"), None);
+    let conditions: Vec<(&str, &str, &str, &str)> = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap(),
+                c["status"].as_str().unwrap(),
+                c["reason"].as_str().unwrap(),
+                c["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        conditions,
+        [
+            ("Ready", "False", "FailedPvcNotFound", message),
+            ("Failure", "True", "FailedPvcNotFound", message),
+        ]
+    );
+    assert_eq!(seen[3].body["type"], "Warning");
+    assert_eq!(seen[3].body["reason"], "FailedPvcNotFound");
+    assert_eq!(seen[3].body["note"], message);
+}
+
+/// A launcher Pod on node n1 whose `container` (an init container when `init`) waits for its image.
+fn waiting_for_image(container: &str, init: bool, reason: &str) -> Pod {
+    let mut pod = launcher("l", "Pending", Some("n1"));
+    let waiting = ContainerStatus {
+        name: container.into(),
+        state: Some(ContainerState {
+            waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                reason: Some(reason.into()),
+                message: Some("Back-off pulling image \"registry.example/fedora:40\"".into()),
+            }),
+            ..ContainerState::default()
+        }),
+        ..ContainerStatus::default()
+    };
+    let status = pod.status.as_mut().unwrap();
+    if init {
+        status.init_container_statuses = Some(vec![waiting]);
+    } else {
+        status.container_statuses = Some(vec![waiting]);
+    }
+    pod
+}
+
+#[test]
+fn image_pull_failures_read_back_from_the_launcher_or_a_holder() {
+    let pull = |pod: &Pod| launcher_pod::image_pull(pod).map(|p| (p.backing_off, p.message));
+    let message = "Back-off pulling image \"registry.example/fedora:40\"".to_owned();
+    assert_eq!(
+        pull(&waiting_for_image(launcher_pod::CONTAINER, false, "ImagePullBackOff")),
+        Some((true, message.clone()))
+    );
+    assert_eq!(
+        pull(&waiting_for_image("disk-0-root", true, "ErrImagePull")),
+        Some((false, message))
+    );
+    assert_eq!(
+        pull(&waiting_for_image(launcher_pod::CONTAINER, false, "ContainerCreating")),
+        None
+    );
+    assert_eq!(pull(&launcher("l", "Running", Some("n1"))), None);
+}
+
+#[tokio::test]
+async fn a_launcher_waiting_for_its_image_shows_the_kubelets_words() {
+    let mut starting = vm(WITH_VOLUMES);
+    starting.status = Some(VirtualMachineStatus {
+        phase: Some(Phase::Scheduled),
+        printable_status: Some(PrintableStatus::Starting),
+        launcher_pod: Some("l".into()),
+        node_name: Some("n1".into()),
+        ..VirtualMachineStatus::default()
+    });
+    let pod = waiting_for_image(launcher_pod::CONTAINER, false, "ImagePullBackOff");
+    let (result, seen) = run(
+        starting,
+        vec![list_of(&[&pod]), node_lease(Timestamp::now()), apply_status()],
+    )
+    .await;
+    result.unwrap();
+    let status = assert_apply(&seen[2]);
+    assert_eq!(status["printableStatus"], "ImagePullBackOff");
+    assert_eq!(status["phase"], "Scheduled");
+    assert_eq!(status["conditions"][0]["reason"], "ImagePullBackOff");
+    assert_eq!(
+        status["conditions"][0]["message"],
+        "Back-off pulling image \"registry.example/fedora:40\""
+    );
+}
+
+#[test]
+fn a_launcher_that_ended_beside_running_holders_has_ended() {
+    let now = Timestamp::now();
+    let mut pod = launcher("l", "Running", Some("n1"));
+    pod.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+        name: launcher_pod::CONTAINER.into(),
+        state: Some(ContainerState {
+            terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                exit_code: 0,
+                finished_at: Some(Time(now)),
+                ..Default::default()
+            }),
+            ..ContainerState::default()
+        }),
+        ..ContainerStatus::default()
+    }]);
+    assert!(matches!(
+        launcher_pod::observe(&pod, now),
+        Launcher::Ended {
+            exit: Exit::Succeeded,
+            ..
+        }
+    ));
+    let status = pod.status.as_mut().unwrap();
+    let state = status.container_statuses.as_mut().unwrap()[0].state.as_mut().unwrap();
+    state.terminated.as_mut().unwrap().exit_code = 4;
+    assert!(matches!(
+        launcher_pod::observe(&pod, now),
+        Launcher::Ended {
+            exit: Exit::Failed { code: Some(4), .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn in_holder_mode_the_pod_shares_its_processes_and_starts_the_holders_first() {
+    let holder = PodConfig {
+        container_disks: ContainerDisks::Holder,
+        ..config()
+    };
+    let claims = [("data-claim".to_owned(), ClaimMode::Filesystem)].into();
+    let pod = launcher_pod::build(&vm(WITH_VOLUMES), "p", &holder, &claims).unwrap();
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.share_process_namespace, Some(true));
+    let init: Vec<(&str, Option<&str>)> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.restart_policy.as_deref()))
+        .collect();
+    assert_eq!(
+        init,
+        [("holder-tools", None), ("disk-0-root", Some("Always"))],
+        "the busybox copy, then the holder as a sidecar"
+    );
+    let tools = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(tools.image.as_deref(), Some("registry.example/vmlet-launcher:1"));
+    let mounts: Vec<&str> = spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            "/var/run/vmlet",
+            "/var/cache/vmlet/qemu",
+            "/dev/net/tun",
+            "/dev/kvm",
+            "/var/run/vmlet-volumes",
+            "/var/run/vmlet-volumes/disks/data",
+            "/var/run/vmlet-volumes/cloud-init/cloudinit/user",
+            "/var/run/vmlet-volumes/ssh-keys/keys",
+        ],
+        "the shared volumes root, then what is mounted in it; the disk is the holder's link"
+    );
 }
