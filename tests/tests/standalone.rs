@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use vmlet_testkit::registry::{LayoutLayer, write_layout};
 use vmlet_testkit::standalone::{BOOT, Machine, WAIT};
 use vmlet_testkit::vm_pod::{children, one_guest_at_a_time};
 use vmlet_testkit::{ScratchDir, binary, poll_until};
@@ -170,4 +171,46 @@ fn a_shim_that_cannot_start_the_launcher_records_a_failure() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("exit.json")).unwrap()).unwrap();
     assert_eq!(exit["code"], 1, "{exit}");
     assert!(!dir.join("shim.json").exists(), "no shim ran a launcher");
+}
+
+/// `kernelBoot.container`: the kernel and initrd come from an image, here an OCI layout on disk (the air-gapped
+/// source), pulled into the machine's store and linked into the pod like a containerDisk.
+#[test]
+fn a_kernel_from_an_image_boots() {
+    let _guest = one_guest_at_a_time();
+    let guest = vmlet_testkit::guest_image();
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, file) in [("boot/vmlinux", guest.kernel()), ("boot/initrd", guest.initrd())] {
+        let bytes = std::fs::read(file).unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, path, bytes.as_slice()).unwrap();
+    }
+    let layout = ScratchDir::new();
+    write_layout(layout.path(), "1", &[LayoutLayer::tar(tar.into_inner().unwrap())]);
+
+    let mut machine = Machine::new();
+    machine.start_handler();
+    let path = machine.add_vm("kernel", "Always");
+    let manifest = std::fs::read_to_string(&path).unwrap();
+    let host_path = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("hostPath:"))
+        .unwrap();
+    let container = format!(
+        "            container: {{image: \"oci:{}:1\", kernelPath: /boot/vmlinux, initrdPath: /boot/initrd}}",
+        layout.path().display()
+    );
+    std::fs::write(&path, manifest.replace(host_path, &container)).unwrap();
+
+    let lease = machine.wait_lease("kernel");
+    assert!(lease.contains("ip=10.111.0."), "{lease}");
+    let link = machine.pod_dir("kernel").join("volumes/kernel-boot");
+    let image = std::fs::read_link(&link).unwrap();
+    assert!(
+        image.starts_with(machine.dir().join("state/images")),
+        "the pod links the stored image: {}",
+        image.display()
+    );
 }
