@@ -316,11 +316,43 @@ fn a_cloud_image_boots_with_cloud_init_and_its_claim_outlives_it() {
 }
 
 /// The same image booted by OVMF, configured through a config drive whose user data comes from a Secret and whose
-/// network data sets the NIC's MTU, behind the masquerade binding (SSH reaches it through the pod's address).
+/// network data sets the NIC's MTU, behind the masquerade binding (SSH reaches it through the pod's address). First,
+/// with Secure Boot (KubeVirt's default for `efi: {}`), the firmware really enforces it: the image's boot loader is
+/// not signed, and OVMF refuses to run it.
 #[test]
 fn a_config_drive_with_network_data_under_uefi() {
     let _guest = one_guest_at_a_time();
     let world = World::new();
+    let secure = world.write(
+        "secure.yaml",
+        &format!(
+            r#"apiVersion: vmlet.dev/v1alpha1
+kind: VirtualMachine
+metadata: {{name: secure}}
+spec:
+  runStrategy: Always
+  template:
+    spec:
+      domain:
+        memory: {{guest: 512Mi}}
+        firmware: {{bootloader: {{efi: {{}}}}}}
+        devices:
+          disks: [{{name: root, disk: {{}}}}]
+          interfaces: [{{name: default, bridge: {{}}}}]
+      networks: [{{name: default, pod: {{}}}}]
+      volumes: [{{name: root, containerDisk: {{image: "{image}"}}}}]
+"#,
+            image = world.image()
+        ),
+    );
+    poll_until(
+        "Secure Boot to refuse the unsigned boot loader",
+        BOOT,
+        Duration::from_secs(1),
+        || world.machine.console("secure").contains("Access Denied").then_some(()),
+    )
+    .unwrap_or_else(|timeout| panic!("{timeout}\n{}", world.machine.diagnostics("secure")));
+    world.delete(&secure, "secure");
     let network_data = r#"{"links": [{"id": "nic", "type": "phy", "ethernet_mac_address": "02:00:00:00:00:42", "mtu": 1280}], "networks": [{"id": "net", "link": "nic", "type": "ipv4_dhcp"}]}"#;
     world.write(
         "efi.yaml",
