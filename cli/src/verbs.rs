@@ -79,7 +79,12 @@ pub async fn run(cli: Cli) -> Result<u8> {
         return Ok(0);
     }
     let target = Target::from_cli(&cli).await?;
-    match cli.verb {
+    run_on(target, cli.verb).await
+}
+
+/// Runs one verb on `target`.
+pub async fn run_on(target: Target, verb: Verb) -> Result<u8> {
+    match verb {
         Verb::Start { vm } => lifecycle(&target, run_strategy::Verb::Start, &vm, None, false).await?,
         Verb::Stop {
             vm,
