@@ -210,6 +210,48 @@ fn each_role_is_granted_what_it_uses_and_no_more() {
     }
 }
 
+/// `vmlet-user` grants exactly what the `vmlet` command's verbs ask for (`vmlet_cli::rbac::PERMISSIONS`, which the
+/// command's mock API tests check every request against): every verb of every resource, and nothing else.
+#[test]
+fn the_user_role_grants_what_the_vmlet_command_uses_and_no_more() {
+    let deploy = load();
+    let role = deploy
+        .cluster_roles
+        .iter()
+        .find(|r| r.metadata.name.as_deref() == Some("vmlet-user"))
+        .expect("the ClusterRole vmlet-user");
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "{rule:?}"
+        );
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    let used: BTreeSet<(String, String, String)> = vmlet_cli::rbac::PERMISSIONS
+        .iter()
+        .flat_map(|p| {
+            p.verbs
+                .iter()
+                .map(|v| (p.group.to_owned(), p.resource.to_owned(), (*v).to_owned()))
+        })
+        .collect();
+    assert_eq!(granted, used);
+    assert!(
+        !deploy
+            .cluster_role_bindings
+            .iter()
+            .any(|b| b.role_ref.name == "vmlet-user"),
+        "people are bound to it by the cluster's admins, not by vmlet's manifests"
+    );
+}
+
 #[test]
 fn bindings_join_existing_roles_and_service_accounts() {
     let deploy = load();

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::builder::FalseyValueParser;
 use clap::{Parser, Subcommand};
 
+mod connect;
 mod dhcp_serve;
 mod driver;
 mod guest_addressing;
@@ -46,6 +47,9 @@ enum Command {
     Run(run::Args),
     /// Run only the DHCP server for one client on one interface.
     DhcpServe(dhcp_serve::Args),
+    /// Join stdin and stdout to the VM's console, screen (VNC) or control socket: how `vmlet` reaches a VM through
+    /// `kubectl exec`.
+    Connect(connect::Args),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,9 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Run(args) => run::run(args),
         Command::DhcpServe(args) => dhcp_serve::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Connect(args) => connect::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
     };
     result.unwrap_or_else(|err| {
         eprintln!("vmlet-launcher: {err:#}");

@@ -1,0 +1,55 @@
+//! `vmlet`: the verbs people use on their VMs (start, stop, console, vnc, ssh, ...), one set for both of vmlet's
+//! modes: a Kubernetes cluster (the current kubeconfig context) or a standalone machine (`--manifests DIR`).
+//! See docs/cli.md.
+
+pub mod args;
+pub mod cluster;
+pub mod control;
+pub mod error;
+pub mod manifest_edit;
+pub mod rbac;
+pub mod run_strategy;
+pub mod standalone;
+pub mod streams;
+pub mod table;
+pub mod verbs;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use error::{Error, Result};
+
+/// What of a VM a connection reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The serial console.
+    Console,
+    /// The screen, as QEMU's VNC server.
+    Vnc,
+    /// The launcher's control socket (docs/control-protocol.md).
+    Control,
+    /// A TCP port of the guest.
+    Port(u16),
+}
+
+impl Endpoint {
+    /// The launcher's socket for this endpoint, in its run directory (`vmlet-launcher connect NAME`).
+    pub fn socket(self) -> Option<&'static str> {
+        match self {
+            Endpoint::Console => Some("console"),
+            Endpoint::Vnc => Some("vnc"),
+            Endpoint::Control => Some("control"),
+            Endpoint::Port(_) => None,
+        }
+    }
+}
+
+/// A byte stream to a VM, whichever way it goes (a unix socket, a TCP connection, an exec or a port-forward).
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+pub type Stream = Box<dyn Duplex>;
+
+/// Where the VMs are.
+pub enum Target {
+    Standalone(standalone::Machine),
+    Cluster(cluster::Cluster),
+}
