@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use vmlet_testkit::registry::{CuttingProxy, LayoutLayer, Registry, write_layout};
 use vmlet_testkit::standalone::{Machine, WAIT};
 use vmlet_testkit::vm_pod::one_guest_at_a_time;
-use vmlet_testkit::{ScratchDir, cloud_image, output_within, poll_until, run};
+use vmlet_testkit::{ScratchDir, binary, cloud_image, output_within, poll_until, run};
 
 /// From a manifest to SSH answering with cloud-init's work done: 30 to 60 s of boot under TCG, more on a loaded
 /// machine, plus the first pull.
@@ -258,6 +258,25 @@ fn a_cloud_image_boots_with_cloud_init_and_its_claim_outlives_it() {
         world.ssh("granted", "debian", &address, "whoami", "web").trim(),
         "debian"
     );
+
+    // `vmlet ssh` finds the VM's address itself.
+    let mut vmlet_ssh = world.machine.host().exec(binary("vmlet"));
+    vmlet_ssh
+        .arg("--manifests")
+        .arg(world.machine.manifests())
+        .args(["ssh", "-i"])
+        .arg(world.keys.join("user"))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "tester@web",
+            "hostname",
+        ]);
+    assert_eq!(run(&mut vmlet_ssh).trim(), "web-guest");
     let status = world.wait_status_text("web", "guestOSInfo", WAIT * 4);
     assert!(status.contains("Debian GNU/Linux"), "{status}");
 
