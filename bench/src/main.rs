@@ -4,14 +4,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bare;
 mod boot;
 mod client;
 mod dhcp;
 mod floor;
 mod layout;
 mod pidns;
+mod pod;
+mod procfs;
 mod stats;
+mod table;
 mod throughput;
+mod timeline;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +45,17 @@ enum Command {
     /// Writes launcher/dhcp-serve.ld, the launcher's code layout, from a run of `vmlet-launcher dhcp-serve` under
     /// Valgrind's callgrind.
     DhcpLayout(layout::Args),
+}
+
+/// Fails naming the first of `tools` that is not on the PATH.
+fn require_tools(tools: &[&str]) -> anyhow::Result<()> {
+    for tool in tools {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?;
+        anyhow::ensure!(found.status.success(), "{tool} not found (run scripts/setup)");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
