@@ -13,6 +13,7 @@ mod layout;
 mod pidns;
 mod pod;
 mod procfs;
+mod pull;
 mod stats;
 mod table;
 mod throughput;
@@ -39,6 +40,9 @@ enum Command {
     /// TCP throughput between the test guest and the node end of its pod's veth pair, for the bridge, tap and
     /// masquerade bindings in both directions, against the same transfers over a plain veth pair.
     Throughput(throughput::Args),
+    /// The standalone handler's cold pull of the Debian containerDisk from a registry on loopback against `skopeo
+    /// copy`; with the image stored, a pull plus the qcow2 overlay against the overlay alone and a full copy.
+    Pull(pull::Args),
     /// The floor the `dhcp` benchmark measures: a responder with canned replies, run by the benchmark.
     #[command(hide = true)]
     DhcpFloor(floor::Args),
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Dhcp(args) => dhcp::run(&args),
         Command::Boot(args) => boot::run(&args),
         Command::Throughput(args) => throughput::run(&args),
+        Command::Pull(args) => pull::run(&args),
         Command::DhcpFloor(args) => floor::serve(&args),
         Command::DhcpLayout(args) => layout::run(&args),
     };
