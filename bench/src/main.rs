@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bare;
 mod boot;
 mod client;
+mod cloud_boot;
 mod dhcp;
 mod floor;
 mod layout;
@@ -37,6 +38,9 @@ enum Command {
     /// Time from `vmlet-launcher run`'s start to the guest's DHCP lease, phase by phase, against a bare QEMU +
     /// dnsmasq boot of the same guest; resident memory of every process of the VM pod.
     Boot(boot::Args),
+    /// The Debian cloud image as a containerDisk from the launcher's start to SSH answering, phase by phase,
+    /// against a bare QEMU + dnsmasq boot of the same disk and seed; resident memory of every process of the VM pod.
+    CloudBoot(cloud_boot::Args),
     /// TCP throughput between the test guest and the node end of its pod's veth pair, for the bridge, tap and
     /// masquerade bindings in both directions, against the same transfers over a plain veth pair.
     Throughput(throughput::Args),
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Dhcp(args) => dhcp::run(&args),
         Command::Boot(args) => boot::run(&args),
+        Command::CloudBoot(args) => cloud_boot::run(&args),
         Command::Throughput(args) => throughput::run(&args),
         Command::Pull(args) => pull::run(&args),
         Command::DhcpFloor(args) => floor::serve(&args),
