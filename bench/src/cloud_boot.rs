@@ -93,7 +93,7 @@ struct LauncherBoot {
     total_ms: f64,
     /// From QEMU's process start (from `/proc`, 10 ms resolution) to SSH: comparable with a bare boot.
     qemu_to_ssh_ms: f64,
-    /// Whether the launcher's seed has the same bytes as the bare run's.
+    /// Whether the launcher's seed holds the same files as the bare run's (the images differ in their time stamps).
     same_seed: bool,
     /// At SSH answering.
     processes: Vec<ProcessMemory>,
@@ -133,7 +133,8 @@ struct Setup {
     image_root: PathBuf,
     disk: PathBuf,
     key: PathBuf,
-    seed: Vec<u8>,
+    /// The files of the bare run's seed, as [`seed_files`] reads them.
+    seed_files: Vec<Vec<u8>>,
     manifest: String,
     cache: PathBuf,
     work: ScratchDir,
@@ -152,6 +153,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "ss",
         "ssh",
         "ssh-keygen",
+        "isoinfo",
     ])?;
     let setup = Setup::new(args)?;
     let timeout = Duration::from_secs(args.boot_timeout);
@@ -237,7 +239,7 @@ impl Setup {
             image_root: pulled.rootfs,
             disk,
             key,
-            seed: std::fs::read(&seed_path)?,
+            seed_files: seed_files(&seed_path)?,
             manifest: manifest(args, &user_data),
             cache,
             work,
@@ -317,7 +319,7 @@ fn boot_launcher(args: &Args, setup: &Setup, timeout: Duration) -> anyhow::Resul
     .map_err(explain)?;
     let (processes, qemu_started) = pod.processes().map_err(explain)?;
     let marks = LauncherMarks::of(&LogEvents::parse(&pod.output())).map_err(explain)?;
-    let launcher_seed = std::fs::read(pod.run_dir().join("cloud-init/seed.iso")).unwrap_or_default();
+    let launcher_seed = seed_files(&pod.run_dir().join("cloud-init/seed.iso")).map_err(explain)?;
     Ok(LauncherBoot {
         storage_ms: ms_between(pod.spawned, marks.storage),
         start_ms: ms_between(marks.storage, marks.starting),
@@ -329,7 +331,7 @@ fn boot_launcher(args: &Args, setup: &Setup, timeout: Duration) -> anyhow::Resul
         ssh_ms: ms_between(guest.lease, guest.ssh),
         total_ms: ms_between(pod.spawned, guest.ssh),
         qemu_to_ssh_ms: ms_between(qemu_started, guest.ssh),
-        same_seed: launcher_seed == setup.seed,
+        same_seed: launcher_seed == setup.seed_files,
         processes,
     })
 }
@@ -368,6 +370,22 @@ fn boot_bare(args: &Args, setup: &Setup, timeout: Duration) -> anyhow::Result<Ba
         qemu: memory(qemu_pid)?,
         dnsmasq: memory(bare.net.dnsmasq.pid())?,
     })
+}
+
+/// The NoCloud files of a seed image, read back with `isoinfo` (Rock Ridge names); empty for a file it lacks.
+fn seed_files(iso: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    ["/meta-data", "/user-data", "/network-config"]
+        .into_iter()
+        .map(|file| {
+            let output = Command::new("isoinfo")
+                .arg("-i")
+                .arg(iso)
+                .args(["-R", "-x", file])
+                .output()?;
+            ensure!(output.status.success(), "isoinfo cannot read {}", iso.display());
+            Ok(output.stdout)
+        })
+        .collect()
 }
 
 /// `err` with the last lines of the guest's console.
@@ -524,7 +542,7 @@ fn print_report(report: &Report) {
         );
     }
     let same: Vec<bool> = report.launcher.iter().map(|b| b.same_seed).collect();
-    println!("launcher's seed byte for byte the bare run's: {same:?}");
+    println!("launcher's seed holds the bare run's files (meta-data, user-data, network-config): {same:?}");
     println!();
     println!("Memory at SSH answering (last run of each), KiB:");
     pidns::print_header();
