@@ -102,7 +102,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("  {}", launcher_summary(&cold));
     let (mut warm, mut bare) = (Vec::new(), Vec::new());
     for run in 1..=args.runs {
-        for launcher_turn in taking_turns(usize::from(run), [true, false]) {
+        for launcher_turn in taking_turns(usize::from(run), &[true, false]) {
             if launcher_turn {
                 eprintln!("boot: launcher, warm cache, run {run}/{}", args.runs);
                 let boot = boot_launcher(args, &guest, cache.path(), timeout)

@@ -47,9 +47,22 @@ pub struct Args {
     /// The bound on one boot, from its start to SSH answering, in seconds.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
+    /// Leave out the third contestant: the bare QEMU with the devices the launcher's domain has beyond it.
+    #[arg(long)]
+    no_devices_peer: bool,
     /// Print the results as JSON instead of tables.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Launcher,
+    Bare,
+    /// The bare QEMU with what libvirt gives the launcher's domain beyond it: VGA with a VNC server, the guest
+    /// agent's virtio-serial port (the guest then starts its agent), a virtio-rng device, no HPET, the RTC's drift
+    /// fix. What remains between this and the launcher is the pod and libvirt, not the guest's devices.
+    BareWithDevices,
 }
 
 /// The VM's uid, which the launcher makes the seed's instance id; the bare seed takes the same.
@@ -125,6 +138,7 @@ struct Report {
     rounds: u16,
     launcher: Vec<LauncherBoot>,
     bare: Vec<BareBoot>,
+    bare_with_devices: Vec<BareBoot>,
 }
 
 /// What both kinds of boot share.
@@ -157,10 +171,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ])?;
     let setup = Setup::new(args)?;
     let timeout = Duration::from_secs(args.boot_timeout);
-    let (mut launcher, mut bare) = (Vec::new(), Vec::new());
+    let (mut launcher, mut bare, mut bare_with_devices) = (Vec::new(), Vec::new(), Vec::new());
+    let kinds: &[Kind] = if args.no_devices_peer {
+        &[Kind::Launcher, Kind::Bare]
+    } else {
+        &[Kind::Launcher, Kind::Bare, Kind::BareWithDevices]
+    };
     for round in 1..=usize::from(args.rounds) {
-        for launcher_turn in taking_turns(round, [true, false]) {
-            if launcher_turn {
+        for kind in taking_turns(round, kinds) {
+            if kind == Kind::Launcher {
                 eprintln!("cloud-boot: launcher, round {round}/{}", args.rounds);
                 let boot = boot_launcher(args, &setup, timeout).with_context(|| format!("launcher round {round}"))?;
                 eprintln!(
@@ -172,15 +191,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 );
                 launcher.push(boot);
             } else {
-                eprintln!("cloud-boot: bare QEMU + dnsmasq, round {round}/{}", args.rounds);
-                let boot = boot_bare(args, &setup, timeout).with_context(|| format!("bare round {round}"))?;
+                let devices = kind == Kind::BareWithDevices;
+                let what = if devices {
+                    "bare QEMU + libvirt's devices"
+                } else {
+                    "bare QEMU"
+                };
+                eprintln!("cloud-boot: {what} + dnsmasq, round {round}/{}", args.rounds);
+                let boot =
+                    boot_bare(args, &setup, timeout, devices).with_context(|| format!("{what}, round {round}"))?;
                 eprintln!(
                     "  console {:.0}, lease {:.0}, SSH {:.0} ms after QEMU's start",
                     boot.first_byte_ms,
                     boot.first_byte_ms + boot.lease_ms,
                     boot.total_ms
                 );
-                bare.push(boot);
+                if devices {
+                    bare_with_devices.push(boot)
+                } else {
+                    bare.push(boot)
+                }
             }
         }
     }
@@ -191,6 +221,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         rounds: args.rounds,
         launcher,
         bare,
+        bare_with_devices,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -336,7 +367,7 @@ fn boot_launcher(args: &Args, setup: &Setup, timeout: Duration) -> anyhow::Resul
     })
 }
 
-fn boot_bare(args: &Args, setup: &Setup, timeout: Duration) -> anyhow::Result<BareBoot> {
+fn boot_bare(args: &Args, setup: &Setup, timeout: Duration, devices: bool) -> anyhow::Result<BareBoot> {
     let net = BareNetwork::start()?;
     let overlay = net.dir.join("root.qcow2");
     make_overlay(&setup.disk, &overlay)?;
@@ -348,6 +379,20 @@ fn boot_bare(args: &Args, setup: &Setup, timeout: Duration) -> anyhow::Result<Ba
             "file={},if=virtio,format=raw,readonly=on",
             setup.seed_path().display()
         ));
+    if devices {
+        // As libvirt has them in the launcher's domain (its QEMU command line), without PCIe root ports.
+        qemu.args(["-no-hpet", "-rtc", "base=utc,driftfix=slew"])
+            .args(["-device", "VGA,vgamem_mb=16", "-vnc"])
+            .arg(format!("unix:{}", net.dir.join("vnc.sock").display()))
+            .args(["-device", "virtio-serial-pci", "-chardev"])
+            .arg(format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                net.dir.join("agent.sock").display()
+            ))
+            .args(["-device", "virtserialport,chardev=agent,name=org.qemu.guest_agent.0"])
+            .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
+            .args(["-device", "virtio-rng-pci,rng=rng0"]);
+    }
     let bare = BareGuest::spawn(net, &mut qemu);
     let explain = |err: anyhow::Error| bare.explain(with_console(err, &bare.console_log()));
     let ack = format!("DHCPACK(br0) {POD_ADDRESS} ");
@@ -521,6 +566,7 @@ fn print_report(report: &Report) {
         |b| Some(b.total_ms),
     ];
     table::print_spread("bare QEMU", &report.bare, &bare);
+    table::print_spread("bare + devices", &report.bare_with_devices, &bare);
     println!(
         "(console: from `domain started`, or from the bare QEMU's spawn, to the first console byte; lease and SSH"
     );
@@ -539,6 +585,16 @@ fn print_report(report: &Report) {
             launcher / bare,
             launcher - bare,
             qemu / bare
+        );
+    }
+    let devices_total = median(table::spread_ms(&report.bare_with_devices, |b| Some(b.total_ms)));
+    if let (Some(launcher), Some(devices), Some(bare)) = (launcher_total, devices_total, bare_total) {
+        println!(
+            "bare + libvirt's devices / bare: {:.2}x ({:+.0} ms); launcher total / bare + devices: {:.2}x ({:+.0} ms)",
+            devices / bare,
+            devices - bare,
+            launcher / devices,
+            launcher - devices
         );
     }
     let same: Vec<bool> = report.launcher.iter().map(|b| b.same_seed).collect();
@@ -574,6 +630,9 @@ fn print_report(report: &Report) {
         pidns::print_row("bare: QEMU", &last.qemu);
         pidns::print_row("bare: dnsmasq", &last.dnsmasq);
     }
+    if let Some(last) = report.bare_with_devices.last() {
+        pidns::print_row("bare + devices: QEMU", &last.qemu);
+    }
 }
 
 #[cfg(test)]
@@ -588,6 +647,7 @@ mod tests {
             cpus: 2,
             memory_mib: 512,
             boot_timeout: 1,
+            no_devices_peer: false,
             json: false,
         };
         let manifest = manifest(&args, "#cloud-config\nusers:\n  - name: bench\n");

@@ -89,7 +89,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut cold = Vec::new();
     let mut layer_bytes = 0;
     for round in 1..=usize::from(args.rounds) {
-        for who in taking_turns(round, [Cold::Vmlet, Cold::Skopeo]) {
+        for who in taking_turns(round, &[Cold::Vmlet, Cold::Skopeo]) {
             let dir = ScratchDir::new();
             let gets_before = registry.blob_gets().len();
             let started = Instant::now();
@@ -133,7 +133,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut warm = Vec::new();
     for round in 1..=usize::from(args.warm_rounds) {
         let contestants = [Warm::PullAndOverlay, Warm::Overlay, Warm::Copy, Warm::DurableCopy];
-        for what in taking_turns(round, contestants) {
+        for what in taking_turns(round, &contestants) {
             let target = dir.join(format!("pod-{round}.qcow2"));
             let started = Instant::now();
             match what {
