@@ -111,6 +111,56 @@ fn rss_of_mappings(smaps: &str, wanted: impl Fn(&str) -> bool) -> u64 {
     total
 }
 
+/// The sum over every process of a pod but QEMU: what the pod costs besides its guest.
+pub fn all_but_qemu(processes: &[ProcessMemory]) -> ProcessMemory {
+    let others: Vec<&ProcessMemory> = processes.iter().filter(|p| p.role != "QEMU").collect();
+    let sum = |field: fn(&ProcessMemory) -> u64| others.iter().map(|p| field(p)).sum::<u64>();
+    ProcessMemory {
+        role: "all but QEMU".to_owned(),
+        pid: 0,
+        ns_pid: 0,
+        memory: Memory {
+            rss_kib: sum(|p| p.memory.rss_kib),
+            pss_kib: sum(|p| p.memory.pss_kib),
+            anonymous_kib: sum(|p| p.memory.anonymous_kib),
+        },
+        libvirt_libraries_kib: sum(|p| p.libvirt_libraries_kib),
+    }
+}
+
+/// The header of the memory table that [`print_row`] and [`print_pod`] fill, KiB.
+pub fn print_header() {
+    println!(
+        "{:<40} {:>6} {:>8} {:>8} {:>8} {:>12}",
+        "process", "ns pid", "RSS", "PSS", "anon", "libvirt libs"
+    );
+}
+
+/// One process outside a pod (a bare QEMU, dnsmasq).
+pub fn print_row(label: &str, process: &ProcessMemory) {
+    line(label, "", process);
+}
+
+/// Every process of a pod, then their sum but QEMU's.
+pub fn print_pod(pod: &str, processes: &[ProcessMemory]) {
+    for process in processes {
+        line(
+            &format!("{pod}: {}", process.role),
+            &process.ns_pid.to_string(),
+            process,
+        );
+    }
+    line(&format!("{pod}: all but QEMU"), "", &all_but_qemu(processes));
+}
+
+fn line(label: &str, ns_pid: &str, process: &ProcessMemory) {
+    let m = process.memory;
+    println!(
+        "{label:<40} {ns_pid:>6} {:>8} {:>8} {:>8} {:>12}",
+        m.rss_kib, m.pss_kib, m.anonymous_kib, process.libvirt_libraries_kib
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +214,36 @@ Rss:                   2 kB
             all.iter().any(|p| p.ns_pid == me.ns_pid && p.role == me.role),
             "{all:?}"
         );
+    }
+
+    #[test]
+    fn sums_a_pod_without_its_qemu() {
+        let process = |role: &str, rss_kib, anonymous_kib, libvirt_libraries_kib| ProcessMemory {
+            role: role.to_owned(),
+            pid: 1,
+            ns_pid: 1,
+            memory: Memory {
+                rss_kib,
+                pss_kib: rss_kib / 2,
+                anonymous_kib,
+            },
+            libvirt_libraries_kib,
+        };
+        let pod = [
+            process("launcher PID 1 (reaper)", 3000, 270, 0),
+            process("launcher", 6500, 490, 0),
+            process("QEMU", 266_000, 183_000, 0),
+            process("driver (vmlet-driver)", 28_700, 7240, 4920),
+        ];
+        let sum = all_but_qemu(&pod);
+        assert_eq!(
+            sum.memory,
+            Memory {
+                rss_kib: 38_200,
+                pss_kib: 19_100,
+                anonymous_kib: 8000
+            }
+        );
+        assert_eq!(sum.libvirt_libraries_kib, 4920);
     }
 }

@@ -38,6 +38,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// The order of the contestants in round `round` (from 1): rotated by one each round, so that none always follows
+/// the same other (and a busy spell of the machine hurts all alike). Two contestants swap every round.
+pub fn taking_turns<T: Clone>(round: usize, contestants: &[T]) -> Vec<T> {
+    let mut order = contestants.to_vec();
+    if !contestants.is_empty() {
+        order.rotate_left(round.saturating_sub(1) % contestants.len());
+    }
+    order
+}
+
+/// The ratio of two medians: how many times `slower` takes `faster`'s time.
+pub fn ratio(slower: &Latency, faster: &Latency) -> f64 {
+    slower.median_us / faster.median_us
+}
+
 /// Memory of a process, in KiB, from `/proc`: resident set (`VmRSS`), proportional set (`Pss`: shared pages
 /// divided among the processes that map them) and the resident anonymous memory (`RssAnon`: heap, stacks, data
 /// written to; what the process needs beyond its program's code and libraries).
@@ -79,6 +94,17 @@ mod tests {
         assert_eq!((latency.min_us, latency.max_us, latency.samples), (1.0, 100.0, 100));
         assert_eq!(Latency::of(&[]), None);
         assert_eq!(Latency::of(&[Duration::from_micros(7)]).unwrap().p99_us, 7.0);
+    }
+
+    #[test]
+    fn contestants_take_turns() {
+        assert_eq!(taking_turns(1, &["vmlet", "peer"]), ["vmlet", "peer"]);
+        assert_eq!(taking_turns(2, &["vmlet", "peer"]), ["peer", "vmlet"]);
+        assert_eq!(taking_turns(3, &["vmlet", "peer"]), ["vmlet", "peer"]);
+        assert_eq!(taking_turns(2, &["a", "b", "c"]), ["b", "c", "a"]);
+        assert_eq!(taking_turns(4, &["a", "b", "c"]), ["a", "b", "c"]);
+        let of = |us: u64| Latency::of(&[Duration::from_micros(us)]).unwrap();
+        assert_eq!(ratio(&of(300), &of(100)), 3.0);
     }
 
     #[test]

@@ -27,8 +27,9 @@ use vmlet_testkit::vm_pod::{GuestSpec, Launcher, MTU, VmPod, children};
 use self::cpu::{CpuProbe, CpuUse, Seconds};
 use self::meter::{Spread, Window};
 use self::transfer::{Measured, listener, receive, send, socket_in, spawn_discarder, spawn_zero_sender};
-use crate::boot::{BareGuest, has_exited};
+use crate::bare::BareGuest;
 use crate::pidns;
+use crate::procfs::has_exited;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -180,7 +181,7 @@ impl FarEnd {
                 receive(&bare.receiver, window, &bare.probe).map_err(|err| bare.explain(err))
             }
             (FarEnd::Bare(bare), Direction::FromNode) => {
-                send(socket_in(&bare.guest.ns)?, to_pod, window, &bare.probe).map_err(|err| bare.explain(err))
+                send(socket_in(&bare.guest.net.ns)?, to_pod, window, &bare.probe).map_err(|err| bare.explain(err))
             }
             (FarEnd::Guest(guest), Direction::ToNode) => {
                 receive(&guest.receiver, window, &guest.probe).map_err(|err| guest.explain(err))
@@ -224,7 +225,7 @@ impl Bare {
         let (accel, qemu_netdev) = qemu_setup(qemu)?;
         eprintln!("  ready; QEMU {qemu}: -accel {accel}, -netdev {qemu_netdev}");
         Ok(Bare {
-            receiver: listener(&guest.ns, SocketAddrV4::new(NODE, RECEIVE_PORT))?,
+            receiver: listener(&guest.net.ns, SocketAddrV4::new(NODE, RECEIVE_PORT))?,
             probe: CpuProbe::qemu(qemu),
             qemu_netdev,
             accel,
