@@ -114,6 +114,34 @@ fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
     );
 }
 
+/// VMs whose manifests are all there when the handler starts, and so are picked up in one pass, each get an
+/// address of their own.
+#[test]
+fn vms_appearing_at_once_get_addresses_of_their_own() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    let names = ["one", "two", "three"];
+    for name in names {
+        machine.add_vm(name, "Always");
+    }
+    machine.start_handler();
+    let addresses = poll_until("a pod for each VM", WAIT, Duration::from_millis(100), || {
+        names
+            .iter()
+            .map(|name| {
+                let record = std::fs::read_to_string(machine.pod_dir(name).join("pod.json")).ok()?;
+                let record: serde_json::Value = serde_json::from_str(&record).ok()?;
+                Some(record["address"].as_str()?.to_owned())
+            })
+            .collect::<Option<Vec<String>>>()
+    })
+    .unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("one")));
+    let mut unique = addresses.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "one address per pod: {addresses:?}");
+}
+
 /// A Once VM whose launcher is killed stays down, Failed; a manifest that does not validate is reported in its
 /// status and starts nothing.
 #[test]

@@ -274,7 +274,7 @@ impl Standalone {
                 pod: pods.get(key),
                 folder: &folder,
             };
-            if let Err(err) = self.reconcile(&seen, &pods).await {
+            if let Err(err) = self.reconcile(&seen).await {
                 warn!(vm = %key, error = format!("{err:#}"), "cannot reconcile");
             }
         }
@@ -297,7 +297,7 @@ impl Standalone {
         Ok(pods)
     }
 
-    async fn reconcile(&mut self, seen: &Seen<'_>, pods: &BTreeMap<VmKey, PodDir>) -> anyhow::Result<()> {
+    async fn reconcile(&mut self, seen: &Seen<'_>) -> anyhow::Result<()> {
         let status_path = status_file::path(&self.manifests, seen.key);
         let previous = status_file::read(&status_path).unwrap_or_default();
         let vm = seen.manifest.and_then(|m| m.vm.as_ref().ok());
@@ -358,7 +358,7 @@ impl Standalone {
                     if let Some(pod) = seen.pod {
                         self.remove(pod)?;
                     }
-                    self.create(seen.key, vm, pods, layout)?;
+                    self.create(seen.key, vm, layout)?;
                     self.pulls.remove(seen.key);
                 }
             }
@@ -663,19 +663,9 @@ impl Standalone {
     }
 
     /// Makes a pod for `vm` and starts its launcher.
-    fn create(
-        &mut self,
-        key: &VmKey,
-        vm: &VirtualMachine,
-        pods: &BTreeMap<VmKey, PodDir>,
-        layout: &Layout,
-    ) -> anyhow::Result<()> {
-        let used: Vec<Ipv4Addr> = pods
-            .values()
-            .filter_map(|p| p.read_record().ok())
-            .filter(|r| &r.key() != key)
-            .map(|r| r.address.addr())
-            .collect();
+    fn create(&mut self, key: &VmKey, vm: &VirtualMachine, layout: &Layout) -> anyhow::Result<()> {
+        // The addresses on disk now, not as the pass began: pods made earlier in this pass hold theirs too.
+        let used = taken_addresses(&self.pods_dir, key)?;
         let address = self.node.allocate(&used)?;
         let pod = PodDir::new(self.pods_dir.join(key.file_stem()));
         std::fs::create_dir_all(pod.run_dir()).with_context(|| format!("cannot create {}", pod.path().display()))?;
@@ -685,6 +675,9 @@ impl Standalone {
             address,
             self.node.gateway()?,
         );
+        // The record first, before the address is put on an interface: a handler killed at any later point
+        // leaves the address recorded as taken, and its pod removable.
+        pod.write_record(&record)?;
         pod.write_vm(vm)?;
         volumes::write(layout, &pod.volumes_dir())
             .with_context(|| format!("cannot lay out the volumes in {}", pod.volumes_dir().display()))?;
@@ -697,7 +690,6 @@ impl Standalone {
                 gateway: record.gateway,
             },
         )?;
-        pod.write_record(&record)?;
         let launcher: Vec<OsString> = vec![
             self.launcher.clone().into(),
             "run".into(),
@@ -790,6 +782,17 @@ impl Standalone {
     fn request_file(&self, key: &VmKey) -> PathBuf {
         self.pods_dir.with_file_name("requests").join(key.file_stem())
     }
+}
+
+/// The pool addresses the pods in `pods_dir` hold, but `except`'s own.
+fn taken_addresses(pods_dir: &Path, except: &VmKey) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let entries = std::fs::read_dir(pods_dir).with_context(|| format!("cannot read {}", pods_dir.display()))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| PodDir::new(entry.path()).read_record().ok())
+        .filter(|record| &record.key() != except)
+        .map(|record| record.address.addr())
+        .collect())
 }
 
 /// A failed pull as status shows it: `ErrImagePull` after the first failure, `ImagePullBackOff` once it repeats.
