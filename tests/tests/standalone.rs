@@ -76,6 +76,12 @@ fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
     restarted.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")));
     let lease = machine.wait_lease("web");
     assert!(lease.contains("ip=10.111.0.2/24"), "{lease}");
+    let previous = machine.dir().join("state/logs/default_web.log");
+    assert!(
+        std::fs::read_to_string(&previous).is_ok_and(|log| !log.is_empty()),
+        "the killed run's log is kept in {}",
+        previous.display()
+    );
     assert!(
         machine.status_file("web").contains("restartCount: 1"),
         "{}",
@@ -164,6 +170,11 @@ fn a_once_vm_is_not_rerun_and_a_bad_manifest_is_reported() {
         machine.status_file("batch").contains("phase: Failed").then_some(())
     });
     failed.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("batch")));
+    let status = machine.status_file("batch");
+    assert!(
+        status.contains("LauncherKilled") && status.contains("SIGKILL"),
+        "a killed launcher is reported killed: {status}"
+    );
     std::thread::sleep(Duration::from_secs(3));
     let shim_again = std::fs::read_to_string(machine.pod_dir("batch").join("shim.json")).ok();
     assert!(

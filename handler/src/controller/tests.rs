@@ -704,6 +704,16 @@ fn memory_limit_gets_the_overhead_too() {
 }
 
 #[test]
+fn the_launchers_last_error_is_its_termination_message() {
+    let pod = launcher_pod::build(&vm(ALWAYS), "p", &config(), &ClaimModes::new()).unwrap();
+    let launcher = &pod.spec.unwrap().containers[0];
+    assert_eq!(
+        launcher.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+}
+
+#[test]
 fn lease_decisions() {
     let now = Timestamp::now();
     let ago = |s: i64| MicroTime(now - jiff::SignedDuration::from_secs(s));
@@ -1149,6 +1159,64 @@ fn a_launcher_that_ended_beside_running_holders_has_ended() {
             ..
         }
     ));
+}
+
+/// A failed launcher's last error, from its termination message, is the run's reason; a launcher killed by a
+/// signal is killed, not failed with an exit code of its own.
+#[test]
+fn a_failed_launcher_says_why_and_a_killed_one_is_killed() {
+    let now = Timestamp::now();
+    let ended = |exit_code: i32, reason: &str, message: Option<&str>| {
+        let mut pod = launcher("l", "Failed", Some("n1"));
+        pod.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+            name: launcher_pod::CONTAINER.into(),
+            state: Some(ContainerState {
+                terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                    exit_code,
+                    reason: Some(reason.into()),
+                    message: message.map(str::to_owned),
+                    finished_at: Some(Time(now)),
+                    ..Default::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]);
+        match launcher_pod::observe(&pod, now) {
+            Launcher::Ended { exit, .. } => exit,
+            other => panic!("{other:?}"),
+        }
+    };
+    let kernel = "could not open kernel file '/var/lib/vmlet/guest/vmlinux': No such file or directory";
+    assert_eq!(
+        ended(1, "Error", Some(kernel)),
+        Exit::Failed {
+            code: Some(1),
+            reason: Some(kernel.into())
+        }
+    );
+    // FallbackToLogsOnError: the log's tail, of which the last line is the error.
+    assert_eq!(
+        ended(1, "Error", Some(&format!("INFO starting\nvmlet-launcher: {kernel}\n"))),
+        Exit::Failed {
+            code: Some(1),
+            reason: Some(format!("vmlet-launcher: {kernel}"))
+        }
+    );
+    assert_eq!(
+        ended(137, "Error", Some("INFO the guest runs")),
+        Exit::Failed {
+            code: None,
+            reason: Some("signal 9, SIGKILL".into())
+        }
+    );
+    assert_eq!(
+        ended(137, "OOMKilled", None),
+        Exit::Failed {
+            code: None,
+            reason: Some("out of memory: signal 9, SIGKILL".into())
+        }
+    );
 }
 
 #[test]

@@ -491,10 +491,13 @@ impl Standalone {
                 finished: Timestamp::from_second(exit.finished_at as i64).unwrap_or_else(|_| Timestamp::now()),
                 exit: match (exit.code, exit.signal) {
                     (Some(0), _) => Exit::Succeeded,
-                    (code, None) => Exit::Failed { code, reason: None },
+                    (code, None) => Exit::Failed {
+                        code,
+                        reason: pod.last_words(),
+                    },
                     (_, Some(signal)) => Exit::Failed {
                         code: None,
-                        reason: Some(format!("the launcher was killed by signal {signal}")),
+                        reason: Some(signal_name(signal)),
                     },
                 },
             },
@@ -703,6 +706,8 @@ impl Standalone {
             pod.resolv_conf().into(),
             "--volumes-dir".into(),
             pod.volumes_dir().into(),
+            "--termination-log".into(),
+            pod.termination_log().into(),
         ];
         let netns = Path::new(vmlet_podnet::NETNS_DIR).join(&record.netns);
         let shim = shim::command(&self.handler, &pod, &netns, &launcher)?
@@ -744,9 +749,28 @@ impl Standalone {
         if let Ok(record) = pod.read_record() {
             Host.detach(&record.netns)?;
         }
+        self.keep_log(pod);
         std::fs::remove_dir_all(pod.path()).with_context(|| format!("cannot remove {}", pod.path().display()))?;
         info!(pod = %pod.path().display(), "pod removed");
         Ok(())
+    }
+
+    /// Keeps the log of a pod's last run, as `kubectl logs --previous` shows it, in `STATE/logs/`: a run that
+    /// failed is read after its pod is gone.
+    fn keep_log(&self, pod: &PodDir) {
+        let Some(stem) = pod.path().file_name() else { return };
+        let logs = self.logs_dir();
+        let kept = logs.join(format!("{}.log", stem.to_string_lossy()));
+        let moved = std::fs::create_dir_all(&logs).and_then(|()| std::fs::rename(pod.launcher_log(), &kept));
+        if let Err(e) = moved
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(pod = %pod.path().display(), error = %e, "cannot keep the launcher's log");
+        }
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.pods_dir.with_file_name("logs")
     }
 
     /// Adds what the launcher says of the guest (addresses, pause) to the lifecycle's status.
@@ -781,6 +805,14 @@ impl Standalone {
 
     fn request_file(&self, key: &VmKey) -> PathBuf {
         self.pods_dir.with_file_name("requests").join(key.file_stem())
+    }
+}
+
+/// How a signal that killed a launcher reads in its VM's condition: "signal 9, SIGKILL".
+fn signal_name(signal: i32) -> String {
+    match Signal::try_from(signal) {
+        Ok(known) => format!("signal {signal}, {}", known.as_str()),
+        Err(_) => format!("signal {signal}"),
     }
 }
 
