@@ -513,7 +513,8 @@ impl<'o, 'a> Planner<'o, 'a> {
                 self.event(EventKind::Warning, "InvalidSpec", problem.clone());
             }
             self.failure = Some(("InvalidSpec", problem.clone()));
-            self.printable = PrintableStatus::Stopped;
+            // KubeVirt's printable status for a VM that cannot be placed anywhere as it is: no node runs this spec.
+            self.printable = PrintableStatus::ErrorUnschedulable;
             self.ready = ("False", "InvalidSpec", "the VM's spec cannot run".into());
             return;
         }
@@ -1593,6 +1594,7 @@ mod tests {
             Some(("True", "InvalidSpec"))
         );
         assert_eq!(reasons(&refused), ["InvalidSpec"]);
+        assert_eq!(refused.status.printable_status, Some(P::ErrorUnschedulable));
         obs.status = &refused.status;
         assert!(plan(&obs).events.is_empty(), "reported once");
     }

@@ -185,6 +185,7 @@ fn a_once_vm_is_not_rerun_and_a_bad_manifest_is_reported() {
 
     let broken = machine.status_file("broken");
     assert!(broken.contains("InvalidSpec") && broken.contains("lots"), "{broken}");
+    machine.wait_status("broken", &["ErrorUnschedulable"], WAIT);
     assert!(!machine.pod_dir("broken").exists(), "nothing runs for a bad manifest");
     assert!(!Path::new(&machine.pod_dir("broken")).exists());
 }

@@ -430,7 +430,7 @@ impl Standalone {
             self.overlay_launcher_status(pod, &previous, &mut status).await;
         }
         if let Some(error) = spec_error {
-            status_file::note_spec_error(&mut status, &error);
+            status_file::note_spec_error(&mut status, &error, seen.pod.is_some());
         }
         if status != previous {
             status_file::write(&status_path, seen.key, &status)?;
