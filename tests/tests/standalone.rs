@@ -148,6 +148,44 @@ fn vms_appearing_at_once_get_addresses_of_their_own() {
     assert_eq!(unique.len(), names.len(), "one address per pod: {addresses:?}");
 }
 
+/// A Manual VM on a fresh state folder starts on its `vmlet.dev/run: start` annotation; an edit restarts it with
+/// the new spec; its manifest removed and written back starts it again.
+#[test]
+fn a_manual_vm_starts_on_request_restarts_when_edited_and_starts_when_written_back() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    let manifest = machine.add_vm("manual", "Manual");
+    let requested = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("namespace: default,", "namespace: default, annotations: {vmlet.dev/run: start},");
+    std::fs::write(&manifest, &requested).unwrap();
+    machine.start_handler();
+    machine.wait_lease("manual");
+    machine.wait_status("manual", &["Running", "True"], WAIT);
+
+    let shim = machine.shim_pid("manual");
+    std::fs::write(&manifest, requested.replace("guest: 256Mi", "guest: 320Mi")).unwrap();
+    let restarted = poll_until("manual to restart with 320Mi", BOOT, Duration::from_millis(250), || {
+        let record = std::fs::read_to_string(machine.pod_dir("manual").join("shim.json")).ok()?;
+        let record: serde_json::Value = serde_json::from_str(&record).ok()?;
+        let vm = std::fs::read_to_string(machine.pod_dir("manual").join("vm.json")).ok()?;
+        (record["pid"].as_u64()? as u32 != shim && vm.contains("320Mi")).then_some(())
+    });
+    restarted.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("manual")));
+    machine.wait_lease("manual");
+
+    std::fs::remove_file(&manifest).unwrap();
+    let gone = poll_until("manual's pod and status to go", WAIT, Duration::from_millis(250), || {
+        (!machine.pod_dir("manual").exists() && machine.status_file("manual").is_empty()).then_some(())
+    });
+    gone.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("manual")));
+    std::fs::write(&manifest, &requested).unwrap();
+    machine.wait_lease("manual");
+    machine.wait_status("manual", &["Running", "True"], WAIT);
+    let handler = machine.handler().output();
+    assert!(!handler.contains("cannot write"), "{handler}");
+}
+
 /// A Once VM whose launcher is killed stays down, Failed; a manifest that does not validate is reported in its
 /// status and starts nothing.
 #[test]

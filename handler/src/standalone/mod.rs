@@ -394,6 +394,7 @@ impl Standalone {
             if plan.release || pod_gone {
                 status_file::remove(&status_path)?;
                 self.forget_uid(seen.key)?;
+                self.forget_request(seen.key)?;
             }
             return Ok(());
         }
@@ -420,7 +421,9 @@ impl Standalone {
             }
         }
         if start_afresh {
-            // The run that ended was stopped to apply an edit: the run strategy starts the new spec as a new VM.
+            // The run that ended was stopped to apply an edit: the run strategy starts the new spec as a new VM. A
+            // Manual VM runs because its annotation asked: it asks again.
+            self.forget_request(seen.key)?;
             status = VirtualMachineStatus {
                 restart_count: previous.restart_count,
                 ..VirtualMachineStatus::default()
@@ -800,7 +803,22 @@ impl Standalone {
     /// Remembers that a run request was acted on: the annotation stays in the manifest, which is the user's.
     fn consume(&self, key: &VmKey, request: &RunRequest) -> anyhow::Result<()> {
         let path = self.request_file(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         std::fs::write(&path, request_text(request)).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Forgets the request acted on last, so that the manifest's annotation asks again: for a VM restarted with an
+    /// edited spec, and for one whose manifest is gone (written back, it is a new VM).
+    fn forget_request(&self, key: &VmKey) -> anyhow::Result<()> {
+        let path = self.request_file(key);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn request_file(&self, key: &VmKey) -> PathBuf {
