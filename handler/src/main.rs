@@ -7,8 +7,6 @@ use std::process::ExitCode;
 
 use clap::builder::FalseyValueParser;
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
-use vmlet_api::VirtualMachine;
 
 mod controller;
 mod lifecycle;
@@ -96,7 +94,7 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn crd_yaml() -> anyhow::Result<String> {
-    Ok(serde_yaml::to_string(&VirtualMachine::crd())?)
+    Ok(serde_yaml::to_string(&vmlet_api::crd())?)
 }
 
 #[cfg(test)]
