@@ -121,7 +121,9 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
         .as_deref()
         .ok_or(BuildError::Missing("namespace"))?;
     let uid = vm.metadata.uid.as_deref().ok_or(BuildError::Missing("uid"))?;
-    let owner = vm.controller_owner_ref(&()).ok_or(BuildError::Missing("uid"))?;
+    let mut owner = vm.controller_owner_ref(&()).ok_or(BuildError::Missing("uid"))?;
+    // A foreground deletion of the VM waits for its launcher Pod, as KubeVirt's VMs wait for their launchers.
+    owner.block_owner_deletion = Some(true);
     let template = &vm.spec.template;
     let instance = &template.spec;
 

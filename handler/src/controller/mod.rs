@@ -19,7 +19,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{finalizer, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -84,8 +84,6 @@ pub enum Error {
     Pod(#[from] launcher_pod::BuildError),
     #[error("cannot write a JSON patch: {0}")]
     JsonPatch(#[from] serde_json::Error),
-    #[error("{0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
     /// Not a failure: a deleted VM waits for its launcher to go.
     #[error("the VM's launcher is still stopping")]
     StillStopping,
@@ -93,11 +91,7 @@ pub enum Error {
 
 impl Error {
     fn still_stopping(&self) -> bool {
-        match self {
-            Self::StillStopping => true,
-            Self::Finalizer(inner) => matches!(**inner, finalizer::Error::CleanupFailed(Error::StillStopping)),
-            _ => false,
-        }
+        matches!(self, Self::StillStopping)
     }
 }
 

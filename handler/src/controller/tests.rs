@@ -296,11 +296,14 @@ async fn the_finalizer_comes_first() {
     fresh.metadata.finalizers = None;
     let (result, seen) = run(
         fresh,
-        vec![expect(
-            Method::PATCH,
-            &format!("{VMS}/vm1"),
-            serde_json::to_value(vm(ALWAYS)).unwrap(),
-        )],
+        vec![
+            expect(
+                Method::PATCH,
+                &format!("{VMS}/vm1"),
+                serde_json::to_value(vm(ALWAYS)).unwrap(),
+            )
+            .query("fieldManager", FIELD_MANAGER),
+        ],
     )
     .await;
     result.unwrap();
@@ -329,6 +332,11 @@ async fn a_vm_to_run_gets_one_launcher_its_status_and_an_event() {
     .await;
     result.unwrap();
 
+    // The Event names the launcher it is about: Events of one reason about different launchers stay apart.
+    assert_eq!(
+        (&seen[3].body["related"]["kind"], &seen[3].body["related"]["name"]),
+        (&json!("Pod"), &json!("x"))
+    );
     let pod: Pod = serde_json::from_value(seen[1].body.clone()).unwrap();
     let name = pod.metadata.name.clone().unwrap();
     assert!(
@@ -543,7 +551,8 @@ async fn deleting_a_vm_stops_its_launcher_then_lets_it_go() {
                 Method::PATCH,
                 &format!("{VMS}/vm1"),
                 serde_json::to_value(&deleted).unwrap(),
-            ),
+            )
+            .query("fieldManager", FIELD_MANAGER),
         ],
     )
     .await;
@@ -555,6 +564,18 @@ async fn deleting_a_vm_stops_its_launcher_then_lets_it_go() {
             {"op": "remove", "path": "/metadata/finalizers/0"},
         ])
     );
+
+    // A VM already gone when its finalizer goes (an earlier round removed it) is no failure.
+    let (result, _) = run(
+        deleted,
+        vec![
+            list_pods(),
+            apply_status(),
+            expect(Method::PATCH, &format!("{VMS}/vm1"), not_found()).status(StatusCode::NOT_FOUND),
+        ],
+    )
+    .await;
+    result.unwrap();
 }
 
 #[tokio::test]
@@ -571,7 +592,8 @@ async fn a_manual_start_request_is_acted_on_and_removed() {
                 Method::PATCH,
                 &format!("{VMS}/vm1"),
                 serde_json::to_value(&manual).unwrap(),
-            ),
+            )
+            .query("fieldManager", FIELD_MANAGER),
             apply_status(),
             post_event(),
         ],
@@ -710,6 +732,16 @@ fn the_launchers_last_error_is_its_termination_message() {
     assert_eq!(
         launcher.termination_message_policy.as_deref(),
         Some("FallbackToLogsOnError")
+    );
+}
+
+#[test]
+fn the_launcher_pod_blocks_its_vms_foreground_deletion() {
+    let pod = launcher_pod::build(&vm(ALWAYS), "p", &config(), &ClaimModes::new()).unwrap();
+    let owner = &pod.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.controller, owner.block_owner_deletion),
+        (Some(true), Some(true))
     );
 }
 
