@@ -106,6 +106,24 @@ pub enum RunError {
     Runtime(#[source] std::io::Error),
 }
 
+/// The VMs whose status is Unknown because `lease`'s node fell silent: its renewal is news for them.
+fn waiting_on_node<'a>(
+    vms: impl Iterator<Item = &'a VirtualMachine>,
+    lease: &str,
+) -> Vec<kube::runtime::reflector::ObjectRef<VirtualMachine>> {
+    let Some(node) = crate::node::node_of_lease(lease) else {
+        return Vec::new();
+    };
+    vms.filter(|vm| {
+        vm.status.as_ref().is_some_and(|status| {
+            status.node_name.as_deref() == Some(node)
+                && status.printable_status == Some(vmlet_api::PrintableStatus::Unknown)
+        })
+    })
+    .map(kube::runtime::reflector::ObjectRef::from_obj)
+    .collect()
+}
+
 /// What every reconciliation shares.
 pub struct Context {
     pub client: Client,
@@ -161,7 +179,7 @@ async fn run_async(args: Args) -> Result<(), RunError> {
                 instance: Some(identity.clone()),
             },
         ),
-        leases,
+        leases: leases.clone(),
         pod_config: PodConfig {
             image: args.launcher_image,
             image_pull_policy: args.launcher_pull_policy,
@@ -173,6 +191,7 @@ async fn run_async(args: Args) -> Result<(), RunError> {
         },
         node_timeout: Duration::from_secs(args.node_timeout),
     });
+    let heartbeats = leases;
     let pods_of_launchers = watcher::Config::default().labels(&format!(
         "{}={}",
         launcher_pod::MANAGED_BY_LABEL,
@@ -187,8 +206,15 @@ async fn run_async(args: Args) -> Result<(), RunError> {
             }
         }
     };
-    Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default());
+    let vms = controller.store();
+    controller
         .owns(Api::<Pod>::all(client), pods_of_launchers)
+        // A node's heartbeat is what its VMs' Unknown status waits for: each renewal looks at them again, so they
+        // recover within one heartbeat of the node role's return.
+        .watches(heartbeats, watcher::Config::default(), move |lease: Lease| {
+            waiting_on_node(vms.state().iter().map(|vm| &**vm), &lease.name_any())
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -1295,3 +1295,31 @@ fn in_holder_mode_the_pod_shares_its_processes_and_starts_the_holders_first() {
         "the shared volumes root, then what is mounted in it; the disk is the holder's link"
     );
 }
+
+/// A node's heartbeat brings back the VMs shown Unknown because that node fell silent, and only those.
+#[test]
+fn a_heartbeat_looks_again_at_the_vms_its_node_left_unknown() {
+    let on = |node: &str, printable: PrintableStatus, name: &str| {
+        let mut vm = vm(ALWAYS);
+        vm.metadata.name = Some(name.into());
+        vm.status = Some(VirtualMachineStatus {
+            node_name: Some(node.into()),
+            printable_status: Some(printable),
+            ..VirtualMachineStatus::default()
+        });
+        vm
+    };
+    let vms = [
+        on("n1", PrintableStatus::Unknown, "lost-on-n1"),
+        on("n1", PrintableStatus::Running, "running-on-n1"),
+        on("n2", PrintableStatus::Unknown, "lost-on-n2"),
+    ];
+    let names = |lease: &str| -> Vec<String> {
+        super::waiting_on_node(vms.iter(), lease)
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    assert_eq!(names("vmlet-node-n1"), ["lost-on-n1"]);
+    assert_eq!(names("vmlet-controller"), Vec::<String>::new(), "the leader's Lease is no heartbeat");
+}

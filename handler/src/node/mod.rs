@@ -25,7 +25,7 @@ use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-pub use heartbeat::{Heartbeat, lease_name};
+pub use heartbeat::{Heartbeat, lease_name, node_of_lease};
 pub use launchers::Launchers;
 
 use crate::controller::launcher_pod::{MANAGED_BY, MANAGED_BY_LABEL, run_dir_name};
