@@ -781,12 +781,15 @@ spec:
         assert_eq!(restarts["format"], "int64");
         assert_eq!(restarts["minimum"], 0.0);
         assert_eq!(restarts["maximum"], f64::from(u32::MAX));
-        let template = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-            ["template"]["properties"]["spec"];
-        let port = &template["properties"]["domain"]["properties"]["devices"]["properties"]["interfaces"]["items"]
-            ["properties"]["ports"]["items"]["properties"]["port"];
+        let template = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["template"]
+            ["properties"]["spec"];
+        let port = &template["properties"]["domain"]["properties"]["devices"]["properties"]["interfaces"]["items"]["properties"]
+            ["ports"]["items"]["properties"]["port"];
         assert_eq!(port["format"], "int32", "{port}");
-        assert_eq!((port["minimum"].clone(), port["maximum"].clone()), (1.0.into(), 65535.0.into()));
+        assert_eq!(
+            (port["minimum"].clone(), port["maximum"].clone()),
+            (1.0.into(), 65535.0.into())
+        );
     }
 
     /// The API server refuses a CRD whose rules it cannot bound in cost: every list a rule walks needs a maximum

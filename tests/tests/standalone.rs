@@ -155,9 +155,10 @@ fn a_manual_vm_starts_on_request_restarts_when_edited_and_starts_when_written_ba
     let _guest = one_guest_at_a_time();
     let mut machine = Machine::new();
     let manifest = machine.add_vm("manual", "Manual");
-    let requested = std::fs::read_to_string(&manifest)
-        .unwrap()
-        .replace("namespace: default,", "namespace: default, annotations: {vmlet.dev/run: start},");
+    let requested = std::fs::read_to_string(&manifest).unwrap().replace(
+        "namespace: default,",
+        "namespace: default, annotations: {vmlet.dev/run: start},",
+    );
     std::fs::write(&manifest, &requested).unwrap();
     machine.start_handler();
     machine.wait_lease("manual");
@@ -175,9 +176,12 @@ fn a_manual_vm_starts_on_request_restarts_when_edited_and_starts_when_written_ba
     machine.wait_lease("manual");
 
     std::fs::remove_file(&manifest).unwrap();
-    let gone = poll_until("manual's pod and status to go", WAIT, Duration::from_millis(250), || {
-        (!machine.pod_dir("manual").exists() && machine.status_file("manual").is_empty()).then_some(())
-    });
+    let gone = poll_until(
+        "manual's pod and status to go",
+        WAIT,
+        Duration::from_millis(250),
+        || (!machine.pod_dir("manual").exists() && machine.status_file("manual").is_empty()).then_some(()),
+    );
     gone.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("manual")));
     std::fs::write(&manifest, &requested).unwrap();
     machine.wait_lease("manual");

@@ -73,7 +73,8 @@ async fn add_finalizer(vms: &Api<VirtualMachine>, vm: &VirtualMachine) -> Result
         ])
     };
     let patch: json_patch::Patch = serde_json::from_value(operations)?;
-    vms.patch(&vm.name_any(), &patch_params(), &Patch::<()>::Json(patch)).await?;
+    vms.patch(&vm.name_any(), &patch_params(), &Patch::<()>::Json(patch))
+        .await?;
     Ok(())
 }
 

@@ -739,10 +739,7 @@ fn the_launchers_last_error_is_its_termination_message() {
 fn the_launcher_pod_blocks_its_vms_foreground_deletion() {
     let pod = launcher_pod::build(&vm(ALWAYS), "p", &config(), &ClaimModes::new()).unwrap();
     let owner = &pod.metadata.owner_references.unwrap()[0];
-    assert_eq!(
-        (owner.controller, owner.block_owner_deletion),
-        (Some(true), Some(true))
-    );
+    assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
 }
 
 #[test]
@@ -1321,5 +1318,9 @@ fn a_heartbeat_looks_again_at_the_vms_its_node_left_unknown() {
             .collect()
     };
     assert_eq!(names("vmlet-node-n1"), ["lost-on-n1"]);
-    assert_eq!(names("vmlet-controller"), Vec::<String>::new(), "the leader's Lease is no heartbeat");
+    assert_eq!(
+        names("vmlet-controller"),
+        Vec::<String>::new(),
+        "the leader's Lease is no heartbeat"
+    );
 }

@@ -827,7 +827,12 @@ fn a_global_ipv6_gateway_is_found_once_its_routers_link_local_address_is_usable(
                 handle.address().del(address).execute().await.unwrap();
             }
         }
-        handle.address().add(veth, IpAddr::V6(router), 64).execute().await.unwrap();
+        handle
+            .address()
+            .add(veth, IpAddr::V6(router), 64)
+            .execute()
+            .await
+            .unwrap();
     });
     pod.gateway_v6 = Some("fd00:10:244:1::1".parse().unwrap());
     let started = Instant::now();
