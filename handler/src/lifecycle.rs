@@ -875,6 +875,15 @@ fn previous_failure(status: &VirtualMachineStatus) -> Option<(&'static str, Stri
     Some((reason, failure.message.clone().unwrap_or_default()))
 }
 
+/// Whether an event's reason is a launcher's run that failed (as opposed to a spec or a claim that keeps it from
+/// starting).
+pub fn is_launcher_failure(reason: &str) -> bool {
+    matches!(
+        reason,
+        "LauncherFailed" | "GuestDestroyed" | "GuestCrashed" | "LauncherKilled" | "LauncherVanished" | "LauncherLost"
+    )
+}
+
 /// Every reason the Failure condition can carry.
 const FAILURE_REASONS: &[&str] = &[
     "LauncherFailed",

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod controller;
 mod lifecycle;
+mod metrics;
 mod node;
 mod standalone;
 mod vm_status;

@@ -11,13 +11,14 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
-use vmlet_api::{RUN_ANNOTATION, VirtualMachine};
+use vmlet_api::{RUN_ANNOTATION, VirtualMachine, VirtualMachineStatus};
 
 use super::pod_volumes::{ClaimMode, ClaimModes, claims_of};
 use super::{Context, Error, launcher_pod};
 use crate::lifecycle::{
     self, EventKind, Launcher, LauncherAction, MissingClaim, NodeHealth, Observation, Obstacles, RunRequest,
 };
+use crate::metrics::{Metrics, ReasonLabels, RoleLabels, VmLabels};
 use crate::vm_status::controller_part;
 
 /// The finalizer that keeps a VM until its launcher is gone.
@@ -31,18 +32,30 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// removed once the VM's deletion has stopped its launcher. As kube's finalizer helper does it, but with the
 /// controller's field manager on every patch, and a VM already gone when its finalizer goes is no error.
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_vm(&vm, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .get_or_create(&RoleLabels {
+            role: "controller".into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
     let namespace = vm.namespace().ok_or(Error::NoNamespace)?;
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
     let index = vm.finalizers().iter().position(|f| f == FINALIZER);
     match (index, vm.metadata.deletion_timestamp.is_some()) {
-        (Some(_), false) => sync(&vm, &ctx, false).await,
+        (Some(_), false) => sync(vm, ctx, false).await,
         (Some(index), true) => {
-            let action = sync(&vm, &ctx, true).await?;
+            let action = sync(vm, ctx, true).await?;
             remove_finalizer(&vms, &vm.name_any(), index).await?;
             Ok(action)
         }
         (None, false) => {
-            add_finalizer(&vms, &vm).await?;
+            add_finalizer(&vms, vm).await?;
             // The patch changes the VM, which brings it back.
             Ok(Action::await_change())
         }
@@ -202,6 +215,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         vms.patch(&name, &patch_params(), &Patch::<()>::Json(patch)).await?;
     }
 
+    count(&ctx.metrics, vm, &previous, &plan);
     let mut status = plan.status;
     status.launcher_pod = launcher_name;
     // Only the controller's fields: the node role owns the others (`crate::vm_status`).
@@ -248,6 +262,26 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         ctx.node_timeout,
         now,
     )))
+}
+
+/// What a plan says for the metrics: the VM's restarts and its launchers' failures.
+fn count(metrics: &Metrics, vm: &VirtualMachine, previous: &VirtualMachineStatus, plan: &lifecycle::Plan) {
+    if plan.status.restart_count > previous.restart_count {
+        let labels = VmLabels {
+            namespace: vm.namespace().unwrap_or_default(),
+            name: vm.name_any(),
+        };
+        let restarts = u64::from(plan.status.restart_count - previous.restart_count);
+        metrics.restarts.get_or_create(&labels).inc_by(restarts);
+    }
+    for event in plan.events.iter().filter(|e| lifecycle::is_launcher_failure(e.reason)) {
+        metrics
+            .launcher_failures
+            .get_or_create(&ReasonLabels {
+                reason: event.reason.into(),
+            })
+            .inc();
+    }
 }
 
 /// When to look at a VM again though nothing changed: when the plan asks, just after the heartbeat of its

@@ -184,6 +184,7 @@ fn context(client: Client) -> Arc<Context> {
         leases: Api::namespaced(client, "vmlet-system"),
         pod_config: config(),
         node_timeout: Duration::from_secs(40),
+        metrics: Arc::default(),
     })
 }
 
