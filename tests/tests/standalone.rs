@@ -114,6 +114,10 @@ fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
     gone.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")));
     assert!(!machine.status().contains("web"));
     let console = machine.handler().output();
+    let logged = console
+        .lines()
+        .any(|line| line.contains("the VM is Running") && line.contains("web"));
+    assert!(logged, "each change of state is a log line naming the VM\n{console}");
     assert!(
         console.contains("stopping the launcher"),
         "the guest was asked to stop, not killed\n{console}"

@@ -216,6 +216,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     }
 
     count(&ctx.metrics, vm, &previous, &plan);
+    let changed = lifecycle::status_change(&previous, &plan);
     let mut status = plan.status;
     status.launcher_pod = launcher_name;
     // Only the controller's fields: the node role owns the others (`crate::vm_status`).
@@ -230,7 +231,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     }
 
     let reference = vm.object_ref(&());
-    for event in &plan.events {
+    for event in plan.events.iter().chain(&changed) {
         let published = KubeEvent {
             type_: match event.kind {
                 EventKind::Normal => EventType::Normal,

@@ -1142,10 +1142,19 @@ async fn a_launcher_waiting_for_its_image_shows_the_kubelets_words() {
     let pod = waiting_for_image(launcher_pod::CONTAINER, false, "ImagePullBackOff");
     let (result, seen) = run(
         starting,
-        vec![list_of(&[&pod]), node_lease(Timestamp::now()), apply_status()],
+        vec![
+            list_of(&[&pod]),
+            node_lease(Timestamp::now()),
+            apply_status(),
+            post_event(),
+        ],
     )
     .await;
     result.unwrap();
+    // Every change of state is an Event, this one too though the plan has none of its own.
+    assert_eq!(seen[3].body["reason"], "StatusChanged");
+    assert_eq!(seen[3].body["type"], "Warning");
+    assert_eq!(seen[3].body["note"], "the VM is ImagePullBackOff (was Starting)");
     let status = assert_apply(&seen[2]);
     assert_eq!(status["printableStatus"], "ImagePullBackOff");
     assert_eq!(status["phase"], "Scheduled");

@@ -575,6 +575,14 @@ impl Standalone {
         if let Some(error) = spec_error {
             status_file::note_spec_error(&mut status, &error, seen.pod.is_some());
         }
+        if status.printable_status != previous.printable_status
+            && let Some(now) = status.printable_status
+        {
+            let was = previous
+                .printable_status
+                .map_or_else(|| "new".to_owned(), |p| format!("{p:?}"));
+            info!(vm = %seen.key, status = ?now, was = %was, "the VM is {now:?}");
+        }
         let events = if waiting { &[][..] } else { &plan.events[..] };
         self.count_change(seen.key, seen.pod, &previous, &status, events);
         if status != previous {
