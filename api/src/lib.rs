@@ -569,6 +569,54 @@ pub struct LocalObjectReference {
     pub name: String,
 }
 
+/// The `VirtualMachine` CRD as the API server takes it without warnings: integers in the formats it knows (`int32`,
+/// `int64`), the bounds of Rust's unsigned and small types kept as `minimum` and `maximum`.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = serde_json::to_value(VirtualMachine::crd()).expect("a CRD is JSON");
+    known_integer_formats(&mut crd);
+    serde_json::from_value(crd).expect("changing integer formats leaves a CRD")
+}
+
+fn known_integer_formats(schema: &mut serde_json::Value) {
+    use serde_json::Value;
+    match schema {
+        Value::Object(fields) => {
+            let bounds = match fields.get("format").and_then(Value::as_str) {
+                Some("int8") => Some((i64::from(i8::MIN), i64::from(i8::MAX))),
+                Some("int16") => Some((i64::from(i16::MIN), i64::from(i16::MAX))),
+                Some("uint8") => Some((0, i64::from(u8::MAX))),
+                Some("uint16") => Some((0, i64::from(u16::MAX))),
+                Some("uint32") => Some((0, i64::from(u32::MAX))),
+                Some("uint64" | "uint") => Some((0, i64::MAX)),
+                _ => None,
+            };
+            if let Some((min, max)) = bounds {
+                let tighter = |key: &str, bound: i64, keep: fn(f64, f64) -> bool| {
+                    let given = fields.get(key).and_then(Value::as_f64);
+                    match given {
+                        Some(given) if keep(given, bound as f64) => given,
+                        _ => bound as f64,
+                    }
+                };
+                let minimum = tighter("minimum", min, |given, bound| given >= bound);
+                let maximum = tighter("maximum", max, |given, bound| given <= bound);
+                let format = if minimum >= f64::from(i32::MIN) && maximum <= f64::from(i32::MAX) {
+                    "int32"
+                } else {
+                    "int64"
+                };
+                fields.insert("format".into(), format.into());
+                fields.insert("minimum".into(), minimum.into());
+                fields.insert("maximum".into(), maximum.into());
+            }
+            fields.values_mut().for_each(known_integer_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(known_integer_formats),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use kube::CustomResourceExt;
@@ -711,6 +759,36 @@ spec:
         assert_eq!(
             cel_messages(&no_volumes),
             ["every disk must name a volume of spec.volumes"]
+        );
+    }
+
+    /// The API server warns of formats it does not know (`uint32`): every integer is int32 or int64, within the
+    /// bounds of its Rust type.
+    #[test]
+    fn integers_have_formats_the_api_server_knows() {
+        let crd = serde_json::to_value(crd()).unwrap();
+        let text = crd.to_string();
+        let formats: std::collections::BTreeSet<&str> = text
+            .match_indices("\"format\":\"")
+            .map(|(at, found)| {
+                let rest = &text[at + found.len()..];
+                &rest[..rest.find('"').unwrap()]
+            })
+            .collect();
+        assert_eq!(formats, ["date-time", "int32", "int64"].into());
+        let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+        let restarts = &status["properties"]["restartCount"];
+        assert_eq!(restarts["format"], "int64");
+        assert_eq!(restarts["minimum"], 0.0);
+        assert_eq!(restarts["maximum"], f64::from(u32::MAX));
+        let template = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["template"]
+            ["properties"]["spec"];
+        let port = &template["properties"]["domain"]["properties"]["devices"]["properties"]["interfaces"]["items"]["properties"]
+            ["ports"]["items"]["properties"]["port"];
+        assert_eq!(port["format"], "int32", "{port}");
+        assert_eq!(
+            (port["minimum"].clone(), port["maximum"].clone()),
+            (1.0.into(), 65535.0.into())
         );
     }
 

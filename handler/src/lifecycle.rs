@@ -513,7 +513,8 @@ impl<'o, 'a> Planner<'o, 'a> {
                 self.event(EventKind::Warning, "InvalidSpec", problem.clone());
             }
             self.failure = Some(("InvalidSpec", problem.clone()));
-            self.printable = PrintableStatus::Stopped;
+            // KubeVirt's printable status for a VM that cannot be placed anywhere as it is: no node runs this spec.
+            self.printable = PrintableStatus::ErrorUnschedulable;
             self.ready = ("False", "InvalidSpec", "the VM's spec cannot run".into());
             return;
         }
@@ -872,6 +873,38 @@ fn previous_failure(status: &VirtualMachineStatus) -> Option<(&'static str, Stri
         .find(|r| failure.reason.as_deref() == Some(**r))
         .copied()?;
     Some((reason, failure.message.clone().unwrap_or_default()))
+}
+
+/// The Event of a change of printable status that no other Event of the plan tells: every state change of a VM is
+/// an Event (on Kubernetes) or a log line (standalone).
+pub fn status_change(previous: &VirtualMachineStatus, plan: &Plan) -> Option<Event> {
+    let (before, after) = (previous.printable_status, plan.status.printable_status?);
+    if before == Some(after) || !plan.events.is_empty() {
+        return None;
+    }
+    let was = before.map_or_else(|| "new".to_owned(), |b| format!("{b:?}"));
+    Some(Event {
+        kind: match after {
+            PrintableStatus::CrashLoopBackOff
+            | PrintableStatus::ErrorUnschedulable
+            | PrintableStatus::ErrImagePull
+            | PrintableStatus::ImagePullBackOff
+            | PrintableStatus::ErrorPvcNotFound
+            | PrintableStatus::Unknown => EventKind::Warning,
+            _ => EventKind::Normal,
+        },
+        reason: "StatusChanged",
+        message: format!("the VM is {after:?} (was {was})"),
+    })
+}
+
+/// Whether an event's reason is a launcher's run that failed (as opposed to a spec or a claim that keeps it from
+/// starting).
+pub fn is_launcher_failure(reason: &str) -> bool {
+    matches!(
+        reason,
+        "LauncherFailed" | "GuestDestroyed" | "GuestCrashed" | "LauncherKilled" | "LauncherVanished" | "LauncherLost"
+    )
 }
 
 /// Every reason the Failure condition can carry.
@@ -1581,6 +1614,29 @@ mod tests {
         assert_eq!(plan.status.printable_status, Some(P::ErrorUnschedulable));
     }
 
+    /// A change of printable status that the plan tells in no Event of its own is one; one it tells is not told
+    /// twice, and no change is none.
+    #[test]
+    fn every_change_of_state_is_an_event() {
+        let previous = status(Some(Running), Some(P::Starting));
+        let mut plan = plan(&observe(Always, &previous, running(0), 100));
+        plan.status.printable_status = Some(P::Running);
+        plan.events.clear();
+        let event = status_change(&previous, &plan).unwrap();
+        assert_eq!((event.kind, event.reason), (EventKind::Normal, "StatusChanged"));
+        assert_eq!(event.message, "the VM is Running (was Starting)");
+        plan.status.printable_status = Some(P::Starting);
+        assert_eq!(status_change(&previous, &plan), None);
+        plan.status.printable_status = Some(P::CrashLoopBackOff);
+        assert_eq!(status_change(&previous, &plan).unwrap().kind, EventKind::Warning);
+        plan.events.push(Event {
+            kind: EventKind::Warning,
+            reason: "LauncherFailed",
+            message: "told already".into(),
+        });
+        assert_eq!(status_change(&previous, &plan), None);
+    }
+
     #[test]
     fn an_invalid_spec_is_not_started() {
         let previous = VirtualMachineStatus::default();
@@ -1593,6 +1649,7 @@ mod tests {
             Some(("True", "InvalidSpec"))
         );
         assert_eq!(reasons(&refused), ["InvalidSpec"]);
+        assert_eq!(refused.status.printable_status, Some(P::ErrorUnschedulable));
         obs.status = &refused.status;
         assert!(plan(&obs).events.is_empty(), "reported once");
     }

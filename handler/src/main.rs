@@ -7,11 +7,10 @@ use std::process::ExitCode;
 
 use clap::builder::FalseyValueParser;
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
-use vmlet_api::VirtualMachine;
 
 mod controller;
 mod lifecycle;
+mod metrics;
 mod node;
 mod standalone;
 mod vm_status;
@@ -96,7 +95,7 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn crd_yaml() -> anyhow::Result<String> {
-    Ok(serde_yaml::to_string(&VirtualMachine::crd())?)
+    Ok(serde_yaml::to_string(&vmlet_api::crd())?)
 }
 
 #[cfg(test)]

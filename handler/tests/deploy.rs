@@ -187,7 +187,7 @@ fn each_role_is_granted_what_it_uses_and_no_more() {
     assert_eq!(verbs(&controller, "events.k8s.io", "events"), set(&["create", "patch"]));
     assert_eq!(
         verbs(&controller, "coordination.k8s.io", "leases"),
-        set(&["get", "create", "update"])
+        set(&["get", "list", "watch", "create", "update"])
     );
     assert!(verbs(&controller, "", "nodes").is_empty());
 

@@ -58,9 +58,35 @@ pub struct Args {
     /// Where the pod provides the data of the VM's volumes (containerDisk images, claims, Secrets).
     #[arg(long, default_value = vmlet_control::pod_volumes::DEFAULT_ROOT)]
     volumes_dir: PathBuf,
+    /// Where the launcher's last error is written when it cannot run the VM, for whoever started it to show.
+    /// Without it, Kubernetes' `/dev/termination-log` when the kubelet made it.
+    #[arg(long, env = "VMLET_TERMINATION_LOG")]
+    termination_log: Option<PathBuf>,
 }
 
+/// The file the kubelet reads a container's termination message from (its `terminationMessagePath`).
+const KUBERNETES_TERMINATION_LOG: &str = "/dev/termination-log";
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let termination_log = args.termination_log.clone().or_else(|| {
+        // Only a file the kubelet made: a launcher run by hand must not make one in the host's /dev.
+        let kubelets = PathBuf::from(KUBERNETES_TERMINATION_LOG);
+        kubelets.is_file().then_some(kubelets)
+    });
+    let result = run_vm(args);
+    if let (Err(err), Some(path)) = (&result, termination_log) {
+        // Best effort: the error goes to stderr as well, and to the pod's log.
+        let _ = std::fs::write(path, termination_message(err));
+    }
+    result
+}
+
+/// The error as one line, as a VM's condition shows it.
+fn termination_message(err: &anyhow::Error) -> String {
+    format!("{err:#}").replace('\n', " ")
+}
+
+fn run_vm(args: Args) -> anyhow::Result<ExitCode> {
     let vm = spec::load(args.vm_spec.as_deref(), std::env::var(SPEC_ENV).ok(), args.name.clone())?;
     // Validation guarantees a binding per interface; a VM without an interface has no network to rewire.
     let Some(interface) = vm.spec.domain.devices.interfaces.first() else {
@@ -447,5 +473,14 @@ mod tests {
             .map(Ending::exit_code)
             .to_vec();
         assert_eq!(codes, [0, 0, 3, 4]);
+    }
+
+    #[test]
+    fn the_termination_message_is_the_whole_error_on_one_line() {
+        let err = anyhow::anyhow!("No such file or directory\n(os error 2)").context("could not open kernel file 'k'");
+        assert_eq!(
+            termination_message(&err),
+            "could not open kernel file 'k': No such file or directory (os error 2)"
+        );
     }
 }

@@ -98,13 +98,24 @@ impl NodeNetwork {
         Ok(steps)
     }
 
+    /// The nftables table of this bridge and pool, `ip vmlet-standalone-BRIDGE-POOL`: each standalone handler of
+    /// a machine replaces its own rules only, never another's.
+    pub fn nat_table(&self) -> String {
+        let pool = self.pool.trunc();
+        let name: String = format!("{}-{}-{}", self.bridge, pool.addr(), pool.prefix_len())
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' })
+            .collect();
+        format!("vmlet-standalone-{name}")
+    }
+
     /// Pods reach the outside under the host's address; traffic among pods and to the host stays unchanged.
     fn nat_ruleset(&self) -> String {
-        let (bridge, pool) = (&self.bridge, self.pool.trunc());
+        let (bridge, pool, table) = (&self.bridge, self.pool.trunc(), self.nat_table());
         format!(
-            r#"add table ip vmlet-standalone
-delete table ip vmlet-standalone
-table ip vmlet-standalone {{
+            r#"add table ip {table}
+delete table ip {table}
+table ip {table} {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr {pool} oifname != "{bridge}" masquerade

@@ -86,3 +86,27 @@ fn host_end_names_are_short_stable_and_differ_between_pods() {
     assert_eq!(a, host_end_name("vmlet-default-a-very-long-virtual-machine-name"));
     assert_ne!(a, host_end_name("vmlet-default-b"));
 }
+
+/// Two handlers of one machine, each with its bridge and pool, each replace only their own NAT rules.
+#[test]
+fn each_bridge_and_pool_has_a_nat_table_of_its_own() {
+    let other = NodeNetwork {
+        bridge: "vmlet1".into(),
+        pool: "10.112.0.0/24".parse().unwrap(),
+        ..node()
+    };
+    assert_eq!(node().nat_table(), "vmlet-standalone-vmlet0-10-111-0-0-24");
+    assert_eq!(other.nat_table(), "vmlet-standalone-vmlet1-10-112-0-0-24");
+    for network in [node(), other] {
+        let Some(Step::Nft(rules)) = network.ensure_plan(true).unwrap().pop() else {
+            panic!("the plan ends with the NAT rules")
+        };
+        let tables: Vec<&str> = rules
+            .lines()
+            .filter(|line| line.contains("table ip "))
+            .filter_map(|line| line.split_whitespace().skip_while(|word| *word != "ip").nth(1))
+            .collect();
+        let table = network.nat_table();
+        assert_eq!(tables, [table.as_str(); 3], "{rules}");
+    }
+}

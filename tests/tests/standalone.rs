@@ -77,6 +77,12 @@ fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
     restarted.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")));
     let lease = machine.wait_lease("web");
     assert!(lease.contains("ip=10.111.0.2/24"), "{lease}");
+    let previous = machine.dir().join("state/logs/default_web.log");
+    assert!(
+        std::fs::read_to_string(&previous).is_ok_and(|log| !log.is_empty()),
+        "the killed run's log is kept in {}",
+        previous.display()
+    );
     assert!(
         machine.status_file("web").contains("restartCount: 1"),
         "{}",
@@ -109,10 +115,84 @@ fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
     gone.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")));
     assert!(!machine.status().contains("web"));
     let console = machine.handler().output();
+    let logged = console
+        .lines()
+        .any(|line| line.contains("the VM is Running") && line.contains("web"));
+    assert!(logged, "each change of state is a log line naming the VM\n{console}");
     assert!(
         console.contains("stopping the launcher"),
         "the guest was asked to stop, not killed\n{console}"
     );
+}
+
+/// VMs whose manifests are all there when the handler starts, and so are picked up in one pass, each get an
+/// address of their own.
+#[test]
+fn vms_appearing_at_once_get_addresses_of_their_own() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    let names = ["one", "two", "three"];
+    for name in names {
+        machine.add_vm(name, "Always");
+    }
+    machine.start_handler();
+    let addresses = poll_until("a pod for each VM", WAIT, Duration::from_millis(100), || {
+        names
+            .iter()
+            .map(|name| {
+                let record = std::fs::read_to_string(machine.pod_dir(name).join("pod.json")).ok()?;
+                let record: serde_json::Value = serde_json::from_str(&record).ok()?;
+                Some(record["address"].as_str()?.to_owned())
+            })
+            .collect::<Option<Vec<String>>>()
+    })
+    .unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("one")));
+    let mut unique = addresses.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "one address per pod: {addresses:?}");
+}
+
+/// A Manual VM on a fresh state folder starts on its `vmlet.dev/run: start` annotation; an edit restarts it with
+/// the new spec; its manifest removed and written back starts it again.
+#[test]
+fn a_manual_vm_starts_on_request_restarts_when_edited_and_starts_when_written_back() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    let manifest = machine.add_vm("manual", "Manual");
+    let requested = std::fs::read_to_string(&manifest).unwrap().replace(
+        "namespace: default,",
+        "namespace: default, annotations: {vmlet.dev/run: start},",
+    );
+    std::fs::write(&manifest, &requested).unwrap();
+    machine.start_handler();
+    machine.wait_lease("manual");
+    machine.wait_status("manual", &["Running", "True"], WAIT);
+
+    let shim = machine.shim_pid("manual");
+    std::fs::write(&manifest, requested.replace("guest: 256Mi", "guest: 320Mi")).unwrap();
+    let restarted = poll_until("manual to restart with 320Mi", BOOT, Duration::from_millis(250), || {
+        let record = std::fs::read_to_string(machine.pod_dir("manual").join("shim.json")).ok()?;
+        let record: serde_json::Value = serde_json::from_str(&record).ok()?;
+        let vm = std::fs::read_to_string(machine.pod_dir("manual").join("vm.json")).ok()?;
+        (record["pid"].as_u64()? as u32 != shim && vm.contains("320Mi")).then_some(())
+    });
+    restarted.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("manual")));
+    machine.wait_lease("manual");
+
+    std::fs::remove_file(&manifest).unwrap();
+    let gone = poll_until(
+        "manual's pod and status to go",
+        WAIT,
+        Duration::from_millis(250),
+        || (!machine.pod_dir("manual").exists() && machine.status_file("manual").is_empty()).then_some(()),
+    );
+    gone.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("manual")));
+    std::fs::write(&manifest, &requested).unwrap();
+    machine.wait_lease("manual");
+    machine.wait_status("manual", &["Running", "True"], WAIT);
+    let handler = machine.handler().output();
+    assert!(!handler.contains("cannot write"), "{handler}");
 }
 
 /// A Once VM whose launcher is killed stays down, Failed; a manifest that does not validate is reported in its
@@ -137,6 +217,11 @@ fn a_once_vm_is_not_rerun_and_a_bad_manifest_is_reported() {
         machine.status_file("batch").contains("phase: Failed").then_some(())
     });
     failed.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("batch")));
+    let status = machine.status_file("batch");
+    assert!(
+        status.contains("LauncherKilled") && status.contains("SIGKILL"),
+        "a killed launcher is reported killed: {status}"
+    );
     std::thread::sleep(Duration::from_secs(3));
     let shim_again = std::fs::read_to_string(machine.pod_dir("batch").join("shim.json")).ok();
     assert!(
@@ -147,6 +232,7 @@ fn a_once_vm_is_not_rerun_and_a_bad_manifest_is_reported() {
 
     let broken = machine.status_file("broken");
     assert!(broken.contains("InvalidSpec") && broken.contains("lots"), "{broken}");
+    machine.wait_status("broken", &["ErrorUnschedulable"], WAIT);
     assert!(!machine.pod_dir("broken").exists(), "nothing runs for a bad manifest");
     assert!(!Path::new(&machine.pod_dir("broken")).exists());
 }

@@ -121,7 +121,9 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
         .as_deref()
         .ok_or(BuildError::Missing("namespace"))?;
     let uid = vm.metadata.uid.as_deref().ok_or(BuildError::Missing("uid"))?;
-    let owner = vm.controller_owner_ref(&()).ok_or(BuildError::Missing("uid"))?;
+    let mut owner = vm.controller_owner_ref(&()).ok_or(BuildError::Missing("uid"))?;
+    // A foreground deletion of the VM waits for its launcher Pod, as KubeVirt's VMs wait for their launchers.
+    owner.block_owner_deletion = Some(true);
     let template = &vm.spec.template;
     let instance = &template.spec;
 
@@ -207,6 +209,9 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
         }),
         volume_mounts: Some(mounts),
         volume_devices: (!served.devices.is_empty()).then_some(served.devices),
+        // The launcher writes its last error to the termination log; a launcher that dies before it can, gives
+        // its log's tail instead. Either is read back into the VM's condition: the failed Pod goes soon after.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
 
@@ -284,6 +289,37 @@ pub fn belongs_to(pod: &Pod, vm: &VirtualMachine) -> bool {
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
 }
 
+/// A failed launcher's end as the lifecycle sees it: killed by a signal (a container runtime reports exit code
+/// 128 + the signal), or exited with its code and its last words (the termination message).
+fn failed_exit(terminated: &ContainerStateTerminated, pod_reason: Option<&str>) -> Exit {
+    let said = terminated
+        .message
+        .as_deref()
+        .and_then(|message| message.lines().rev().map(str::trim).find(|line| !line.is_empty()))
+        .map(str::to_owned);
+    let runtime_reason = terminated.reason.as_deref().or(pod_reason);
+    match terminated.exit_code {
+        code if code > 128 && code <= 128 + 64 => {
+            let signal = code - 128;
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| format!(", {}", s.as_str()))
+                .unwrap_or_default();
+            let how = match runtime_reason {
+                Some("OOMKilled") => format!("out of memory: signal {signal}{name}"),
+                _ => format!("signal {signal}{name}"),
+            };
+            Exit::Failed {
+                code: None,
+                reason: Some(how),
+            }
+        }
+        code => Exit::Failed {
+            code: (code >= 0).then_some(code),
+            reason: said.or(runtime_reason.map(str::to_owned)),
+        },
+    }
+}
+
 /// The launcher as the lifecycle sees it. `now` stands in for an end time the Pod does not report.
 pub fn observe(pod: &Pod, now: Timestamp) -> Launcher {
     let id = pod.metadata.uid.clone().unwrap_or_default();
@@ -317,10 +353,7 @@ pub fn observe(pod: &Pod, now: Timestamp) -> Launcher {
         let exit = if succeeded {
             Exit::Succeeded
         } else {
-            Exit::Failed {
-                code: (terminated.exit_code >= 0).then_some(terminated.exit_code),
-                reason: terminated.reason.clone().or(status.reason.clone()),
-            }
+            failed_exit(&terminated, status.reason.as_deref())
         };
         return Launcher::Ended {
             id,

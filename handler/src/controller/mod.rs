@@ -19,11 +19,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{finalizer, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 use vmlet_api::VirtualMachine;
+
+use crate::metrics::{Metrics, PhaseLabels};
 
 pub use launcher_pod::PodConfig;
 use leader::LeaderElector;
@@ -66,6 +68,9 @@ pub struct Args {
     /// Seconds a leader's Lease lasts unrenewed.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// Serve Prometheus metrics on this address (`/metrics`); none without it.
+    #[arg(long, env = "VMLET_METRICS_ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 fn parse_bytes(text: &str) -> Result<u64, vmlet_api::ParseQuantityError> {
@@ -84,8 +89,6 @@ pub enum Error {
     Pod(#[from] launcher_pod::BuildError),
     #[error("cannot write a JSON patch: {0}")]
     JsonPatch(#[from] serde_json::Error),
-    #[error("{0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
     /// Not a failure: a deleted VM waits for its launcher to go.
     #[error("the VM's launcher is still stopping")]
     StillStopping,
@@ -93,11 +96,7 @@ pub enum Error {
 
 impl Error {
     fn still_stopping(&self) -> bool {
-        match self {
-            Self::StillStopping => true,
-            Self::Finalizer(inner) => matches!(**inner, finalizer::Error::CleanupFailed(Error::StillStopping)),
-            _ => false,
-        }
+        matches!(self, Self::StillStopping)
     }
 }
 
@@ -110,6 +109,45 @@ pub enum RunError {
     LostLeadership,
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot serve metrics")]
+    Metrics(#[source] std::io::Error),
+}
+
+/// Keeps `kubevirt_vmi_phase_count` to the VMs the controller's cache holds.
+async fn count_phases(vms: kube::runtime::reflector::Store<VirtualMachine>, metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let mut counts = std::collections::BTreeMap::new();
+        for vm in vms.state() {
+            let Some(status) = &vm.status else { continue };
+            let Some(phase) = status.phase else { continue };
+            let node = status.node_name.clone().unwrap_or_default();
+            *counts.entry((format!("{phase:?}").to_lowercase(), node)).or_insert(0) += 1;
+        }
+        metrics.phases.clear();
+        for ((phase, node), count) in counts {
+            metrics.phases.get_or_create(&PhaseLabels { phase, node }).set(count);
+        }
+    }
+}
+
+/// The VMs whose status is Unknown because `lease`'s node fell silent: its renewal is news for them.
+fn waiting_on_node<'a>(
+    vms: impl Iterator<Item = &'a VirtualMachine>,
+    lease: &str,
+) -> Vec<kube::runtime::reflector::ObjectRef<VirtualMachine>> {
+    let Some(node) = crate::node::node_of_lease(lease) else {
+        return Vec::new();
+    };
+    vms.filter(|vm| {
+        vm.status.as_ref().is_some_and(|status| {
+            status.node_name.as_deref() == Some(node)
+                && status.printable_status == Some(vmlet_api::PrintableStatus::Unknown)
+        })
+    })
+    .map(kube::runtime::reflector::ObjectRef::from_obj)
+    .collect()
 }
 
 /// What every reconciliation shares.
@@ -120,6 +158,7 @@ pub struct Context {
     pub leases: Api<Lease>,
     pub pod_config: PodConfig,
     pub node_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -132,7 +171,15 @@ pub fn run(args: Args) -> Result<(), RunError> {
 }
 
 async fn run_async(args: Args) -> Result<(), RunError> {
-    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Arc::new(Metrics::default());
+    let client = crate::metrics::counted_client(metrics.clone())
+        .await
+        .map_err(RunError::Client)?;
+    if let Some(address) = args.metrics_address {
+        crate::metrics::serve(address, metrics.clone())
+            .await
+            .map_err(RunError::Metrics)?;
+    }
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &args.namespace);
     let lease_duration = Duration::from_secs(args.lease_duration.max(2));
@@ -167,7 +214,7 @@ async fn run_async(args: Args) -> Result<(), RunError> {
                 instance: Some(identity.clone()),
             },
         ),
-        leases,
+        leases: leases.clone(),
         pod_config: PodConfig {
             image: args.launcher_image,
             image_pull_policy: args.launcher_pull_policy,
@@ -178,7 +225,9 @@ async fn run_async(args: Args) -> Result<(), RunError> {
             container_disks: args.container_disks,
         },
         node_timeout: Duration::from_secs(args.node_timeout),
+        metrics: metrics.clone(),
     });
+    let heartbeats = leases;
     let pods_of_launchers = watcher::Config::default().labels(&format!(
         "{}={}",
         launcher_pod::MANAGED_BY_LABEL,
@@ -193,8 +242,16 @@ async fn run_async(args: Args) -> Result<(), RunError> {
             }
         }
     };
-    Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default());
+    let vms = controller.store();
+    tokio::spawn(count_phases(vms.clone(), metrics));
+    controller
         .owns(Api::<Pod>::all(client), pods_of_launchers)
+        // A node's heartbeat is what its VMs' Unknown status waits for: each renewal looks at them again, so they
+        // recover within one heartbeat of the node role's return.
+        .watches(heartbeats, watcher::Config::default(), move |lease: Lease| {
+            waiting_on_node(vms.state().iter().map(|vm| &**vm), &lease.name_any())
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {

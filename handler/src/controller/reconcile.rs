@@ -8,17 +8,17 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
-use kube::runtime::finalizer::{Event as Finalizing, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
-use vmlet_api::{RUN_ANNOTATION, VirtualMachine};
+use vmlet_api::{RUN_ANNOTATION, VirtualMachine, VirtualMachineStatus};
 
 use super::pod_volumes::{ClaimMode, ClaimModes, claims_of};
 use super::{Context, Error, launcher_pod};
 use crate::lifecycle::{
     self, EventKind, Launcher, LauncherAction, MissingClaim, NodeHealth, Observation, Obstacles, RunRequest,
 };
+use crate::metrics::{Metrics, ReasonLabels, RoleLabels, VmLabels};
 use crate::vm_status::controller_part;
 
 /// The finalizer that keeps a VM until its launcher is gone.
@@ -28,19 +28,82 @@ pub const FIELD_MANAGER: &str = "vmlet-controller";
 /// How often a VM is looked at when nothing else asks for it.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// The controller's reconcile function: the lifecycle inside the finalizer helper, which adds `vmlet.dev/launcher`
-/// first and removes it once the VM's deletion has stopped its launcher.
+/// The controller's reconcile function: the lifecycle behind the finalizer `vmlet.dev/launcher`, added first and
+/// removed once the VM's deletion has stopped its launcher. As kube's finalizer helper does it, but with the
+/// controller's field manager on every patch, and a VM already gone when its finalizer goes is no error.
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_vm(&vm, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .get_or_create(&RoleLabels {
+            role: "controller".into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Error> {
     let namespace = vm.namespace().ok_or(Error::NoNamespace)?;
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&vms, FINALIZER, vm, |event| async {
-        match event {
-            Finalizing::Apply(vm) => sync(&vm, &ctx, false).await,
-            Finalizing::Cleanup(vm) => sync(&vm, &ctx, true).await,
+    let index = vm.finalizers().iter().position(|f| f == FINALIZER);
+    match (index, vm.metadata.deletion_timestamp.is_some()) {
+        (Some(_), false) => sync(vm, ctx, false).await,
+        (Some(index), true) => {
+            let action = sync(vm, ctx, true).await?;
+            remove_finalizer(&vms, &vm.name_any(), index).await?;
+            Ok(action)
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+        (None, false) => {
+            add_finalizer(&vms, vm).await?;
+            // The patch changes the VM, which brings it back.
+            Ok(Action::await_change())
+        }
+        (None, true) => Ok(Action::await_change()),
+    }
+}
+
+/// The patch parameters of the controller's own writes: its field manager names it in `managedFields`.
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// Adds the finalizer, failing (to try again) if someone else changed the finalizers meanwhile: the API server
+/// does not deduplicate them.
+async fn add_finalizer(vms: &Api<VirtualMachine>, vm: &VirtualMachine) -> Result<(), Error> {
+    let operations = if vm.finalizers().is_empty() {
+        json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": null },
+            { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
+        ])
+    } else {
+        json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": vm.finalizers() },
+            { "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER },
+        ])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(operations)?;
+    vms.patch(&vm.name_any(), &patch_params(), &Patch::<()>::Json(patch))
+        .await?;
+    Ok(())
+}
+
+/// Removes the finalizer at `index`, only if it is still there (the test operation guards the index).
+async fn remove_finalizer(vms: &Api<VirtualMachine>, name: &str, index: usize) -> Result<(), Error> {
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": path, "value": FINALIZER },
+        { "op": "remove", "path": path },
+    ]))?;
+    match vms.patch(name, &patch_params(), &Patch::<()>::Json(patch)).await {
+        Ok(_) => Ok(()),
+        // Gone already: an earlier round removed the finalizer and the VM went with it.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Action, Error> {
@@ -115,19 +178,24 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     debug!(vm = %name, ?plan.action, phase = ?plan.status.phase, "planned");
 
     let mut launcher_name = pod.as_ref().map(ResourceExt::name_any);
+    // The launcher Pod an action was on: its Events name it as their related object, which also keeps Events of
+    // one reason about different launchers (restart 1, restart 2, ...) from merging into one series.
+    let mut acted_on = None;
     match plan.action {
         LauncherAction::None => {}
         LauncherAction::Create => {
             let pod_name = launcher_pod::new_pod_name(&name);
             let new = launcher_pod::build(vm, &pod_name, &ctx.pod_config, &claims)?;
-            pods.create(&PostParams::default(), &new).await?;
+            let created = pods.create(&PostParams::default(), &new).await?;
             info!(vm = %name, pod = %pod_name, "launcher created");
+            acted_on = Some(created.object_ref(&()));
             launcher_name = Some(pod_name);
         }
         LauncherAction::Delete => {
             if let Some(pod) = &pod {
                 delete_pod(&pods, pod).await?;
                 info!(vm = %name, pod = %pod.name_any(), "launcher deleted");
+                acted_on = Some(pod.object_ref(&()));
             }
         }
     }
@@ -144,10 +212,11 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
             { "op": "test", "path": path, "value": value },
             { "op": "remove", "path": path },
         ]))?;
-        vms.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-            .await?;
+        vms.patch(&name, &patch_params(), &Patch::<()>::Json(patch)).await?;
     }
 
+    count(&ctx.metrics, vm, &previous, &plan);
+    let changed = lifecycle::status_change(&previous, &plan);
     let mut status = plan.status;
     status.launcher_pod = launcher_name;
     // Only the controller's fields: the node role owns the others (`crate::vm_status`).
@@ -162,7 +231,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     }
 
     let reference = vm.object_ref(&());
-    for event in &plan.events {
+    for event in plan.events.iter().chain(&changed) {
         let published = KubeEvent {
             type_: match event.kind {
                 EventKind::Normal => EventType::Normal,
@@ -176,7 +245,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
                 LauncherAction::None => "Observe",
             }
             .into(),
-            secondary: None,
+            secondary: acted_on.clone(),
         };
         // An event that cannot be recorded is no reason to act again: what it reports is done.
         if let Err(err) = ctx.recorder.publish(&published, &reference).await {
@@ -194,6 +263,26 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         ctx.node_timeout,
         now,
     )))
+}
+
+/// What a plan says for the metrics: the VM's restarts and its launchers' failures.
+fn count(metrics: &Metrics, vm: &VirtualMachine, previous: &VirtualMachineStatus, plan: &lifecycle::Plan) {
+    if plan.status.restart_count > previous.restart_count {
+        let labels = VmLabels {
+            namespace: vm.namespace().unwrap_or_default(),
+            name: vm.name_any(),
+        };
+        let restarts = u64::from(plan.status.restart_count - previous.restart_count);
+        metrics.restarts.get_or_create(&labels).inc_by(restarts);
+    }
+    for event in plan.events.iter().filter(|e| lifecycle::is_launcher_failure(e.reason)) {
+        metrics
+            .launcher_failures
+            .get_or_create(&ReasonLabels {
+                reason: event.reason.into(),
+            })
+            .inc();
+    }
 }
 
 /// When to look at a VM again though nothing changed: when the plan asks, just after the heartbeat of its

@@ -184,6 +184,7 @@ fn context(client: Client) -> Arc<Context> {
         leases: Api::namespaced(client, "vmlet-system"),
         pod_config: config(),
         node_timeout: Duration::from_secs(40),
+        metrics: Arc::default(),
     })
 }
 
@@ -296,11 +297,14 @@ async fn the_finalizer_comes_first() {
     fresh.metadata.finalizers = None;
     let (result, seen) = run(
         fresh,
-        vec![expect(
-            Method::PATCH,
-            &format!("{VMS}/vm1"),
-            serde_json::to_value(vm(ALWAYS)).unwrap(),
-        )],
+        vec![
+            expect(
+                Method::PATCH,
+                &format!("{VMS}/vm1"),
+                serde_json::to_value(vm(ALWAYS)).unwrap(),
+            )
+            .query("fieldManager", FIELD_MANAGER),
+        ],
     )
     .await;
     result.unwrap();
@@ -329,6 +333,11 @@ async fn a_vm_to_run_gets_one_launcher_its_status_and_an_event() {
     .await;
     result.unwrap();
 
+    // The Event names the launcher it is about: Events of one reason about different launchers stay apart.
+    assert_eq!(
+        (&seen[3].body["related"]["kind"], &seen[3].body["related"]["name"]),
+        (&json!("Pod"), &json!("x"))
+    );
     let pod: Pod = serde_json::from_value(seen[1].body.clone()).unwrap();
     let name = pod.metadata.name.clone().unwrap();
     assert!(
@@ -543,7 +552,8 @@ async fn deleting_a_vm_stops_its_launcher_then_lets_it_go() {
                 Method::PATCH,
                 &format!("{VMS}/vm1"),
                 serde_json::to_value(&deleted).unwrap(),
-            ),
+            )
+            .query("fieldManager", FIELD_MANAGER),
         ],
     )
     .await;
@@ -555,6 +565,18 @@ async fn deleting_a_vm_stops_its_launcher_then_lets_it_go() {
             {"op": "remove", "path": "/metadata/finalizers/0"},
         ])
     );
+
+    // A VM already gone when its finalizer goes (an earlier round removed it) is no failure.
+    let (result, _) = run(
+        deleted,
+        vec![
+            list_pods(),
+            apply_status(),
+            expect(Method::PATCH, &format!("{VMS}/vm1"), not_found()).status(StatusCode::NOT_FOUND),
+        ],
+    )
+    .await;
+    result.unwrap();
 }
 
 #[tokio::test]
@@ -571,7 +593,8 @@ async fn a_manual_start_request_is_acted_on_and_removed() {
                 Method::PATCH,
                 &format!("{VMS}/vm1"),
                 serde_json::to_value(&manual).unwrap(),
-            ),
+            )
+            .query("fieldManager", FIELD_MANAGER),
             apply_status(),
             post_event(),
         ],
@@ -701,6 +724,23 @@ fn memory_limit_gets_the_overhead_too() {
     let limits = resources.limits.unwrap();
     assert_eq!(limits["memory"].0, ((512u64 + 160) << 20).to_string());
     assert_eq!(limits["cpu"].0, "2");
+}
+
+#[test]
+fn the_launchers_last_error_is_its_termination_message() {
+    let pod = launcher_pod::build(&vm(ALWAYS), "p", &config(), &ClaimModes::new()).unwrap();
+    let launcher = &pod.spec.unwrap().containers[0];
+    assert_eq!(
+        launcher.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+}
+
+#[test]
+fn the_launcher_pod_blocks_its_vms_foreground_deletion() {
+    let pod = launcher_pod::build(&vm(ALWAYS), "p", &config(), &ClaimModes::new()).unwrap();
+    let owner = &pod.metadata.owner_references.unwrap()[0];
+    assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
 }
 
 #[test]
@@ -1102,10 +1142,19 @@ async fn a_launcher_waiting_for_its_image_shows_the_kubelets_words() {
     let pod = waiting_for_image(launcher_pod::CONTAINER, false, "ImagePullBackOff");
     let (result, seen) = run(
         starting,
-        vec![list_of(&[&pod]), node_lease(Timestamp::now()), apply_status()],
+        vec![
+            list_of(&[&pod]),
+            node_lease(Timestamp::now()),
+            apply_status(),
+            post_event(),
+        ],
     )
     .await;
     result.unwrap();
+    // Every change of state is an Event, this one too though the plan has none of its own.
+    assert_eq!(seen[3].body["reason"], "StatusChanged");
+    assert_eq!(seen[3].body["type"], "Warning");
+    assert_eq!(seen[3].body["note"], "the VM is ImagePullBackOff (was Starting)");
     let status = assert_apply(&seen[2]);
     assert_eq!(status["printableStatus"], "ImagePullBackOff");
     assert_eq!(status["phase"], "Scheduled");
@@ -1151,6 +1200,64 @@ fn a_launcher_that_ended_beside_running_holders_has_ended() {
     ));
 }
 
+/// A failed launcher's last error, from its termination message, is the run's reason; a launcher killed by a
+/// signal is killed, not failed with an exit code of its own.
+#[test]
+fn a_failed_launcher_says_why_and_a_killed_one_is_killed() {
+    let now = Timestamp::now();
+    let ended = |exit_code: i32, reason: &str, message: Option<&str>| {
+        let mut pod = launcher("l", "Failed", Some("n1"));
+        pod.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+            name: launcher_pod::CONTAINER.into(),
+            state: Some(ContainerState {
+                terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                    exit_code,
+                    reason: Some(reason.into()),
+                    message: message.map(str::to_owned),
+                    finished_at: Some(Time(now)),
+                    ..Default::default()
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        }]);
+        match launcher_pod::observe(&pod, now) {
+            Launcher::Ended { exit, .. } => exit,
+            other => panic!("{other:?}"),
+        }
+    };
+    let kernel = "could not open kernel file '/var/lib/vmlet/guest/vmlinux': No such file or directory";
+    assert_eq!(
+        ended(1, "Error", Some(kernel)),
+        Exit::Failed {
+            code: Some(1),
+            reason: Some(kernel.into())
+        }
+    );
+    // FallbackToLogsOnError: the log's tail, of which the last line is the error.
+    assert_eq!(
+        ended(1, "Error", Some(&format!("INFO starting\nvmlet-launcher: {kernel}\n"))),
+        Exit::Failed {
+            code: Some(1),
+            reason: Some(format!("vmlet-launcher: {kernel}"))
+        }
+    );
+    assert_eq!(
+        ended(137, "Error", Some("INFO the guest runs")),
+        Exit::Failed {
+            code: None,
+            reason: Some("signal 9, SIGKILL".into())
+        }
+    );
+    assert_eq!(
+        ended(137, "OOMKilled", None),
+        Exit::Failed {
+            code: None,
+            reason: Some("out of memory: signal 9, SIGKILL".into())
+        }
+    );
+}
+
 #[test]
 fn in_holder_mode_the_pod_shares_its_processes_and_starts_the_holders_first() {
     let holder = PodConfig {
@@ -1193,5 +1300,37 @@ fn in_holder_mode_the_pod_shares_its_processes_and_starts_the_holders_first() {
             "/var/run/vmlet-volumes/ssh-keys/keys",
         ],
         "the shared volumes root, then what is mounted in it; the disk is the holder's link"
+    );
+}
+
+/// A node's heartbeat brings back the VMs shown Unknown because that node fell silent, and only those.
+#[test]
+fn a_heartbeat_looks_again_at_the_vms_its_node_left_unknown() {
+    let on = |node: &str, printable: PrintableStatus, name: &str| {
+        let mut vm = vm(ALWAYS);
+        vm.metadata.name = Some(name.into());
+        vm.status = Some(VirtualMachineStatus {
+            node_name: Some(node.into()),
+            printable_status: Some(printable),
+            ..VirtualMachineStatus::default()
+        });
+        vm
+    };
+    let vms = [
+        on("n1", PrintableStatus::Unknown, "lost-on-n1"),
+        on("n1", PrintableStatus::Running, "running-on-n1"),
+        on("n2", PrintableStatus::Unknown, "lost-on-n2"),
+    ];
+    let names = |lease: &str| -> Vec<String> {
+        super::waiting_on_node(vms.iter(), lease)
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    assert_eq!(names("vmlet-node-n1"), ["lost-on-n1"]);
+    assert_eq!(
+        names("vmlet-controller"),
+        Vec::<String>::new(),
+        "the leader's Lease is no heartbeat"
     );
 }

@@ -19,6 +19,8 @@ pub struct Heartbeat {
     node: String,
     /// The label as last written by this process; unknown at start, so the first beat writes it.
     labelled: Option<bool>,
+    /// The Node was missing at the last try (said once).
+    waiting_for_node: bool,
 }
 
 impl Heartbeat {
@@ -30,6 +32,7 @@ impl Heartbeat {
             lease: lease(config, started),
             node: config.node_name.clone(),
             labelled: None,
+            waiting_for_node: false,
         }
     }
 
@@ -48,36 +51,47 @@ impl Heartbeat {
         self.label(ready).await
     }
 
-    /// Writes the Node label, unless it already says `ready`.
+    /// Writes the Node label, unless it already says `ready`. A merge patch, not an apply: an apply creates a
+    /// missing Node (which the node role may not, and should not, do); a patch of a missing one fails, and the label
+    /// waits for the kubelet to register the Node.
     pub async fn label(&mut self, ready: bool) -> Result<(), kube::Error> {
         if self.labelled == Some(ready) {
             return Ok(());
         }
-        let patch = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": self.node,
-                "labels": { SCHEDULABLE_LABEL: ready.to_string() },
-            },
-        });
-        self.nodes
-            .patch(
-                &self.node,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await?;
+        let patch = json!({ "metadata": { "labels": { SCHEDULABLE_LABEL: ready.to_string() } } });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        match self.nodes.patch(&self.node, &params, &Patch::Merge(patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                if !self.waiting_for_node {
+                    info!(node = %self.node, "the Node does not exist yet: its label waits for it");
+                    self.waiting_for_node = true;
+                }
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        }
         info!(node = %self.node, schedulable = ready, "node label set");
         self.labelled = Some(ready);
+        self.waiting_for_node = false;
         Ok(())
     }
 }
 
 /// The name of a node's heartbeat Lease, in the handler's namespace; the controller reads it to tell a dead node.
 pub fn lease_name(node: &str) -> String {
-    format!("vmlet-node-{node}")
+    format!("{LEASE_PREFIX}{node}")
 }
+
+/// The node whose heartbeat `lease` is, if it is one.
+pub fn node_of_lease(lease: &str) -> Option<&str> {
+    lease.strip_prefix(LEASE_PREFIX).filter(|node| !node.is_empty())
+}
+
+const LEASE_PREFIX: &str = "vmlet-node-";
 
 /// The node role's Lease, held by the node's name.
 fn lease(config: &Config, started: Timestamp) -> Lease {
@@ -108,7 +122,7 @@ mod tests {
     }
 
     const LEASE_URI: &str = "/apis/coordination.k8s.io/v1/namespaces/vmlet-system/leases/vmlet-node-node-a?&force=true&fieldManager=vmlet-node";
-    const NODE_URI: &str = "/api/v1/nodes/node-a?&force=true&fieldManager=vmlet-node";
+    const NODE_URI: &str = "/api/v1/nodes/node-a?&fieldManager=vmlet-node";
 
     fn lease_at(renewed: &str) -> Value {
         json!({
@@ -125,11 +139,7 @@ mod tests {
     }
 
     fn node_labelled(value: &str) -> Value {
-        json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": "node-a", "labels": {"vmlet.dev/schedulable": value}},
-        })
+        json!({"metadata": {"labels": {"vmlet.dev/schedulable": value}}})
     }
 
     #[tokio::test]
@@ -143,7 +153,7 @@ mod tests {
             assert_eq!(seen.body.unwrap(), lease_at("1970-01-01T00:01:40.000000Z"));
             let seen = server.answer(200, node_labelled("true")).await;
             assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("PATCH", NODE_URI));
-            assert_eq!(seen.content_type.as_deref(), Some("application/apply-patch+yaml"));
+            assert_eq!(seen.content_type.as_deref(), Some("application/merge-patch+json"));
             assert_eq!(seen.body.unwrap(), node_labelled("true"));
             // Second beat, still ready: the Lease only, renewed, acquired at the same time.
             let seen = server.answer(200, lease_at("1970-01-01T00:01:50.000000Z")).await;
@@ -201,6 +211,29 @@ mod tests {
         });
         let mut heartbeat = Heartbeat::new(client, &fakes::config(std::path::Path::new("/nonexistent")), at(100));
         assert!(heartbeat.beat(true, at(100)).await.is_err());
+        heartbeat.beat(true, at(110)).await.unwrap();
+        drop(heartbeat);
+        api.await.unwrap();
+    }
+
+    /// A Node the kubelet has not registered yet is waited for, not made: the label is written once it exists.
+    #[tokio::test]
+    async fn a_missing_node_is_waited_for_not_created() {
+        let (client, mut server) = fakes::pair();
+        let api = tokio::spawn(async move {
+            server.answer(200, lease_at("1970-01-01T00:01:40.000000Z")).await;
+            let missing = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "reason": "NotFound", "code": 404});
+            let seen = server.answer(404, missing).await;
+            assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("PATCH", NODE_URI));
+            assert_eq!(seen.content_type.as_deref(), Some("application/merge-patch+json"));
+            server.answer(200, lease_at("1970-01-01T00:01:50.000000Z")).await;
+            let seen = server.answer(200, node_labelled("true")).await;
+            assert_eq!(seen.body.unwrap(), node_labelled("true"));
+            server.done().await;
+        });
+        let mut heartbeat = Heartbeat::new(client, &fakes::config(std::path::Path::new("/nonexistent")), at(100));
+        heartbeat.beat(true, at(100)).await.unwrap();
         heartbeat.beat(true, at(110)).await.unwrap();
         drop(heartbeat);
         api.await.unwrap();

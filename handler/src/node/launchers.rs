@@ -331,6 +331,11 @@ async fn report(
             Err(kube::Error::Api(status)) if status.code == 409 && attempt == 0 => {
                 debug!(vm = %launcher.vm, "the VM changed meanwhile; reading it again");
             }
+            // Deleted since it was read, as every VM is at the end: nothing to report to.
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                debug!(vm = %launcher.vm, "the VM is gone");
+                return Ok(());
+            }
             Err(err) => return Err(err),
         }
     }
@@ -728,6 +733,29 @@ mod tests {
             let mut moved = running;
             moved["launcherPod"] = json!(NEXT_POD);
             expect_get(&mut server, vm(2, moved)).await;
+            server.done().await;
+        });
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        launchers.observe(watcher::Event::Delete(launcher_pod(None)));
+        launchers.tick(at(300)).await;
+        assert!(launchers.launchers.is_empty(), "nothing left to say about it");
+        drop(launchers);
+        api.await.unwrap();
+    }
+
+    /// A VM deleted between its read and its status write (every VM's deletion may meet a round so) is no
+    /// failure: its pod is forgotten, with nothing to warn of.
+    #[tokio::test]
+    async fn a_vm_deleted_before_its_status_is_written_is_no_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, mut server) = fakes::pair();
+        let api = tokio::spawn(async move {
+            let running = with_node(controller_status(POD), &running_report(POD));
+            expect_get(&mut server, vm(1, running)).await;
+            let missing = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                 "code": 404});
+            let seen = server.answer(404, missing).await;
+            assert_eq!(seen.uri, STATUS_URI);
             server.done().await;
         });
         let mut launchers = Launchers::new(client, &fakes::config(dir.path()));

@@ -25,7 +25,7 @@ use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-pub use heartbeat::{Heartbeat, lease_name};
+pub use heartbeat::{Heartbeat, lease_name, node_of_lease};
 pub use launchers::Launchers;
 
 use crate::controller::launcher_pod::{MANAGED_BY, MANAGED_BY_LABEL, run_dir_name};
@@ -80,6 +80,9 @@ pub struct Args {
     /// Seconds a launcher may stay silent before its VM counts as failed.
     #[arg(long, default_value_t = 30)]
     pub lost_after_secs: u64,
+    /// Serve Prometheus metrics on this address (`/metrics`); none without it.
+    #[arg(long, env = "VMLET_METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// Runs the node role from the command line until SIGTERM or SIGINT.
@@ -96,7 +99,15 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let client = Client::try_default().await.context("cannot reach the Kubernetes API")?;
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let client = crate::metrics::counted_client(metrics.clone())
+            .await
+            .context("cannot reach the Kubernetes API")?;
+        if let Some(address) = args.metrics_address {
+            crate::metrics::serve(address, metrics)
+                .await
+                .with_context(|| format!("cannot serve metrics on {address}"))?;
+        }
         let mut sigterm = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
         let shutdown = async move {
             tokio::select! {

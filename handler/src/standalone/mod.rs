@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,6 +33,7 @@ use vmlet_api::{RUN_ANNOTATION, RunStrategy, VirtualMachine, VirtualMachineStatu
 use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 
 use crate::lifecycle::{self, Exit, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
+use crate::metrics::{self, Metrics};
 use crate::vm_status::{self, NodeStatus};
 use manifests::{Folder, Manifest, VmKey};
 use pod::{LauncherState, PodDir, PodRecord, StopFor, now_secs};
@@ -89,6 +91,9 @@ pub struct Args {
     /// A Docker `config.json` with the registries' credentials (its `auths`).
     #[arg(long)]
     registry_auth: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`/metrics`); none without it.
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -121,6 +126,12 @@ struct Standalone {
     /// Image pulls for VMs about to start. Lost with the process, which costs nothing: a new handler pulls
     /// again, and the store has what was pulled.
     pulls: BTreeMap<VmKey, Pull>,
+    metrics: Arc<Metrics>,
+    metrics_address: Option<std::net::SocketAddr>,
+    /// Each VM's QEMU CPU time at the last look, to count on from.
+    cpu_seen: BTreeMap<VmKey, f64>,
+    /// The VMs that have series of their own in the metrics.
+    exported: BTreeSet<VmKey>,
 }
 
 /// The images of a VM about to start.
@@ -210,6 +221,10 @@ impl Standalone {
             interval: Duration::from_secs_f64(args.interval_secs.max(0.05)),
             shims: Vec::new(),
             reported: BTreeSet::new(),
+            metrics: Arc::new(Metrics::default()),
+            metrics_address: args.metrics_address,
+            cpu_seen: BTreeMap::new(),
+            exported: BTreeSet::new(),
         })
     }
 
@@ -219,6 +234,11 @@ impl Standalone {
         std::fs::create_dir_all(&self.cache_dir)
             .with_context(|| format!("cannot create {}", self.cache_dir.display()))?;
         Host.ensure(&self.node).context("cannot set up the host bridge")?;
+        if let Some(address) = self.metrics_address {
+            metrics::serve(address, self.metrics.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {address}"))?;
+        }
         info!(
             manifests = %self.manifests.display(),
             bridge = %self.node.bridge,
@@ -245,6 +265,7 @@ impl Standalone {
 
     /// Looks at every manifest and every pod once.
     async fn pass(&mut self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         let mut folder =
             manifests::read(&self.manifests).with_context(|| format!("cannot read {}", self.manifests.display()))?;
         self.give_uids(&mut folder)?;
@@ -267,6 +288,7 @@ impl Standalone {
         self.remove_unclaimed(&folder, &pods);
         let with_status = status_file::keys(&self.manifests)?;
         let keys: BTreeSet<&VmKey> = folder.vms.keys().chain(pods.keys()).chain(&with_status).collect();
+        let mut statuses = BTreeMap::new();
         for key in keys {
             let seen = Seen {
                 key,
@@ -274,11 +296,127 @@ impl Standalone {
                 pod: pods.get(key),
                 folder: &folder,
             };
-            if let Err(err) = self.reconcile(&seen, &pods).await {
-                warn!(vm = %key, error = format!("{err:#}"), "cannot reconcile");
+            match self.reconcile(&seen).await {
+                Ok(Some(status)) => {
+                    statuses.insert(key.clone(), status);
+                }
+                Ok(None) => {}
+                Err(err) => warn!(vm = %key, error = format!("{err:#}"), "cannot reconcile"),
             }
         }
+        self.count_phases(&statuses);
+        self.metrics
+            .reconcile_seconds
+            .get_or_create(&metrics::RoleLabels {
+                role: "standalone".into(),
+            })
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// The VMs by phase, and the series of VMs that are gone forgotten.
+    fn count_phases(&mut self, statuses: &BTreeMap<VmKey, VirtualMachineStatus>) {
+        self.metrics.phases.clear();
+        for status in statuses.values() {
+            let Some(phase) = status.phase else { continue };
+            self.metrics
+                .phases
+                .get_or_create(&metrics::PhaseLabels {
+                    phase: format!("{phase:?}").to_lowercase(),
+                    node: self.node_name.clone(),
+                })
+                .inc();
+        }
+        let gone: Vec<VmKey> = self
+            .exported
+            .iter()
+            .filter(|k| !statuses.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.metrics.forget(&vm_labels(&key));
+            // Its DHCP series go with everyone's; the running VMs' come back at their next look.
+            self.metrics.dhcp_packets.clear();
+            self.cpu_seen.remove(&key);
+            self.exported.remove(&key);
+        }
+    }
+
+    /// What a VM's status change says for the metrics: how long it took to run and to get its first lease, its
+    /// restarts and failures.
+    fn count_change(
+        &mut self,
+        key: &VmKey,
+        pod: Option<&PodDir>,
+        previous: &VirtualMachineStatus,
+        status: &VirtualMachineStatus,
+        events: &[lifecycle::Event],
+    ) {
+        let since_creation = || {
+            let record = pod?.read_record().ok()?;
+            let created = std::time::UNIX_EPOCH + Duration::new(record.created_at, record.created_at_nanos);
+            std::time::SystemTime::now().duration_since(created).ok()
+        };
+        if status.phase == Some(vmlet_api::Phase::Running)
+            && previous.phase != Some(vmlet_api::Phase::Running)
+            && let Some(took) = since_creation()
+        {
+            self.metrics
+                .from_creation
+                .get_or_create(&metrics::TransitionLabels {
+                    phase: "running".into(),
+                })
+                .observe(took.as_secs_f64());
+        }
+        let has_address = |s: &VirtualMachineStatus| s.interfaces.iter().any(|i| i.ip_address.is_some());
+        if has_address(status)
+            && !has_address(previous)
+            && let Some(took) = since_creation()
+        {
+            self.metrics.first_lease.observe(took.as_secs_f64());
+        }
+        let labels = vm_labels(key);
+        if status.restart_count > previous.restart_count {
+            let restarts = u64::from(status.restart_count - previous.restart_count);
+            self.metrics.restarts.get_or_create(&labels).inc_by(restarts);
+        }
+        for event in events.iter().filter(|e| lifecycle::is_launcher_failure(e.reason)) {
+            self.metrics
+                .launcher_failures
+                .get_or_create(&metrics::ReasonLabels {
+                    reason: event.reason.into(),
+                })
+                .inc();
+        }
+        self.exported.insert(key.clone());
+    }
+
+    /// What a running VM's launcher and QEMU say for the metrics: DHCP packets, CPU time, resident memory.
+    fn count_usage(&mut self, key: &VmKey, shim: u32, answer: Option<&vmlet_control::Status>) {
+        let labels = vm_labels(key);
+        if let Some(dhcp) = answer.and_then(|a| a.dhcp.as_ref()) {
+            for (outcome, count) in &dhcp.counters {
+                let series = metrics::DhcpLabels {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    protocol: "dhcpv4".into(),
+                    outcome: outcome.clone(),
+                };
+                self.metrics
+                    .dhcp_packets
+                    .get_or_create(&series)
+                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some((cpu, resident)) = metrics::qemu_under(shim).and_then(metrics::process_usage) {
+            let last = self.cpu_seen.entry(key.clone()).or_insert(0.0);
+            self.metrics.set_cpu_seconds(&labels, cpu, last);
+            self.metrics
+                .resident_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(resident).unwrap_or(i64::MAX));
+        }
+        self.exported.insert(key.clone());
     }
 
     /// The pods in the state folder, by VM.
@@ -297,7 +435,8 @@ impl Standalone {
         Ok(pods)
     }
 
-    async fn reconcile(&mut self, seen: &Seen<'_>, pods: &BTreeMap<VmKey, PodDir>) -> anyhow::Result<()> {
+    /// Reconciles one VM; its status as written, while its manifest exists.
+    async fn reconcile(&mut self, seen: &Seen<'_>) -> anyhow::Result<Option<VirtualMachineStatus>> {
         let status_path = status_file::path(&self.manifests, seen.key);
         let previous = status_file::read(&status_path).unwrap_or_default();
         let vm = seen.manifest.and_then(|m| m.vm.as_ref().ok());
@@ -358,7 +497,7 @@ impl Standalone {
                     if let Some(pod) = seen.pod {
                         self.remove(pod)?;
                     }
-                    self.create(seen.key, vm, pods, layout)?;
+                    self.create(seen.key, vm, layout)?;
                     self.pulls.remove(seen.key);
                 }
             }
@@ -394,8 +533,9 @@ impl Standalone {
             if plan.release || pod_gone {
                 status_file::remove(&status_path)?;
                 self.forget_uid(seen.key)?;
+                self.forget_request(seen.key)?;
             }
-            return Ok(());
+            return Ok(None);
         }
         let mut status = plan.status;
         if waiting {
@@ -420,22 +560,35 @@ impl Standalone {
             }
         }
         if start_afresh {
-            // The run that ended was stopped to apply an edit: the run strategy starts the new spec as a new VM.
+            // The run that ended was stopped to apply an edit: the run strategy starts the new spec as a new VM. A
+            // Manual VM runs because its annotation asked: it asks again.
+            self.forget_request(seen.key)?;
             status = VirtualMachineStatus {
                 restart_count: previous.restart_count,
                 ..VirtualMachineStatus::default()
             };
         }
-        if let (Some(pod), Some(LauncherState::Running(_))) = (seen.pod, state) {
-            self.overlay_launcher_status(pod, &previous, &mut status).await;
+        if let (Some(pod), Some(LauncherState::Running(shim))) = (seen.pod, state) {
+            let answer = self.overlay_launcher_status(pod, &previous, &mut status).await;
+            self.count_usage(seen.key, shim.pid, answer.as_ref());
         }
         if let Some(error) = spec_error {
-            status_file::note_spec_error(&mut status, &error);
+            status_file::note_spec_error(&mut status, &error, seen.pod.is_some());
         }
+        if status.printable_status != previous.printable_status
+            && let Some(now) = status.printable_status
+        {
+            let was = previous
+                .printable_status
+                .map_or_else(|| "new".to_owned(), |p| format!("{p:?}"));
+            info!(vm = %seen.key, status = ?now, was = %was, "the VM is {now:?}");
+        }
+        let events = if waiting { &[][..] } else { &plan.events[..] };
+        self.count_change(seen.key, seen.pod, &previous, &status, events);
         if status != previous {
             status_file::write(&status_path, seen.key, &status)?;
         }
-        Ok(())
+        Ok(Some(status))
     }
 
     /// The pod's launcher as the run strategy sees it.
@@ -491,10 +644,13 @@ impl Standalone {
                 finished: Timestamp::from_second(exit.finished_at as i64).unwrap_or_else(|_| Timestamp::now()),
                 exit: match (exit.code, exit.signal) {
                     (Some(0), _) => Exit::Succeeded,
-                    (code, None) => Exit::Failed { code, reason: None },
+                    (code, None) => Exit::Failed {
+                        code,
+                        reason: pod.last_words(),
+                    },
                     (_, Some(signal)) => Exit::Failed {
                         code: None,
-                        reason: Some(format!("the launcher was killed by signal {signal}")),
+                        reason: Some(signal_name(signal)),
                     },
                 },
             },
@@ -663,19 +819,9 @@ impl Standalone {
     }
 
     /// Makes a pod for `vm` and starts its launcher.
-    fn create(
-        &mut self,
-        key: &VmKey,
-        vm: &VirtualMachine,
-        pods: &BTreeMap<VmKey, PodDir>,
-        layout: &Layout,
-    ) -> anyhow::Result<()> {
-        let used: Vec<Ipv4Addr> = pods
-            .values()
-            .filter_map(|p| p.read_record().ok())
-            .filter(|r| &r.key() != key)
-            .map(|r| r.address.addr())
-            .collect();
+    fn create(&mut self, key: &VmKey, vm: &VirtualMachine, layout: &Layout) -> anyhow::Result<()> {
+        // The addresses on disk now, not as the pass began: pods made earlier in this pass hold theirs too.
+        let used = taken_addresses(&self.pods_dir, key)?;
         let address = self.node.allocate(&used)?;
         let pod = PodDir::new(self.pods_dir.join(key.file_stem()));
         std::fs::create_dir_all(pod.run_dir()).with_context(|| format!("cannot create {}", pod.path().display()))?;
@@ -685,6 +831,9 @@ impl Standalone {
             address,
             self.node.gateway()?,
         );
+        // The record first, before the address is put on an interface: a handler killed at any later point
+        // leaves the address recorded as taken, and its pod removable.
+        pod.write_record(&record)?;
         pod.write_vm(vm)?;
         volumes::write(layout, &pod.volumes_dir())
             .with_context(|| format!("cannot lay out the volumes in {}", pod.volumes_dir().display()))?;
@@ -697,7 +846,6 @@ impl Standalone {
                 gateway: record.gateway,
             },
         )?;
-        pod.write_record(&record)?;
         let launcher: Vec<OsString> = vec![
             self.launcher.clone().into(),
             "run".into(),
@@ -711,6 +859,8 @@ impl Standalone {
             pod.resolv_conf().into(),
             "--volumes-dir".into(),
             pod.volumes_dir().into(),
+            "--termination-log".into(),
+            pod.termination_log().into(),
         ];
         let netns = Path::new(vmlet_podnet::NETNS_DIR).join(&record.netns);
         let shim = shim::command(&self.handler, &pod, &netns, &launcher)?
@@ -752,29 +902,54 @@ impl Standalone {
         if let Ok(record) = pod.read_record() {
             Host.detach(&record.netns)?;
         }
+        self.keep_log(pod);
         std::fs::remove_dir_all(pod.path()).with_context(|| format!("cannot remove {}", pod.path().display()))?;
         info!(pod = %pod.path().display(), "pod removed");
         Ok(())
     }
 
-    /// Adds what the launcher says of the guest (addresses, pause) to the lifecycle's status.
+    /// Keeps the log of a pod's last run, as `kubectl logs --previous` shows it, in `STATE/logs/`: a run that
+    /// failed is read after its pod is gone.
+    fn keep_log(&self, pod: &PodDir) {
+        let Some(stem) = pod.path().file_name() else { return };
+        let logs = self.logs_dir();
+        let kept = logs.join(format!("{}.log", stem.to_string_lossy()));
+        let moved = std::fs::create_dir_all(&logs).and_then(|()| std::fs::rename(pod.launcher_log(), &kept));
+        if let Err(e) = moved
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(pod = %pod.path().display(), error = %e, "cannot keep the launcher's log");
+        }
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.pods_dir.with_file_name("logs")
+    }
+
+    /// Adds what the launcher says of the guest (addresses, pause) to the lifecycle's status; its answer, if it
+    /// gave one.
     async fn overlay_launcher_status(
         &self,
         pod: &PodDir,
         previous: &VirtualMachineStatus,
         status: &mut VirtualMachineStatus,
-    ) {
+    ) -> Option<vmlet_control::Status> {
         let answer = async {
             let mut client = vmlet_control::Client::connect(&pod.control_socket(), CONTROL_TIMEOUT).await?;
             client.status().await
         };
-        let launcher = match tokio::time::timeout(CONTROL_TIMEOUT, answer).await {
-            Ok(Ok(answer)) => vm_status::LauncherState::Answered(answer),
-            _ => vm_status::LauncherState::Starting,
+        let answer = tokio::time::timeout(CONTROL_TIMEOUT, answer)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let launcher = match &answer {
+            Some(answer) => vm_status::LauncherState::Answered(answer.clone()),
+            None => vm_status::LauncherState::Starting,
         };
         let pod_name = pod.read_record().map(|r| r.netns).unwrap_or_default();
         let node = NodeStatus::derive(&launcher, Some(previous), &self.node_name, &pod_name, Timestamp::now());
         status_file::overlay(status, &node);
+        answer
     }
 
     fn consumed(&self, key: &VmKey, request: &RunRequest) -> bool {
@@ -784,12 +959,53 @@ impl Standalone {
     /// Remembers that a run request was acted on: the annotation stays in the manifest, which is the user's.
     fn consume(&self, key: &VmKey, request: &RunRequest) -> anyhow::Result<()> {
         let path = self.request_file(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         std::fs::write(&path, request_text(request)).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Forgets the request acted on last, so that the manifest's annotation asks again: for a VM restarted with an
+    /// edited spec, and for one whose manifest is gone (written back, it is a new VM).
+    fn forget_request(&self, key: &VmKey) -> anyhow::Result<()> {
+        let path = self.request_file(key);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn request_file(&self, key: &VmKey) -> PathBuf {
         self.pods_dir.with_file_name("requests").join(key.file_stem())
     }
+}
+
+fn vm_labels(key: &VmKey) -> metrics::VmLabels {
+    metrics::VmLabels {
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+    }
+}
+
+/// How a signal that killed a launcher reads in its VM's condition: "signal 9, SIGKILL".
+fn signal_name(signal: i32) -> String {
+    match Signal::try_from(signal) {
+        Ok(known) => format!("signal {signal}, {}", known.as_str()),
+        Err(_) => format!("signal {signal}"),
+    }
+}
+
+/// The pool addresses the pods in `pods_dir` hold, but `except`'s own.
+fn taken_addresses(pods_dir: &Path, except: &VmKey) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let entries = std::fs::read_dir(pods_dir).with_context(|| format!("cannot read {}", pods_dir.display()))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| PodDir::new(entry.path()).read_record().ok())
+        .filter(|record| &record.key() != except)
+        .map(|record| record.address.addr())
+        .collect())
 }
 
 /// A failed pull as status shows it: `ErrImagePull` after the first failure, `ImagePullBackOff` once it repeats.

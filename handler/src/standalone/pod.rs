@@ -163,6 +163,27 @@ impl PodDir {
         self.path.join("launcher.log")
     }
 
+    /// Where the launcher writes its last error when it cannot run the VM, as a container's termination log.
+    pub fn termination_log(&self) -> PathBuf {
+        self.path.join("termination-log")
+    }
+
+    /// What the launcher said last of why it failed: its termination log, else its log's last line, as
+    /// Kubernetes' `FallbackToLogsOnError` does.
+    pub fn last_words(&self) -> Option<String> {
+        let last_line = |text: String| {
+            text.lines()
+                .rev()
+                .map(str::trim)
+                .find(|line| !line.is_empty())
+                .map(str::to_owned)
+        };
+        std::fs::read_to_string(self.termination_log())
+            .ok()
+            .and_then(last_line)
+            .or_else(|| std::fs::read_to_string(self.launcher_log()).ok().and_then(last_line))
+    }
+
     /// The pod's volumes folder, where the launcher finds images, claims and Secrets ([`vmlet_control::PodVolumes`]).
     pub fn volumes_dir(&self) -> PathBuf {
         self.path.join("volumes")
@@ -331,6 +352,19 @@ mod tests {
         };
         pod.write_exit(&exit).unwrap();
         assert_eq!(pod.launcher_state(), LauncherState::Ended(exit));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_launchers_last_words_are_its_termination_log_else_its_logs_last_line() {
+        let dir = std::env::temp_dir().join(format!("vmlet-pod-words-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pod = PodDir::new(dir.clone());
+        assert_eq!(pod.last_words(), None);
+        std::fs::write(pod.launcher_log(), "INFO starting\nvmlet-launcher: no kernel\n\n").unwrap();
+        assert_eq!(pod.last_words().as_deref(), Some("vmlet-launcher: no kernel"));
+        std::fs::write(pod.termination_log(), "could not open kernel file 'k'").unwrap();
+        assert_eq!(pod.last_words().as_deref(), Some("could not open kernel file 'k'"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

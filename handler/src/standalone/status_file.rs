@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use vmlet_api::{Condition, ConditionType, VirtualMachineStatus};
+use vmlet_api::{Condition, ConditionType, PrintableStatus, VirtualMachineStatus};
 
 use super::manifests::{VmKey, is_status_file};
 use crate::vm_status::NodeStatus;
@@ -85,8 +85,20 @@ pub fn overlay(status: &mut VirtualMachineStatus, launcher: &NodeStatus) {
     status.launcher_pod = Some(launcher.launcher.pod.clone());
 }
 
-/// Says in the status that the manifest cannot be read, when the run strategy's status does not already.
-pub fn note_spec_error(status: &mut VirtualMachineStatus, error: &str) {
+/// Says in the status that the manifest cannot be read, when the run strategy's status does not already. A VM
+/// that no pod runs (`running` false) cannot run at all, as KubeVirt shows a VM no node can take.
+pub fn note_spec_error(status: &mut VirtualMachineStatus, error: &str, running: bool) {
+    if !running {
+        status.printable_status = Some(PrintableStatus::ErrorUnschedulable);
+        status.conditions.retain(|c| c.condition_type != ConditionType::Ready);
+        status.conditions.push(Condition {
+            condition_type: ConditionType::Ready,
+            status: "False".into(),
+            reason: Some("InvalidSpec".into()),
+            message: Some("the VM's spec cannot run".into()),
+            last_transition_time: None,
+        });
+    }
     if status.conditions.iter().any(|c| c.message.as_deref() == Some(error)) {
         return;
     }
@@ -125,6 +137,9 @@ pub struct StatusArgs {
     /// The folder of VirtualMachine manifests that standalone mode runs.
     #[arg(long)]
     manifests: PathBuf,
+    /// `wide` adds why a VM is not ready, as `kubectl get -o wide` adds columns.
+    #[arg(short, long, value_parser = ["wide"])]
+    output: Option<String>,
 }
 
 /// Prints one line per VM, as `kubectl get vm` does.
@@ -135,18 +150,27 @@ pub fn print_status(args: &StatusArgs) -> anyhow::Result<()> {
         .filter(|p| is_status_file(p))
         .collect();
     files.sort();
-    let rows: Vec<[String; 6]> = files
+    let wide = args.output.is_some();
+    let rows: Vec<Vec<String>> = files
         .iter()
         .filter_map(|path| read_file(path).ok())
-        .map(|file| row(&file))
+        .map(|file| row(&file, wide))
         .collect();
-    print!("{}", table(&rows));
+    print!("{}", table(&header(wide), &rows));
     Ok(())
 }
 
 const HEADER: [&str; 6] = ["NAMESPACE", "NAME", "STATUS", "READY", "IP", "NODE"];
 
-fn row(file: &StatusFile) -> [String; 6] {
+fn header(wide: bool) -> Vec<&'static str> {
+    let mut header = HEADER.to_vec();
+    if wide {
+        header.push("REASON");
+    }
+    header
+}
+
+fn row(file: &StatusFile, wide: bool) -> Vec<String> {
     let status = &file.status;
     let ready = status
         .conditions
@@ -159,30 +183,54 @@ fn row(file: &StatusFile) -> [String; 6] {
         .find_map(|i| i.ip_address.clone().or_else(|| i.ip_addresses.first().cloned()))
         .unwrap_or_default();
     let printable = status.printable_status.map(|p| format!("{p:?}")).unwrap_or_default();
-    [
+    let mut row = vec![
         file.namespace.clone(),
         file.name.clone(),
         printable,
         ready.to_owned(),
         ip,
         status.node_name.clone().unwrap_or_default(),
-    ]
+    ];
+    if wide {
+        row.push(reason(status));
+    }
+    row
 }
 
-fn table(rows: &[[String; 6]]) -> String {
-    let mut widths = HEADER.map(str::len);
+/// Why a VM is not as wanted: its failure, else why it is not ready.
+fn reason(status: &VirtualMachineStatus) -> String {
+    let of = |condition_type, value: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.condition_type == condition_type && c.status == value)
+    };
+    of(ConditionType::Failure, "True")
+        .or_else(|| of(ConditionType::Ready, "False"))
+        .map(|c| {
+            let reason = c.reason.as_deref().unwrap_or_default();
+            match c.message.as_deref() {
+                Some(message) => format!("{reason}: {message}"),
+                None => reason.to_owned(),
+            }
+        })
+        .unwrap_or_default()
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
     }
-    let line = |cells: [&str; 6]| {
-        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:w$}")).collect();
         format!("{}\n", padded.join("   ").trim_end())
     };
-    let mut text = line(HEADER);
+    let mut text = line(header.to_vec());
     for row in rows {
-        text.push_str(&line(row.each_ref().map(String::as_str)));
+        text.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     text
 }
@@ -190,7 +238,7 @@ fn table(rows: &[[String; 6]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmlet_api::{InterfaceStatus, PrintableStatus};
+    use vmlet_api::InterfaceStatus;
 
     #[test]
     fn status_files_sit_beside_the_manifests_and_read_back_as_written() {
@@ -217,7 +265,7 @@ mod tests {
         };
         write(&path, &key, &status).unwrap();
         assert_eq!(read(&path).unwrap(), status);
-        let text = table(&[row(&read_file(&path).unwrap())]);
+        let text = table(&header(false), &[row(&read_file(&path).unwrap(), false)]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].starts_with("NAMESPACE"), "{text}");
@@ -268,10 +316,42 @@ mod tests {
 
     #[test]
     fn a_spec_error_is_a_failure_condition_once() {
-        let mut status = VirtualMachineStatus::default();
-        note_spec_error(&mut status, "spec.template: bad");
-        note_spec_error(&mut status, "spec.template: bad");
+        let mut status = VirtualMachineStatus {
+            printable_status: Some(PrintableStatus::Running),
+            ..Default::default()
+        };
+        note_spec_error(&mut status, "spec.template: bad", true);
+        note_spec_error(&mut status, "spec.template: bad", true);
         assert_eq!(status.conditions.len(), 1);
         assert_eq!(status.conditions[0].reason.as_deref(), Some("InvalidSpec"));
+        assert_eq!(
+            status.printable_status,
+            Some(PrintableStatus::Running),
+            "a VM running an earlier spec runs on"
+        );
+    }
+
+    /// A manifest that cannot run shows as KubeVirt shows a VM no node can take, and the wide view says why.
+    #[test]
+    fn a_spec_that_cannot_run_is_unschedulable_with_its_reason() {
+        let mut status = VirtualMachineStatus {
+            printable_status: Some(PrintableStatus::Stopped),
+            ..Default::default()
+        };
+        note_spec_error(&mut status, "domain.memory.guest: \"lots\" is not a quantity", false);
+        assert_eq!(status.printable_status, Some(PrintableStatus::ErrorUnschedulable));
+        let file = StatusFile {
+            name: "broken".into(),
+            namespace: "default".into(),
+            status,
+        };
+        let text = table(&header(true), &[row(&file, true)]);
+        assert!(text.lines().next().unwrap().ends_with("REASON"), "{text}");
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains("ErrorUnschedulable"), "{text}");
+        assert!(
+            row.ends_with("InvalidSpec: domain.memory.guest: \"lots\" is not a quantity"),
+            "{text}"
+        );
     }
 }

@@ -20,8 +20,13 @@ use vmlet_dhcp::MacAddr;
 
 use super::pod_interface::PodInterface;
 
-/// How long neighbour discovery may take for each address; an answer on the pod's link takes milliseconds.
-const RESOLVE_WITHIN: Duration = Duration::from_secs(2);
+/// How long neighbour discovery may take for each address. An answer on the pod's link takes milliseconds, but a
+/// pod is set up right after its link came up, when the node's addresses on it (and the pod's own) may still be in
+/// duplicate address detection: they answer nothing, and the pod cannot send from its own, for a random delay of up
+/// to a second and then a second per probe (`dad_transmits`, `retrans_time_ms`; 1 to 2 s by default). The bound
+/// covers several probes at slower timers; only a router whose link-local address is not its EUI-64 one (stable
+/// privacy) waits for it in full, once per pod.
+const RESOLVE_WITHIN: Duration = Duration::from_secs(10);
 /// Neighbour discovery gives up after three solicitations a second apart; a new probe starts it again.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// The discard port: the datagrams only make the kernel resolve the neighbour, and nobody needs to read them.
@@ -87,9 +92,14 @@ async fn resolve(handle: &Handle, pod: &PodInterface, ip: Ipv6Addr) -> Option<Ma
             // table matters.
             let sent = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))
                 .and_then(|socket| socket.send_to(b"", SocketAddrV6::new(ip, DISCARD_PORT, 0, scope)));
-            if let Err(err) = sent {
-                warn!(gateway = %ip, error = %err, "cannot probe the IPv6 gateway");
-                return None;
+            match sent {
+                // The pod's own addresses are still tentative: no source to send from yet.
+                Err(err) if err.kind() == std::io::ErrorKind::AddrNotAvailable => {}
+                Err(err) => {
+                    warn!(gateway = %ip, error = %err, "cannot probe the IPv6 gateway");
+                    return None;
+                }
+                Ok(_) => {}
             }
             next_probe = Instant::now() + PROBE_INTERVAL;
         }

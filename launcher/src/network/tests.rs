@@ -3,13 +3,14 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sched::{CloneFlags, unshare};
@@ -264,7 +265,6 @@ struct LinkState {
 }
 
 async fn link_states(handle: &Handle) -> Vec<LinkState> {
-    use futures::TryStreamExt;
     let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await.unwrap();
     let mut states = Vec::new();
     for link in links {
@@ -797,6 +797,49 @@ fn guest_reaches_the_pod_network_and_dhcp_stays_in_the_pod() {
     });
     assert!(marker.is_some(), "the guest never saw the node's broadcast");
     assert!(foreign.is_empty(), "the guest saw UDP to ports {foreign:?}");
+}
+
+/// A global IPv6 gateway whose router's link-local address is still in duplicate address detection, as right after
+/// a CNI set the pod up, is found once the detection ends (here about 3 s, more than a bound of 2 s allowed).
+#[test]
+fn a_global_ipv6_gateway_is_found_once_its_routers_link_local_address_is_usable() {
+    let test_pod = TestPod::new(Cni::Subnet);
+    let mut pod = test_pod.discover();
+    let router = super::gateway::eui64_link_local(MacAddr(NODE_MAC));
+    test_pod.node.run(|handle| async move {
+        let veth = index_of(&handle, "veth-node").await;
+        // Each detection probe waits 3 s for an answer.
+        fs::write("/proc/sys/net/ipv6/neigh/veth-node/retrans_time_ms", "3000").unwrap();
+        let addresses: Vec<_> = handle
+            .address()
+            .get()
+            .set_link_index_filter(veth)
+            .execute()
+            .try_collect()
+            .await
+            .unwrap();
+        for address in addresses {
+            let is_router = address
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V6(ip)) if *ip == router));
+            if is_router {
+                handle.address().del(address).execute().await.unwrap();
+            }
+        }
+        handle
+            .address()
+            .add(veth, IpAddr::V6(router), 64)
+            .execute()
+            .await
+            .unwrap();
+    });
+    pod.gateway_v6 = Some("fd00:10:244:1::1".parse().unwrap());
+    let started = Instant::now();
+    let found = test_pod
+        .pod
+        .run(|handle| async move { super::gateway::gateway_link_local(&handle, &pod).await });
+    assert_eq!(found, Some(router), "after {:?}", started.elapsed());
 }
 
 /// The Ethernet source of a router advertisement without IPv6 extension headers.
