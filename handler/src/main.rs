@@ -1,6 +1,7 @@
 //! `vmlet-handler`: reconciles vmlet `VirtualMachine`s. Its roles: `controller` (launcher Pods and their lifecycle,
 //! cluster wide, leader-elected); `node` (the VMs of one node: their status, the node's heartbeat); `standalone`,
-//! which runs VMs on this machine from manifest files with no cluster; and `crd`, which prints the
+//! which runs VMs on this machine from manifest files with no cluster; `validate`, which checks manifests as vmlet
+//! reads them; and `crd`, which prints the
 //! CustomResourceDefinition generated from the Rust types so the schema never drifts from the code.
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ mod controller;
 mod lifecycle;
 mod node;
 mod standalone;
+mod validate;
 mod vm_status;
 
 #[derive(Parser)]
@@ -39,6 +41,9 @@ enum Command {
     Standalone(standalone::Args),
     /// Show the VMs that standalone mode runs from a folder of manifests.
     Status(standalone::StatusArgs),
+    /// Check manifests as vmlet reads them: every refusal with its field path, exit status 1 on any; `-o yaml`
+    /// prints each VM with its defaults applied.
+    Validate(validate::Args),
     /// Run one launcher as a pod's runtime would (started by standalone mode).
     #[command(hide = true)]
     Shim(standalone::shim::Args),
@@ -57,7 +62,7 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var(vmlet_log::JSON_ENV, "1") };
     }
     // `crd` and `status` print on stdout and log nothing; every role logs the same way.
-    if !matches!(command, Command::Crd | Command::Status(_)) {
+    if !matches!(command, Command::Crd | Command::Status(_) | Command::Validate(_)) {
         vmlet_log::init(cli.log_json);
     }
     let result = match command {
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Command::Node(args) => node::main(args),
         Command::Standalone(args) => standalone::run(args),
         Command::Status(args) => standalone::print_status(&args),
+        Command::Validate(args) => return finish(validate::run(args)),
         Command::Shim(_) => Ok(()),
     };
     finish(result.map(|()| ExitCode::SUCCESS))

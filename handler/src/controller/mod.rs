@@ -24,6 +24,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 use vmlet_api::VirtualMachine;
+use vmlet_api::defaults::{ClusterDefaults, DefaultBinding};
 
 pub use launcher_pod::PodConfig;
 use leader::LeaderElector;
@@ -66,6 +67,10 @@ pub struct Args {
     /// Seconds a leader's Lease lasts unrenewed.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// The binding of the interface given to a VM that names no network: bridge or masquerade (KubeVirt's
+    /// defaultNetworkInterface setting).
+    #[arg(long, env = "VMLET_DEFAULT_NETWORK_BINDING", default_value_t = DefaultBinding::Bridge)]
+    default_network_binding: DefaultBinding,
 }
 
 fn parse_bytes(text: &str) -> Result<u64, vmlet_api::ParseQuantityError> {
@@ -120,6 +125,8 @@ pub struct Context {
     pub leases: Api<Lease>,
     pub pod_config: PodConfig,
     pub node_timeout: Duration,
+    /// Applied to every VM before its spec is checked and its launcher Pod made.
+    pub defaults: ClusterDefaults,
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -178,6 +185,9 @@ async fn run_async(args: Args) -> Result<(), RunError> {
             container_disks: args.container_disks,
         },
         node_timeout: Duration::from_secs(args.node_timeout),
+        defaults: ClusterDefaults {
+            network_binding: args.default_network_binding,
+        },
     });
     let pods_of_launchers = watcher::Config::default().labels(&format!(
         "{}={}",

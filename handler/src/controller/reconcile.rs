@@ -44,6 +44,9 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
 }
 
 async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Action, Error> {
+    // The VM as it runs: the object is patched as stored, the launcher made from this.
+    let mut effective = vm.clone();
+    vmlet_api::defaults::apply(&mut effective, &ctx.defaults);
     let namespace = vm.namespace().ok_or(Error::NoNamespace)?;
     let name = vm.name_any();
     let uid = vm.uid().ok_or(Error::NoUid)?;
@@ -86,10 +89,10 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     let annotation = vm.annotations().get(RUN_ANNOTATION).cloned();
     let previous = vm.status.clone().unwrap_or_default();
     let observation = Observation {
-        run_strategy: vm.spec.run_strategy,
+        run_strategy: effective.spec.run_strategy(),
         request: annotation.as_deref().map(RunRequest::parse),
         deleting,
-        spec_error: vm.spec.template.spec.validate().err().map(|e| e.to_string()),
+        spec_error: effective.validate().err().map(|e| e.to_string()),
         status: &previous,
         launcher,
         node,
@@ -104,7 +107,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     // one stops the start.
     let mut claims = ClaimModes::new();
     if plan.action == LauncherAction::Create {
-        match read_claims(vm, &Api::namespaced(ctx.client.clone(), &namespace)).await? {
+        match read_claims(&effective, &Api::namespaced(ctx.client.clone(), &namespace)).await? {
             Ok(modes) => claims = modes,
             Err(missing) => {
                 obstacles.missing_claim = Some(missing);
@@ -119,7 +122,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         LauncherAction::None => {}
         LauncherAction::Create => {
             let pod_name = launcher_pod::new_pod_name(&name);
-            let new = launcher_pod::build(vm, &pod_name, &ctx.pod_config, &claims)?;
+            let new = launcher_pod::build(&effective, &pod_name, &ctx.pod_config, &claims)?;
             pods.create(&PostParams::default(), &new).await?;
             info!(vm = %name, pod = %pod_name, "launcher created");
             launcher_name = Some(pod_name);

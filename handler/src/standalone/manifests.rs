@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use vmlet_api::VirtualMachine;
+use vmlet_api::defaults::ClusterDefaults;
+use vmlet_api::manifest::API_VERSION;
 
 /// A VM's identity: namespace (`default` when the manifest gives none) and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,6 +59,8 @@ pub struct Folder {
     pub secrets: BTreeMap<VmKey, BTreeMap<String, Vec<u8>>>,
     pub claims: BTreeMap<VmKey, Claim>,
     pub unnamed: Vec<String>,
+    /// Applied to each VM before it is checked.
+    pub defaults: ClusterDefaults,
 }
 
 /// A `PersistentVolumeClaim`: in standalone mode a disk file of the requested size, kept until the claim's
@@ -73,8 +77,8 @@ pub fn is_status_file(path: &Path) -> bool {
         .is_some_and(|n| n.ends_with(".status.yaml"))
 }
 
-/// Reads every manifest in `dir`.
-pub fn read(dir: &Path) -> std::io::Result<Folder> {
+/// Reads every manifest in `dir`, each VM with `defaults` applied.
+pub fn read(dir: &Path, defaults: ClusterDefaults) -> std::io::Result<Folder> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| {
@@ -83,7 +87,10 @@ pub fn read(dir: &Path) -> std::io::Result<Folder> {
         })
         .collect();
     files.sort();
-    let mut folder = Folder::default();
+    let mut folder = Folder {
+        defaults,
+        ..Folder::default()
+    };
     for file in files {
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
@@ -99,7 +106,9 @@ pub fn read(dir: &Path) -> std::io::Result<Folder> {
 
 /// Adds the manifests of one file to `folder`.
 pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
-    for document in serde_yaml::Deserializer::from_str(text) {
+    // Each document twice: as a value to tell its kind, and from its text so that errors give the line.
+    let documents = serde_yaml::Deserializer::from_str(text).zip(serde_yaml::Deserializer::from_str(text));
+    for (document, typed) in documents {
         let value = match serde_yaml::Value::deserialize(document) {
             Ok(serde_yaml::Value::Null) => continue,
             Ok(value) => value,
@@ -120,7 +129,9 @@ pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
             }
             _ => {}
         }
-        let vm = parse_vm(value);
+        let vm = parse_vm(&value, typed, &folder.defaults)
+            .map(Box::new)
+            .map_err(|problems| problems.join("; "));
         match key {
             Some(key) if folder.vms.contains_key(&key) => folder.unnamed.push(format!(
                 "{}: {key} is defined more than once; the first definition counts",
@@ -166,7 +177,7 @@ fn add_other<T>(
     }
 }
 
-fn parse_secret(value: serde_yaml::Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
+pub(crate) fn parse_secret(value: serde_yaml::Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let secret: k8s_openapi::api::core::v1::Secret = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
     let mut data: BTreeMap<String, Vec<u8>> = secret
         .data
@@ -186,7 +197,7 @@ fn parse_secret(value: serde_yaml::Value) -> Result<BTreeMap<String, Vec<u8>>, S
     Ok(data)
 }
 
-fn parse_claim(value: serde_yaml::Value) -> Result<Claim, String> {
+pub(crate) fn parse_claim(value: serde_yaml::Value) -> Result<Claim, String> {
     let claim: k8s_openapi::api::core::v1::PersistentVolumeClaim =
         serde_yaml::from_value(value).map_err(|e| e.to_string())?;
     let spec = claim.spec.unwrap_or_default();
@@ -213,18 +224,35 @@ fn name_of(value: &serde_yaml::Value) -> Option<VmKey> {
     })
 }
 
-fn parse_vm(value: serde_yaml::Value) -> Result<Box<VirtualMachine>, String> {
+/// The VM of a document (`value`, and `document` its text), with the defaults applied and checked: or every
+/// problem, each naming its field.
+pub fn parse_vm(
+    value: &serde_yaml::Value,
+    document: serde_yaml::Deserializer<'_>,
+    defaults: &ClusterDefaults,
+) -> Result<VirtualMachine, Vec<String>> {
     let kind = value.get("kind").and_then(|k| k.as_str());
     if kind != Some("VirtualMachine") {
-        return Err(format!("kind is {kind:?}: only VirtualMachine manifests are read"));
+        return Err(vec![format!(
+            "kind is {kind:?}: only VirtualMachine manifests are read"
+        )]);
     }
     let api_version = value.get("apiVersion").and_then(|k| k.as_str());
-    if api_version != Some("vmlet.dev/v1alpha1") {
-        return Err(format!("apiVersion is {api_version:?}: vmlet reads vmlet.dev/v1alpha1"));
+    if api_version != Some(API_VERSION) {
+        return Err(vec![format!(
+            "apiVersion is {api_version:?}: vmlet reads {API_VERSION}"
+        )]);
     }
-    let vm: VirtualMachine = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
-    vm.spec.template.spec.validate().map_err(|e| e.to_string())?;
-    Ok(Box::new(vm))
+    let mut vm = vmlet_api::manifest::parse_vm(document).map_err(|e| vec![e.to_string()])?;
+    vmlet_api::defaults::apply(&mut vm, defaults);
+    match vm.validate() {
+        Ok(()) => Ok(vm),
+        Err(invalid) => Err(invalid
+            .0
+            .into_iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect()),
+    }
 }
 
 #[cfg(test)]
