@@ -80,6 +80,10 @@ impl Volume {
     }
 }
 
+/// KubeVirt's annotations that change the VM (sidecar hooks rewriting the domain, SMBIOS fields): refused rather
+/// than ignored, since vmlet would run a different VM than the manifest asks for.
+const UNSUPPORTED_ANNOTATIONS: [&str; 2] = ["hooks.kubevirt.io/", "smbios.vm.kubevirt.io/"];
+
 /// Where the instance spec sits in a `VirtualMachine`, for messages that name a field of the whole manifest.
 pub const TEMPLATE_SPEC_PATH: &str = "spec.template.spec";
 
@@ -91,6 +95,13 @@ impl VirtualMachine {
             problems.push(Problem {
                 field: "spec.running".into(),
                 message: "running and runStrategy are mutually exclusive".into(),
+            });
+        }
+        let annotations = self.spec.template.metadata.iter().flat_map(|m| m.annotations.keys());
+        for key in annotations.filter(|k| UNSUPPORTED_ANNOTATIONS.iter().any(|prefix| k.starts_with(prefix))) {
+            problems.push(Problem {
+                field: format!("spec.template.metadata.annotations[{key}]"),
+                message: "not supported by vmlet".into(),
             });
         }
         if let Err(InvalidSpec(spec_problems)) = self.spec.template.spec.validate() {
