@@ -639,6 +639,7 @@ pub struct Network {
 pub struct PodNetwork {
     /// The guest's private IPv4 subnet under `masquerade` (default `10.0.2.0/24`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vmNetworkCIDR")]
     pub vm_network_cidr: Option<String>,
     /// The guest's private IPv6 subnet under `masquerade` (default `fd10:0:2::/120`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -885,6 +886,17 @@ spec:
             "memory: {guest: 256Mi}\n        firmware: {bootloader: {bios: {}, efi: {}}}",
         );
         assert_eq!(cel_messages(&firmware), ["a bootloader is either bios or efi"]);
+    }
+
+    #[test]
+    fn cel_rules_refuse_running_with_run_strategy_and_two_clocks() {
+        let both = VM.replace("runStrategy: Always", "runStrategy: Always\n  running: true");
+        assert_eq!(cel_messages(&both), ["running and runStrategy are mutually exclusive"]);
+        let clocks = VM.replace(
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n        clock: {utc: {}, timezone: Europe/Paris}",
+        );
+        assert_eq!(cel_messages(&clocks), ["a clock is either utc or timezone"]);
     }
 
     #[test]
