@@ -109,11 +109,11 @@ pub fn apply_instance(spec: &mut VirtualMachineInstanceSpec, cluster: &ClusterDe
     if let Some(efi) = firmware.bootloader.as_mut().and_then(|b| b.efi.as_mut()) {
         efi.secure_boot.get_or_insert(true);
     }
-    domain.features.get_or_insert_with(|| Features {
-        acpi: Some(FeatureState::default()),
-        apic: Some(FeatureState::default()),
-        ..Features::default()
-    });
+    // On unless turned off (`enabled: false`): ACPI carries the power button a graceful shutdown presses, and
+    // SMP guests need the APIC.
+    let features = domain.features.get_or_insert_with(Features::default);
+    features.acpi.get_or_insert_with(FeatureState::default);
+    features.apic.get_or_insert_with(FeatureState::default);
     // The timer policies virt-install uses: a guest starved of CPU catches up instead of drifting.
     domain.clock.get_or_insert_with(|| Clock {
         utc: Some(ClockOffsetUtc::default()),

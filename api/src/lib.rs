@@ -6,6 +6,7 @@
 //! is rejected by name (by the API server's field validation, or by the manifest parser) instead of being ignored.
 
 pub mod defaults;
+pub mod instancetype;
 pub mod manifest;
 mod quantity;
 mod status;
@@ -65,6 +66,12 @@ pub struct VirtualMachineSpec {
     /// KubeVirt's older form of the run strategy: `true` is `Always`, `false` is `Halted`. Not with `runStrategy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<bool>,
+    /// The instance type that sizes the VM; resolved into the template when the VM starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instancetype: Option<instancetype::InstancetypeMatcher>,
+    /// The preference that fills in what the template leaves open; resolved when the VM starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<instancetype::PreferenceMatcher>,
     pub template: VirtualMachineTemplate,
 }
 
@@ -249,8 +256,8 @@ pub struct DomainSpec {
     pub devices: Devices,
 }
 
-/// Hypervisor features the guest sees. When absent, ACPI (which carries the power button a graceful shutdown
-/// presses) and the APIC (which SMP guests need) are on.
+/// Hypervisor features the guest sees. ACPI (which carries the power button a graceful shutdown presses) and the
+/// APIC (which SMP guests need) are on unless `enabled: false`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Features {

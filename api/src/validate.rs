@@ -97,6 +97,19 @@ impl VirtualMachine {
                 message: "running and runStrategy are mutually exclusive".into(),
             });
         }
+        // Resolution drops them; one still named was not found.
+        if let Some(m) = &self.spec.instancetype {
+            problems.push(Problem {
+                field: "spec.instancetype".into(),
+                message: format!("the instance type {:?} is not resolved", m.name),
+            });
+        }
+        if let Some(m) = &self.spec.preference {
+            problems.push(Problem {
+                field: "spec.preference".into(),
+                message: format!("the preference {:?} is not resolved", m.name),
+            });
+        }
         let annotations = self.spec.template.metadata.iter().flat_map(|m| m.annotations.keys());
         for key in annotations.filter(|k| UNSUPPORTED_ANNOTATIONS.iter().any(|prefix| k.starts_with(prefix))) {
             problems.push(Problem {

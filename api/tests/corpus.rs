@@ -1,5 +1,6 @@
 //! The project's corpus of manifests in KubeVirt's layout (`tests/corpus/`), each with what vmlet makes of it: the
-//! VM with its defaults applied (`NAME.expected.yaml`), or every refusal, one per line (`NAME.refused`). A manifest
+//! VM (the file's last document, after the instance types and preferences it may name) resolved, with its defaults
+//! applied (`NAME.expected.yaml`), or every refusal, one per line (`NAME.refused`). A manifest
 //! whose name starts with `refused-` must be refused, every other accepted.
 //!
 //! `VMLET_BLESS=1 cargo test -p vmlet-api --test corpus` rewrites the expectations from what the code does now;
@@ -7,20 +8,43 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use vmlet_api::defaults::{self, ClusterDefaults};
+use vmlet_api::instancetype::{self, Catalog};
+use vmlet_api::{InvalidSpec, VirtualMachine};
 
-/// What vmlet makes of one manifest: its defaults-applied YAML, or its refusals.
+/// What vmlet makes of one file: its VM's defaults-applied YAML, or its refusals.
 fn verdict(text: &str) -> Result<String, Vec<String>> {
-    let mut vm = vmlet_api::manifest::parse_vm(serde_yaml::Deserializer::from_str(text)).map_err(|e| vec![e.0])?;
-    defaults::apply(&mut vm, &ClusterDefaults::default());
-    match vm.validate() {
-        Ok(()) => Ok(serde_yaml::to_string(&vm).expect("a VM serializes")),
-        Err(invalid) => Err(invalid
+    let mut catalog = Catalog::default();
+    let mut vm = None;
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(document).expect("a corpus file is YAML");
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        if instancetype::KINDS.contains(&kind.as_str()) {
+            let name = value["metadata"]["name"].as_str().expect("a name");
+            let spec = serde_json::to_value(&value["spec"]).expect("JSON");
+            catalog
+                .insert(&kind, "default", name, spec)
+                .expect("a usable instance type or preference");
+        } else {
+            vm = Some(value);
+        }
+    }
+    // From the text, not the value, so that errors give the line: the VM is the last document.
+    let last = serde_yaml::Deserializer::from_str(text).last().expect("a VM");
+    assert!(vm.is_some(), "the corpus file holds a VM");
+    let mut vm: VirtualMachine = vmlet_api::manifest::parse_vm(last).map_err(|e| vec![e.0])?;
+    let lines = |invalid: InvalidSpec| -> Vec<String> {
+        invalid
             .0
             .into_iter()
             .map(|p| format!("{}: {}", p.field, p.message))
-            .collect()),
-    }
+            .collect()
+    };
+    catalog.resolve(&mut vm).map_err(lines)?;
+    defaults::apply(&mut vm, &ClusterDefaults::default());
+    vm.validate().map_err(lines)?;
+    Ok(serde_yaml::to_string(&vm).expect("a VM serializes"))
 }
 
 fn manifests() -> Vec<PathBuf> {

@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the VirtualMachine CustomResourceDefinition as YAML (what deploy/crd.yaml holds).
+    /// Print the CustomResourceDefinitions as YAML (what deploy/crd.yaml holds): VirtualMachine, instance types and
+    /// preferences.
     Crd,
     /// Run the controller: a launcher Pod for every VM that should run, restarts, status, Events.
     Controller(controller::Args),
@@ -101,8 +102,21 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// The CRDs of vmlet's group: VirtualMachine, then the instance types and preferences.
 fn crd_yaml() -> anyhow::Result<String> {
-    Ok(serde_yaml::to_string(&VirtualMachine::crd())?)
+    use vmlet_api::instancetype::{
+        VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
+        VirtualMachinePreference,
+    };
+    let crds = [
+        VirtualMachine::crd(),
+        VirtualMachineInstancetype::crd(),
+        VirtualMachineClusterInstancetype::crd(),
+        VirtualMachinePreference::crd(),
+        VirtualMachineClusterPreference::crd(),
+    ];
+    let documents = crds.iter().map(serde_yaml::to_string).collect::<Result<Vec<_>, _>>()?;
+    Ok(documents.join("---\n"))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use vmlet_api::VirtualMachine;
 use vmlet_api::defaults::{ClusterDefaults, DefaultBinding};
+use vmlet_api::instancetype::{self, Catalog};
 
 use crate::standalone::manifests;
 
@@ -46,9 +47,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut refused = false;
     let mut first_output = true;
-    for file in &args.files {
-        let text = read(file)?;
-        for verdict in check_text(&text, &defaults) {
+    let texts = args
+        .files
+        .iter()
+        .map(|file| Ok((file, read(file)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // A VM may name an instance type or preference of any file given.
+    let mut catalog = Catalog::default();
+    // What cannot be used is reported again as its own document's verdict.
+    let mut reported_below = Vec::new();
+    for (file, text) in &texts {
+        manifests::add_catalog(file, text, &mut catalog, &mut reported_below);
+    }
+    for (file, text) in &texts {
+        for verdict in check_text(text, &defaults, &catalog) {
             let head = format!("{}: {}", file.display(), verdict.what);
             let line = match &verdict.outcome {
                 Ok(_) => format!("{head}: valid"),
@@ -101,8 +113,8 @@ fn print_vm(vm: &VirtualMachine, output: Output, first: &mut bool) -> anyhow::Re
     Ok(())
 }
 
-/// The verdict on every document of `text`.
-pub fn check_text(text: &str, defaults: &ClusterDefaults) -> Vec<Verdict> {
+/// The verdict on every document of `text`, whose VMs may name what `catalog` holds.
+pub fn check_text(text: &str, defaults: &ClusterDefaults, catalog: &Catalog) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     // Each document twice: as a value to tell its kind, and from its text so that errors give the line.
     let documents = serde_yaml::Deserializer::from_str(text).zip(serde_yaml::Deserializer::from_str(text));
@@ -133,8 +145,16 @@ pub fn check_text(text: &str, defaults: &ClusterDefaults) -> Vec<Verdict> {
         let outcome = match kind.as_str() {
             "Secret" => manifests::parse_secret(value).map(|_| None).map_err(|e| vec![e]),
             "PersistentVolumeClaim" => manifests::parse_claim(value).map(|_| None).map_err(|e| vec![e]),
+            kind if instancetype::KINDS.contains(&kind) => {
+                let spec = value.get("spec").cloned().unwrap_or_default();
+                serde_json::to_value(spec)
+                    .map_err(|e| e.to_string())
+                    .and_then(|spec| Catalog::default().insert(kind, namespace, name.unwrap_or(""), spec))
+                    .map(|()| None)
+                    .map_err(|e| vec![e])
+            }
             _ => {
-                let parsed = manifests::parse_vm(&value, typed, defaults);
+                let parsed = manifests::parse_vm(&value, typed, defaults, catalog);
                 match (parsed, name) {
                     (Ok(_), None) => Err(vec!["metadata.name: a name is required".into()]),
                     (parsed, _) => parsed.map(|vm| Some(Box::new(vm))),
@@ -151,7 +171,7 @@ mod tests {
     use super::*;
 
     fn problems(text: &str) -> Vec<String> {
-        check_text(text, &ClusterDefaults::default())
+        check_text(text, &ClusterDefaults::default(), &Catalog::default())
             .into_iter()
             .flat_map(|v| v.outcome.err().unwrap_or_default())
             .collect()
@@ -213,6 +233,7 @@ spec:
             "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: x}\n---\n\
              apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {userdata: x}\n",
             &ClusterDefaults::default(),
+            &Catalog::default(),
         );
         assert_eq!(verdicts[0].what, "VirtualMachineInstance default/x");
         assert!(verdicts[0].outcome.is_err());

@@ -254,6 +254,7 @@ spec:
         firmware: {serial: SN-7, kernelBoot: {hostPath: {kernelPath: /g/vmlinux}}}
         features:
           acpi: {}
+          apic: {enabled: false}
           smm: {enabled: false}
           hyperv: {relaxed: {}, vapic: {enabled: false}, spinlocks: {spinlocks: 4096}, synictimer: {}}
         clock:

@@ -147,6 +147,8 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
         spec: VirtualMachineSpec {
             run_strategy: vm.spec.run_strategy,
             running: vm.spec.running,
+            instancetype: None,
+            preference: None,
             template: template.clone(),
         },
         status: None,

@@ -12,6 +12,10 @@ use kube::runtime::finalizer::{Event as Finalizing, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
+use vmlet_api::instancetype::{
+    Catalog, VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
+    VirtualMachinePreference,
+};
 use vmlet_api::{RUN_ANNOTATION, VirtualMachine};
 
 use super::pod_volumes::{ClaimMode, ClaimModes, claims_of};
@@ -44,10 +48,12 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
 }
 
 async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Action, Error> {
+    let namespace = vm.namespace().ok_or(Error::NoNamespace)?;
     // The VM as it runs: the object is patched as stored, the launcher made from this.
     let mut effective = vm.clone();
+    let catalog = catalog_of(vm, &ctx.client, &namespace).await?;
+    let resolved = catalog.resolve(&mut effective);
     vmlet_api::defaults::apply(&mut effective, &ctx.defaults);
-    let namespace = vm.namespace().ok_or(Error::NoNamespace)?;
     let name = vm.name_any();
     let uid = vm.uid().ok_or(Error::NoUid)?;
     let now = Timestamp::now();
@@ -92,7 +98,10 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         run_strategy: effective.spec.run_strategy(),
         request: annotation.as_deref().map(RunRequest::parse),
         deleting,
-        spec_error: effective.validate().err().map(|e| e.to_string()),
+        spec_error: resolved
+            .and_then(|()| effective.validate())
+            .err()
+            .map(|e| e.to_string()),
         status: &previous,
         launcher,
         node,
@@ -197,6 +206,48 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         ctx.node_timeout,
         now,
     )))
+}
+
+/// The instance type and preference `vm` names, as far as they exist: resolution refuses those missing.
+async fn catalog_of(vm: &VirtualMachine, client: &kube::Client, namespace: &str) -> Result<Catalog, Error> {
+    let mut catalog = Catalog::default();
+    if let Some(m) = &vm.spec.instancetype {
+        let key = (namespace.to_owned(), m.name.clone());
+        match m.cluster_wide() {
+            Some(true) => {
+                let api: Api<VirtualMachineClusterInstancetype> = Api::all(client.clone());
+                if let Some(found) = api.get_opt(&m.name).await? {
+                    catalog.cluster_instancetypes.insert(m.name.clone(), found.spec.0);
+                }
+            }
+            Some(false) => {
+                let api: Api<VirtualMachineInstancetype> = Api::namespaced(client.clone(), namespace);
+                if let Some(found) = api.get_opt(&m.name).await? {
+                    catalog.instancetypes.insert(key, found.spec);
+                }
+            }
+            None => {}
+        }
+    }
+    if let Some(m) = &vm.spec.preference {
+        let key = (namespace.to_owned(), m.name.clone());
+        match m.cluster_wide() {
+            Some(true) => {
+                let api: Api<VirtualMachineClusterPreference> = Api::all(client.clone());
+                if let Some(found) = api.get_opt(&m.name).await? {
+                    catalog.cluster_preferences.insert(m.name.clone(), found.spec.0);
+                }
+            }
+            Some(false) => {
+                let api: Api<VirtualMachinePreference> = Api::namespaced(client.clone(), namespace);
+                if let Some(found) = api.get_opt(&m.name).await? {
+                    catalog.preferences.insert(key, found.spec);
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(catalog)
 }
 
 /// When to look at a VM again though nothing changed: when the plan asks, just after the heartbeat of its

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use vmlet_api::VirtualMachine;
 use vmlet_api::defaults::ClusterDefaults;
+use vmlet_api::instancetype::{self, Catalog};
 use vmlet_api::manifest::API_VERSION;
 
 /// A VM's identity: namespace (`default` when the manifest gives none) and name.
@@ -61,6 +62,8 @@ pub struct Folder {
     pub unnamed: Vec<String>,
     /// Applied to each VM before it is checked.
     pub defaults: ClusterDefaults,
+    /// The instance types and preferences the VMs may name.
+    pub catalog: Catalog,
 }
 
 /// A `PersistentVolumeClaim`: in standalone mode a disk file of the requested size, kept until the claim's
@@ -91,21 +94,60 @@ pub fn read(dir: &Path, defaults: ClusterDefaults) -> std::io::Result<Folder> {
         defaults,
         ..Folder::default()
     };
+    let mut texts = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(err) => {
-                folder.unnamed.push(format!("{}: {err}", file.display()));
-                continue;
-            }
-        };
-        parse_file(&file, &text, &mut folder);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => texts.push((file, text)),
+            Err(err) => folder.unnamed.push(format!("{}: {err}", file.display())),
+        }
+    }
+    // Every file's instance types and preferences first: a VM may name one from any file.
+    for (file, text) in &texts {
+        add_catalog(file, text, &mut folder.catalog, &mut folder.unnamed);
+    }
+    for (file, text) in &texts {
+        add_documents(file, text, &mut folder);
     }
     Ok(folder)
 }
 
 /// Adds the manifests of one file to `folder`.
+#[cfg(test)]
 pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
+    add_catalog(file, text, &mut folder.catalog, &mut folder.unnamed);
+    add_documents(file, text, folder);
+}
+
+/// Adds the instance types and preferences of one file to `catalog`; `problems` gets those that cannot be used.
+pub fn add_catalog(file: &Path, text: &str, catalog: &mut Catalog, problems: &mut Vec<String>) {
+    for document in serde_yaml::Deserializer::from_str(text) {
+        // A document that does not parse is reported when the file's other manifests are read.
+        let Ok(value) = serde_yaml::Value::deserialize(document) else {
+            break;
+        };
+        let Some(kind) = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .filter(|k| instancetype::KINDS.contains(k))
+        else {
+            continue;
+        };
+        let Some(key) = name_of(&value) else {
+            problems.push(format!("{}: a {kind} has no metadata.name", file.display()));
+            continue;
+        };
+        let spec = value.get("spec").cloned().unwrap_or_default();
+        let added = serde_json::to_value(spec)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| catalog.insert(kind, &key.namespace, &key.name, spec));
+        if let Err(why) = added {
+            problems.push(format!("{}: {kind} {key}: {why}", file.display()));
+        }
+    }
+}
+
+/// Adds the VMs, Secrets and claims of one file to `folder`.
+fn add_documents(file: &Path, text: &str, folder: &mut Folder) {
     // Each document twice: as a value to tell its kind, and from its text so that errors give the line.
     let documents = serde_yaml::Deserializer::from_str(text).zip(serde_yaml::Deserializer::from_str(text));
     for (document, typed) in documents {
@@ -127,9 +169,10 @@ pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
                 add_other(file, key, parse_claim(value), &mut folder.claims, &mut folder.unnamed);
                 continue;
             }
+            Some(kind) if instancetype::KINDS.contains(&kind) => continue,
             _ => {}
         }
-        let vm = parse_vm(&value, typed, &folder.defaults)
+        let vm = parse_vm(&value, typed, &folder.defaults, &folder.catalog)
             .map(Box::new)
             .map_err(|problems| problems.join("; "));
         match key {
@@ -230,6 +273,7 @@ pub fn parse_vm(
     value: &serde_yaml::Value,
     document: serde_yaml::Deserializer<'_>,
     defaults: &ClusterDefaults,
+    catalog: &Catalog,
 ) -> Result<VirtualMachine, Vec<String>> {
     let kind = value.get("kind").and_then(|k| k.as_str());
     if kind != Some("VirtualMachine") {
@@ -244,15 +288,17 @@ pub fn parse_vm(
         )]);
     }
     let mut vm = vmlet_api::manifest::parse_vm(document).map_err(|e| vec![e.to_string()])?;
-    vmlet_api::defaults::apply(&mut vm, defaults);
-    match vm.validate() {
-        Ok(()) => Ok(vm),
-        Err(invalid) => Err(invalid
+    let lines = |invalid: vmlet_api::InvalidSpec| -> Vec<String> {
+        invalid
             .0
             .into_iter()
             .map(|p| format!("{}: {}", p.field, p.message))
-            .collect()),
-    }
+            .collect()
+    };
+    catalog.resolve(&mut vm).map_err(lines)?;
+    vmlet_api::defaults::apply(&mut vm, defaults);
+    vm.validate().map_err(lines)?;
+    Ok(vm)
 }
 
 #[cfg(test)]
