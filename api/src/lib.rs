@@ -5,6 +5,9 @@
 //! Only what vmlet implements is declared, and every struct refuses unknown fields: a KubeVirt feature vmlet lacks
 //! is rejected by name (by the API server's field validation, or by the manifest parser) instead of being ignored.
 
+pub mod defaults;
+pub mod instancetype;
+pub mod manifest;
 mod quantity;
 mod status;
 mod validate;
@@ -21,7 +24,7 @@ pub use status::{
     Condition, ConditionType, GuestExit, GuestOsInfo, InterfaceStatus, LauncherReport, Phase, PhaseTransition,
     PrintableStatus, ReportedState, StartFailure, VirtualMachineStatus,
 };
-pub use validate::{Binding, CloudInitKind, InvalidSpec, Problem, decode_base64};
+pub use validate::{Binding, CloudInitKind, InvalidSpec, Problem, TEMPLATE_SPEC_PATH, decode_base64};
 
 /// The annotation that starts or stops a VM whose run strategy is `Manual`: `start` or `stop`. It is a request, not
 /// a state: the controller acts on it once and removes it (KubeVirt's start and stop subresources). Under any other
@@ -52,11 +55,35 @@ pub const RUN_ANNOTATION: &str = "vmlet.dev/run";
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.running) && has(self.runStrategy))",
+    "message": "running and runStrategy are mutually exclusive",
+}]))]
 pub struct VirtualMachineSpec {
-    /// When the VM should run. Defaults to Halted, as in KubeVirt.
-    #[serde(default)]
-    pub run_strategy: RunStrategy,
+    /// When the VM should run. Halted when neither this nor `running` is given, as in KubeVirt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_strategy: Option<RunStrategy>,
+    /// KubeVirt's older form of the run strategy: `true` is `Always`, `false` is `Halted`. Not with `runStrategy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+    /// The instance type that sizes the VM; resolved into the template when the VM starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instancetype: Option<instancetype::InstancetypeMatcher>,
+    /// The preference that fills in what the template leaves open; resolved when the VM starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<instancetype::PreferenceMatcher>,
     pub template: VirtualMachineTemplate,
+}
+
+impl VirtualMachineSpec {
+    /// The run strategy in force: `runStrategy`, else the one `running` stands for, else Halted.
+    pub fn run_strategy(&self) -> RunStrategy {
+        match (self.run_strategy, self.running) {
+            (Some(strategy), _) => strategy,
+            (None, Some(true)) => RunStrategy::Always,
+            (None, Some(false) | None) => RunStrategy::Halted,
+        }
+    }
 }
 
 /// What the handler does about a VM's lifetime (KubeVirt's semantics).
@@ -88,6 +115,9 @@ pub struct VirtualMachineTemplate {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplateMetadata {
+    /// Written as `null` by `kubectl get -o yaml`; accepted for that, and never set by vmlet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -129,13 +159,36 @@ pub struct VirtualMachineInstanceSpec {
     /// Seconds the guest is given to shut down after an ACPI power-button press before it is destroyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<u32>,
-    /// The guest's host name; defaults to the VM's name.
+    /// The guest's host name (handed out by the launcher's DHCP server); defaults to the VM's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// With a headless Service of this name, the guest's name is `HOSTNAME.SUBDOMAIN.NAMESPACE.svc.DOMAIN`; the
+    /// guest gets `SUBDOMAIN.NAMESPACE.svc.DOMAIN` as its first search domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+    /// The launcher Pod's affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// The launcher Pod's priority class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// What an eviction of the launcher Pod means. vmlet does not migrate: under every strategy an evicted VM's
+    /// guest is shut down within its grace period, and its run strategy decides whether it starts again elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eviction_strategy: Option<EvictionStrategy>,
     /// SSH public keys given to the guest through its cloud-init data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub access_credentials: Vec<AccessCredential>,
+}
+
+/// KubeVirt's eviction strategies; all are accepted, none migrates (see `evictionStrategy`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum EvictionStrategy {
+    None,
+    LiveMigrate,
+    LiveMigrateIfPossible,
+    External,
 }
 
 /// A credential put into the guest (KubeVirt's `accessCredentials`); vmlet offers SSH public keys.
@@ -195,8 +248,137 @@ pub struct DomainSpec {
     pub machine: Option<Machine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<Firmware>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Features>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<Clock>,
     #[serde(default)]
     pub devices: Devices,
+}
+
+/// Hypervisor features the guest sees. ACPI (which carries the power button a graceful shutdown presses) and the
+/// APIC (which SMP guests need) are on unless `enabled: false`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Features {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acpi: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apic: Option<FeatureState>,
+    /// System management mode; UEFI Secure Boot turns it on regardless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smm: Option<FeatureState>,
+    /// Hyper-V enlightenments for Windows guests; given to the guest only under KVM (QEMU's emulator has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hyperv: Option<HyperV>,
+}
+
+/// A feature named is on unless `enabled: false`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FeatureState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+impl FeatureState {
+    pub fn on(state: Option<&FeatureState>) -> bool {
+        state.is_some_and(|s| s.enabled != Some(false))
+    }
+}
+
+/// The basic Hyper-V set KubeVirt offers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HyperV {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relaxed: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vapic: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spinlocks: Option<Spinlocks>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpindex: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synic: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synictimer: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequencies: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reenlightenment: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tlbflush: Option<FeatureState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipi: Option<FeatureState>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spinlocks {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Retries before a spinlock is reported to the host; at least 4095 (Hyper-V's minimum), 8191 by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4095))]
+    pub spinlocks: Option<u32>,
+}
+
+/// The guest's real-time clock: UTC (the default) or a time zone's local time, and its timers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!(has(self.utc) && has(self.timezone))",
+    "message": "a clock is either utc or timezone",
+}]))]
+pub struct Clock {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc: Option<ClockOffsetUtc>,
+    /// An IANA time zone (`Europe/Paris`), for guests that keep local time (Windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<Timers>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClockOffsetUtc {
+    /// Seconds added to UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_seconds: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hpet: Option<Timer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvm: Option<Timer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pit: Option<Timer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtc: Option<Timer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hyperv: Option<Timer>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+    /// `delay`, `catchup`, `merge` or `discard` (libvirt's tick policies; not every timer takes every one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tick_policy: Option<String>,
+    /// The rtc's time source: `guest` or `wall`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track: Option<String>,
 }
 
 /// The guest's vCPU topology; vCPUs = sockets × cores × threads.
@@ -212,6 +394,10 @@ pub struct Cpu {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub threads: Option<u32>,
+    /// The CPU model under KVM: `host-passthrough` (the default), `host-model` or a QEMU model name. QEMU's
+    /// emulator always runs its baseline model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -246,6 +432,9 @@ pub struct Firmware {
     /// The SMBIOS UUID; derived from the VM's uid when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
+    /// The SMBIOS system serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
     /// BIOS (the default) or UEFI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootloader: Option<Bootloader>,
@@ -328,6 +517,19 @@ pub struct Devices {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub interfaces: Vec<Interface>,
+    /// A virtio RNG. vmlet gives every guest one (guests can block early in boot waiting for entropy without
+    /// it); accepted for KubeVirt's manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<Empty>,
+    /// A VGA card and a VNC server; on unless `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_graphics_device: Option<bool>,
+    /// The serial console (and its log); on unless `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoattach_serial_console: Option<bool>,
+    /// Multi-queue virtio NICs. Only `false`: the launcher's taps have one queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_interface_multiqueue: Option<bool>,
 }
 
 /// A disk the guest sees, backed by the volume of the same name.
@@ -395,7 +597,7 @@ pub struct Interface {
     /// The guest NIC's MAC; by default the pod's (bridge, tap) or a generated one (masquerade).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
-    /// Only `virtio` (the default) is offered.
+    /// `virtio` (the default), or `e1000` or `e1000e` for guests without virtio drivers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
 }
@@ -444,6 +646,7 @@ pub struct Network {
 pub struct PodNetwork {
     /// The guest's private IPv4 subnet under `masquerade` (default `10.0.2.0/24`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "vmNetworkCIDR")]
     pub vm_network_cidr: Option<String>,
     /// The guest's private IPv6 subnet under `masquerade` (default `fd10:0:2::/120`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -738,6 +941,17 @@ spec:
             "memory: {guest: 256Mi}\n        firmware: {bootloader: {bios: {}, efi: {}}}",
         );
         assert_eq!(cel_messages(&firmware), ["a bootloader is either bios or efi"]);
+    }
+
+    #[test]
+    fn cel_rules_refuse_running_with_run_strategy_and_two_clocks() {
+        let both = VM.replace("runStrategy: Always", "runStrategy: Always\n  running: true");
+        assert_eq!(cel_messages(&both), ["running and runStrategy are mutually exclusive"]);
+        let clocks = VM.replace(
+            "memory: {guest: 256Mi}",
+            "memory: {guest: 256Mi}\n        clock: {utc: {}, timezone: Europe/Paris}",
+        );
+        assert_eq!(cel_messages(&clocks), ["a clock is either utc or timezone"]);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::{CloudInitSource, Interface, VirtualMachineInstanceSpec, Volume, parse_quantity};
+use crate::{
+    CloudInitSource, FeatureState, Interface, Timer, VirtualMachine, VirtualMachineInstanceSpec, Volume, parse_quantity,
+};
 
 /// One broken rule: where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,57 @@ impl Volume {
     }
 }
 
+/// KubeVirt's annotations that change the VM (sidecar hooks rewriting the domain, SMBIOS fields): refused rather
+/// than ignored, since vmlet would run a different VM than the manifest asks for.
+const UNSUPPORTED_ANNOTATIONS: [&str; 2] = ["hooks.kubevirt.io/", "smbios.vm.kubevirt.io/"];
+
+/// Where the instance spec sits in a `VirtualMachine`, for messages that name a field of the whole manifest.
+pub const TEMPLATE_SPEC_PATH: &str = "spec.template.spec";
+
+impl VirtualMachine {
+    /// Checks the whole VM; every problem's field is a path from the manifest's root.
+    pub fn validate(&self) -> Result<(), InvalidSpec> {
+        let mut problems = Vec::new();
+        if self.spec.running.is_some() && self.spec.run_strategy.is_some() {
+            problems.push(Problem {
+                field: "spec.running".into(),
+                message: "running and runStrategy are mutually exclusive".into(),
+            });
+        }
+        // Resolution drops them; one still named was not found.
+        if let Some(m) = &self.spec.instancetype {
+            problems.push(Problem {
+                field: "spec.instancetype".into(),
+                message: format!("the instance type {:?} is not resolved", m.name),
+            });
+        }
+        if let Some(m) = &self.spec.preference {
+            problems.push(Problem {
+                field: "spec.preference".into(),
+                message: format!("the preference {:?} is not resolved", m.name),
+            });
+        }
+        let annotations = self.spec.template.metadata.iter().flat_map(|m| m.annotations.keys());
+        for key in annotations.filter(|k| UNSUPPORTED_ANNOTATIONS.iter().any(|prefix| k.starts_with(prefix))) {
+            problems.push(Problem {
+                field: format!("spec.template.metadata.annotations[{key}]"),
+                message: "not supported by vmlet".into(),
+            });
+        }
+        if let Err(InvalidSpec(spec_problems)) = self.spec.template.spec.validate() {
+            problems.extend(spec_problems.into_iter().map(|p| Problem {
+                field: format!("{TEMPLATE_SPEC_PATH}.{}", p.field),
+                message: p.message,
+            }));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidSpec(problems))
+        }
+    }
+}
+
 impl VirtualMachineInstanceSpec {
     /// The number of vCPUs: sockets × cores × threads, each 1 when unset.
     pub fn vcpus(&self) -> u32 {
@@ -110,13 +163,19 @@ impl VirtualMachineInstanceSpec {
         self.check_network(&mut problem);
         self.check_storage(&mut problem);
         self.check_access_credentials(&mut problem);
-        if let Some(hostname) = &self.hostname
-            && !is_dns_label(hostname)
-        {
-            problem(
-                "hostname".into(),
-                format!("{hostname:?} is not a DNS label (lower-case letters, digits, '-')"),
-            );
+        self.check_devices_and_features(&mut problem);
+        for (field, value) in [("hostname", &self.hostname), ("subdomain", &self.subdomain)] {
+            if let Some(value) = value
+                && !is_dns_label(value)
+            {
+                problem(
+                    field.into(),
+                    format!("{value:?} is not a DNS label (lower-case letters, digits, '-')"),
+                );
+            }
+        }
+        if let Some(class) = self.priority_class_name.as_deref().filter(|c| c.is_empty()) {
+            problem("priorityClassName".into(), format!("{class:?} names no priority class"));
         }
 
         if problems.is_empty() {
@@ -239,10 +298,10 @@ impl VirtualMachineInstanceSpec {
                     format!("{mac:?} is not a unicast MAC address"),
                 );
             }
-            if let Some(model) = iface.model.as_deref().filter(|m| *m != "virtio") {
+            if let Some(model) = iface.model.as_deref().filter(|m| !NIC_MODELS.contains(m)) {
                 problem(
                     format!("{field}.model"),
-                    format!("{model:?} is not offered; only virtio"),
+                    format!("{model:?} is not offered; only virtio, e1000 or e1000e"),
                 );
             }
             if !self.networks.iter().any(|n| n.name == iface.name) {
@@ -417,6 +476,85 @@ impl VirtualMachineInstanceSpec {
         }
     }
 
+    fn check_devices_and_features(&self, problem: &mut impl FnMut(String, String)) {
+        let domain = &self.domain;
+        if domain.devices.network_interface_multiqueue == Some(true) {
+            problem(
+                "domain.devices.networkInterfaceMultiqueue".into(),
+                "not supported by vmlet: the launcher's taps have one queue".into(),
+            );
+        }
+        if let Some(model) = domain.cpu.as_ref().and_then(|c| c.model.as_deref())
+            && (model.is_empty() || !model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        {
+            problem("domain.cpu.model".into(), format!("{model:?} is not a CPU model name"));
+        }
+        if let Some(serial) = domain.firmware.as_ref().and_then(|f| f.serial.as_deref())
+            && (serial.is_empty() || serial.chars().any(|c| c.is_control()))
+        {
+            problem(
+                "domain.firmware.serial".into(),
+                format!("{serial:?} is not a printable serial number"),
+            );
+        }
+        if let Some(spinlocks) = domain
+            .features
+            .as_ref()
+            .and_then(|f| f.hyperv.as_ref())
+            .and_then(|h| h.spinlocks.as_ref())
+            .and_then(|s| s.spinlocks)
+            .filter(|&n| n < 4095)
+        {
+            problem(
+                "domain.features.hyperv.spinlocks.spinlocks".into(),
+                format!("{spinlocks} is less than Hyper-V's minimum of 4095"),
+            );
+        }
+        let efi_secure = domain
+            .firmware
+            .as_ref()
+            .and_then(|f| f.bootloader.as_ref())
+            .and_then(|b| b.efi.as_ref())
+            .is_some_and(|efi| efi.secure_boot != Some(false));
+        let smm = domain.features.as_ref().and_then(|f| f.smm.as_ref());
+        if efi_secure && smm.is_some() && !FeatureState::on(smm) {
+            problem(
+                "domain.features.smm".into(),
+                "Secure Boot needs SMM; enable it or set secureBoot: false".into(),
+            );
+        }
+        if let Some(clock) = &domain.clock {
+            if clock.utc.is_some() && clock.timezone.is_some() {
+                problem("domain.clock".into(), "a clock is either utc or timezone".into());
+            }
+            if let Some(zone) = clock.timezone.as_deref()
+                && (zone.is_empty()
+                    || zone.starts_with('/')
+                    || zone.split('/').any(|part| part == "..")
+                    || !zone.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b)))
+            {
+                problem(
+                    "domain.clock.timezone".into(),
+                    format!("{zone:?} is not a time zone name"),
+                );
+            }
+            if let Some(timers) = &clock.timer {
+                let all = [
+                    ("hpet", &timers.hpet, TIMER_POLICIES),
+                    ("kvm", &timers.kvm, &[][..]),
+                    ("pit", &timers.pit, TIMER_POLICIES),
+                    ("rtc", &timers.rtc, TIMER_POLICIES),
+                    ("hyperv", &timers.hyperv, &[][..]),
+                ];
+                for (name, timer, policies) in all {
+                    if let Some(timer) = timer {
+                        check_timer(name, timer, policies, problem);
+                    }
+                }
+            }
+        }
+    }
+
     fn check_access_credentials(&self, problem: &mut impl FnMut(String, String)) {
         for (i, credential) in self.access_credentials.iter().enumerate() {
             let field = format!("accessCredentials[{i}].sshPublicKey");
@@ -479,6 +617,32 @@ impl Volume {
             CloudInitKind::NoCloud => self.cloud_init_no_cloud.as_ref(),
             CloudInitKind::ConfigDrive => self.cloud_init_config_drive.as_ref(),
         }
+    }
+}
+
+const NIC_MODELS: [&str; 3] = ["virtio", "e1000", "e1000e"];
+const TIMER_POLICIES: &[&str] = &["delay", "catchup", "merge", "discard"];
+
+fn check_timer(name: &str, timer: &Timer, policies: &[&str], problem: &mut impl FnMut(String, String)) {
+    let field = format!("domain.clock.timer.{name}");
+    if let Some(policy) = timer.tick_policy.as_deref().filter(|p| !policies.contains(p)) {
+        let offered = if policies.is_empty() {
+            "this timer takes none".to_owned()
+        } else {
+            format!("only {}", policies.join(", "))
+        };
+        problem(
+            format!("{field}.tickPolicy"),
+            format!("{policy:?} is not offered; {offered}"),
+        );
+    }
+    match timer.track.as_deref() {
+        None => {}
+        Some("guest" | "wall") if name == "rtc" => {}
+        Some(track) => problem(
+            format!("{field}.track"),
+            format!("{track:?} is not offered; only the rtc's guest or wall"),
+        ),
     }
 }
 

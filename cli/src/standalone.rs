@@ -373,7 +373,7 @@ mod tests {
         let mut machine = Machine::new(dir.path().to_owned(), None, None);
         machine.handler_runs = true;
         let found = machine.find("web").unwrap();
-        assert_eq!(found.vm.spec.run_strategy, vmlet_api::RunStrategy::Always);
+        assert_eq!(found.vm.spec.run_strategy(), vmlet_api::RunStrategy::Always);
         machine
             .change("web", Change::Strategy(vmlet_api::RunStrategy::Halted))
             .await

@@ -157,7 +157,7 @@ async fn lifecycle(
 ) -> Result<()> {
     let vm = target.vm(name).await?;
     let running = run_strategy::runs(vm.status.as_ref());
-    match run_strategy::plan(verb, vm.spec.run_strategy, running) {
+    match run_strategy::plan(verb, vm.spec.run_strategy(), running) {
         Plan::Change(change) => {
             target.change(name, change).await?;
             match change {

@@ -36,11 +36,130 @@ pub struct DomainSpec {
     /// In order: the first virtio disk is `vda`, the first CD-ROM `sda`.
     pub disks: Vec<DiskSpec>,
     pub interfaces: Vec<InterfaceSpec>,
-    pub console: ConsolePaths,
+    /// The serial console, if the guest has one.
+    pub console: Option<ConsolePaths>,
+    /// What the guest's platform looks like beyond its size: topology, CPU model, features, clock, SMBIOS.
+    pub platform: Platform,
     /// A VNC server on this unix socket, if set.
     pub vnc_socket: Option<PathBuf>,
     /// A guest agent channel on this unix socket, if set.
     pub guest_agent_socket: Option<PathBuf>,
+}
+
+/// The guest's platform. The default is vmlet's: ACPI and APIC, a UTC clock, the accelerator's CPU model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    /// How the vCPUs are laid out; all sockets when unset. Its product must be the vCPU count.
+    pub topology: Option<CpuTopology>,
+    /// The CPU model under KVM: `host-passthrough` when unset, `host-model`, or a QEMU model name. QEMU's
+    /// emulator always runs its baseline model, which every x86-64 guest kernel runs on.
+    pub cpu_model: Option<String>,
+    pub features: Features,
+    pub clock: Clock,
+    /// The SMBIOS system serial number.
+    pub smbios_serial: Option<String>,
+}
+
+impl Default for Platform {
+    fn default() -> Platform {
+        Platform {
+            topology: None,
+            cpu_model: None,
+            features: Features {
+                acpi: true,
+                apic: true,
+                smm: false,
+                hyperv: Vec::new(),
+            },
+            clock: Clock {
+                offset: ClockOffset::Utc { adjustment: 0 },
+                timers: Vec::new(),
+            },
+            smbios_serial: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTopology {
+    pub sockets: u32,
+    pub cores: u32,
+    pub threads: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features {
+    /// ACPI carries the power button that a graceful shutdown presses.
+    pub acpi: bool,
+    pub apic: bool,
+    /// System management mode; on regardless under Secure Boot.
+    pub smm: bool,
+    /// Hyper-V enlightenments, written only under KVM: QEMU's emulator does not offer them.
+    pub hyperv: Vec<HypervFeature>,
+}
+
+/// One Hyper-V enlightenment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HypervFeature {
+    Relaxed,
+    Vapic,
+    /// With the retries before a spinlock is reported to the host.
+    Spinlocks(u32),
+    Vpindex,
+    Runtime,
+    Synic,
+    /// SynIC timers (libvirt's `stimer`).
+    Stimer,
+    Reset,
+    Frequencies,
+    Reenlightenment,
+    Tlbflush,
+    Ipi,
+}
+
+impl HypervFeature {
+    /// libvirt's element name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HypervFeature::Relaxed => "relaxed",
+            HypervFeature::Vapic => "vapic",
+            HypervFeature::Spinlocks(_) => "spinlocks",
+            HypervFeature::Vpindex => "vpindex",
+            HypervFeature::Runtime => "runtime",
+            HypervFeature::Synic => "synic",
+            HypervFeature::Stimer => "stimer",
+            HypervFeature::Reset => "reset",
+            HypervFeature::Frequencies => "frequencies",
+            HypervFeature::Reenlightenment => "reenlightenment",
+            HypervFeature::Tlbflush => "tlbflush",
+            HypervFeature::Ipi => "ipi",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    pub offset: ClockOffset,
+    pub timers: Vec<Timer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockOffset {
+    /// UTC, plus `adjustment` seconds.
+    Utc { adjustment: i64 },
+    /// The local time of an IANA time zone.
+    Timezone(String),
+}
+
+/// One timer of the clock, by libvirt's name (`rtc`, `pit`, `hpet`, `kvmclock`, `hypervclock`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timer {
+    pub name: String,
+    pub present: Option<bool>,
+    pub tick_policy: Option<String>,
+    pub track: Option<String>,
 }
 
 /// How QEMU runs guest code.
@@ -151,6 +270,18 @@ pub struct InterfaceSpec {
     /// The pod's MAC under the bridge binding, so the guest takes over the pod's identity.
     pub mac: MacAddr,
     pub mtu: Option<u32>,
+    pub model: NicModel,
+}
+
+/// The NIC the guest sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NicModel {
+    #[default]
+    Virtio,
+    /// Intel's emulated cards, for guests without virtio drivers.
+    E1000,
+    E1000e,
 }
 
 /// The serial console: a unix socket to attach to, and a log of everything the guest wrote to it.
@@ -181,6 +312,8 @@ pub enum DomainSpecError {
     NoMemory,
     #[error("a CD-ROM cannot be on the virtio bus")]
     VirtioCdrom,
+    #[error("the CPU topology makes {topology} vCPUs, not {vcpus}")]
+    Topology { topology: u32, vcpus: u32 },
     #[error(transparent)]
     Xml(#[from] XmlError),
 }
@@ -203,6 +336,15 @@ impl DomainSpec {
             .any(|d| d.media == DiskMedia::Cdrom && d.bus == DiskBus::Virtio)
         {
             return Err(DomainSpecError::VirtioCdrom);
+        }
+        if let Some(t) = self.platform.topology {
+            let topology = t.sockets.saturating_mul(t.cores).saturating_mul(t.threads);
+            if topology != self.vcpus {
+                return Err(DomainSpecError::Topology {
+                    topology,
+                    vcpus: self.vcpus,
+                });
+            }
         }
         Ok(libvirt_xml::write(self)?)
     }

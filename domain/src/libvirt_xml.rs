@@ -4,7 +4,8 @@
 
 use super::xml_writer::{XmlError, XmlWriter};
 use super::{
-    Accel, Boot, DiskBus, DiskCache, DiskFormat, DiskMedia, DiskSource, DiskSpec, DomainSpec, Firmware, InterfaceSpec,
+    Accel, Boot, ClockOffset, DiskBus, DiskCache, DiskFormat, DiskMedia, DiskSource, DiskSpec, DomainSpec, Firmware,
+    HypervFeature, InterfaceSpec, NicModel,
 };
 
 /// The CPU model under TCG: QEMU's baseline, which every x86-64 guest kernel runs on.
@@ -21,22 +22,17 @@ pub fn write(spec: &DomainSpec) -> Result<String, XmlError> {
     w.text("uuid", &[], &spec.uuid.to_string());
     w.text("memory", &[("unit", "MiB")], &spec.memory_mib.to_string());
     w.text("vcpu", &[("placement", "static")], &spec.vcpus.to_string());
-    write_os(&mut w, spec);
-    w.open("features", &[]);
-    // ACPI carries the power button that a graceful shutdown presses.
-    w.empty("acpi", &[]);
-    w.empty("apic", &[]);
-    if matches!(spec.firmware, Firmware::Efi { secure_boot: true, .. }) {
-        w.empty("smm", &[("state", "on")]);
+    if let Some(serial) = &spec.platform.smbios_serial {
+        w.open("sysinfo", &[("type", "smbios")]);
+        w.open("system", &[]);
+        w.text("entry", &[("name", "serial")], serial);
+        w.close();
+        w.close();
     }
-    w.close();
-    write_cpu(&mut w, spec.accel);
-    // The timer policies virt-install uses: a guest starved of CPU catches up instead of drifting.
-    w.open("clock", &[("offset", "utc")]);
-    w.empty("timer", &[("name", "rtc"), ("tickpolicy", "catchup")]);
-    w.empty("timer", &[("name", "pit"), ("tickpolicy", "delay")]);
-    w.empty("timer", &[("name", "hpet"), ("present", "no")]);
-    w.close();
+    write_os(&mut w, spec);
+    write_features(&mut w, spec);
+    write_cpu(&mut w, spec);
+    write_clock(&mut w, spec);
     // A guest that powers off or crashes ends the VM (the controller decides about restarts); a reboot stays
     // inside the same QEMU.
     w.text("on_poweroff", &[], "destroy");
@@ -84,19 +80,97 @@ fn write_os(w: &mut XmlWriter, spec: &DomainSpec) {
         Boot::Disk if spec.disks.iter().any(|d| d.boot_order.is_some()) => {}
         Boot::Disk => w.empty("boot", &[("dev", "hd")]),
     }
+    if spec.platform.smbios_serial.is_some() {
+        w.empty("smbios", &[("mode", "sysinfo")]);
+    }
     w.close();
 }
 
-fn write_cpu(w: &mut XmlWriter, accel: Accel) {
-    match accel {
-        Accel::Kvm => w.empty("cpu", &[("mode", "host-passthrough"), ("check", "none")]),
-        Accel::Tcg => {
+fn write_features(w: &mut XmlWriter, spec: &DomainSpec) {
+    let features = &spec.platform.features;
+    w.open("features", &[]);
+    if features.acpi {
+        w.empty("acpi", &[]);
+    }
+    if features.apic {
+        w.empty("apic", &[]);
+    }
+    if spec.accel == Accel::Kvm && !features.hyperv.is_empty() {
+        w.open("hyperv", &[("mode", "custom")]);
+        for &feature in &features.hyperv {
+            match feature {
+                HypervFeature::Spinlocks(retries) => {
+                    w.empty(feature.name(), &[("state", "on"), ("retries", &retries.to_string())]);
+                }
+                _ => w.empty(feature.name(), &[("state", "on")]),
+            }
+        }
+        w.close();
+    }
+    if features.smm || matches!(spec.firmware, Firmware::Efi { secure_boot: true, .. }) {
+        w.empty("smm", &[("state", "on")]);
+    }
+    w.close();
+}
+
+fn write_clock(w: &mut XmlWriter, spec: &DomainSpec) {
+    let clock = &spec.platform.clock;
+    match &clock.offset {
+        ClockOffset::Utc { adjustment: 0 } => w.open("clock", &[("offset", "utc")]),
+        ClockOffset::Utc { adjustment } => w.open(
+            "clock",
+            &[
+                ("offset", "variable"),
+                ("basis", "utc"),
+                ("adjustment", &adjustment.to_string()),
+            ],
+        ),
+        ClockOffset::Timezone(zone) => w.open("clock", &[("offset", "timezone"), ("timezone", zone)]),
+    }
+    for timer in &clock.timers {
+        let present = timer.present.map(|p| if p { "yes" } else { "no" });
+        let attributes: Vec<(&str, &str)> = [
+            Some(("name", timer.name.as_str())),
+            present.map(|p| ("present", p)),
+            timer.tick_policy.as_deref().map(|p| ("tickpolicy", p)),
+            timer.track.as_deref().map(|t| ("track", t)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        w.empty("timer", &attributes);
+    }
+    w.close();
+}
+
+fn write_cpu(w: &mut XmlWriter, spec: &DomainSpec) {
+    let model = spec.platform.cpu_model.as_deref();
+    match (spec.accel, model) {
+        (Accel::Kvm, None | Some("host-passthrough")) => {
+            w.open("cpu", &[("mode", "host-passthrough"), ("check", "none")]);
+        }
+        (Accel::Kvm, Some("host-model")) => w.open("cpu", &[("mode", "host-model")]),
+        (Accel::Kvm, Some(model)) => {
+            w.open("cpu", &[("mode", "custom"), ("match", "exact")]);
+            w.text("model", &[("fallback", "forbid")], model);
+        }
+        (Accel::Tcg, _) => {
             // check="none": an emulated CPU needs no comparison with the host's.
             w.open("cpu", &[("mode", "custom"), ("match", "exact"), ("check", "none")]);
             w.text("model", &[("fallback", "forbid")], TCG_CPU_MODEL);
-            w.close();
         }
     }
+    if let Some(t) = spec.platform.topology {
+        w.empty(
+            "topology",
+            &[
+                ("sockets", &t.sockets.to_string()),
+                ("cores", &t.cores.to_string()),
+                ("threads", &t.threads.to_string()),
+            ],
+        );
+    }
+    w.close();
 }
 
 fn write_devices(w: &mut XmlWriter, spec: &DomainSpec) {
@@ -218,7 +292,12 @@ fn write_interface(w: &mut XmlWriter, interface: &InterfaceSpec) {
     w.empty("mac", &[("address", &interface.mac.to_string())]);
     // managed="no": the launcher's network layer made the tap and owns it; libvirt only opens it.
     w.empty("target", &[("dev", &interface.tap), ("managed", "no")]);
-    w.empty("model", &[("type", "virtio")]);
+    let model = match interface.model {
+        NicModel::Virtio => "virtio",
+        NicModel::E1000 => "e1000",
+        NicModel::E1000e => "e1000e",
+    };
+    w.empty("model", &[("type", model)]);
     if let Some(mtu) = interface.mtu {
         w.empty("mtu", &[("size", &mtu.to_string())]);
     }
@@ -228,8 +307,11 @@ fn write_interface(w: &mut XmlWriter, interface: &InterfaceSpec) {
 }
 
 fn write_console(w: &mut XmlWriter, spec: &DomainSpec) {
-    let socket = w.path(&spec.console.socket);
-    let log = w.path(&spec.console.log);
+    let Some(console) = &spec.console else {
+        return;
+    };
+    let socket = w.path(&console.socket);
+    let log = w.path(&console.log);
     w.open("serial", &[("type", "unix")]);
     w.empty("source", &[("mode", "bind"), ("path", &socket)]);
     w.empty("log", &[("file", &log), ("append", "on")]);

@@ -123,8 +123,10 @@ mod tests {
                 tap: "tap0".to_owned(),
                 mac: MacAddr([0x02, 0x42, 0x0a, 0xf4, 0x01, 0x07]),
                 mtu: Some(1400),
+                model: crate::NicModel::Virtio,
             }],
-            console: ConsolePaths::in_dir(Path::new("/run/vmlet")),
+            console: Some(ConsolePaths::in_dir(Path::new("/run/vmlet"))),
+            platform: crate::Platform::default(),
             vnc_socket: None,
             guest_agent_socket: Some("/run/vmlet/agent.sock".into()),
         }

@@ -25,8 +25,10 @@ fn kernel_spec() -> DomainSpec {
             tap: "tap0".to_owned(),
             mac: MAC,
             mtu: Some(1400),
+            model: NicModel::Virtio,
         }],
-        console: ConsolePaths::in_dir(Path::new("/run/vmlet")),
+        console: Some(ConsolePaths::in_dir(Path::new("/run/vmlet"))),
+        platform: Platform::default(),
         vnc_socket: None,
         guest_agent_socket: None,
     }
@@ -320,6 +322,114 @@ fn interface_is_the_prepared_tap_with_the_pod_mac() {
     let xml = spec.to_xml().unwrap();
     let doc = Document::parse(&xml).unwrap();
     assert!(all(&doc, "devices/interface/mtu").is_empty());
+}
+
+#[test]
+fn the_nic_model_is_the_guests_choice() {
+    let spec = DomainSpec {
+        interfaces: vec![InterfaceSpec {
+            model: NicModel::E1000e,
+            ..kernel_spec().interfaces[0].clone()
+        }],
+        ..kernel_spec()
+    };
+    let doc_text = spec.to_xml().unwrap();
+    let doc = Document::parse(&doc_text).unwrap();
+    assert_eq!(attr(one(&doc, "devices/interface/model"), "type"), "e1000e");
+}
+
+fn windows_platform() -> Platform {
+    Platform {
+        topology: Some(CpuTopology {
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+        }),
+        cpu_model: Some("Skylake-Server".into()),
+        features: Features {
+            acpi: true,
+            apic: false,
+            smm: true,
+            hyperv: vec![HypervFeature::Relaxed, HypervFeature::Spinlocks(8191)],
+        },
+        clock: Clock {
+            offset: ClockOffset::Timezone("Europe/Paris".into()),
+            timers: vec![Timer {
+                name: "hpet".into(),
+                present: Some(false),
+                tick_policy: None,
+                track: None,
+            }],
+        },
+        smbios_serial: Some("SN-42".into()),
+    }
+}
+
+#[test]
+fn the_platform_under_kvm_has_the_model_hyperv_and_topology() {
+    let spec = DomainSpec {
+        accel: Accel::Kvm,
+        platform: windows_platform(),
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert_eq!(attr(one(&doc, "cpu"), "mode"), "custom");
+    assert_eq!(text(&doc, "cpu/model"), "Skylake-Server");
+    let topology = one(&doc, "cpu/topology");
+    assert_eq!(
+        (
+            attr(topology, "sockets"),
+            attr(topology, "cores"),
+            attr(topology, "threads")
+        ),
+        ("1", "2", "1")
+    );
+    one(&doc, "features/acpi");
+    assert!(all(&doc, "features/apic").is_empty());
+    assert_eq!(attr(one(&doc, "features/smm"), "state"), "on");
+    assert_eq!(attr(one(&doc, "features/hyperv/relaxed"), "state"), "on");
+    assert_eq!(attr(one(&doc, "features/hyperv/spinlocks"), "retries"), "8191");
+    let clock = one(&doc, "clock");
+    assert_eq!(
+        (attr(clock, "offset"), attr(clock, "timezone")),
+        ("timezone", "Europe/Paris")
+    );
+    assert_eq!(attr(one(&doc, "clock/timer"), "present"), "no");
+    assert_eq!(text(&doc, "sysinfo/system/entry"), "SN-42");
+    assert_eq!(attr(one(&doc, "os/smbios"), "mode"), "sysinfo");
+}
+
+#[test]
+fn the_emulator_keeps_its_cpu_model_and_has_no_hyperv() {
+    let spec = DomainSpec {
+        platform: windows_platform(),
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert_eq!(text(&doc, "cpu/model"), "qemu64");
+    assert!(all(&doc, "features/hyperv").is_empty());
+    one(&doc, "cpu/topology");
+    let wrong = DomainSpec { vcpus: 3, ..spec };
+    assert!(matches!(
+        wrong.to_xml(),
+        Err(DomainSpecError::Topology { topology: 2, vcpus: 3 })
+    ));
+}
+
+#[test]
+fn without_a_serial_console_or_graphics_neither_is_written() {
+    let spec = DomainSpec {
+        console: None,
+        vnc_socket: None,
+        ..kernel_spec()
+    };
+    let xml = spec.to_xml().unwrap();
+    let doc = Document::parse(&xml).unwrap();
+    assert!(all(&doc, "devices/serial").is_empty());
+    assert!(all(&doc, "devices/console").is_empty());
+    assert!(all(&doc, "devices/graphics").is_empty());
 }
 
 #[test]

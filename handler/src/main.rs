@@ -1,6 +1,7 @@
 //! `vmlet-handler`: reconciles vmlet `VirtualMachine`s. Its roles: `controller` (launcher Pods and their lifecycle,
 //! cluster wide, leader-elected); `node` (the VMs of one node: their status, the node's heartbeat); `standalone`,
-//! which runs VMs on this machine from manifest files with no cluster; and `crd`, which prints the
+//! which runs VMs on this machine from manifest files with no cluster; `validate`, which checks manifests as vmlet
+//! reads them; and `crd`, which prints the
 //! CustomResourceDefinition generated from the Rust types so the schema never drifts from the code.
 
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ mod lifecycle;
 mod metrics;
 mod node;
 mod standalone;
+mod validate;
 mod vm_status;
 
 #[derive(Parser)]
@@ -28,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the VirtualMachine CustomResourceDefinition as YAML (what deploy/crd.yaml holds).
+    /// Print the CustomResourceDefinitions as YAML (what deploy/crd.yaml holds): VirtualMachine, instance types and
+    /// preferences.
     Crd,
     /// Run the controller: a launcher Pod for every VM that should run, restarts, status, Events.
     Controller(controller::Args),
@@ -38,6 +41,9 @@ enum Command {
     Standalone(standalone::Args),
     /// Show the VMs that standalone mode runs from a folder of manifests.
     Status(standalone::StatusArgs),
+    /// Check manifests as vmlet reads them: every refusal with its field path, exit status 1 on any; `-o yaml`
+    /// prints each VM with its defaults applied.
+    Validate(validate::Args),
     /// Run one launcher as a pod's runtime would (started by standalone mode).
     #[command(hide = true)]
     Shim(standalone::shim::Args),
@@ -56,7 +62,7 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var(vmlet_log::JSON_ENV, "1") };
     }
     // `crd` and `status` print on stdout and log nothing; every role logs the same way.
-    if !matches!(command, Command::Crd | Command::Status(_)) {
+    if !matches!(command, Command::Crd | Command::Status(_) | Command::Validate(_)) {
         vmlet_log::init(cli.log_json);
     }
     let result = match command {
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
         Command::Node(args) => node::main(args),
         Command::Standalone(args) => standalone::run(args),
         Command::Status(args) => standalone::print_status(&args),
+        Command::Validate(args) => return finish(validate::run(args)),
         Command::Shim(_) => Ok(()),
     };
     finish(result.map(|()| ExitCode::SUCCESS))
@@ -94,8 +101,22 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// The CRDs of vmlet's group: VirtualMachine, then the instance types and preferences.
 fn crd_yaml() -> anyhow::Result<String> {
-    Ok(serde_yaml::to_string(&vmlet_api::crd())?)
+    use kube::CustomResourceExt;
+    use vmlet_api::instancetype::{
+        VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
+        VirtualMachinePreference,
+    };
+    let crds = [
+        vmlet_api::crd(),
+        VirtualMachineInstancetype::crd(),
+        VirtualMachineClusterInstancetype::crd(),
+        VirtualMachinePreference::crd(),
+        VirtualMachineClusterPreference::crd(),
+    ];
+    let documents = crds.iter().map(serde_yaml::to_string).collect::<Result<Vec<_>, _>>()?;
+    Ok(documents.join("---\n"))
 }
 
 #[cfg(test)]

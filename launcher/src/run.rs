@@ -98,14 +98,17 @@ fn run_vm(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .find(|network| network.name == interface.name)
         .and_then(|network| network.pod.as_ref());
-    let request = BindingRequest::new(
-        interface,
-        network,
-        &args.interface,
-        &args.run_dir,
-        &args.resolv_conf,
-        vm.hostname(),
-    )?;
+    let request = BindingRequest {
+        subdomain: vm.spec.subdomain.clone(),
+        ..BindingRequest::new(
+            interface,
+            network,
+            &args.interface,
+            &args.run_dir,
+            &args.resolv_conf,
+            vm.hostname(),
+        )?
+    };
     std::fs::create_dir_all(&args.run_dir)
         .with_context(|| format!("cannot create the run directory {}", args.run_dir.display()))?;
     // Before the network: a volume the pod cannot serve must leave the pod as the CNI made it.
@@ -216,6 +219,7 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         tap: network.tap.clone(),
         mac: network.guest_mac,
         mtu: Some(network.mtu),
+        model: vm_domain::nic_model(&vm.spec),
     };
     let domain_spec = vm_domain::plan(&vm, nic, storage, accel, &run_dir)?;
     let started = Instant::now();

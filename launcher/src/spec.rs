@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use vmlet_api::defaults::ClusterDefaults;
 use vmlet_api::{InvalidSpec, VirtualMachine, VirtualMachineInstanceSpec, VirtualMachineTemplate};
 
 /// The environment variable a pod passes the VM in.
@@ -55,24 +56,28 @@ pub fn load(file: Option<&Path>, env: Option<String>, name: Option<String>) -> R
 fn parse(origin: &str, text: &str, name: Option<String>) -> Result<VmSpec, SpecError> {
     let parse_error = |e: serde_yaml::Error| SpecError::Parse {
         origin: origin.to_owned(),
-        message: e.to_string(),
+        message: vmlet_api::manifest::describe(&e),
     };
     let document: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_error)?;
     let (metadata_name, namespace, uid, template) = if document.get("kind").is_some() {
-        let vm: VirtualMachine = serde_yaml::from_value(document).map_err(parse_error)?;
+        // From the text, not the value: errors then carry the field's path and line.
+        let vm: VirtualMachine = serde_yaml::from_str(text).map_err(parse_error)?;
         let meta = vm.metadata;
         (meta.name, meta.namespace, meta.uid, vm.spec.template)
     } else {
-        let template: VirtualMachineTemplate = serde_yaml::from_value(document).map_err(parse_error)?;
+        let template: VirtualMachineTemplate = serde_yaml::from_str(text).map_err(parse_error)?;
         (None, None, None, template)
     };
     let name = name.or(metadata_name).ok_or(SpecError::NoName)?;
-    template.spec.validate()?;
+    // The handler gives the launcher its VM with the defaults applied; a spec given by hand gets them here.
+    let mut spec = template.spec;
+    vmlet_api::defaults::apply_instance(&mut spec, &ClusterDefaults::default());
+    spec.validate()?;
     Ok(VmSpec {
         name,
         namespace,
         uid,
-        spec: template.spec,
+        spec,
     })
 }
 
@@ -127,7 +132,12 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("the VM spec from vm.yaml does not parse: "), "{err}");
-        assert!(err.contains("unknown field `sriov`"), "{err}");
+        assert!(
+            err.ends_with(
+                "spec.template.spec.domain.devices.interfaces[0].sriov: not supported by vmlet (line 13 column 40)"
+            ),
+            "{err}"
+        );
         let err = parse("vm.yaml", &VM.replace("256Mi", "lots"), None)
             .unwrap_err()
             .to_string();

@@ -148,6 +148,9 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
         },
         spec: VirtualMachineSpec {
             run_strategy: vm.spec.run_strategy,
+            running: vm.spec.running,
+            instancetype: None,
+            preference: None,
             template: template.clone(),
         },
         status: None,
@@ -234,6 +237,14 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
             termination_grace_period_seconds: Some(i64::from(grace) + i64::from(config.grace_margin)),
             node_selector: Some(node_selector(instance)),
             tolerations: (!instance.tolerations.is_empty()).then(|| instance.tolerations.clone()),
+            affinity: instance.affinity.clone(),
+            priority_class_name: instance.priority_class_name.clone(),
+            // The Pod's DNS name is the guest's: HOSTNAME.SUBDOMAIN.NAMESPACE.svc under a headless Service.
+            hostname: instance
+                .hostname
+                .clone()
+                .or_else(|| instance.subdomain.as_ref().map(|_| vm_name.to_owned())),
+            subdomain: instance.subdomain.clone(),
             // The launcher talks to no API server, and a VM pod's environment is the guest's business.
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),

@@ -24,6 +24,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 use vmlet_api::VirtualMachine;
+use vmlet_api::defaults::{ClusterDefaults, DefaultBinding};
 
 use crate::metrics::{Metrics, PhaseLabels};
 
@@ -71,6 +72,10 @@ pub struct Args {
     /// Serve Prometheus metrics on this address (`/metrics`); none without it.
     #[arg(long, env = "VMLET_METRICS_ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// The binding of the interface given to a VM that names no network: bridge or masquerade (KubeVirt's
+    /// defaultNetworkInterface setting).
+    #[arg(long, env = "VMLET_DEFAULT_NETWORK_BINDING", default_value_t = DefaultBinding::Bridge)]
+    default_network_binding: DefaultBinding,
 }
 
 fn parse_bytes(text: &str) -> Result<u64, vmlet_api::ParseQuantityError> {
@@ -159,6 +164,8 @@ pub struct Context {
     pub pod_config: PodConfig,
     pub node_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Applied to every VM before its spec is checked and its launcher Pod made.
+    pub defaults: ClusterDefaults,
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -226,6 +233,9 @@ async fn run_async(args: Args) -> Result<(), RunError> {
         },
         node_timeout: Duration::from_secs(args.node_timeout),
         metrics: metrics.clone(),
+        defaults: ClusterDefaults {
+            network_binding: args.default_network_binding,
+        },
     });
     let heartbeats = leases;
     let pods_of_launchers = watcher::Config::default().labels(&format!(

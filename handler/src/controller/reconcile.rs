@@ -11,6 +11,10 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
+use vmlet_api::instancetype::{
+    Catalog, VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
+    VirtualMachinePreference,
+};
 use vmlet_api::{RUN_ANNOTATION, VirtualMachine, VirtualMachineStatus};
 
 use super::pod_volumes::{ClaimMode, ClaimModes, claims_of};
@@ -108,6 +112,11 @@ async fn remove_finalizer(vms: &Api<VirtualMachine>, name: &str, index: usize) -
 
 async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Action, Error> {
     let namespace = vm.namespace().ok_or(Error::NoNamespace)?;
+    // The VM as it runs: the object is patched as stored, the launcher made from this.
+    let mut effective = vm.clone();
+    let catalog = catalog_of(vm, &ctx.client, &namespace).await?;
+    let resolved = catalog.resolve(&mut effective);
+    vmlet_api::defaults::apply(&mut effective, &ctx.defaults);
     let name = vm.name_any();
     let uid = vm.uid().ok_or(Error::NoUid)?;
     let now = Timestamp::now();
@@ -149,10 +158,13 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     let annotation = vm.annotations().get(RUN_ANNOTATION).cloned();
     let previous = vm.status.clone().unwrap_or_default();
     let observation = Observation {
-        run_strategy: vm.spec.run_strategy,
+        run_strategy: effective.spec.run_strategy(),
         request: annotation.as_deref().map(RunRequest::parse),
         deleting,
-        spec_error: vm.spec.template.spec.validate().err().map(|e| e.to_string()),
+        spec_error: resolved
+            .and_then(|()| effective.validate())
+            .err()
+            .map(|e| e.to_string()),
         status: &previous,
         launcher,
         node,
@@ -167,7 +179,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     // one stops the start.
     let mut claims = ClaimModes::new();
     if plan.action == LauncherAction::Create {
-        match read_claims(vm, &Api::namespaced(ctx.client.clone(), &namespace)).await? {
+        match read_claims(&effective, &Api::namespaced(ctx.client.clone(), &namespace)).await? {
             Ok(modes) => claims = modes,
             Err(missing) => {
                 obstacles.missing_claim = Some(missing);
@@ -185,7 +197,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         LauncherAction::None => {}
         LauncherAction::Create => {
             let pod_name = launcher_pod::new_pod_name(&name);
-            let new = launcher_pod::build(vm, &pod_name, &ctx.pod_config, &claims)?;
+            let new = launcher_pod::build(&effective, &pod_name, &ctx.pod_config, &claims)?;
             let created = pods.create(&PostParams::default(), &new).await?;
             info!(vm = %name, pod = %pod_name, "launcher created");
             acted_on = Some(created.object_ref(&()));
@@ -283,6 +295,48 @@ fn count(metrics: &Metrics, vm: &VirtualMachine, previous: &VirtualMachineStatus
             })
             .inc();
     }
+}
+
+/// The instance type and preference `vm` names, as far as they exist: resolution refuses those missing.
+async fn catalog_of(vm: &VirtualMachine, client: &kube::Client, namespace: &str) -> Result<Catalog, Error> {
+    let mut catalog = Catalog::default();
+    if let Some(m) = &vm.spec.instancetype {
+        let key = (namespace.to_owned(), m.name.clone());
+        match m.cluster_wide() {
+            Some(true) => {
+                let api: Api<VirtualMachineClusterInstancetype> = Api::all(client.clone());
+                if let Some(found) = api.get_opt(&m.name).await? {
+                    catalog.cluster_instancetypes.insert(m.name.clone(), found.spec.0);
+                }
+            }
+            Some(false) => {
+                let api: Api<VirtualMachineInstancetype> = Api::namespaced(client.clone(), namespace);
+                if let Some(found) = api.get_opt(&m.name).await? {
+                    catalog.instancetypes.insert(key, found.spec);
+                }
+            }
+            None => {}
+        }
+    }
+    if let Some(m) = &vm.spec.preference {
+        let key = (namespace.to_owned(), m.name.clone());
+        match m.cluster_wide() {
+            Some(true) => {
+                let api: Api<VirtualMachineClusterPreference> = Api::all(client.clone());
+                if let Some(found) = api.get_opt(&m.name).await? {
+                    catalog.cluster_preferences.insert(m.name.clone(), found.spec.0);
+                }
+            }
+            Some(false) => {
+                let api: Api<VirtualMachinePreference> = Api::namespaced(client.clone(), namespace);
+                if let Some(found) = api.get_opt(&m.name).await? {
+                    catalog.preferences.insert(key, found.spec);
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(catalog)
 }
 
 /// When to look at a VM again though nothing changed: when the plan asks, just after the heartbeat of its

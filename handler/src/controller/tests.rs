@@ -171,6 +171,11 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+fn defaulted(mut vm: VirtualMachine) -> VirtualMachine {
+    vmlet_api::defaults::apply(&mut vm, &vmlet_api::defaults::ClusterDefaults::default());
+    vm
+}
+
 fn context(client: Client) -> Arc<Context> {
     Arc::new(Context {
         client: client.clone(),
@@ -185,6 +190,7 @@ fn context(client: Client) -> Arc<Context> {
         pod_config: config(),
         node_timeout: Duration::from_secs(40),
         metrics: Arc::default(),
+        defaults: vmlet_api::defaults::ClusterDefaults::default(),
     })
 }
 
@@ -368,7 +374,11 @@ async fn a_vm_to_run_gets_one_launcher_its_status_and_an_event() {
         .collect();
     let for_launcher: VirtualMachine = serde_json::from_str(&env["VMLET_VM_SPEC"]).unwrap();
     assert_eq!(for_launcher.metadata.uid.as_deref(), Some(UID));
-    assert_eq!(for_launcher.spec, vm(ALWAYS).spec);
+    assert_eq!(
+        for_launcher.spec,
+        defaulted(vm(ALWAYS)).spec,
+        "the VM with its defaults"
+    );
     let memory = &container.resources.as_ref().unwrap().requests.as_ref().unwrap()["memory"];
     assert_eq!(memory.0, ((256u64 + 160) << 20).to_string());
     let run_dir = spec.volumes.unwrap().into_iter().find(|v| v.name == "run").unwrap();
@@ -1014,7 +1024,7 @@ async fn a_filesystem_claim_is_read_then_mounted_beside_the_image_and_the_secret
     assert_eq!(spec.get("shareProcessNamespace"), None);
     // And the rest is the launcher Pod as ever: the request is exactly the builder's Pod.
     let claims = [("data-claim".to_owned(), ClaimMode::Filesystem)].into();
-    let built = launcher_pod::build(&vm(WITH_VOLUMES), "NAME", &config(), &claims).unwrap();
+    let built = launcher_pod::build(&defaulted(vm(WITH_VOLUMES)), "NAME", &config(), &claims).unwrap();
     assert_eq!(pod, serde_json::to_value(built).unwrap());
 }
 

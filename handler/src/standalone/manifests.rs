@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use vmlet_api::VirtualMachine;
+use vmlet_api::defaults::ClusterDefaults;
+use vmlet_api::instancetype::{self, Catalog};
+use vmlet_api::manifest::API_VERSION;
 
 /// A VM's identity: namespace (`default` when the manifest gives none) and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,6 +60,10 @@ pub struct Folder {
     pub secrets: BTreeMap<VmKey, BTreeMap<String, Vec<u8>>>,
     pub claims: BTreeMap<VmKey, Claim>,
     pub unnamed: Vec<String>,
+    /// Applied to each VM before it is checked.
+    pub defaults: ClusterDefaults,
+    /// The instance types and preferences the VMs may name.
+    pub catalog: Catalog,
 }
 
 /// A `PersistentVolumeClaim`: in standalone mode a disk file of the requested size, kept until the claim's
@@ -73,8 +80,8 @@ pub fn is_status_file(path: &Path) -> bool {
         .is_some_and(|n| n.ends_with(".status.yaml"))
 }
 
-/// Reads every manifest in `dir`.
-pub fn read(dir: &Path) -> std::io::Result<Folder> {
+/// Reads every manifest in `dir`, each VM with `defaults` applied.
+pub fn read(dir: &Path, defaults: ClusterDefaults) -> std::io::Result<Folder> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|path| {
@@ -83,23 +90,67 @@ pub fn read(dir: &Path) -> std::io::Result<Folder> {
         })
         .collect();
     files.sort();
-    let mut folder = Folder::default();
+    let mut folder = Folder {
+        defaults,
+        ..Folder::default()
+    };
+    let mut texts = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(err) => {
-                folder.unnamed.push(format!("{}: {err}", file.display()));
-                continue;
-            }
-        };
-        parse_file(&file, &text, &mut folder);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => texts.push((file, text)),
+            Err(err) => folder.unnamed.push(format!("{}: {err}", file.display())),
+        }
+    }
+    // Every file's instance types and preferences first: a VM may name one from any file.
+    for (file, text) in &texts {
+        add_catalog(file, text, &mut folder.catalog, &mut folder.unnamed);
+    }
+    for (file, text) in &texts {
+        add_documents(file, text, &mut folder);
     }
     Ok(folder)
 }
 
 /// Adds the manifests of one file to `folder`.
+#[cfg(test)]
 pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
+    add_catalog(file, text, &mut folder.catalog, &mut folder.unnamed);
+    add_documents(file, text, folder);
+}
+
+/// Adds the instance types and preferences of one file to `catalog`; `problems` gets those that cannot be used.
+pub fn add_catalog(file: &Path, text: &str, catalog: &mut Catalog, problems: &mut Vec<String>) {
     for document in serde_yaml::Deserializer::from_str(text) {
+        // A document that does not parse is reported when the file's other manifests are read.
+        let Ok(value) = serde_yaml::Value::deserialize(document) else {
+            break;
+        };
+        let Some(kind) = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .filter(|k| instancetype::KINDS.contains(k))
+        else {
+            continue;
+        };
+        let Some(key) = name_of(&value) else {
+            problems.push(format!("{}: a {kind} has no metadata.name", file.display()));
+            continue;
+        };
+        let spec = value.get("spec").cloned().unwrap_or_default();
+        let added = serde_json::to_value(spec)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| catalog.insert(kind, &key.namespace, &key.name, spec));
+        if let Err(why) = added {
+            problems.push(format!("{}: {kind} {key}: {why}", file.display()));
+        }
+    }
+}
+
+/// Adds the VMs, Secrets and claims of one file to `folder`.
+fn add_documents(file: &Path, text: &str, folder: &mut Folder) {
+    // Each document twice: as a value to tell its kind, and from its text so that errors give the line.
+    let documents = serde_yaml::Deserializer::from_str(text).zip(serde_yaml::Deserializer::from_str(text));
+    for (document, typed) in documents {
         let value = match serde_yaml::Value::deserialize(document) {
             Ok(serde_yaml::Value::Null) => continue,
             Ok(value) => value,
@@ -118,9 +169,12 @@ pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
                 add_other(file, key, parse_claim(value), &mut folder.claims, &mut folder.unnamed);
                 continue;
             }
+            Some(kind) if instancetype::KINDS.contains(&kind) => continue,
             _ => {}
         }
-        let vm = parse_vm(value);
+        let vm = parse_vm(&value, typed, &folder.defaults, &folder.catalog)
+            .map(Box::new)
+            .map_err(|problems| problems.join("; "));
         match key {
             Some(key) if folder.vms.contains_key(&key) => folder.unnamed.push(format!(
                 "{}: {key} is defined more than once; the first definition counts",
@@ -166,7 +220,7 @@ fn add_other<T>(
     }
 }
 
-fn parse_secret(value: serde_yaml::Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
+pub(crate) fn parse_secret(value: serde_yaml::Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let secret: k8s_openapi::api::core::v1::Secret = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
     let mut data: BTreeMap<String, Vec<u8>> = secret
         .data
@@ -186,7 +240,7 @@ fn parse_secret(value: serde_yaml::Value) -> Result<BTreeMap<String, Vec<u8>>, S
     Ok(data)
 }
 
-fn parse_claim(value: serde_yaml::Value) -> Result<Claim, String> {
+pub(crate) fn parse_claim(value: serde_yaml::Value) -> Result<Claim, String> {
     let claim: k8s_openapi::api::core::v1::PersistentVolumeClaim =
         serde_yaml::from_value(value).map_err(|e| e.to_string())?;
     let spec = claim.spec.unwrap_or_default();
@@ -213,18 +267,38 @@ fn name_of(value: &serde_yaml::Value) -> Option<VmKey> {
     })
 }
 
-fn parse_vm(value: serde_yaml::Value) -> Result<Box<VirtualMachine>, String> {
+/// The VM of a document (`value`, and `document` its text), with the defaults applied and checked: or every
+/// problem, each naming its field.
+pub fn parse_vm(
+    value: &serde_yaml::Value,
+    document: serde_yaml::Deserializer<'_>,
+    defaults: &ClusterDefaults,
+    catalog: &Catalog,
+) -> Result<VirtualMachine, Vec<String>> {
     let kind = value.get("kind").and_then(|k| k.as_str());
     if kind != Some("VirtualMachine") {
-        return Err(format!("kind is {kind:?}: only VirtualMachine manifests are read"));
+        return Err(vec![format!(
+            "kind is {kind:?}: only VirtualMachine manifests are read"
+        )]);
     }
     let api_version = value.get("apiVersion").and_then(|k| k.as_str());
-    if api_version != Some("vmlet.dev/v1alpha1") {
-        return Err(format!("apiVersion is {api_version:?}: vmlet reads vmlet.dev/v1alpha1"));
+    if api_version != Some(API_VERSION) {
+        return Err(vec![format!(
+            "apiVersion is {api_version:?}: vmlet reads {API_VERSION}"
+        )]);
     }
-    let vm: VirtualMachine = serde_yaml::from_value(value).map_err(|e| e.to_string())?;
-    vm.spec.template.spec.validate().map_err(|e| e.to_string())?;
-    Ok(Box::new(vm))
+    let mut vm = vmlet_api::manifest::parse_vm(document).map_err(|e| vec![e.to_string()])?;
+    let lines = |invalid: vmlet_api::InvalidSpec| -> Vec<String> {
+        invalid
+            .0
+            .into_iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect()
+    };
+    catalog.resolve(&mut vm).map_err(lines)?;
+    vmlet_api::defaults::apply(&mut vm, defaults);
+    vm.validate().map_err(lines)?;
+    Ok(vm)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! The handler keeps no state of its own: pods live in the state folder ([`pod`]) and status files, so a handler
 //! that is stopped or killed and started again re-adopts running VMs without restarting them.
 
-mod manifests;
+pub(crate) mod manifests;
 mod pod;
 pub mod shim;
 mod status_file;
@@ -29,6 +29,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
+use vmlet_api::defaults::{ClusterDefaults, DefaultBinding};
 use vmlet_api::{RUN_ANNOTATION, RunStrategy, VirtualMachine, VirtualMachineStatus};
 use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 
@@ -85,6 +86,9 @@ pub struct Args {
     /// How often the manifests and the pods are looked at.
     #[arg(long, default_value_t = 1.0)]
     interval_secs: f64,
+    /// The binding of the interface given to a VM that names no network: bridge or masquerade.
+    #[arg(long, default_value_t = DefaultBinding::Bridge)]
+    default_network_binding: DefaultBinding,
     /// PEM certificates to trust, beside the system's, for registries that containerDisk images come from.
     #[arg(long)]
     registry_ca: Option<PathBuf>,
@@ -123,6 +127,7 @@ struct Standalone {
     claims_dir: PathBuf,
     /// Each VM's uid, kept while its manifest exists.
     uids_dir: PathBuf,
+    defaults: ClusterDefaults,
     /// Image pulls for VMs about to start. Lost with the process, which costs nothing: a new handler pulls
     /// again, and the store has what was pulled.
     pulls: BTreeMap<VmKey, Pull>,
@@ -206,6 +211,9 @@ impl Standalone {
             },
             claims_dir: args.state_dir.join("claims"),
             uids_dir: args.state_dir.join("uids"),
+            defaults: ClusterDefaults {
+                network_binding: args.default_network_binding,
+            },
             pulls: BTreeMap::new(),
             node: NodeNetwork {
                 bridge: args.bridge,
@@ -266,8 +274,8 @@ impl Standalone {
     /// Looks at every manifest and every pod once.
     async fn pass(&mut self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
-        let mut folder =
-            manifests::read(&self.manifests).with_context(|| format!("cannot read {}", self.manifests.display()))?;
+        let mut folder = manifests::read(&self.manifests, self.defaults)
+            .with_context(|| format!("cannot read {}", self.manifests.display()))?;
         self.give_uids(&mut folder)?;
         volumes::ensure_claims(&folder.claims, &self.claims_dir)
             .with_context(|| format!("cannot make the claims' disks in {}", self.claims_dir.display()))?;
@@ -445,7 +453,7 @@ impl Standalone {
         // A manifest that changed restarts its VM with the new spec (a broken edit leaves the VM as it is).
         if let (Some(vm), Some(pod)) = (vm, seen.pod)
             && !pod.is_stopping()
-            && pod.runs_other_spec(vm)
+            && pod.runs_other_spec(vm, &self.defaults)
         {
             info!(vm = %seen.key, "the manifest changed: restarting the VM with it");
             self.stop(pod, StopFor::Restart)?;
@@ -455,9 +463,9 @@ impl Standalone {
 
         // A manifest that does not parse leaves a running VM alone: plan with its last good spec.
         let (run_strategy, request) = match (vm, seen.pod) {
-            (Some(vm), _) => (vm.spec.run_strategy, run_request(vm)),
+            (Some(vm), _) => (vm.spec.run_strategy(), run_request(vm)),
             (None, Some(pod)) if seen.manifest.is_some() => match pod.read_vm() {
-                Ok(vm) => (vm.spec.run_strategy, None),
+                Ok(vm) => (vm.spec.run_strategy(), None),
                 Err(_) => (RunStrategy::Halted, None),
             },
             _ => (RunStrategy::Halted, None),

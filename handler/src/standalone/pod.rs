@@ -24,6 +24,7 @@ use nix::sys::wait::WaitStatus;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vmlet_api::VirtualMachine;
+use vmlet_api::defaults::ClusterDefaults;
 
 use super::manifests::VmKey;
 
@@ -234,8 +235,12 @@ impl PodDir {
     }
 
     /// Whether the launcher runs a spec other than `vm`'s: the manifest was edited since the pod was made.
-    pub fn runs_other_spec(&self, vm: &VirtualMachine) -> bool {
-        self.read_vm().is_ok_and(|running| running.spec != vm.spec)
+    /// The running VM gets the defaults too: a launcher made before they were applied runs the same VM.
+    pub fn runs_other_spec(&self, vm: &VirtualMachine, defaults: &ClusterDefaults) -> bool {
+        self.read_vm().is_ok_and(|mut running| {
+            vmlet_api::defaults::apply(&mut running, defaults);
+            running.spec != vm.spec
+        })
     }
 
     pub fn is_stopping(&self) -> bool {

@@ -85,8 +85,14 @@ fn scenario_lifecycle() {
         let domain = driver.start(&spec, &env.run_dir, &test_cache_dir()).await.unwrap();
         let mut states = domain.watch_state();
         assert_eq!(*states.borrow(), DomainState::Running);
-        wait_for_console(&spec.console, "Linux version");
-        wait_for_console(&spec.console, "VMLET-GUEST init");
+        wait_for_console(
+            spec.console.as_ref().expect("the test guest has a console"),
+            "Linux version",
+        );
+        wait_for_console(
+            spec.console.as_ref().expect("the test guest has a console"),
+            "VMLET-GUEST init",
+        );
         let again = driver.start(&spec, &env.run_dir, &test_cache_dir()).await;
         assert!(matches!(again, Err(DriverError::Failed(_))), "{:?}", again.err());
 
@@ -118,11 +124,18 @@ fn scenario_lifecycle() {
         let mut states = domain.watch_state();
         let stopped = tokio::time::timeout(POWEROFF_TIMEOUT, states.wait_for(|state| state.is_stopped()))
             .await
-            .unwrap_or_else(|_| panic!("the guest did not power off\nconsole:\n{}", console_log(&spec.console)))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the guest did not power off\nconsole:\n{}",
+                    console_log(spec.console.as_ref().expect("the test guest has a console"))
+                )
+            })
             .map(|state| *state)
             .unwrap();
         assert_eq!(stopped, DomainState::ShutOff(ShutOffReason::Shutdown));
-        assert!(console_log(&spec.console).contains("VMLET-GUEST ready"));
+        assert!(
+            console_log(spec.console.as_ref().expect("the test guest has a console")).contains("VMLET-GUEST ready")
+        );
         assert_no_qemu_in_this_namespace();
         driver.stop().await;
 
@@ -142,7 +155,10 @@ fn scenario_running_guest() {
         let spec = env.spec(accel::choose().unwrap(), "console=ttyS0 panic=-1");
         let driver = DriverProcess::spawn().unwrap();
         let _domain = driver.start(&spec, &env.run_dir, &test_cache_dir()).await.unwrap();
-        wait_for_console(&spec.console, "VMLET-GUEST init");
+        wait_for_console(
+            spec.console.as_ref().expect("the test guest has a console"),
+            "VMLET-GUEST init",
+        );
         println!("{RUNNING_LINE}");
         tokio::time::sleep(SCENARIO_TIMEOUT).await;
         panic!("not killed within {SCENARIO_TIMEOUT:?}");
@@ -205,7 +221,8 @@ impl ScenarioEnv {
             },
             disks: Vec::new(),
             interfaces: Vec::new(),
-            console: ConsolePaths::in_dir(&self.run_dir),
+            console: Some(ConsolePaths::in_dir(&self.run_dir)),
+            platform: vmlet_domain::Platform::default(),
             vnc_socket: None,
             guest_agent_socket: None,
         }

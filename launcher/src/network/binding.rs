@@ -28,6 +28,8 @@ pub(crate) struct BindingRequest {
     pub(crate) resolv_conf: PathBuf,
     /// The guest's host name, for DHCPv4.
     pub(crate) hostname: String,
+    /// The spec's subdomain: the guest's first search domain becomes `SUBDOMAIN.NAMESPACE.svc.DOMAIN`.
+    pub(crate) subdomain: Option<String>,
     /// The spec's MAC address for the guest NIC; otherwise the pod's, or under masquerade one made up.
     pub(crate) guest_mac: Option<MacAddr>,
     /// Forwarded to the guest under masquerade.
@@ -70,6 +72,7 @@ impl BindingRequest {
             run_dir: run_dir.to_owned(),
             resolv_conf: resolv_conf.to_owned(),
             hostname: hostname.to_owned(),
+            subdomain: None,
             guest_mac,
             ports,
             subnets,
@@ -133,6 +136,26 @@ fn served<C>(interface: &str, config: C) -> Option<Served<C>> {
 /// Wires the guest NIC to the pod network as `request` says, or finishes what an earlier launcher in this pod
 /// started.
 pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, BindingError> {
+    let mut network = wire(request, handle).await?;
+    if let (Some(subdomain), Some(dhcpv4)) = (&request.subdomain, &mut network.dhcpv4) {
+        dhcpv4.config.search = with_subdomain(&dhcpv4.config.search, subdomain);
+    }
+    Ok(network)
+}
+
+/// The pod's search domains with `SUBDOMAIN.NAMESPACE.svc.DOMAIN` first, made from the pod's own
+/// `NAMESPACE.svc.DOMAIN` (as Kubernetes writes it); unchanged without one, as in standalone mode.
+pub(crate) fn with_subdomain(search: &[String], subdomain: &str) -> Vec<String> {
+    let Some(namespace_domain) = search.iter().find(|d| d.split('.').nth(1) == Some("svc")) else {
+        return search.to_vec();
+    };
+    let first = format!("{subdomain}.{namespace_domain}");
+    std::iter::once(first.clone())
+        .chain(search.iter().filter(|d| **d != first).cloned())
+        .collect()
+}
+
+async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, BindingError> {
     match request.binding {
         Binding::Bridge | Binding::ManagedTap => {
             let base = if request.binding == Binding::Bridge {
@@ -220,6 +243,24 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<G
 mod tests {
     use super::*;
     use vmlet_api::{Empty, Port};
+
+    #[test]
+    fn a_subdomain_comes_first_among_the_search_domains() {
+        let pod: Vec<String> = ["ns.svc.cluster.local", "svc.cluster.local", "cluster.local"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            with_subdomain(&pod, "web"),
+            [
+                "web.ns.svc.cluster.local",
+                "ns.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
+        let standalone = vec!["lan".to_owned()];
+        assert_eq!(with_subdomain(&standalone, "web"), standalone);
+    }
 
     fn interface() -> Interface {
         Interface {
