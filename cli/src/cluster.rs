@@ -81,7 +81,7 @@ impl Cluster {
     /// A merge patch of the one field: the run strategy, or the run request the controller acts on once.
     pub async fn change(&self, name: &str, change: Change) -> Result<()> {
         let patch = match change {
-            Change::Strategy(strategy) => json!({"spec": {"runStrategy": run_strategy::name(strategy)}}),
+            Change::Strategy(strategy) => json!({"spec": {"runStrategy": strategy.as_str()}}),
             Change::Request(request) => json!({"metadata": {"annotations": {RUN_ANNOTATION: request}}}),
         };
         self.vms()

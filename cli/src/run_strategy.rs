@@ -72,17 +72,6 @@ pub fn plan(verb: Verb, strategy: RunStrategy, running: bool) -> Plan {
     }
 }
 
-/// The name of a strategy as manifests spell it.
-pub fn name(strategy: RunStrategy) -> &'static str {
-    match strategy {
-        RunStrategy::Always => "Always",
-        RunStrategy::RerunOnFailure => "RerunOnFailure",
-        RunStrategy::Once => "Once",
-        RunStrategy::Manual => "Manual",
-        RunStrategy::Halted => "Halted",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use vmlet_api::{RUN_ANNOTATION, VirtualMachine, VirtualMachineStatus};
 
 use crate::manifest_edit;
-use crate::run_strategy::{self, Change};
+use crate::run_strategy::Change;
 use crate::{Endpoint, Error, Result, Stream};
 
 /// `vmlet-handler standalone`'s default state folder.
@@ -202,7 +202,7 @@ impl Machine {
         })?;
         let doc = &text[found.document.clone()];
         let edited = match change {
-            Change::Strategy(strategy) => manifest_edit::set_run_strategy(doc, run_strategy::name(strategy)),
+            Change::Strategy(strategy) => manifest_edit::set_run_strategy(doc, strategy.as_str()),
             Change::Request(request) => {
                 // The handler acts on a request value once and remembers it (docs/standalone.md): forgetting that
                 // makes the same value a new request, as the controller's removal of the annotation does.

@@ -161,7 +161,7 @@ async fn lifecycle(
         Plan::Change(change) => {
             target.change(name, change).await?;
             match change {
-                Change::Strategy(strategy) => println!("{name}: runStrategy {}", run_strategy::name(strategy)),
+                Change::Strategy(strategy) => println!("{name}: runStrategy {}", strategy.as_str()),
                 Change::Request(request) => println!("{name}: asked to {request}"),
             }
             if running && (force || grace_period.is_some()) {
