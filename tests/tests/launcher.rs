@@ -164,7 +164,7 @@ fn an_invalid_spec_is_refused_and_nothing_is_touched() {
                     .unwrap()
                     .replace("bridge: {}", "sriov: {}"),
             ),
-            "unknown field `sriov`",
+            "spec.template.spec.domain.devices.interfaces[0].sriov: not supported by vmlet",
         ),
     ] {
         let mut launcher = pod.start(&manifest);
