@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -119,13 +119,16 @@ async fn note(text: &str) {
 async fn pump(
     stream: &mut Stream,
     stdin: &mut mpsc::Receiver<Vec<u8>>,
-    stdout: &mut tokio::io::Stdout,
+    stdout: &mut (impl AsyncWrite + Unpin),
 ) -> Result<Ended> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         tokio::select! {
             chunk = stdin.recv() => {
-                let Some(chunk) = chunk else { return Ok(Ended::Left) };
+                let Some(chunk) = chunk else {
+                    hand_over(stream, stdout).await;
+                    return Ok(Ended::Left);
+                };
                 let (typed, left) = match chunk.iter().position(|b| *b == ESCAPE) {
                     Some(at) => (&chunk[..at], true),
                     None => (&chunk[..], false),
@@ -134,6 +137,7 @@ async fn pump(
                     return Ok(Ended::Closed);
                 }
                 if left {
+                    hand_over(stream, stdout).await;
                     return Ok(Ended::Left);
                 }
             }
@@ -148,6 +152,34 @@ async fn pump(
             }
         }
     }
+}
+
+/// How long leaving the console waits for the guest's side to take in what was typed before it.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Leaves the console without losing what was typed last. QEMU takes input from the socket only as fast as the
+/// guest's UART drains (slowly under TCG), and drops whatever it has not read yet when the client hangs up: a
+/// command typed just before Ctrl-] would be cut short. A half-close instead lets QEMU read up to the end of the
+/// input and then close its side; the guest's echo meanwhile still reaches the terminal. Bounded, for a VM's side
+/// that never closes.
+async fn hand_over(stream: &mut Stream, stdout: &mut (impl AsyncWrite + Unpin)) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    let drained = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if stdout.write_all(&buf[..n]).await.and(stdout.flush().await).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HAND_OVER_WITHIN, drained).await;
 }
 
 /// Serves `endpoint` of `name` on `listener`: each connection a fresh stream to the VM, until the process ends.
@@ -194,5 +226,39 @@ pub async fn stdio(target: &Target, name: &str, endpoint: Endpoint) -> Result<()
             r?;
             down.await.map_err(Error::Io)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest's side that takes its input late, as QEMU does under TCG: it answers only once the whole input has
+    /// come, which a console that hung up at the escape would never let it do.
+    #[tokio::test]
+    async fn leaving_hands_the_last_typed_line_over_before_hanging_up() {
+        let (ours, mut guest) = tokio::net::UnixStream::pair().unwrap();
+        let guest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut typed = Vec::new();
+            guest.read_to_end(&mut typed).await.unwrap();
+            guest.write_all(b"ran: ").await.unwrap();
+            guest.write_all(&typed).await.unwrap();
+            typed
+        });
+        let (keys, mut stdin) = mpsc::channel(4);
+        keys.send(b"echo tick &\r".to_vec()).await.unwrap();
+        keys.send(vec![b'x', ESCAPE, b'y']).await.unwrap();
+        let mut stream: Stream = Box::new(ours);
+        let mut terminal = Vec::new();
+        let ended = pump(&mut stream, &mut stdin, &mut terminal).await.unwrap();
+        assert!(matches!(ended, Ended::Left));
+        drop(stream);
+        assert_eq!(
+            guest.await.unwrap(),
+            b"echo tick &\rx",
+            "what came before the escape, not after"
+        );
+        assert_eq!(terminal, b"ran: echo tick &\rx");
     }
 }

@@ -107,8 +107,6 @@ fn bright_samples(path: &Path) -> usize {
 }
 
 #[test]
-#[ignore = "known failure: after the console is detached, the guest's background ticker never reaches console.log \
-            (seen since the KubeVirt-compatibility changes); under investigation"]
 fn the_vmlet_command_drives_a_standalone_vm() {
     let _guest = one_guest_at_a_time();
     let mut machine = Machine::new();
