@@ -100,6 +100,20 @@ pub enum Verb {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Check manifests as vmlet does before it runs a VM: every refusal with its field path, exit status 1 on any
+    /// (the check of `vmlet-handler validate`, which this runs).
+    Validate {
+        /// Manifest files (YAML or JSON, several documents each); `-` reads standard input.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print each valid VM with its defaults applied: `yaml` or `json`.
+        #[arg(short = 'o', long, value_name = "FORMAT", value_parser = ["yaml", "json"])]
+        output: Option<String>,
+        /// The binding given to a VM that names no network, as the cluster's or machine's option: `bridge` or
+        /// `masquerade`.
+        #[arg(long, value_name = "BINDING", value_parser = ["bridge", "masquerade"])]
+        default_network_binding: Option<String>,
+    },
     /// Print a shell completion script: `source <(vmlet completion bash)`.
     Completion { shell: Shell },
 }

@@ -74,9 +74,17 @@ impl Target {
 
 /// Runs the command line; the exit code is the program's (ssh's and scp's own).
 pub async fn run(cli: Cli) -> Result<u8> {
-    if let Verb::Completion { shell } = &cli.verb {
-        completion(*shell, &mut std::io::stdout())?;
-        return Ok(0);
+    match &cli.verb {
+        Verb::Completion { shell } => {
+            completion(*shell, &mut std::io::stdout())?;
+            return Ok(0);
+        }
+        Verb::Validate {
+            files,
+            output,
+            default_network_binding,
+        } => return validate(files, output.as_deref(), default_network_binding.as_deref()),
+        _ => {}
     }
     let target = Target::from_cli(&cli).await?;
     run_on(target, cli.verb).await
@@ -122,7 +130,7 @@ pub async fn run_on(target: Target, verb: Verb) -> Result<u8> {
             print!("{}", table::render(&[vm], output, false, jiff::Timestamp::now()));
         }
         Verb::Logs { vm, follow } => logs(&target, &vm, follow).await?,
-        Verb::Completion { .. } => unreachable!("answered above"),
+        Verb::Completion { .. } | Verb::Validate { .. } => unreachable!("answered above"),
     }
     Ok(0)
 }
@@ -136,6 +144,32 @@ fn phase(status: &Status) -> &'static str {
         Phase::Stopped => "stopped",
         Phase::Failed => "failed",
     }
+}
+
+/// `vmlet validate`: hands the files to `vmlet-handler validate`, the one home of the check, so that the command,
+/// standalone mode and the controller can never disagree about a manifest. `vmlet-handler` is looked for beside
+/// `vmlet` first (the two ship together), then on `PATH`.
+fn validate(files: &[std::path::PathBuf], output: Option<&str>, binding: Option<&str>) -> Result<u8> {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("vmlet-handler"))
+        .filter(|handler| handler.is_file());
+    let program = beside.unwrap_or_else(|| "vmlet-handler".into());
+    let mut command = std::process::Command::new(&program);
+    command.arg("validate");
+    if let Some(output) = output {
+        command.args(["--output", output]);
+    }
+    if let Some(binding) = binding {
+        command.args(["--default-network-binding", binding]);
+    }
+    command.arg("--").args(files);
+    let status = command.status().map_err(|source| Error::Spawn {
+        program: format!("{} (vmlet validate runs vmlet-handler validate)", program.display()),
+        source,
+    })?;
+    // A signal has no exit code of its own: report it as a failure like any other.
+    Ok(status.code().and_then(|code| u8::try_from(code).ok()).unwrap_or(1))
 }
 
 /// Writes the completion script for `shell`, made from the same definitions as the command line.

@@ -332,3 +332,64 @@ async fn a_missing_vm_and_a_stopped_one_say_so() {
         .unwrap_err();
     assert_eq!(error.to_string(), "the VM web is not running (its status: Stopped)");
 }
+
+#[tokio::test]
+async fn stop_with_a_grace_period_presses_the_power_button_through_the_launcher() {
+    let script = vec![
+        get_vm("Always", true),
+        expect(Method::PATCH, &format!("{VMS}/web"), vm("Halted", true))
+            .body(json!({"spec": {"runStrategy": "Halted"}})),
+        exec("control"),
+    ];
+    let stop = Verb::Stop {
+        vm: "web".into(),
+        grace_period: Some(5),
+        force: false,
+    };
+    assert_forbidden(converse(stop, script).await, "pods/exec");
+}
+
+#[tokio::test]
+async fn stop_with_a_grace_period_of_a_stopped_vm_changes_the_strategy_only() {
+    let script = vec![
+        get_vm("Always", false),
+        expect(Method::PATCH, &format!("{VMS}/web"), vm("Halted", false))
+            .body(json!({"spec": {"runStrategy": "Halted"}})),
+    ];
+    let stop = Verb::Stop {
+        vm: "web".into(),
+        grace_period: Some(5),
+        force: false,
+    };
+    assert_eq!(converse(stop, script).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn restart_of_manual_asks_to_stop_waits_and_asks_to_start() {
+    let script = vec![
+        get_vm("Manual", true),
+        expect(Method::PATCH, &format!("{VMS}/web"), vm("Manual", true))
+            .body(json!({"metadata": {"annotations": {"vmlet.dev/run": "stop"}}})),
+        // Still running at the first look, stopped at the second.
+        get_vm("Manual", true),
+        get_vm("Manual", false),
+        expect(Method::PATCH, &format!("{VMS}/web"), vm("Manual", false))
+            .body(json!({"metadata": {"annotations": {"vmlet.dev/run": "start"}}})),
+    ];
+    assert_eq!(converse(Verb::Restart { vm: "web".into() }, script).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn logs_follow_asks_the_kubelet_to_follow() {
+    let script = vec![
+        get_vm("Always", true),
+        expect(Method::GET, &format!("{POD}/log"), Value::Null)
+            .query(&[("container", "launcher"), ("follow", "true")])
+            .text("launcher started\nthe guest is running\n"),
+    ];
+    let logs = Verb::Logs {
+        vm: "web".into(),
+        follow: true,
+    };
+    converse(logs, script).await.unwrap();
+}

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-const VERBS: [&str; 14] = [
+const VERBS: [&str; 15] = [
     "start",
     "stop",
     "restart",
@@ -19,6 +19,7 @@ const VERBS: [&str; 14] = [
     "status",
     "logs",
     "completion",
+    "validate",
 ];
 
 #[test]

@@ -228,3 +228,126 @@ fn the_vmlet_command_drives_a_standalone_vm() {
     let error = output_within(vmlet(&machine).args(["status", "nosuch"]), WAIT).unwrap();
     assert!(String::from_utf8_lossy(&error.stderr).contains("there is no VM default/nosuch"));
 }
+
+/// `vmlet validate` gives `vmlet-handler validate`'s verdicts and exit status: the field path of each refusal, the
+/// defaults-applied VM on request.
+#[test]
+fn validate_gives_the_checks_verdict() {
+    let corpus = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../api/tests/corpus"));
+    let valid = corpus.join("minimal.yaml");
+    let refused = corpus.join("refused-gpu.yaml");
+
+    let output = output_within(Command::new(binary("vmlet")).arg("validate").arg(&valid), WAIT).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("minimal: valid"), "{stdout}");
+
+    let output = output_within(
+        Command::new(binary("vmlet"))
+            .args(["validate", "-o", "yaml"])
+            .arg(&valid),
+        WAIT,
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        stdout.contains("runStrategy: Always") && stdout.contains("type: q35"),
+        "{stdout}"
+    );
+
+    let output = output_within(
+        Command::new(binary("vmlet")).arg("validate").arg(&valid).arg(&refused),
+        WAIT,
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("spec.template.spec.domain.devices.gpus: not supported by vmlet"),
+        "{stdout}"
+    );
+}
+
+/// Types `line` on the guest's serial console, and leaves as `vmlet console` does: half-closed, so that QEMU reads
+/// it all before it hangs up.
+fn type_on_console(machine: &Machine, name: &str, line: &str) {
+    use std::io::{Read, Write};
+    let mut console = std::os::unix::net::UnixStream::connect(machine.pod_dir(name).join("run/console.sock")).unwrap();
+    console.write_all(format!("{line}\r").as_bytes()).unwrap();
+    console.shutdown(std::net::Shutdown::Write).unwrap();
+    console.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = console.read_to_end(&mut Vec::new());
+}
+
+/// A Manual VM through the verbs: `start` and `restart` ask the handler; `stop --grace-period` and `stop --force`
+/// end the guest sooner than its own grace period (600 s here, longer than any wait of the test), the first after a
+/// power button press it ignores; `logs -f` keeps printing what the launcher logs.
+#[test]
+fn manual_vms_stops_sooner_than_the_grace_period_and_followed_logs() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    machine.start_handler();
+    let spec = GuestSpec {
+        name: "web".into(),
+        kernel_args: "vmlet.ping=10.111.0.1 vmlet.shell=1".into(),
+        run_strategy: "Manual".into(),
+        ..GuestSpec::new("bridge: {}", "10.111.0.1")
+    };
+    let manifest = spec.manifest().replace(
+        "terminationGracePeriodSeconds: 60",
+        "terminationGracePeriodSeconds: 600",
+    );
+    std::fs::write(machine.manifests().join("web.yaml"), manifest).unwrap();
+    machine.wait_status("web", &["Stopped"], WAIT);
+
+    assert!(vmlet_ok(&machine, &["start", "web"]).contains("web: asked to start"));
+    machine.wait_lease("web");
+    machine.wait_status("web", &["Running"], WAIT);
+
+    // restart of a Manual VM: a stop, then a start, in a new pod.
+    let shim = machine.shim_pid("web");
+    assert!(vmlet_ok(&machine, &["restart", "web"]).contains("web: restarting"));
+    poll_until("a new launcher", BOOT, Duration::from_millis(250), || {
+        let record = std::fs::read_to_string(machine.pod_dir("web").join("shim.json")).ok()?;
+        let record: serde_json::Value = serde_json::from_str(&record).ok()?;
+        (record["pid"].as_u64()? as u32 != shim).then_some(())
+    })
+    .unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")));
+    machine.wait_lease("web");
+
+    // logs -f: what the launcher has logged, then what it logs next.
+    let mut follow = vmlet(&machine);
+    follow.args(["logs", "-f", "web"]);
+    let follow = Child::spawn("vmlet logs -f", &mut follow);
+    follow.wait_for_line("domain started", WAIT).unwrap();
+
+    // The guest stops heeding the power button: only the grace period given to stop ends it.
+    type_on_console(&machine, "web", "kill $(cat /run/acpid.pid); echo acpid-$((1+1))gone");
+    poll_until("acpid gone", WAIT, Duration::from_millis(200), || {
+        machine.console("web").contains("acpid-2gone").then_some(())
+    })
+    .unwrap();
+    assert!(vmlet_ok(&machine, &["stop", "web", "--grace-period", "2"]).contains("web: asked to stop"));
+    follow.wait_for_line("shutting the guest down", WAIT).unwrap();
+    let ended = follow.wait_for_line("guest ended", WAIT).unwrap();
+    assert!(ended.to_lowercase().contains("destroyed"), "{ended}");
+    machine.wait_status("web", &["Stopped"], WAIT);
+    drop(follow);
+
+    // stop --force: destroyed at once.
+    assert!(vmlet_ok(&machine, &["start", "web"]).contains("web: asked to start"));
+    machine.wait_lease("web");
+    machine.wait_status("web", &["Running"], WAIT);
+    let mut follow = vmlet(&machine);
+    follow.args(["logs", "-f", "web"]);
+    let follow = Child::spawn("vmlet logs -f", &mut follow);
+    assert!(vmlet_ok(&machine, &["stop", "web", "--force"]).contains("web: asked to stop"));
+    let ended = follow.wait_for_line("guest ended", WAIT).unwrap();
+    assert!(ended.to_lowercase().contains("destroyed"), "{ended}");
+    machine.wait_status("web", &["Stopped"], WAIT);
+}
