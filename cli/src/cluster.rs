@@ -82,6 +82,7 @@ impl Cluster {
     pub async fn change(&self, name: &str, change: Change) -> Result<()> {
         let patch = match change {
             Change::Strategy(strategy) => json!({"spec": {"runStrategy": strategy.as_str()}}),
+            Change::Running(running) => json!({"spec": {"running": running}}),
             Change::Request(request) => json!({"metadata": {"annotations": {RUN_ANNOTATION: request}}}),
         };
         self.vms()

@@ -37,9 +37,19 @@ pub fn documents(text: &str) -> Vec<Range<usize>> {
 
 /// `spec.runStrategy` set to `strategy`.
 pub fn set_run_strategy(doc: &str, strategy: &str) -> Result<String, EditError> {
-    let edited = edit_run_strategy(doc, strategy)?;
-    check(doc, &edited, "spec.runStrategy", |value| {
-        mapping(value, "spec").insert("runStrategy".into(), strategy.into());
+    set_spec_scalar(doc, "runStrategy", strategy, strategy.into())
+}
+
+/// `spec.running`, KubeVirt's older spelling of Always and Halted, set to `running`.
+pub fn set_running(doc: &str, running: bool) -> Result<String, EditError> {
+    set_spec_scalar(doc, "running", if running { "true" } else { "false" }, running.into())
+}
+
+/// `spec.KEY` set to `text`, which YAML reads as `value`.
+fn set_spec_scalar(doc: &str, key: &'static str, text: &str, value: Value) -> Result<String, EditError> {
+    let edited = edit_spec_scalar(doc, key, text)?;
+    check(doc, &edited, &format!("spec.{key}"), |parsed| {
+        mapping(parsed, "spec").insert(key.into(), value);
     })?;
     Ok(edited)
 }
@@ -225,13 +235,13 @@ fn find_in_flow(doc: &str, open: usize, key: &str) -> Option<usize> {
     None
 }
 
-fn edit_run_strategy(doc: &str, strategy: &str) -> Result<String, EditError> {
+fn edit_spec_scalar(doc: &str, key: &'static str, text: &str) -> Result<String, EditError> {
     let lines = lines(doc);
     let (i, at, after) = top_level(&lines, "spec")?;
     if let Some(open) = flow_open(at, lines[i].1, after) {
-        return Ok(match find_in_flow(doc, open, "runStrategy") {
-            Some(value) => replace_scalar(doc, value, strategy),
-            None => insert_in_flow(doc, open, "runStrategy", strategy),
+        return Ok(match find_in_flow(doc, open, key) {
+            Some(value) => replace_scalar(doc, value, text),
+            None => insert_in_flow(doc, open, key, text),
         });
     }
     if !opens_block(after) {
@@ -241,17 +251,13 @@ fn edit_run_strategy(doc: &str, strategy: &str) -> Result<String, EditError> {
     let mut found = lines[block(&lines, i)]
         .iter()
         .filter(|(_, line)| indent(line) == own)
-        .filter_map(|(line_at, line)| after_key(line, "runStrategy").map(|a| line_at + line.len() - a.len()));
+        .filter_map(|(line_at, line)| after_key(line, key).map(|a| line_at + line.len() - a.len()));
     match (found.next(), found.next()) {
-        (Some(value), None) => Ok(replace_scalar(doc, value, strategy)),
-        (Some(_), Some(_)) => Err(EditError::Ambiguous("runStrategy")),
+        (Some(value), None) => Ok(replace_scalar(doc, value, text)),
+        (Some(_), Some(_)) => Err(EditError::Ambiguous(key)),
         (None, _) => {
             let next_line = at + lines[i].1.len();
-            Ok(insert(
-                doc,
-                next_line,
-                &format!("{}runStrategy: {strategy}\n", " ".repeat(own)),
-            ))
+            Ok(insert(doc, next_line, &format!("{}{key}: {text}\n", " ".repeat(own))))
         }
     }
 }
@@ -322,6 +328,20 @@ mod tests {
     fn the_run_strategy_changes_and_nothing_else() {
         let edited = set_run_strategy(BLOCK, "Halted").unwrap();
         assert_eq!(edited, BLOCK.replace("runStrategy: Always", "runStrategy: Halted"));
+    }
+
+    #[test]
+    fn running_is_changed_where_it_is_in_block_and_flow_specs() {
+        let doc = "metadata: {name: a}\nspec:\n  running: true # up\n  template: {spec: {}}\n";
+        assert_eq!(
+            set_running(doc, false).unwrap(),
+            doc.replace("running: true", "running: false")
+        );
+        let doc = "metadata: {name: a}\nspec: {running: false, template: {spec: {}}}\n";
+        assert_eq!(
+            set_running(doc, true).unwrap(),
+            doc.replace("running: false", "running: true")
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! A strategy that runs the VM by itself is changed (`stop` on `Always` makes it `Halted`, `start` on `Halted`
 //! makes it `Always`); a `Manual` VM is asked once, through the `vmlet.dev/run` annotation.
 
-use vmlet_api::{PrintableStatus, RunStrategy, VirtualMachineStatus};
+use vmlet_api::{PrintableStatus, RunStrategy, VirtualMachineSpec, VirtualMachineStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verb {
@@ -15,6 +15,8 @@ pub enum Verb {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
     Strategy(RunStrategy),
+    /// KubeVirt's older `spec.running`: `true` for Always, `false` for Halted.
+    Running(bool),
     /// The `vmlet.dev/run` request: `start` or `stop`.
     Request(&'static str),
 }
@@ -44,6 +46,18 @@ pub fn runs(status: Option<&VirtualMachineStatus>) -> bool {
                 | PrintableStatus::Provisioning
         )
     )
+}
+
+/// The plan for a VM: [`plan`] of its run strategy, with a change of strategy written in the field the VM uses. A
+/// VM that says `spec.running` keeps saying it (`true` for Always, `false` for Halted), as virtctl patches it:
+/// `runStrategy` beside `running` would make the VM invalid, for KubeVirt and vmlet alike.
+pub fn plan_for(verb: Verb, spec: &VirtualMachineSpec, running: bool) -> Plan {
+    match plan(verb, spec.run_strategy(), running) {
+        Plan::Change(Change::Strategy(strategy)) if spec.run_strategy.is_none() && spec.running.is_some() => {
+            Plan::Change(Change::Running(strategy == RunStrategy::Always))
+        }
+        plan => plan,
+    }
 }
 
 pub fn plan(verb: Verb, strategy: RunStrategy, running: bool) -> Plan {
@@ -105,6 +119,11 @@ mod tests {
         ];
         for (verb, strategy, running, expected) in cases {
             let got = plan(verb, strategy, running);
+            let spec = VirtualMachineSpec {
+                run_strategy: Some(strategy),
+                ..VirtualMachineSpec::default()
+            };
+            assert_eq!(plan_for(verb, &spec, running), got, "a runStrategy VM");
             match expected {
                 Some(plan) => assert_eq!(got, plan, "{verb:?} {strategy:?} running={running}"),
                 None => assert!(
@@ -113,5 +132,23 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn a_vm_that_says_running_keeps_saying_it() {
+        let spec = |running| VirtualMachineSpec {
+            running: Some(running),
+            ..VirtualMachineSpec::default()
+        };
+        assert_eq!(
+            plan_for(Verb::Stop, &spec(true), true),
+            Plan::Change(Change::Running(false))
+        );
+        assert_eq!(
+            plan_for(Verb::Start, &spec(false), false),
+            Plan::Change(Change::Running(true))
+        );
+        assert_eq!(plan_for(Verb::Restart, &spec(true), true), Plan::EndRun { kill: false });
+        assert!(matches!(plan_for(Verb::Stop, &spec(false), false), Plan::Refuse(_)));
     }
 }

@@ -203,6 +203,7 @@ impl Machine {
         let doc = &text[found.document.clone()];
         let edited = match change {
             Change::Strategy(strategy) => manifest_edit::set_run_strategy(doc, strategy.as_str()),
+            Change::Running(running) => manifest_edit::set_running(doc, running),
             Change::Request(request) => {
                 // The handler acts on a request value once and remembers it (docs/standalone.md): forgetting that
                 // makes the same value a new request, as the controller's removal of the annotation does.

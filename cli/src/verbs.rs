@@ -191,11 +191,12 @@ async fn lifecycle(
 ) -> Result<()> {
     let vm = target.vm(name).await?;
     let running = run_strategy::runs(vm.status.as_ref());
-    match run_strategy::plan(verb, vm.spec.run_strategy(), running) {
+    match run_strategy::plan_for(verb, &vm.spec, running) {
         Plan::Change(change) => {
             target.change(name, change).await?;
             match change {
                 Change::Strategy(strategy) => println!("{name}: runStrategy {}", strategy.as_str()),
+                Change::Running(running) => println!("{name}: running {running}"),
                 Change::Request(request) => println!("{name}: asked to {request}"),
             }
             if running && (force || grace_period.is_some()) {

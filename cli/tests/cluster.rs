@@ -393,3 +393,31 @@ async fn logs_follow_asks_the_kubelet_to_follow() {
     };
     converse(logs, script).await.unwrap();
 }
+
+#[tokio::test]
+async fn stop_and_start_of_a_vm_that_says_running_patch_running() {
+    let says_running = |running: bool, up: bool| {
+        let mut vm = vm("Always", up);
+        let spec = vm["spec"].as_object_mut().unwrap();
+        spec.remove("runStrategy");
+        spec.insert("running".into(), json!(running));
+        vm
+    };
+    let script = vec![
+        expect(Method::GET, &format!("{VMS}/web"), says_running(true, true)),
+        expect(Method::PATCH, &format!("{VMS}/web"), says_running(false, true))
+            .body(json!({"spec": {"running": false}})),
+    ];
+    let stop = Verb::Stop {
+        vm: "web".into(),
+        grace_period: None,
+        force: false,
+    };
+    assert_eq!(converse(stop, script).await.unwrap(), 0);
+    let script = vec![
+        expect(Method::GET, &format!("{VMS}/web"), says_running(false, false)),
+        expect(Method::PATCH, &format!("{VMS}/web"), says_running(true, false))
+            .body(json!({"spec": {"running": true}})),
+    ];
+    assert_eq!(converse(Verb::Start { vm: "web".into() }, script).await.unwrap(), 0);
+}
