@@ -22,6 +22,7 @@ mod owner;
 pub mod registry;
 mod scratch;
 pub mod standalone;
+pub mod tmux;
 pub mod veth;
 pub mod vm_pod;
 mod wait;

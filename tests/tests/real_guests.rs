@@ -17,6 +17,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use vmlet_testkit::registry::{CuttingProxy, LayoutLayer, Registry, write_layout};
 use vmlet_testkit::standalone::{Machine, WAIT};
+use vmlet_testkit::tmux::Tmux;
 use vmlet_testkit::vm_pod::one_guest_at_a_time;
 use vmlet_testkit::{ScratchDir, binary, cloud_image, output_within, poll_until, run};
 
@@ -206,6 +207,9 @@ spec:
               shell: /bin/bash
               sudo: ALL=(ALL) NOPASSWD:ALL
               ssh_authorized_keys: ["{user_key}"]
+              # For the serial console's login prompt only: SSH takes keys alone.
+              lock_passwd: false
+              plain_text_passwd: {console_password}
             runcmd:
             - blkid /dev/vdb || mkfs.ext4 -q /dev/vdb
             - mkdir -p /data && mount /dev/vdb /data
@@ -226,13 +230,16 @@ stringData: {{key: "{granted_key}"}}
         image = world.image(),
         user_key = world.public_key("user"),
         granted_key = world.public_key("granted"),
+        console_password = CONSOLE_PASSWORD,
     )
 }
 
+const CONSOLE_PASSWORD: &str = "serial-7Kq2";
+
 /// A containerDisk from the registry with NoCloud user data boots at its pod's address and answers SSH with what
-/// cloud-init was told; its guest agent's word reaches status. A second VM of the same image pulls nothing and
-/// neither VM changes the stored image. A file on the claim outlives the VM's deletion; one on the containerDisk
-/// does not.
+/// cloud-init was told; `vmlet ssh`, `scp` and `console` (a login at the serial prompt) reach it; its guest agent's
+/// word reaches status. A second VM of the same image pulls nothing and neither VM changes the stored image. A file
+/// on the claim outlives the VM's deletion; one on the containerDisk does not.
 #[test]
 fn a_cloud_image_boots_with_cloud_init_and_its_claim_outlives_it() {
     let _guest = one_guest_at_a_time();
@@ -277,6 +284,60 @@ fn a_cloud_image_boots_with_cloud_init_and_its_claim_outlives_it() {
             "hostname",
         ]);
     assert_eq!(run(&mut vmlet_ssh).trim(), "web-guest");
+    // `vmlet scp` both ways, the VM named as `USER@VM:PATH`.
+    let sent = world.keys.join("sent.txt");
+    std::fs::write(&sent, "carried by scp\n").unwrap();
+    let back = world.keys.join("back.txt");
+    for (from, to) in [
+        (sent.display().to_string(), "tester@web:/tmp/carried.txt".to_owned()),
+        ("tester@web:/tmp/carried.txt".to_owned(), back.display().to_string()),
+    ] {
+        let mut vmlet_scp = world.machine.host().exec(binary("vmlet"));
+        vmlet_scp
+            .arg("--manifests")
+            .arg(world.machine.manifests())
+            .args(["scp", "-i"])
+            .arg(world.keys.join("user"))
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                &from,
+                &to,
+            ]);
+        run(&mut vmlet_scp);
+    }
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "carried by scp\n");
+
+    // `vmlet console` as a person uses it: log in at the prompt, run a command, leave with Ctrl-], and find the
+    // same session on the next attach.
+    let tmux = Tmux::new();
+    let attach = format!(
+        "{} --manifests {} console web; echo CONSOLE-LEFT; sleep 600",
+        binary("vmlet").display(),
+        world.machine.manifests().display()
+    );
+    tmux.start(&attach, true);
+    tmux.wait_for("connected to the console of web", WAIT);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for("web-guest login:", WAIT);
+    tmux.keys(&["tester", "Enter"]);
+    tmux.wait_for("Password:", WAIT);
+    tmux.keys(&[CONSOLE_PASSWORD, "Enter"]);
+    tmux.wait_for("tester@web-guest", WAIT);
+    tmux.keys(&["X=first-attach; echo sum=$((6*7))", "Enter"]);
+    tmux.wait_for("sum=42", WAIT);
+    tmux.keys(&["C-]"]);
+    tmux.wait_for("CONSOLE-LEFT", WAIT);
+    tmux.start(&attach, false);
+    tmux.wait_for("connected to the console of web", WAIT);
+    tmux.keys(&["echo again=$X", "Enter"]);
+    tmux.wait_for("again=first-attach", WAIT);
+    tmux.keys(&["exit", "Enter", "C-]"]);
+    drop(tmux);
     let status = world.wait_status_text("web", "guestOSInfo", WAIT * 4);
     assert!(status.contains("Debian GNU/Linux"), "{status}");
 
