@@ -15,21 +15,13 @@ use kube::{Resource, ResourceExt};
 use vmlet_api::{VirtualMachine, VirtualMachineSpec};
 
 use super::pod_volumes::{self, ClaimModes, ContainerDisks, LauncherImage, host_path, mount};
+use crate::cluster::{
+    CONTAINER, MANAGED_BY, MANAGED_BY_LABEL, RUN_DIRS_ON_HOST, SCHEDULABLE_LABEL, VM_NAME_LABEL, run_dir_name,
+};
 use crate::lifecycle::{Exit, ImagePull, Launcher};
 
 /// The label every launcher Pod carries, the VM's uid: how the controller finds a VM's launchers.
 pub const VM_UID_LABEL: &str = "vmlet.dev/vm-uid";
-/// The VM's name, for people (`kubectl get pods -l vmlet.dev/vm=NAME`); programs go by the owner reference.
-pub const VM_NAME_LABEL: &str = "vmlet.dev/vm";
-/// The label the controller's and the node role's Pod watches select on.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "vmlet-controller";
-/// The launcher's container.
-pub const CONTAINER: &str = "launcher";
-
-/// The node directory under which each launcher Pod's run directory lives, as `<namespace>_<pod>`: the control
-/// socket, console, lease and libvirt state of that Pod, shared with the node role.
-pub const RUN_DIRS_ON_HOST: &str = "/var/run/vmlet/pods";
 /// The run directory inside the Pod (the launcher's default `--run-dir`).
 pub const RUN_DIR: &str = "/var/run/vmlet";
 /// QEMU's capability cache, one per node, shared by the launchers there.
@@ -94,12 +86,6 @@ pub fn new_pod_name(vm_name: &str) -> String {
     format!("{prefix}{}-{suffix}", vm.trim_end_matches(['-', '.']))
 }
 
-/// The name of a launcher Pod's run directory in [`RUN_DIRS_ON_HOST`]: a Pod's, not its VM's, so that a VM's next
-/// launcher never finds the previous one's network record (the node role finds each by its Pod).
-pub fn run_dir_name(namespace: &str, pod: &str) -> String {
-    format!("{namespace}_{pod}")
-}
-
 /// The node directory a launcher Pod's run directory is.
 pub fn run_dir_on_host(namespace: &str, pod: &str) -> String {
     format!("{RUN_DIRS_ON_HOST}/{}", run_dir_name(namespace, pod))
@@ -108,7 +94,7 @@ pub fn run_dir_on_host(namespace: &str, pod: &str) -> String {
 /// The template's node selector, and a node whose node role runs: one that can report on the VM.
 fn node_selector(instance: &vmlet_api::VirtualMachineInstanceSpec) -> std::collections::BTreeMap<String, String> {
     let mut selector = instance.node_selector.clone();
-    selector.insert(crate::node::SCHEDULABLE_LABEL.into(), "true".into());
+    selector.insert(SCHEDULABLE_LABEL.into(), "true".into());
     selector
 }
 

@@ -10,7 +10,7 @@ use kube::{Resource, ResourceExt};
 use vmlet_api::{ReportedState, VirtualMachine, VirtualMachineStatus};
 use vmlet_control::Status;
 
-use crate::controller::launcher_pod::CONTAINER;
+use crate::cluster::CONTAINER;
 use crate::vm_status::{LauncherState, Loss, NodeStatus};
 
 /// A launcher pod, by namespace and name; also the name of its run directory on the node.

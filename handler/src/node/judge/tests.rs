@@ -402,7 +402,7 @@ fn run_directories_are_named_after_their_pods() {
         ("default", "vmlet-launcher-web-x7k2p")
     );
     assert_eq!(
-        crate::controller::launcher_pod::run_dir_name(&key.namespace, &key.name),
+        crate::cluster::run_dir_name(&key.namespace, &key.name),
         "default_vmlet-launcher-web-x7k2p"
     );
     for other in ["lost+found", "_x", "x_", "a_b_c", "Default_x", ".tmp", ""] {

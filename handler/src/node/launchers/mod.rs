@@ -16,7 +16,8 @@ use vmlet_api::{VirtualMachine, VirtualMachineStatus};
 use vmlet_control::ClientError;
 
 use super::judge::{PodKey, PodState, Probe, Tracking, Update, judge, orphans, owner_vm, pod_state, status_update};
-use super::{Config, FIELD_MANAGER, run_dir, socket_path};
+use super::{Config, FIELD_MANAGER, socket_path};
+use crate::cluster::run_dir;
 use crate::vm_status::{LauncherState, NodeStatus};
 
 /// How long one status request may take before the launcher counts as silent for this round.

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use vmlet_control::{GuestAgentStatus, GuestInterface, GuestOsInfo, InterfaceStatus, Phase, Status};
 
 use super::*;
-use crate::controller::launcher_pod::{MANAGED_BY, MANAGED_BY_LABEL, VM_NAME_LABEL};
+use crate::cluster::{MANAGED_BY, MANAGED_BY_LABEL, VM_NAME_LABEL};
 use crate::node::fakes::{self, LauncherProcess};
 
 const POD: &str = "vmlet-launcher-web-x7k2p";
