@@ -179,7 +179,7 @@ fn pod(is: PodIs) -> Pod {
 fn guest(phase: LauncherPhase, exit: Option<GuestEnd>) -> Probe {
     Probe::Answered(Status {
         phase,
-        domain_state: Some(format!("{phase:?}")),
+        domain_state: Some(phase.to_string()),
         interfaces: vec![vmlet_control::InterfaceStatus {
             name: "default".into(),
             mac: "02:42:0a:f4:01:07".into(),

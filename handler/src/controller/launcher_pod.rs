@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use vmlet_api::{VirtualMachine, VirtualMachineSpec};
+use vmlet_control::run_dir::{CACHE_DIR_ENV, DEFAULT_CACHE_DIR as CACHE_DIR, DEFAULT_RUN_DIR as RUN_DIR};
 
 use super::pod_volumes::{self, ClaimModes, ContainerDisks, LauncherImage, host_path, mount};
 use crate::cluster::{
@@ -22,10 +23,6 @@ use crate::lifecycle::{Exit, ImagePull, Launcher};
 
 /// The label every launcher Pod carries, the VM's uid: how the controller finds a VM's launchers.
 pub const VM_UID_LABEL: &str = "vmlet.dev/vm-uid";
-/// The run directory inside the Pod (the launcher's default `--run-dir`).
-pub const RUN_DIR: &str = "/var/run/vmlet";
-/// QEMU's capability cache, one per node, shared by the launchers there.
-pub const CACHE_DIR: &str = "/var/cache/vmlet/qemu";
 
 /// Memory a VM pod takes besides the guest's RAM. Measured (docs/benchmarks.md, 256 MiB TCG guest): everything but
 /// QEMU, 37.3 MiB resident; QEMU's own resident memory beyond the guest's pages, about 82 MiB (its 266.7 MB less the
@@ -50,9 +47,6 @@ pub struct PodConfig {
     /// How containerDisks and `kernelBoot.container` images reach the launcher.
     pub container_disks: ContainerDisks,
 }
-
-/// The guest's grace period when the VM gives none (the launcher's default).
-const DEFAULT_GRACE_SECONDS: u32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -143,15 +137,13 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
     };
     let mut env = vec![
         env_var("VMLET_VM_SPEC", serde_json::to_string(&for_launcher)?),
-        env_var("VMLET_CACHE_DIR", CACHE_DIR.into()),
+        env_var(CACHE_DIR_ENV, CACHE_DIR.into()),
     ];
     if config.log_json {
         env.push(env_var(vmlet_log::JSON_ENV, "1".into()));
     }
 
-    let grace = instance
-        .termination_grace_period_seconds
-        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let grace = instance.grace_period_seconds();
     let mut volumes = vec![
         host_path("run", &run_dir_on_host(namespace, name), "DirectoryOrCreate"),
         host_path("qemu-cache", CACHE_DIR, "DirectoryOrCreate"),

@@ -21,9 +21,10 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use vmlet_api::{
-    Condition, ConditionType, GuestExit, LauncherReport, Phase, PhaseTransition, PrintableStatus, ReportedState,
-    RunStrategy, StartFailure, VirtualMachineStatus,
+    Condition, ConditionType, LauncherReport, Phase, PhaseTransition, PrintableStatus, ReportedState, RunStrategy,
+    StartFailure, VirtualMachineStatus,
 };
+use vmlet_control::LauncherExit;
 
 /// The first automatic restart after a failure waits this long; each further failure in a row doubles it.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
@@ -69,8 +70,8 @@ impl RunRequest {
 pub enum Exit {
     /// Exit code 0: the guest powered off, or shut down when asked.
     Succeeded,
-    /// Any other end. `code` is the launcher's exit code when it exited (1: it never ran the guest, 3: the guest
-    /// was destroyed, 4: the guest crashed); `None` when it was killed or vanished with no code.
+    /// Any other end. `code` is the launcher's exit code when it exited ([`LauncherExit`]); `None` when it was
+    /// killed or vanished with no code.
     Failed { code: Option<i32>, reason: Option<String> },
     /// Its node reported it lost (silent for too long, or its Pod gone while it ran): how it ended is unknown.
     Lost { message: String },
@@ -319,10 +320,11 @@ fn report_exit(report: &LauncherReport) -> Option<Exit> {
         (ReportedState::Lost, _) => Some(Exit::Lost {
             message: report.message.clone().unwrap_or_default(),
         }),
-        (_, Some(GuestExit::PoweredOff | GuestExit::ShutDown)) => Some(Exit::Succeeded),
-        (_, Some(GuestExit::Destroyed)) => Some(failed(3)),
-        (_, Some(GuestExit::Crashed)) => Some(failed(4)),
-        (ReportedState::Failed, None) => Some(failed(1)),
+        (_, Some(guest)) => match LauncherExit::from(vmlet_control::Exit::from(guest)) {
+            LauncherExit::Clean => Some(Exit::Succeeded),
+            code => Some(failed(code.code().into())),
+        },
+        (ReportedState::Failed, None) => Some(failed(LauncherExit::Failed.code().into())),
         _ => None,
     }
 }
@@ -928,15 +930,15 @@ fn failure_of(exit: &Exit) -> (&'static str, String) {
         Exit::Failed { code, reason } => (*code, reason.as_deref()),
     };
     let detail = reason.map(|r| format!(" ({r})")).unwrap_or_default();
-    match code {
-        Some(1) => ("LauncherFailed", format!("the launcher could not run the VM{detail}")),
-        Some(3) => ("GuestDestroyed", format!("the guest was destroyed{detail}")),
-        Some(4) => ("GuestCrashed", format!("the guest crashed or QEMU died{detail}")),
-        Some(code) => (
+    match (code, code.and_then(LauncherExit::from_code)) {
+        (_, Some(LauncherExit::Failed)) => ("LauncherFailed", format!("the launcher could not run the VM{detail}")),
+        (_, Some(LauncherExit::Destroyed)) => ("GuestDestroyed", format!("the guest was destroyed{detail}")),
+        (_, Some(LauncherExit::Crashed)) => ("GuestCrashed", format!("the guest crashed or QEMU died{detail}")),
+        (Some(code), _) => (
             "LauncherFailed",
             format!("the launcher exited with code {code}{detail}"),
         ),
-        None => ("LauncherKilled", format!("the launcher was killed{detail}")),
+        (None, _) => ("LauncherKilled", format!("the launcher was killed{detail}")),
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use vmlet_api::GuestExit;
 
 const T0: i64 = 1_700_000_000;
 

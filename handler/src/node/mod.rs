@@ -28,6 +28,8 @@ use tracing::{info, warn};
 pub use heartbeat::Heartbeat;
 pub use launchers::Launchers;
 
+use vmlet_control::RunDir;
+
 use crate::cluster::{MANAGED_BY, MANAGED_BY_LABEL, run_dir};
 
 /// The field manager of everything the node role writes.
@@ -126,7 +128,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A launcher pod's control socket on the node.
 pub fn socket_path(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
-    run_dir(pods_dir, namespace, pod).join("control.sock")
+    RunDir::new(run_dir(pods_dir, namespace, pod)).control_socket()
 }
 
 /// The watch of the launcher pods on `node`: the controller's pods (by its label) that are scheduled there.

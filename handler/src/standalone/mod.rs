@@ -29,7 +29,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
-use vmlet_api::defaults::{ClusterDefaults, DefaultBinding};
+use vmlet_api::defaults::{ClusterDefaults, DefaultBinding, GRACE_PERIOD_SECONDS};
 use vmlet_api::{RUN_ANNOTATION, RunStrategy, VirtualMachine, VirtualMachineStatus};
 use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 
@@ -46,8 +46,6 @@ pub use status_file::{StatusArgs, print_status};
 const STOP_MARGIN: Duration = Duration::from_secs(15);
 /// A shim records itself within milliseconds of its start; one that has not after this long never will.
 const SHIM_START: Duration = Duration::from_secs(60);
-/// Kubernetes' default termination grace period.
-const DEFAULT_GRACE_SECS: u64 = 30;
 /// A launcher answers its control socket in milliseconds; one that takes longer is busy or stuck.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The kubelet's image pull back-off: 10 s after the first failure, doubling up to 5 minutes.
@@ -81,7 +79,7 @@ pub struct Args {
     #[arg(long)]
     launcher: Option<PathBuf>,
     /// QEMU's capability cache, shared by every VM of this machine.
-    #[arg(long, env = "VMLET_CACHE_DIR", default_value = "/var/cache/vmlet/qemu")]
+    #[arg(long, env = vmlet_control::run_dir::CACHE_DIR_ENV, default_value = vmlet_control::run_dir::DEFAULT_CACHE_DIR)]
     cache_dir: PathBuf,
     /// How often the manifests and the pods are looked at.
     #[arg(long, default_value_t = 1.0)]
@@ -832,7 +830,8 @@ impl Standalone {
         let used = taken_addresses(&self.pods_dir, key)?;
         let address = self.node.allocate(&used)?;
         let pod = PodDir::new(self.pods_dir.join(key.file_stem()));
-        std::fs::create_dir_all(pod.run_dir()).with_context(|| format!("cannot create {}", pod.path().display()))?;
+        std::fs::create_dir_all(pod.run_dir().root())
+            .with_context(|| format!("cannot create {}", pod.path().display()))?;
         let record = PodRecord::new(
             key,
             format!("{}{}-{}", self.netns_prefix, key.namespace, key.name),
@@ -860,7 +859,7 @@ impl Standalone {
             "--vm-spec".into(),
             pod.vm().into(),
             "--run-dir".into(),
-            pod.run_dir().into(),
+            pod.run_dir().root().into(),
             "--cache-dir".into(),
             self.cache_dir.clone().into(),
             "--resolv-conf".into(),
@@ -886,10 +885,8 @@ impl Standalone {
         }
         let grace = pod
             .read_vm()
-            .ok()
-            .and_then(|vm| vm.spec.template.spec.termination_grace_period_seconds)
-            .map_or(DEFAULT_GRACE_SECS, u64::from);
-        pod.mark_stopping(grace, why)?;
+            .map_or(GRACE_PERIOD_SECONDS, |vm| vm.spec.template.spec.grace_period_seconds());
+        pod.mark_stopping(grace.into(), why)?;
         if let LauncherState::Running(shim) = pod.launcher_state() {
             info!(pod = %pod.path().display(), "stopping the launcher");
             let _ = kill(Pid::from_raw(shim.pid as i32), Signal::SIGTERM);
@@ -943,7 +940,7 @@ impl Standalone {
         status: &mut VirtualMachineStatus,
     ) -> Option<vmlet_control::Status> {
         let answer = async {
-            let mut client = vmlet_control::Client::connect(&pod.control_socket(), CONTROL_TIMEOUT).await?;
+            let mut client = vmlet_control::Client::connect(&pod.run_dir().control_socket(), CONTROL_TIMEOUT).await?;
             client.status().await
         };
         let answer = tokio::time::timeout(CONTROL_TIMEOUT, answer)

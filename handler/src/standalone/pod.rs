@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vmlet_api::VirtualMachine;
 use vmlet_api::defaults::ClusterDefaults;
+use vmlet_control::RunDir;
 
 use super::manifests::VmKey;
 
@@ -190,12 +191,9 @@ impl PodDir {
         self.path.join("volumes")
     }
 
-    pub fn run_dir(&self) -> PathBuf {
-        self.path.join("run")
-    }
-
-    pub fn control_socket(&self) -> PathBuf {
-        self.run_dir().join("control.sock")
+    /// The launcher's run directory.
+    pub fn run_dir(&self) -> RunDir {
+        RunDir::new(self.path.join("run"))
     }
 
     fn stopping(&self) -> PathBuf {

@@ -23,7 +23,7 @@ use vmlet_api::{
     Condition, ConditionType, GuestExit, GuestOsInfo, InterfaceStatus, LauncherReport, ReportedState,
     VirtualMachineStatus,
 };
-use vmlet_control::{Exit, GuestInterface, Phase as LauncherPhase, Status};
+use vmlet_control::{GuestInterface, Status};
 
 /// The conditions the node role writes; the controller writes the others.
 pub const NODE_CONDITIONS: [ConditionType; 1] = [ConditionType::Paused];
@@ -98,21 +98,14 @@ impl NodeStatus {
         let (report, paused, (interfaces, guest_os_info)) = match launcher {
             LauncherState::Starting => (report(ReportedState::Starting, None), false, GuestView::default()),
             LauncherState::Answered(status) => {
-                let state = match status.phase {
-                    LauncherPhase::Starting => ReportedState::Starting,
-                    LauncherPhase::Running => ReportedState::Running,
-                    LauncherPhase::Paused => ReportedState::Paused,
-                    LauncherPhase::ShuttingDown => ReportedState::ShuttingDown,
-                    LauncherPhase::Stopped => ReportedState::Stopped,
-                    LauncherPhase::Failed => ReportedState::Failed,
-                };
+                let state = ReportedState::from(status.phase);
                 // libvirt's own word on the domain, for people.
                 let message = status
                     .domain_state
                     .as_ref()
                     .map(|state| format!("domain state {state}"));
                 let mut report = report(state, message);
-                report.guest_exit = status.exit.map(guest_exit).or(report.guest_exit);
+                report.guest_exit = status.exit.map(GuestExit::from).or(report.guest_exit);
                 let up = matches!(
                     state,
                     ReportedState::Running | ReportedState::Paused | ReportedState::ShuttingDown
@@ -242,32 +235,14 @@ pub fn write_controller_part(status: &mut VirtualMachineStatus, applied: &Virtua
     status.guest_os_info = guest_os_info;
 }
 
-fn guest_exit(exit: Exit) -> GuestExit {
-    match exit {
-        Exit::PoweredOff => GuestExit::PoweredOff,
-        Exit::ShutDown => GuestExit::ShutDown,
-        Exit::Destroyed => GuestExit::Destroyed,
-        Exit::Crashed => GuestExit::Crashed,
-    }
-}
-
 /// What the node reports of a running guest: its interfaces, and its OS.
 type GuestView = (Vec<InterfaceStatus>, Option<Box<GuestOsInfo>>);
 
 fn guest_view(status: &Status) -> GuestView {
     let agent = status.guest_agent.as_deref();
-    let os = agent.and_then(|a| a.os.as_ref()).map(|os| {
-        Box::new(GuestOsInfo {
-            name: os.name.clone(),
-            id: os.id.clone(),
-            pretty_name: os.pretty_name.clone(),
-            version: os.version.clone(),
-            version_id: os.version_id.clone(),
-            kernel_release: os.kernel_release.clone(),
-            kernel_version: os.kernel_version.clone(),
-            machine: os.machine.clone(),
-        })
-    });
+    let os = agent
+        .and_then(|a| a.os.as_ref())
+        .map(|os| Box::new(GuestOsInfo::from(os)));
     let guest_interfaces = agent.map(|a| a.interfaces.as_slice()).unwrap_or_default();
     (interfaces(&status.interfaces, guest_interfaces), os)
 }

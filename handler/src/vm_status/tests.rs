@@ -2,6 +2,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use vmlet_api::{Phase, PhaseTransition, PrintableStatus, StartFailure};
+use vmlet_control::{Exit, Phase as LauncherPhase};
 
 use super::*;
 

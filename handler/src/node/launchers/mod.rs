@@ -184,7 +184,7 @@ impl Launchers {
         let known: BTreeSet<PodKey> = self.launchers.keys().cloned().collect();
         for key in orphans(dirs, &known, &mut self.suspects, now, self.orphan_grace) {
             let dir = run_dir(&self.pods_dir, &key.namespace, &key.name);
-            if launcher_lives(&dir.join("control.sock")).await {
+            if launcher_lives(&socket_path(&self.pods_dir, &key.namespace, &key.name)).await {
                 debug!(dir = %dir.display(), "a launcher still answers in a run directory without a pod");
                 continue;
             }

@@ -15,7 +15,7 @@ const VM_UID: &str = "uid-web";
 fn running() -> Status {
     Status {
         phase: Phase::Running,
-        domain_state: Some("Running(Booted)".into()),
+        domain_state: Some("running".into()),
         interfaces: vec![InterfaceStatus {
             name: "default".into(),
             mac: "02:42:0a:f4:01:07".into(),
@@ -136,7 +136,7 @@ fn running_report(pod: &str) -> Value {
                         "ipAddresses": ["10.244.1.7", "fd00::7"], "mac": "02:42:0a:f4:01:07",
                         "interfaceName": "enp1s0", "infoSource": "domain, guest-agent"}],
         "guestOSInfo": {"name": "Debian GNU/Linux", "id": "debian", "versionId": "12"},
-        "launcher": {"pod": pod, "node": "node-a", "state": "Running", "message": "domain state Running(Booted)"},
+        "launcher": {"pod": pod, "node": "node-a", "state": "Running", "message": "domain state running"},
     })
 }
 
@@ -220,7 +220,7 @@ async fn a_pause_is_seen_at_the_next_round() {
         paused["conditions"][0] = json!({"type": "Paused", "status": "True", "reason": "Paused",
             "lastTransitionTime": "1970-01-01T00:01:43Z"});
         paused["launcher"]["state"] = json!("Paused");
-        paused["launcher"]["message"] = json!("domain state Paused(User)");
+        paused["launcher"]["message"] = json!("domain state paused (user)");
         expect_apply(&mut server, 2, &now, &paused).await;
         server.done().await;
     });
@@ -229,7 +229,7 @@ async fn a_pause_is_seen_at_the_next_round() {
     launchers.tick(at(100)).await;
     *launcher.vm.0.lock().unwrap() = Status {
         phase: Phase::Paused,
-        domain_state: Some("Paused(User)".into()),
+        domain_state: Some("paused (user)".into()),
         ..running()
     };
     launchers.tick(at(103)).await;
