@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use vmlet_dhcp::MacAddr;
+use vmlet_mac::MacAddr;
 
 mod libvirt_xml;
 pub mod protocol;

@@ -86,7 +86,7 @@ mod tests {
 
     use serde_json::json;
     use uuid::Uuid;
-    use vmlet_dhcp::MacAddr;
+    use vmlet_mac::MacAddr;
 
     use super::*;
     use crate::{Accel, Boot, ConsolePaths, DiskFormat, DiskMedia, DiskSource, DiskSpec, InterfaceSpec};
