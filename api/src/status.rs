@@ -131,6 +131,25 @@ pub struct Condition {
     pub last_transition_time: Option<Time>,
 }
 
+impl Condition {
+    /// A condition with this status (`True`, `False` or `Unknown`), reason and message, and no transition time yet:
+    /// whoever writes it keeps the last one or sets its own.
+    pub fn new(
+        condition_type: ConditionType,
+        status: &str,
+        reason: &str,
+        message: impl Into<Option<String>>,
+    ) -> Condition {
+        Condition {
+            condition_type,
+            status: status.to_owned(),
+            reason: Some(reason.to_owned()),
+            message: message.into(),
+            last_transition_time: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum ConditionType {
     Ready,

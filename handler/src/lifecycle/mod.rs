@@ -966,11 +966,8 @@ fn condition(
         .and_then(|c| c.last_transition_time.clone())
         .unwrap_or(Time(now));
     Condition {
-        condition_type,
-        status: status.into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
         last_transition_time: Some(last_transition_time),
+        ..Condition::new(condition_type, status, reason, message.to_owned())
     }
 }
 

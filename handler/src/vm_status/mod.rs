@@ -151,11 +151,13 @@ impl NodeStatus {
             .unwrap_or(now);
         NodeStatus {
             conditions: vec![Condition {
-                condition_type: ConditionType::Paused,
-                status: status.to_owned(),
-                reason: Some(if paused { "Paused" } else { "NotPaused" }.to_owned()),
-                message: None,
                 last_transition_time: Some(last_transition_time),
+                ..Condition::new(
+                    ConditionType::Paused,
+                    status,
+                    if paused { "Paused" } else { "NotPaused" },
+                    None,
+                )
             }],
             interfaces,
             guest_os_info,
