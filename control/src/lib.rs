@@ -466,6 +466,17 @@ mod tests {
             .collect()
     }
 
+    /// Each value is shown as its wire word, which reads back as the value.
+    fn shown_as_written<T>(values: &[T])
+    where
+        T: fmt::Display + serde::de::DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        for value in values {
+            let word = serde_json::Value::String(value.to_string());
+            assert_eq!(&serde_json::from_value::<T>(word).unwrap(), value);
+        }
+    }
+
     /// The words the doc promises are the words the wire carries, each read back as what it names, and shown
     /// (in messages and logs) as it is written.
     #[test]
@@ -478,22 +489,10 @@ mod tests {
         );
         assert_eq!(words(&every_error_kind()), documented_words("Error kinds:"));
         assert_eq!(words(&every_lease_state()), documented_words("`lease` is one of"));
-        for phase in every_phase() {
-            let word = serde_json::Value::String(phase.to_string());
-            assert_eq!(serde_json::from_value::<Phase>(word).unwrap(), phase);
-        }
-        for exit in every_exit() {
-            let word = serde_json::Value::String(exit.to_string());
-            assert_eq!(serde_json::from_value::<Exit>(word).unwrap(), exit);
-        }
-        for kind in every_error_kind() {
-            let word = serde_json::Value::String(kind.to_string());
-            assert_eq!(serde_json::from_value::<ErrorKind>(word).unwrap(), kind);
-        }
-        for lease in every_lease_state() {
-            let word = serde_json::Value::String(lease.to_string());
-            assert_eq!(serde_json::from_value::<LeaseState>(word).unwrap(), lease);
-        }
+        shown_as_written(&every_phase());
+        shown_as_written(&every_exit());
+        shown_as_written(&every_error_kind());
+        shown_as_written(&every_lease_state());
     }
 
     /// docs/launcher.md's table of exit codes, as (code, what it says of the guest).

@@ -124,7 +124,7 @@ fn run_vm(args: Args) -> anyhow::Result<ExitCode> {
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let exit = runtime.block_on(launch(vm, request, storage, args))?;
-    info!(%exit, "guest ended");
+    info!(ending = ?exit, "guest ended");
     Ok(ExitCode::from(LauncherExit::from(exit).code()))
 }
 
