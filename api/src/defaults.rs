@@ -17,6 +17,14 @@ pub const POD_NETWORK_NAME: &str = "default";
 /// Seconds the guest gets to shut down, as in KubeVirt.
 pub const GRACE_PERIOD_SECONDS: u32 = 30;
 
+impl VirtualMachineInstanceSpec {
+    /// Seconds the guest gets to shut down: the spec's, else [`GRACE_PERIOD_SECONDS`]. The launcher waits this
+    /// long before it destroys the guest; whoever stops a launcher gives it this long and a margin.
+    pub fn grace_period_seconds(&self) -> u32 {
+        self.termination_grace_period_seconds.unwrap_or(GRACE_PERIOD_SECONDS)
+    }
+}
+
 /// What the cluster (or standalone mode) decides for every VM.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClusterDefaults {

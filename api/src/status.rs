@@ -131,6 +131,25 @@ pub struct Condition {
     pub last_transition_time: Option<Time>,
 }
 
+impl Condition {
+    /// A condition with this status (`True`, `False` or `Unknown`), reason and message, and no transition time yet:
+    /// whoever writes it keeps the last one or sets its own.
+    pub fn new(
+        condition_type: ConditionType,
+        status: &str,
+        reason: &str,
+        message: impl Into<Option<String>>,
+    ) -> Condition {
+        Condition {
+            condition_type,
+            status: status.to_owned(),
+            reason: Some(reason.to_owned()),
+            message: message.into(),
+            last_transition_time: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum ConditionType {
     Ready,
@@ -215,4 +234,105 @@ pub enum GuestExit {
     ShutDown,
     Destroyed,
     Crashed,
+}
+
+/// The launcher's words, from its control socket, in the API's: what the node role writes of what a launcher said.
+/// Each spells the same states in its own protocol's style; these are the only places that translate them.
+impl From<vmlet_control::Phase> for ReportedState {
+    fn from(phase: vmlet_control::Phase) -> ReportedState {
+        use vmlet_control::Phase;
+        match phase {
+            Phase::Starting => ReportedState::Starting,
+            Phase::Running => ReportedState::Running,
+            Phase::Paused => ReportedState::Paused,
+            Phase::ShuttingDown => ReportedState::ShuttingDown,
+            Phase::Stopped => ReportedState::Stopped,
+            Phase::Failed => ReportedState::Failed,
+        }
+    }
+}
+
+impl From<vmlet_control::Exit> for GuestExit {
+    fn from(exit: vmlet_control::Exit) -> GuestExit {
+        use vmlet_control::Exit;
+        match exit {
+            Exit::PoweredOff => GuestExit::PoweredOff,
+            Exit::ShutDown => GuestExit::ShutDown,
+            Exit::Destroyed => GuestExit::Destroyed,
+            Exit::Crashed => GuestExit::Crashed,
+        }
+    }
+}
+
+/// Back to the launcher's words, whose exit code ([`vmlet_control::LauncherExit`]) says the same.
+impl From<GuestExit> for vmlet_control::Exit {
+    fn from(exit: GuestExit) -> vmlet_control::Exit {
+        use vmlet_control::Exit;
+        match exit {
+            GuestExit::PoweredOff => Exit::PoweredOff,
+            GuestExit::ShutDown => Exit::ShutDown,
+            GuestExit::Destroyed => Exit::Destroyed,
+            GuestExit::Crashed => Exit::Crashed,
+        }
+    }
+}
+
+impl From<&vmlet_control::GuestOsInfo> for GuestOsInfo {
+    fn from(os: &vmlet_control::GuestOsInfo) -> GuestOsInfo {
+        GuestOsInfo {
+            name: os.name.clone(),
+            id: os.id.clone(),
+            pretty_name: os.pretty_name.clone(),
+            version: os.version.clone(),
+            version_id: os.version_id.clone(),
+            kernel_release: os.kernel_release.clone(),
+            kernel_version: os.kernel_version.clone(),
+            machine: os.machine.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Each of the launcher's words becomes the API's word of the same name, and a guest's end goes back unchanged.
+    #[test]
+    fn the_launchers_words_read_the_same_in_the_api() {
+        use vmlet_control::{Exit, Phase};
+        let phases = [
+            Phase::Starting,
+            Phase::Running,
+            Phase::Paused,
+            Phase::ShuttingDown,
+            Phase::Stopped,
+            Phase::Failed,
+        ];
+        for phase in phases {
+            let api = serde_json::to_value(ReportedState::from(phase)).unwrap();
+            assert_eq!(api.as_str().unwrap().to_lowercase(), phase.to_string().replace('_', ""));
+        }
+        for exit in [Exit::PoweredOff, Exit::ShutDown, Exit::Destroyed, Exit::Crashed] {
+            let api = GuestExit::from(exit);
+            let word = serde_json::to_value(api).unwrap();
+            assert_eq!(word.as_str().unwrap().to_lowercase(), exit.to_string().replace('_', ""));
+            assert_eq!(Exit::from(api), exit);
+        }
+        let os: vmlet_control::GuestOsInfo = serde_json::from_value(json!({
+            "name": "Debian GNU/Linux", "id": "debian", "pretty_name": "Debian GNU/Linux 12 (bookworm)",
+            "version": "12 (bookworm)", "version_id": "12", "kernel_release": "6.1.0-28-cloud-amd64",
+            "kernel_version": "#1 SMP", "machine": "x86_64"
+        }))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(GuestOsInfo::from(&os)).unwrap(),
+            json!({
+                "name": "Debian GNU/Linux", "id": "debian", "prettyName": "Debian GNU/Linux 12 (bookworm)",
+                "version": "12 (bookworm)", "versionId": "12", "kernelRelease": "6.1.0-28-cloud-amd64",
+                "kernelVersion": "#1 SMP", "machine": "x86_64"
+            })
+        );
+    }
 }

@@ -41,6 +41,16 @@ impl Endpoint {
             Endpoint::Port(_) => None,
         }
     }
+
+    /// The launcher's socket for this endpoint in `run_dir`.
+    pub fn socket_path(self, run_dir: &vmlet_control::RunDir) -> Option<std::path::PathBuf> {
+        match self {
+            Endpoint::Console => Some(run_dir.console_socket()),
+            Endpoint::Vnc => Some(run_dir.vnc_socket()),
+            Endpoint::Control => Some(run_dir.control_socket()),
+            Endpoint::Port(_) => None,
+        }
+    }
 }
 
 /// A byte stream to a VM, whichever way it goes (a unix socket, a TCP connection, an exec or a port-forward).

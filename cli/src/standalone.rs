@@ -245,8 +245,8 @@ impl Machine {
             name: name.clone(),
             status: crate::table::printable(vm.status.as_ref()),
         };
-        if let Some(socket) = endpoint.socket() {
-            let path = self.pod_dir(&name).join("run").join(format!("{socket}.sock"));
+        let run_dir = vmlet_control::RunDir::new(self.pod_dir(&name).join("run"));
+        if let Some(path) = endpoint.socket_path(&run_dir) {
             if !path.exists() {
                 return Err(not_running());
             }

@@ -2,16 +2,23 @@
 //! do. The protocol is described in `docs/control-protocol.md`: JSON lines over a Unix stream socket, one response
 //! per request, each carrying the protocol version.
 
+//!
+//! It is the one home of what the launcher and the handler must agree on: the messages and their words, how a guest
+//! ended and the launcher's exit code that says so, and the layout of a VM pod's run directory and volumes.
+
 mod client;
 pub mod pod_volumes;
+pub mod run_dir;
 mod server;
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
 pub use pod_volumes::PodVolumes;
+pub use run_dir::RunDir;
 pub use server::{Handler, serve};
 
 /// The protocol version this crate speaks. A peer speaking another one is answered with an
@@ -60,7 +67,7 @@ pub enum ResponseBody {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{kind:?}: {message}")]
+#[error("{kind}: {message}")]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
@@ -130,12 +137,22 @@ pub struct InterfaceStatus {
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct DhcpStatus {
-    /// `offered`, `bound`, `released` or `declined`; absent before the guest asked.
+    /// Absent before the guest asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<String>,
+    pub lease: Option<LeaseState>,
     /// Packets by what became of them: `answered`, `ignored`, `malformed`, ...
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
+}
+
+/// Where the guest's DHCP lease stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseState {
+    Offered,
+    Bound,
+    Released,
+    Declined,
 }
 
 /// What the guest's QEMU guest agent says of the guest.
@@ -208,6 +225,77 @@ pub enum Exit {
     /// QEMU died or the guest crashed.
     Crashed,
 }
+
+/// How a launcher's process ended, by its exit code (`docs/launcher.md`, "Exit codes"): what a Pod's container
+/// status, or standalone mode's shim, tells the handler once the launcher is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LauncherExit {
+    /// 0: the guest powered off by itself, or shut down when asked.
+    Clean,
+    /// 1: the guest never ran: the spec was refused, or the launcher could not set up the network or the VM.
+    Failed,
+    /// 2: the command line was wrong.
+    Usage,
+    /// 3: the guest was destroyed.
+    Destroyed,
+    /// 4: the guest crashed, or QEMU died.
+    Crashed,
+}
+
+impl LauncherExit {
+    pub const fn code(self) -> u8 {
+        match self {
+            LauncherExit::Clean => 0,
+            LauncherExit::Failed => 1,
+            LauncherExit::Usage => 2,
+            LauncherExit::Destroyed => 3,
+            LauncherExit::Crashed => 4,
+        }
+    }
+
+    /// The ending an exit code says; `None` for a code the launcher never exits with.
+    pub fn from_code(code: i32) -> Option<LauncherExit> {
+        [
+            LauncherExit::Clean,
+            LauncherExit::Failed,
+            LauncherExit::Usage,
+            LauncherExit::Destroyed,
+            LauncherExit::Crashed,
+        ]
+        .into_iter()
+        .find(|exit| i32::from(exit.code()) == code)
+    }
+}
+
+impl From<Exit> for LauncherExit {
+    fn from(exit: Exit) -> LauncherExit {
+        match exit {
+            Exit::PoweredOff | Exit::ShutDown => LauncherExit::Clean,
+            Exit::Destroyed => LauncherExit::Destroyed,
+            Exit::Crashed => LauncherExit::Crashed,
+        }
+    }
+}
+
+/// Writes a unit variant as the protocol's word for it: serde's, so that each word is spelt once.
+fn write_word(value: &impl Serialize, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(word)) => f.write_str(&word),
+        _ => Err(fmt::Error),
+    }
+}
+
+macro_rules! display_as_word {
+    ($($word:ty),*) => {$(
+        impl fmt::Display for $word {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_word(self, f)
+            }
+        }
+    )*};
+}
+
+display_as_word!(Phase, Exit, ErrorKind, LeaseState);
 
 #[cfg(test)]
 mod tests {
@@ -282,6 +370,176 @@ mod tests {
             };
             assert_eq!(read_back.unwrap(), written, "{example}");
         }
+    }
+
+    /// Every variant of each enum the wire carries as a word. The matches break the build when a variant is added,
+    /// so that it is added here, and so checked against the doc.
+    fn every_command() -> [Command; 5] {
+        let all = [
+            Command::Status,
+            Command::Shutdown,
+            Command::Kill,
+            Command::Pause,
+            Command::Resume,
+        ];
+        all.map(|c| match c {
+            Command::Status | Command::Shutdown | Command::Kill | Command::Pause | Command::Resume => c,
+        })
+    }
+
+    fn every_phase() -> [Phase; 6] {
+        use Phase::*;
+        [Starting, Running, Paused, ShuttingDown, Stopped, Failed].map(|p| match p {
+            Starting | Running | Paused | ShuttingDown | Stopped | Failed => p,
+        })
+    }
+
+    fn every_exit() -> [Exit; 4] {
+        use Exit::*;
+        [PoweredOff, ShutDown, Destroyed, Crashed].map(|e| match e {
+            PoweredOff | ShutDown | Destroyed | Crashed => e,
+        })
+    }
+
+    fn every_error_kind() -> [ErrorKind; 4] {
+        use ErrorKind::*;
+        [UnsupportedVersion, BadRequest, InvalidState, Failed].map(|k| match k {
+            UnsupportedVersion | BadRequest | InvalidState | Failed => k,
+        })
+    }
+
+    fn every_lease_state() -> [LeaseState; 4] {
+        use LeaseState::*;
+        [Offered, Bound, Released, Declined].map(|l| match l {
+            Offered | Bound | Released | Declined => l,
+        })
+    }
+
+    fn every_launcher_exit() -> [LauncherExit; 5] {
+        use LauncherExit::*;
+        [Clean, Failed, Usage, Destroyed, Crashed].map(|e| match e {
+            Clean | Failed | Usage | Destroyed | Crashed => e,
+        })
+    }
+
+    fn read_doc(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The words docs/control-protocol.md lists after `lead`: each one in backquotes up to the end of the sentence
+    /// or of the table cell, leaving out those in parentheses (which explain, and may name other fields).
+    fn documented_words(lead: &str) -> Vec<String> {
+        let doc = read_doc("control-protocol.md");
+        let start = doc.find(lead).unwrap_or_else(|| panic!("the doc has no {lead:?}")) + lead.len();
+        let mut chars = doc[start..].chars().peekable();
+        let (mut words, mut depth, mut word) = (Vec::new(), 0, None::<String>);
+        while let Some(c) = chars.next() {
+            match (c, word.as_mut()) {
+                ('`', Some(_)) => {
+                    let done = word.take().unwrap_or_default();
+                    if depth == 0 {
+                        words.push(done);
+                    }
+                }
+                ('`', None) => word = Some(String::new()),
+                (c, Some(w)) => w.push(c),
+                ('(', None) => depth += 1,
+                (')', None) => depth -= 1,
+                ('|', None) if depth == 0 => break,
+                ('.', None) if depth == 0 && chars.peek().is_none_or(|n| n.is_whitespace()) => break,
+                _ => {}
+            }
+        }
+        words
+    }
+
+    fn words<T: Serialize>(values: &[T]) -> Vec<String> {
+        values
+            .iter()
+            .map(|v| match serde_json::to_value(v).unwrap() {
+                serde_json::Value::String(word) => word,
+                tagged => tagged["command"].as_str().unwrap().to_owned(),
+            })
+            .collect()
+    }
+
+    /// Each value is shown as its wire word, which reads back as the value.
+    fn shown_as_written<T>(values: &[T])
+    where
+        T: fmt::Display + serde::de::DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        for value in values {
+            let word = serde_json::Value::String(value.to_string());
+            assert_eq!(&serde_json::from_value::<T>(word).unwrap(), value);
+        }
+    }
+
+    /// The words the doc promises are the words the wire carries, each read back as what it names, and shown
+    /// (in messages and logs) as it is written.
+    #[test]
+    fn the_wire_carries_the_documented_words() {
+        assert_eq!(words(&every_command()), documented_words("| `command` |"));
+        assert_eq!(words(&every_phase()), documented_words("`phase` is one of"));
+        assert_eq!(
+            words(&every_exit()),
+            documented_words("`exit` says how the guest ended:")
+        );
+        assert_eq!(words(&every_error_kind()), documented_words("Error kinds:"));
+        assert_eq!(words(&every_lease_state()), documented_words("`lease` is one of"));
+        shown_as_written(&every_phase());
+        shown_as_written(&every_exit());
+        shown_as_written(&every_error_kind());
+        shown_as_written(&every_lease_state());
+    }
+
+    /// docs/launcher.md's table of exit codes, as (code, what it says of the guest).
+    fn documented_exit_codes() -> Vec<(i32, String)> {
+        let doc = read_doc("launcher.md");
+        let table = doc
+            .split("## Exit codes")
+            .nth(1)
+            .expect("launcher.md has its exit codes");
+        table
+            .lines()
+            .skip_while(|line| !line.starts_with("| 0 |"))
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                (cells[1].parse().unwrap(), cells[2].to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exit_codes_are_the_documented_ones_and_say_how_the_guest_ended() {
+        let documented = documented_exit_codes();
+        let codes: Vec<i32> = every_launcher_exit().map(|e| e.code().into()).to_vec();
+        assert_eq!(documented.iter().map(|(code, _)| *code).collect::<Vec<_>>(), codes);
+        for exit in every_launcher_exit() {
+            assert_eq!(LauncherExit::from_code(exit.code().into()), Some(exit));
+        }
+        assert_eq!(LauncherExit::from_code(137), None);
+        // Each way a guest ends is told by the code whose row names it ("powered off", "destroyed", ...).
+        for exit in every_exit() {
+            let code = i32::from(LauncherExit::from(exit).code());
+            let row = &documented.iter().find(|(c, _)| *c == code).unwrap().1;
+            assert!(
+                row.contains(&exit.to_string().replace('_', " ")),
+                "{exit} is not told by code {code}: {row}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_reads_as_its_kind_and_message() {
+        let error = Error {
+            kind: ErrorKind::InvalidState,
+            message: "the VM is stopped".into(),
+        };
+        assert_eq!(error.to_string(), "invalid_state: the VM is stopped");
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! Pure: no I/O, no libvirt, so the launcher links no libvirt.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-use vmlet_dhcp::MacAddr;
+use vmlet_mac::MacAddr;
 
 mod libvirt_xml;
 pub mod protocol;
@@ -289,16 +289,6 @@ pub enum NicModel {
 pub struct ConsolePaths {
     pub socket: PathBuf,
     pub log: PathBuf,
-}
-
-impl ConsolePaths {
-    /// `console.sock` and `console.log` in `dir`.
-    pub fn in_dir(dir: &Path) -> ConsolePaths {
-        ConsolePaths {
-            socket: dir.join("console.sock"),
-            log: dir.join("console.log"),
-        }
-    }
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

@@ -83,11 +83,10 @@ pub fn to_line(message: &impl Serialize) -> serde_json::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
 
     use serde_json::json;
     use uuid::Uuid;
-    use vmlet_dhcp::MacAddr;
+    use vmlet_mac::MacAddr;
 
     use super::*;
     use crate::{Accel, Boot, ConsolePaths, DiskFormat, DiskMedia, DiskSource, DiskSpec, InterfaceSpec};
@@ -125,7 +124,10 @@ mod tests {
                 mtu: Some(1400),
                 model: crate::NicModel::Virtio,
             }],
-            console: Some(ConsolePaths::in_dir(Path::new("/run/vmlet"))),
+            console: Some(ConsolePaths {
+                socket: "/run/vmlet/console.sock".into(),
+                log: "/run/vmlet/console.log".into(),
+            }),
             platform: crate::Platform::default(),
             vnc_socket: None,
             guest_agent_socket: Some("/run/vmlet/agent.sock".into()),

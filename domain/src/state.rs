@@ -1,5 +1,7 @@
 //! A domain's state, as libvirt reports it and `vmlet-driver` passes it on.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +51,43 @@ impl DomainState {
     }
 }
 
+/// For people, as `virsh domstate --reason` puts it: `running`, `paused (user)`, `shut off (destroyed)`.
+impl fmt::Display for DomainState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainState::NoState => f.write_str("no state"),
+            DomainState::Running => f.write_str("running"),
+            DomainState::Paused(reason) => write!(f, "paused ({})", reason.word()),
+            DomainState::ShuttingDown => f.write_str("in shutdown"),
+            DomainState::ShutOff(reason) => write!(f, "shut off ({})", reason.word()),
+            DomainState::Crashed => f.write_str("crashed"),
+            DomainState::PmSuspended => f.write_str("pmsuspended"),
+        }
+    }
+}
+
+impl PausedReason {
+    fn word(self) -> &'static str {
+        match self {
+            PausedReason::User => "user",
+            PausedReason::IoError => "I/O error",
+            PausedReason::Other => "unknown",
+        }
+    }
+}
+
+impl ShutOffReason {
+    fn word(self) -> &'static str {
+        match self {
+            ShutOffReason::Shutdown => "shutdown",
+            ShutOffReason::Destroyed => "destroyed",
+            ShutOffReason::Crashed => "crashed",
+            ShutOffReason::Failed => "failed",
+            ShutOffReason::Other => "unknown",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +105,27 @@ mod tests {
         ] {
             assert!(!state.is_stopped(), "{state:?}");
         }
+    }
+
+    #[test]
+    fn states_read_as_libvirt_words_them() {
+        let shown = [
+            DomainState::Running,
+            DomainState::Paused(PausedReason::User),
+            DomainState::Paused(PausedReason::IoError),
+            DomainState::ShutOff(ShutOffReason::Destroyed),
+            DomainState::ShuttingDown,
+        ]
+        .map(|state| state.to_string());
+        assert_eq!(
+            shown,
+            [
+                "running",
+                "paused (user)",
+                "paused (I/O error)",
+                "shut off (destroyed)",
+                "in shutdown"
+            ]
+        );
     }
 }

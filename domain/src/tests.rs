@@ -27,7 +27,10 @@ fn kernel_spec() -> DomainSpec {
             mtu: Some(1400),
             model: NicModel::Virtio,
         }],
-        console: Some(ConsolePaths::in_dir(Path::new("/run/vmlet"))),
+        console: Some(ConsolePaths {
+            socket: "/run/vmlet/console.sock".into(),
+            log: "/run/vmlet/console.log".into(),
+        }),
         platform: Platform::default(),
         vnc_socket: None,
         guest_agent_socket: None,

@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use clap::builder::FalseyValueParser;
 use clap::{Parser, Subcommand};
 
+mod cluster;
+#[cfg(test)]
+mod contract_tests;
 mod controller;
 mod lifecycle;
 mod metrics;

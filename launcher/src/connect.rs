@@ -12,7 +12,7 @@ pub struct Args {
     /// Which socket: the serial console, the screen (VNC) or the launcher's control socket.
     socket: Socket,
     /// The pod's run directory, where the sockets are.
-    #[arg(long, default_value = "/var/run/vmlet")]
+    #[arg(long, default_value = vmlet_control::run_dir::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
 }
 
@@ -32,12 +32,12 @@ pub enum ConnectError {
 }
 
 pub fn run(args: Args) -> Result<(), ConnectError> {
-    let name = match args.socket {
-        Socket::Console => "console.sock",
-        Socket::Vnc => "vnc.sock",
-        Socket::Control => "control.sock",
+    let run_dir = vmlet_control::RunDir::new(args.run_dir);
+    let path = match args.socket {
+        Socket::Console => run_dir.console_socket(),
+        Socket::Vnc => run_dir.vnc_socket(),
+        Socket::Control => run_dir.control_socket(),
     };
-    let path = args.run_dir.join(name);
     let socket = UnixStream::connect(&path).map_err(|e| ConnectError::Connect(path, e))?;
     let mut from_socket = socket.try_clone()?;
     let to_socket = socket.try_clone()?;

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     };
     result.unwrap_or_else(|err| {
         eprintln!("vmlet-launcher: {err:#}");
-        ExitCode::FAILURE
+        ExitCode::from(vmlet_control::LauncherExit::Failed.code())
     })
 }
 

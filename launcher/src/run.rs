@@ -3,7 +3,7 @@
 //! In order: check the VM spec (before touching anything), wire the pod interface to the guest with the binding the
 //! spec chose, serve the guest DHCP, start libvirt's QEMU driver and the domain, serve the control socket, then wait until the guest ends. On
 //! SIGTERM the guest gets an ACPI shutdown and, after its grace period, is destroyed. The exit code says how the
-//! guest ended (see [`Ending::exit_code`]).
+//! guest ended ([`LauncherExit`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,8 +15,13 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
-use vmlet_control::{Command, DhcpStatus, Exit, GuestAgentStatus, InterfaceStatus, Phase, PodVolumes, Status};
+use vmlet_control::run_dir::{CACHE_DIR_ENV, DEFAULT_CACHE_DIR, DEFAULT_RUN_DIR};
+use vmlet_control::{
+    Command, DhcpStatus, Exit, GuestAgentStatus, InterfaceStatus, LauncherExit, LeaseState, Phase, PodVolumes, RunDir,
+    Status,
+};
 use vmlet_dhcp::runner::{Runner, Status as DhcpRunnerStatus};
+use vmlet_dhcp::server::LeaseState as DhcpLeaseState;
 use vmlet_dhcp::v6;
 
 use vmlet_domain::InterfaceSpec;
@@ -32,9 +37,6 @@ use crate::vm_domain;
 /// How long a pause or resume may take to show in the polled domain state before the control socket answers.
 const STATE_SETTLE: Duration = Duration::from_secs(2);
 
-/// Kubernetes' default termination grace period, also the guest's when the spec gives none.
-const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-
 #[derive(clap::Args)]
 pub struct Args {
     /// The VM: a VirtualMachine manifest or its template, YAML or JSON. Without it, $VMLET_VM_SPEC holds it.
@@ -47,10 +49,10 @@ pub struct Args {
     #[arg(long, default_value = "eth0")]
     interface: String,
     /// The pod's private run directory: network state, libvirt, sockets, console log.
-    #[arg(long, default_value = "/var/run/vmlet")]
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// QEMU's capability cache, shared by the pods on a node that run the same launcher image.
-    #[arg(long, env = "VMLET_CACHE_DIR", default_value = "/var/cache/vmlet/qemu")]
+    #[arg(long, env = CACHE_DIR_ENV, default_value = DEFAULT_CACHE_DIR)]
     cache_dir: PathBuf,
     /// The pod's resolver configuration, whose servers and search domains the guest gets.
     #[arg(long, default_value = "/etc/resolv.conf")]
@@ -121,55 +123,24 @@ fn run_vm(args: Args) -> anyhow::Result<ExitCode> {
         "storage prepared"
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let ending = runtime.block_on(launch(vm, request, storage, args))?;
-    info!(?ending, "guest ended");
-    Ok(ExitCode::from(ending.exit_code()))
+    let exit = runtime.block_on(launch(vm, request, storage, args))?;
+    info!(ending = ?exit, "guest ended");
+    Ok(ExitCode::from(LauncherExit::from(exit).code()))
 }
 
-/// How the guest ended, as the launcher reports it with its exit code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
-    /// The guest powered off by itself: exit 0.
-    PoweredOff,
-    /// The guest shut down after an ACPI request (SIGTERM or the control socket): exit 0.
-    ShutDown,
-    /// The guest was destroyed, on request or because the grace period ran out: exit 3.
-    Destroyed,
-    /// QEMU died or the guest crashed: exit 4.
-    Crashed,
-}
-
-impl Ending {
-    /// 0 for an orderly end; 1 and 2 are the launcher's own failures and usage errors.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Ending::PoweredOff | Ending::ShutDown => 0,
-            Ending::Destroyed => 3,
-            Ending::Crashed => 4,
-        }
-    }
-
-    fn from_state(state: DomainState, shutdown_requested: bool) -> Ending {
-        match state {
-            DomainState::ShutOff(ShutOffReason::Shutdown) if shutdown_requested => Ending::ShutDown,
-            DomainState::ShutOff(ShutOffReason::Shutdown) => Ending::PoweredOff,
-            DomainState::ShutOff(ShutOffReason::Destroyed) => Ending::Destroyed,
-            _ => Ending::Crashed,
-        }
-    }
-
-    fn as_exit(self) -> Exit {
-        match self {
-            Ending::PoweredOff => Exit::PoweredOff,
-            Ending::ShutDown => Exit::ShutDown,
-            Ending::Destroyed => Exit::Destroyed,
-            Ending::Crashed => Exit::Crashed,
-        }
+/// How the guest ended, from the domain's last state and whether it was asked to shut down.
+fn guest_exit(state: DomainState, shutdown_requested: bool) -> Exit {
+    match state {
+        DomainState::ShutOff(ShutOffReason::Shutdown) if shutdown_requested => Exit::ShutDown,
+        DomainState::ShutOff(ShutOffReason::Shutdown) => Exit::PoweredOff,
+        DomainState::ShutOff(ShutOffReason::Destroyed) => Exit::Destroyed,
+        _ => Exit::Crashed,
     }
 }
 
-async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Args) -> anyhow::Result<Ending> {
+async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Args) -> anyhow::Result<Exit> {
     let run_dir = args.run_dir;
+    let files = RunDir::new(&run_dir);
     let accel = accel::choose()?;
     let binding = binding_name(request.binding);
     info!(vm = %vm.name, ?accel, interface = %args.interface, binding, "starting");
@@ -184,8 +155,8 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
     let (stop_dhcp, dhcp_stopped) = watch::channel(false);
     let dhcp_status = match network.dhcpv4.clone() {
         Some(Served { interface, config }) => {
-            let runner = Runner::bind(config, &interface, Some(run_dir.join("dhcp-lease.json")))
-                .context("cannot start the DHCP server")?;
+            let runner =
+                Runner::bind(config, &interface, Some(files.dhcp_lease())).context("cannot start the DHCP server")?;
             let status = runner.status();
             let mut stopped = dhcp_stopped.clone();
             tokio::spawn(runner.run(async move {
@@ -245,7 +216,7 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
     };
     // At once: the agent's channel serves one client, and the launcher must be it (see `guest_agent`).
     let (agent_status, guest_agent) = watch::channel(None);
-    let agent = Agent::new(run_dir.join("guest-agent.sock"), guest_agent::Timeouts::default());
+    let agent = Agent::new(files.guest_agent_socket(), guest_agent::Timeouts::default());
     tokio::spawn(guest_agent::poll(agent, agent_status));
     let (commands, mut requests) = mpsc::channel(8);
     let control = Arc::new(Control {
@@ -258,19 +229,16 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         phase: Mutex::new((Phase::Running, None)),
         commands,
     });
-    let socket = run_dir.join("control.sock");
+    let socket = files.control_socket();
     let listener = bind_control_socket(&socket)?;
     tokio::spawn(vmlet_control::serve(listener, Arc::clone(&control)));
 
-    let grace = vm
-        .spec
-        .termination_grace_period_seconds
-        .map_or(DEFAULT_GRACE, |s| Duration::from_secs(s.into()));
-    let ending = supervise(&domain, &control, &mut requests, grace).await?;
-    control.set_phase(Phase::Stopped, Some(ending.as_exit()));
+    let grace = Duration::from_secs(vm.spec.grace_period_seconds().into());
+    let exit = supervise(&domain, &control, &mut requests, grace).await?;
+    control.set_phase(Phase::Stopped, Some(exit));
     let _ = stop_dhcp.send(true);
     driver.stop().await;
-    Ok(ending)
+    Ok(exit)
 }
 
 /// Waits until the guest ends, turning SIGTERM and control requests into shutdown and destroy.
@@ -279,7 +247,7 @@ async fn supervise(
     control: &Control,
     requests: &mut mpsc::Receiver<Command>,
     grace: Duration,
-) -> anyhow::Result<Ending> {
+) -> anyhow::Result<Exit> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut states = domain.watch_state();
@@ -287,7 +255,7 @@ async fn supervise(
     loop {
         let state = *states.borrow_and_update();
         if state.is_stopped() {
-            return Ok(Ending::from_state(state, deadline.is_some()));
+            return Ok(guest_exit(state, deadline.is_some()));
         }
         let shutdown_expired = async {
             match deadline {
@@ -360,7 +328,7 @@ impl Control {
             .as_secs();
         Status {
             phase,
-            domain_state: Some(format!("{state:?}")),
+            domain_state: Some(state.to_string()),
             interfaces: vec![self.interface.clone()],
             dhcp: self.dhcp.as_ref().map(|dhcp| dhcp_status(&dhcp.borrow())),
             launcher_pid: std::process::id(),
@@ -384,8 +352,17 @@ fn dhcp_status(status: &DhcpRunnerStatus) -> DhcpStatus {
         ("send_errors", status.send_errors),
     ];
     DhcpStatus {
-        lease: status.lease.map(|l| format!("{:?}", l.state).to_lowercase()),
+        lease: status.lease.map(|lease| lease_state(lease.state)),
         counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+fn lease_state(state: DhcpLeaseState) -> LeaseState {
+    match state {
+        DhcpLeaseState::Offered => LeaseState::Offered,
+        DhcpLeaseState::Bound => LeaseState::Bound,
+        DhcpLeaseState::Released => LeaseState::Released,
+        DhcpLeaseState::Declined => LeaseState::Declined,
     }
 }
 
@@ -460,23 +437,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exit_codes_say_how_the_guest_ended() {
+    fn the_last_domain_state_says_how_the_guest_ended() {
         let shutdown = DomainState::ShutOff(ShutOffReason::Shutdown);
-        assert_eq!(Ending::from_state(shutdown, false), Ending::PoweredOff);
-        assert_eq!(Ending::from_state(shutdown, true), Ending::ShutDown);
+        assert_eq!(guest_exit(shutdown, false), Exit::PoweredOff);
+        assert_eq!(guest_exit(shutdown, true), Exit::ShutDown);
         assert_eq!(
-            Ending::from_state(DomainState::ShutOff(ShutOffReason::Destroyed), true),
-            Ending::Destroyed
+            guest_exit(DomainState::ShutOff(ShutOffReason::Destroyed), true),
+            Exit::Destroyed
         );
         assert_eq!(
-            Ending::from_state(DomainState::ShutOff(ShutOffReason::Crashed), false),
-            Ending::Crashed
+            guest_exit(DomainState::ShutOff(ShutOffReason::Crashed), false),
+            Exit::Crashed
         );
-        assert_eq!(Ending::from_state(DomainState::Crashed, false), Ending::Crashed);
-        let codes: Vec<u8> = [Ending::PoweredOff, Ending::ShutDown, Ending::Destroyed, Ending::Crashed]
-            .map(Ending::exit_code)
-            .to_vec();
-        assert_eq!(codes, [0, 0, 3, 4]);
+        assert_eq!(guest_exit(DomainState::Crashed, false), Exit::Crashed);
+    }
+
+    #[test]
+    fn every_dhcp_lease_state_has_its_word_on_the_wire() {
+        let words = [
+            DhcpLeaseState::Offered,
+            DhcpLeaseState::Bound,
+            DhcpLeaseState::Released,
+            DhcpLeaseState::Declined,
+        ]
+        .map(|state| lease_state(state).to_string());
+        assert_eq!(words, ["offered", "bound", "released", "declined"]);
     }
 
     #[test]

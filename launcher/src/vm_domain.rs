@@ -4,6 +4,8 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+use vmlet_control::RunDir;
+
 use crate::spec::VmSpec;
 use crate::storage::Storage;
 use vmlet_api::{FeatureState, HyperV, VirtualMachineInstanceSpec};
@@ -32,6 +34,7 @@ pub fn plan(
 ) -> Result<DomainSpec, VmDomainError> {
     let spec = &vm.spec;
     let devices = &spec.domain.devices;
+    let files = RunDir::new(run_dir);
     let firmware = spec.domain.firmware.as_ref();
     let uuid = match firmware.and_then(|f| f.uuid.as_deref()) {
         Some(text) => Uuid::parse_str(text).map_err(|_| VmDomainError::InvalidUuid(text.to_owned()))?,
@@ -58,11 +61,19 @@ pub fn plan(
         boot: storage.boot,
         disks: storage.disks,
         interfaces: vec![interface],
-        console: (devices.autoattach_serial_console != Some(false)).then(|| ConsolePaths::in_dir(run_dir)),
+        console: (devices.autoattach_serial_console != Some(false)).then(|| console(&files)),
         platform: platform(spec),
-        vnc_socket: (devices.autoattach_graphics_device != Some(false)).then(|| run_dir.join("vnc.sock")),
-        guest_agent_socket: Some(run_dir.join("guest-agent.sock")),
+        vnc_socket: (devices.autoattach_graphics_device != Some(false)).then(|| files.vnc_socket()),
+        guest_agent_socket: Some(files.guest_agent_socket()),
     })
+}
+
+/// The serial console's socket and log in the run directory.
+pub fn console(run_dir: &RunDir) -> ConsolePaths {
+    ConsolePaths {
+        socket: run_dir.console_socket(),
+        log: run_dir.console_log(),
+    }
 }
 
 /// The guest NIC's model: the first interface's (validation allows virtio, e1000 and e1000e).

@@ -13,27 +13,16 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use vmlet_api::{VirtualMachine, VirtualMachineSpec};
+use vmlet_control::run_dir::{CACHE_DIR_ENV, DEFAULT_CACHE_DIR as CACHE_DIR, DEFAULT_RUN_DIR as RUN_DIR};
 
 use super::pod_volumes::{self, ClaimModes, ContainerDisks, LauncherImage, host_path, mount};
+use crate::cluster::{
+    CONTAINER, MANAGED_BY, MANAGED_BY_LABEL, RUN_DIRS_ON_HOST, SCHEDULABLE_LABEL, VM_NAME_LABEL, run_dir_name,
+};
 use crate::lifecycle::{Exit, ImagePull, Launcher};
 
 /// The label every launcher Pod carries, the VM's uid: how the controller finds a VM's launchers.
 pub const VM_UID_LABEL: &str = "vmlet.dev/vm-uid";
-/// The VM's name, for people (`kubectl get pods -l vmlet.dev/vm=NAME`); programs go by the owner reference.
-pub const VM_NAME_LABEL: &str = "vmlet.dev/vm";
-/// The label the controller's and the node role's Pod watches select on.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "vmlet-controller";
-/// The launcher's container.
-pub const CONTAINER: &str = "launcher";
-
-/// The node directory under which each launcher Pod's run directory lives, as `<namespace>_<pod>`: the control
-/// socket, console, lease and libvirt state of that Pod, shared with the node role.
-pub const RUN_DIRS_ON_HOST: &str = "/var/run/vmlet/pods";
-/// The run directory inside the Pod (the launcher's default `--run-dir`).
-pub const RUN_DIR: &str = "/var/run/vmlet";
-/// QEMU's capability cache, one per node, shared by the launchers there.
-pub const CACHE_DIR: &str = "/var/cache/vmlet/qemu";
 
 /// Memory a VM pod takes besides the guest's RAM. Measured (docs/benchmarks.md, 256 MiB TCG guest): everything but
 /// QEMU, 37.3 MiB resident; QEMU's own resident memory beyond the guest's pages, about 82 MiB (its 266.7 MB less the
@@ -58,9 +47,6 @@ pub struct PodConfig {
     /// How containerDisks and `kernelBoot.container` images reach the launcher.
     pub container_disks: ContainerDisks,
 }
-
-/// The guest's grace period when the VM gives none (the launcher's default).
-const DEFAULT_GRACE_SECONDS: u32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -94,12 +80,6 @@ pub fn new_pod_name(vm_name: &str) -> String {
     format!("{prefix}{}-{suffix}", vm.trim_end_matches(['-', '.']))
 }
 
-/// The name of a launcher Pod's run directory in [`RUN_DIRS_ON_HOST`]: a Pod's, not its VM's, so that a VM's next
-/// launcher never finds the previous one's network record (the node role finds each by its Pod).
-pub fn run_dir_name(namespace: &str, pod: &str) -> String {
-    format!("{namespace}_{pod}")
-}
-
 /// The node directory a launcher Pod's run directory is.
 pub fn run_dir_on_host(namespace: &str, pod: &str) -> String {
     format!("{RUN_DIRS_ON_HOST}/{}", run_dir_name(namespace, pod))
@@ -108,7 +88,7 @@ pub fn run_dir_on_host(namespace: &str, pod: &str) -> String {
 /// The template's node selector, and a node whose node role runs: one that can report on the VM.
 fn node_selector(instance: &vmlet_api::VirtualMachineInstanceSpec) -> std::collections::BTreeMap<String, String> {
     let mut selector = instance.node_selector.clone();
-    selector.insert(crate::node::SCHEDULABLE_LABEL.into(), "true".into());
+    selector.insert(SCHEDULABLE_LABEL.into(), "true".into());
     selector
 }
 
@@ -157,15 +137,13 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
     };
     let mut env = vec![
         env_var("VMLET_VM_SPEC", serde_json::to_string(&for_launcher)?),
-        env_var("VMLET_CACHE_DIR", CACHE_DIR.into()),
+        env_var(CACHE_DIR_ENV, CACHE_DIR.into()),
     ];
     if config.log_json {
         env.push(env_var(vmlet_log::JSON_ENV, "1".into()));
     }
 
-    let grace = instance
-        .termination_grace_period_seconds
-        .unwrap_or(DEFAULT_GRACE_SECONDS);
+    let grace = instance.grace_period_seconds();
     let mut volumes = vec![
         host_path("run", &run_dir_on_host(namespace, name), "DirectoryOrCreate"),
         host_path("qemu-cache", CACHE_DIR, "DirectoryOrCreate"),

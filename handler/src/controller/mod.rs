@@ -1,8 +1,6 @@
 //! The `controller` role: for every VirtualMachine in the cluster, a launcher Pod when its run strategy says it
 //! should run, and its lifecycle status. One replica leads (a Lease); the others wait to take over.
 
-#[cfg(test)]
-mod contract_tests;
 pub mod launcher_pod;
 mod leader;
 pub mod pod_volumes;
@@ -39,16 +37,16 @@ const LEADER_LEASE: &str = "vmlet-controller";
 pub struct Args {
     /// The launcher's container image.
     #[arg(long, env = "VMLET_LAUNCHER_IMAGE")]
-    launcher_image: String,
+    pub launcher_image: String,
     /// The launcher image's pull policy (Always, IfNotPresent, Never); the cluster's default when not given.
     #[arg(long, env = "VMLET_LAUNCHER_PULL_POLICY")]
     launcher_pull_policy: Option<String>,
     /// The namespace the handler runs in: its leader Lease and the nodes' heartbeat Leases are there.
     #[arg(long, env = "VMLET_NAMESPACE", default_value = "vmlet-system")]
-    namespace: String,
+    pub namespace: String,
     /// This replica's name in the leader election (the Pod's name).
     #[arg(long, env = "VMLET_POD_NAME")]
-    identity: Option<String>,
+    pub identity: Option<String>,
     /// Memory a VM pod takes besides the guest's, added to its memory request.
     #[arg(long, default_value_t = launcher_pod::DEFAULT_MEMORY_OVERHEAD, value_parser = parse_bytes)]
     memory_overhead: u64,
@@ -59,7 +57,7 @@ pub struct Args {
     /// How containerDisk and kernelBoot.container images reach the launcher: as image volumes (Kubernetes 1.33+
     /// with the ImageVolume feature), or through a holder container per image.
     #[arg(long, env = "VMLET_CONTAINER_DISKS", value_enum, default_value_t = ContainerDisks::ImageVolume)]
-    container_disks: ContainerDisks,
+    pub container_disks: ContainerDisks,
     /// Seconds a launcher pod gets beyond its guest's grace period to tear down.
     #[arg(long, default_value_t = 15)]
     grace_margin: u32,
@@ -142,7 +140,7 @@ fn waiting_on_node<'a>(
     vms: impl Iterator<Item = &'a VirtualMachine>,
     lease: &str,
 ) -> Vec<kube::runtime::reflector::ObjectRef<VirtualMachine>> {
-    let Some(node) = crate::node::node_of_lease(lease) else {
+    let Some(node) = crate::cluster::node_of_lease(lease) else {
         return Vec::new();
     };
     vms.filter(|vm| {
@@ -240,8 +238,8 @@ async fn run_async(args: Args) -> Result<(), RunError> {
     let heartbeats = leases;
     let pods_of_launchers = watcher::Config::default().labels(&format!(
         "{}={}",
-        launcher_pod::MANAGED_BY_LABEL,
-        launcher_pod::MANAGED_BY
+        crate::cluster::MANAGED_BY_LABEL,
+        crate::cluster::MANAGED_BY
     ));
     let shutdown = {
         let (mut stop, mut lost) = (stop_rx.clone(), lost_rx.clone());

@@ -145,7 +145,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
         Some(node) => {
             let heartbeat = ctx
                 .leases
-                .get_opt(&crate::node::lease_name(&node))
+                .get_opt(&crate::cluster::lease_name(&node))
                 .await?
                 .and_then(|lease| lease.spec)
                 .and_then(|spec| spec.renew_time.or(spec.acquire_time))

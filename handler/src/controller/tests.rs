@@ -232,7 +232,7 @@ fn launcher(name: &str, phase: &str, node: Option<&str>) -> Pod {
             phase: Some(phase.into()),
             container_statuses: (phase == "Running").then(|| {
                 vec![ContainerStatus {
-                    name: launcher_pod::CONTAINER.into(),
+                    name: crate::cluster::CONTAINER.into(),
                     state: Some(ContainerState {
                         running: Some(ContainerStateRunning {
                             started_at: Some(Time(Timestamp::now())),
@@ -637,7 +637,7 @@ fn launcher_pods_read_back_as_the_lifecycle_sees_them() {
     ));
     let mut failed = launcher("l", "Failed", Some("n1"));
     failed.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
-        name: launcher_pod::CONTAINER.into(),
+        name: crate::cluster::CONTAINER.into(),
         state: Some(ContainerState {
             terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
                 exit_code: 4,
@@ -1125,7 +1125,7 @@ fn image_pull_failures_read_back_from_the_launcher_or_a_holder() {
     let pull = |pod: &Pod| launcher_pod::image_pull(pod).map(|p| (p.backing_off, p.message));
     let message = "Back-off pulling image \"registry.example/fedora:40\"".to_owned();
     assert_eq!(
-        pull(&waiting_for_image(launcher_pod::CONTAINER, false, "ImagePullBackOff")),
+        pull(&waiting_for_image(crate::cluster::CONTAINER, false, "ImagePullBackOff")),
         Some((true, message.clone()))
     );
     assert_eq!(
@@ -1133,7 +1133,11 @@ fn image_pull_failures_read_back_from_the_launcher_or_a_holder() {
         Some((false, message))
     );
     assert_eq!(
-        pull(&waiting_for_image(launcher_pod::CONTAINER, false, "ContainerCreating")),
+        pull(&waiting_for_image(
+            crate::cluster::CONTAINER,
+            false,
+            "ContainerCreating"
+        )),
         None
     );
     assert_eq!(pull(&launcher("l", "Running", Some("n1"))), None);
@@ -1149,7 +1153,7 @@ async fn a_launcher_waiting_for_its_image_shows_the_kubelets_words() {
         node_name: Some("n1".into()),
         ..VirtualMachineStatus::default()
     });
-    let pod = waiting_for_image(launcher_pod::CONTAINER, false, "ImagePullBackOff");
+    let pod = waiting_for_image(crate::cluster::CONTAINER, false, "ImagePullBackOff");
     let (result, seen) = run(
         starting,
         vec![
@@ -1180,7 +1184,7 @@ fn a_launcher_that_ended_beside_running_holders_has_ended() {
     let now = Timestamp::now();
     let mut pod = launcher("l", "Running", Some("n1"));
     pod.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
-        name: launcher_pod::CONTAINER.into(),
+        name: crate::cluster::CONTAINER.into(),
         state: Some(ContainerState {
             terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
                 exit_code: 0,
@@ -1218,7 +1222,7 @@ fn a_failed_launcher_says_why_and_a_killed_one_is_killed() {
     let ended = |exit_code: i32, reason: &str, message: Option<&str>| {
         let mut pod = launcher("l", "Failed", Some("n1"));
         pod.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
-            name: launcher_pod::CONTAINER.into(),
+            name: crate::cluster::CONTAINER.into(),
             state: Some(ContainerState {
                 terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
                     exit_code,

@@ -10,7 +10,8 @@ use kube::{Api, Client};
 use serde_json::json;
 use tracing::info;
 
-use super::{Config, FIELD_MANAGER, SCHEDULABLE_LABEL};
+use super::{Config, FIELD_MANAGER};
+use crate::cluster::{SCHEDULABLE_LABEL, lease_name};
 
 pub struct Heartbeat {
     leases: Api<Lease>,
@@ -80,18 +81,6 @@ impl Heartbeat {
         Ok(())
     }
 }
-
-/// The name of a node's heartbeat Lease, in the handler's namespace; the controller reads it to tell a dead node.
-pub fn lease_name(node: &str) -> String {
-    format!("{LEASE_PREFIX}{node}")
-}
-
-/// The node whose heartbeat `lease` is, if it is one.
-pub fn node_of_lease(lease: &str) -> Option<&str> {
-    lease.strip_prefix(LEASE_PREFIX).filter(|node| !node.is_empty())
-}
-
-const LEASE_PREFIX: &str = "vmlet-node-";
 
 /// The node role's Lease, held by the node's name.
 fn lease(config: &Config, started: Timestamp) -> Lease {

@@ -25,16 +25,15 @@ use kube::{Api, Client};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-pub use heartbeat::{Heartbeat, lease_name, node_of_lease};
+pub use heartbeat::Heartbeat;
 pub use launchers::Launchers;
 
-use crate::controller::launcher_pod::{MANAGED_BY, MANAGED_BY_LABEL, run_dir_name};
+use vmlet_control::RunDir;
+
+use crate::cluster::{MANAGED_BY, MANAGED_BY_LABEL, run_dir};
 
 /// The field manager of everything the node role writes.
 pub const FIELD_MANAGER: &str = "vmlet-node";
-
-/// The Node label that says whether the node role runs there and can serve VMs (`true` or `false`).
-pub const SCHEDULABLE_LABEL: &str = "vmlet.dev/schedulable";
 
 pub struct Config {
     pub node_name: String,
@@ -69,7 +68,7 @@ pub struct Args {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
     /// The host directory holding each launcher pod's run directory, `<namespace>_<pod>/`.
-    #[arg(long, default_value = crate::controller::launcher_pod::RUN_DIRS_ON_HOST)]
+    #[arg(long, default_value = crate::cluster::RUN_DIRS_ON_HOST)]
     pub pods_dir: PathBuf,
     /// The handler's namespace, where the node's Lease is kept.
     #[arg(long, env = "VMLET_NAMESPACE", default_value = "vmlet-system")]
@@ -127,14 +126,9 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(300);
 /// How often the run directories are looked through.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
-/// A launcher pod's run directory on the node, as the controller mounts it.
-pub fn run_dir(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
-    pods_dir.join(run_dir_name(namespace, pod))
-}
-
 /// A launcher pod's control socket on the node.
 pub fn socket_path(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
-    run_dir(pods_dir, namespace, pod).join("control.sock")
+    RunDir::new(run_dir(pods_dir, namespace, pod)).control_socket()
 }
 
 /// The watch of the launcher pods on `node`: the controller's pods (by its label) that are scheduled there.
@@ -202,6 +196,7 @@ mod tests {
 
     use super::fakes::{self, LauncherProcess, Seen};
     use super::*;
+    use crate::cluster::SCHEDULABLE_LABEL;
 
     const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/vmlet-system/leases/vmlet-node-node-a";
     const NODE: &str = "/api/v1/nodes/node-a";

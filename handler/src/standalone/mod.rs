@@ -9,6 +9,7 @@
 //! The handler keeps no state of its own: pods live in the state folder ([`pod`]) and status files, so a handler
 //! that is stopped or killed and started again re-adopts running VMs without restarting them.
 
+mod decide;
 pub(crate) mod manifests;
 mod pod;
 pub mod shim;
@@ -29,15 +30,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
-use vmlet_api::defaults::{ClusterDefaults, DefaultBinding};
+use vmlet_api::defaults::{ClusterDefaults, DefaultBinding, GRACE_PERIOD_SECONDS};
 use vmlet_api::{RUN_ANNOTATION, RunStrategy, VirtualMachine, VirtualMachineStatus};
 use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 
 use crate::lifecycle::{self, Exit, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
 use crate::metrics::{self, Metrics};
 use crate::vm_status::{self, NodeStatus};
+use decide::{PodAction, PodView};
 use manifests::{Folder, Manifest, VmKey};
-use pod::{LauncherState, PodDir, PodRecord, StopFor, now_secs};
+use pod::{PodDir, PodRecord, ShimState, StopFor, now_secs};
 use volumes::{ImageNeed, Layout, NotReady, Pulled};
 
 pub use status_file::{StatusArgs, print_status};
@@ -46,8 +48,6 @@ pub use status_file::{StatusArgs, print_status};
 const STOP_MARGIN: Duration = Duration::from_secs(15);
 /// A shim records itself within milliseconds of its start; one that has not after this long never will.
 const SHIM_START: Duration = Duration::from_secs(60);
-/// Kubernetes' default termination grace period.
-const DEFAULT_GRACE_SECS: u64 = 30;
 /// A launcher answers its control socket in milliseconds; one that takes longer is busy or stuck.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The kubelet's image pull back-off: 10 s after the first failure, doubling up to 5 minutes.
@@ -81,7 +81,7 @@ pub struct Args {
     #[arg(long)]
     launcher: Option<PathBuf>,
     /// QEMU's capability cache, shared by every VM of this machine.
-    #[arg(long, env = "VMLET_CACHE_DIR", default_value = "/var/cache/vmlet/qemu")]
+    #[arg(long, env = vmlet_control::run_dir::CACHE_DIR_ENV, default_value = vmlet_control::run_dir::DEFAULT_CACHE_DIR)]
     cache_dir: PathBuf,
     /// How often the manifests and the pods are looked at.
     #[arg(long, default_value_t = 1.0)]
@@ -450,15 +450,22 @@ impl Standalone {
         let vm = seen.manifest.and_then(|m| m.vm.as_ref().ok());
         let spec_error = seen.manifest.and_then(|m| m.vm.as_ref().err().cloned());
 
-        // A manifest that changed restarts its VM with the new spec (a broken edit leaves the VM as it is).
-        if let (Some(vm), Some(pod)) = (vm, seen.pod)
-            && !pod.is_stopping()
-            && pod.runs_other_spec(vm, &self.defaults)
+        let state = seen.pod.map(PodDir::shim_state);
+        let mut view = seen.pod.zip(state).map(|(pod, shim)| PodView {
+            shim,
+            stopping: pod.stopping_for(),
+            stop_overdue: pod.stop_overdue(STOP_MARGIN),
+            runs_other_spec: vm.is_some_and(|vm| pod.runs_other_spec(vm, &self.defaults)),
+        });
+        if let (Some(pod), Some(PodAction::Stop(why))) =
+            (seen.pod, decide::restart_for_edit(view.as_ref(), vm.is_some()))
         {
             info!(vm = %seen.key, "the manifest changed: restarting the VM with it");
-            self.stop(pod, StopFor::Restart)?;
+            self.stop(pod, why)?;
+            if let Some(view) = view.as_mut() {
+                view.stopping = Some(why);
+            }
         }
-        let state = seen.pod.map(PodDir::launcher_state);
         let launcher = self.observe(seen.pod, state);
 
         // A manifest that does not parse leaves a running VM alone: plan with its last good spec.
@@ -499,41 +506,32 @@ impl Standalone {
                 self.consume(seen.key, request)?;
             }
         }
-        match plan.action {
-            LauncherAction::Create => {
-                if let (Some(vm), Some(Readiness::Ready(layout))) = (vm, &readiness) {
-                    if let Some(pod) = seen.pod {
+        let ready = matches!(readiness, Some(Readiness::Ready(_)));
+        let mut pod_gone = seen.pod.is_none();
+        let mut start_afresh = false;
+        for action in decide::pod_actions(view.as_ref(), plan.action, ready) {
+            match (action, seen.pod) {
+                (PodAction::Create, pod) => {
+                    let (Some(vm), Some(Readiness::Ready(layout))) = (vm, &readiness) else {
+                        continue;
+                    };
+                    if let Some(pod) = pod {
                         self.remove(pod)?;
                     }
                     self.create(seen.key, vm, layout)?;
                     self.pulls.remove(seen.key);
                 }
-            }
-            LauncherAction::Delete => {
-                if let Some(pod) = seen.pod {
-                    self.stop(pod, StopFor::Good)?;
+                (PodAction::Stop(why), Some(pod)) => self.stop(pod, why)?,
+                (PodAction::Kill { shim_pid }, Some(_)) => {
+                    warn!(vm = %seen.key, "the launcher did not stop in time: killing it");
+                    let _ = kill(Pid::from_raw(shim_pid as i32), Signal::SIGKILL);
                 }
-            }
-            LauncherAction::None => {}
-        }
-        // A pod whose launcher ended and that nobody stopped deliberately waits for the plan to delete it; one that
-        // was stopped goes as soon as its launcher is gone.
-        let mut pod_gone = seen.pod.is_none();
-        let mut start_afresh = false;
-        if let (Some(pod), Some(state)) = (seen.pod, state)
-            && pod.is_stopping()
-        {
-            match state {
-                LauncherState::Ended(_) | LauncherState::Lost => {
-                    start_afresh = pod.stopping_for() == Some(StopFor::Restart);
+                (PodAction::Remove(why), Some(pod)) => {
+                    start_afresh = why == StopFor::Restart;
                     self.remove(pod)?;
                     pod_gone = true;
                 }
-                LauncherState::Running(shim) if pod.stop_overdue(STOP_MARGIN) => {
-                    warn!(vm = %seen.key, "the launcher did not stop in time: killing it");
-                    let _ = kill(Pid::from_raw(shim.pid as i32), Signal::SIGKILL);
-                }
-                _ => {}
+                (_, None) => {}
             }
         }
 
@@ -576,7 +574,7 @@ impl Standalone {
                 ..VirtualMachineStatus::default()
             };
         }
-        if let (Some(pod), Some(LauncherState::Running(shim))) = (seen.pod, state) {
+        if let (Some(pod), Some(ShimState::Running(shim))) = (seen.pod, state) {
             let answer = self.overlay_launcher_status(pod, &previous, &mut status).await;
             self.count_usage(seen.key, shim.pid, answer.as_ref());
         }
@@ -600,7 +598,7 @@ impl Standalone {
     }
 
     /// The pod's launcher as the run strategy sees it.
-    fn observe(&self, pod: Option<&PodDir>, state: Option<LauncherState>) -> Launcher {
+    fn observe(&self, pod: Option<&PodDir>, state: Option<ShimState>) -> Launcher {
         let (Some(pod), Some(state)) = (pod, state) else {
             return Launcher::Absent;
         };
@@ -627,25 +625,23 @@ impl Standalone {
         };
         let stopping = pod.stopping_for();
         match state {
-            LauncherState::Starting | LauncherState::Running(_) if stopping.is_some() => {
-                Launcher::Terminating { id, node }
-            }
+            ShimState::Starting | ShimState::Running(_) if stopping.is_some() => Launcher::Terminating { id, node },
             // How a run stopped for an edit ended is not the VM's business: it goes on with the new spec.
             _ if stopping == Some(StopFor::Restart) => Launcher::Terminating { id, node },
-            LauncherState::Starting if record.created_at + SHIM_START.as_secs() < now_secs() => {
+            ShimState::Starting if record.created_at + SHIM_START.as_secs() < now_secs() => {
                 failed_now(id, node, "the pod's shim never started")
             }
-            LauncherState::Starting => Launcher::Pending {
+            ShimState::Starting => Launcher::Pending {
                 id,
                 node,
                 unschedulable: None,
             },
-            LauncherState::Running(_) => Launcher::Running {
+            ShimState::Running(_) => Launcher::Running {
                 id,
                 node,
                 since: started.unwrap_or_else(Timestamp::now),
             },
-            LauncherState::Ended(exit) => Launcher::Ended {
+            ShimState::Ended(exit) => Launcher::Ended {
                 id,
                 node,
                 started,
@@ -662,7 +658,7 @@ impl Standalone {
                     },
                 },
             },
-            LauncherState::Lost => failed_now(id, node, "the launcher's shim is gone"),
+            ShimState::Lost => failed_now(id, node, "the launcher's shim is gone"),
         }
     }
 
@@ -832,7 +828,8 @@ impl Standalone {
         let used = taken_addresses(&self.pods_dir, key)?;
         let address = self.node.allocate(&used)?;
         let pod = PodDir::new(self.pods_dir.join(key.file_stem()));
-        std::fs::create_dir_all(pod.run_dir()).with_context(|| format!("cannot create {}", pod.path().display()))?;
+        std::fs::create_dir_all(pod.run_dir().root())
+            .with_context(|| format!("cannot create {}", pod.path().display()))?;
         let record = PodRecord::new(
             key,
             format!("{}{}-{}", self.netns_prefix, key.namespace, key.name),
@@ -860,7 +857,7 @@ impl Standalone {
             "--vm-spec".into(),
             pod.vm().into(),
             "--run-dir".into(),
-            pod.run_dir().into(),
+            pod.run_dir().root().into(),
             "--cache-dir".into(),
             self.cache_dir.clone().into(),
             "--resolv-conf".into(),
@@ -886,11 +883,9 @@ impl Standalone {
         }
         let grace = pod
             .read_vm()
-            .ok()
-            .and_then(|vm| vm.spec.template.spec.termination_grace_period_seconds)
-            .map_or(DEFAULT_GRACE_SECS, u64::from);
-        pod.mark_stopping(grace, why)?;
-        if let LauncherState::Running(shim) = pod.launcher_state() {
+            .map_or(GRACE_PERIOD_SECONDS, |vm| vm.spec.template.spec.grace_period_seconds());
+        pod.mark_stopping(grace.into(), why)?;
+        if let ShimState::Running(shim) = pod.shim_state() {
             info!(pod = %pod.path().display(), "stopping the launcher");
             let _ = kill(Pid::from_raw(shim.pid as i32), Signal::SIGTERM);
         }
@@ -899,7 +894,7 @@ impl Standalone {
 
     /// Removes a pod whose launcher is gone: its network namespace and its folder.
     fn remove(&self, pod: &PodDir) -> anyhow::Result<()> {
-        if let LauncherState::Running(shim) = pod.launcher_state() {
+        if let ShimState::Running(shim) = pod.shim_state() {
             // Only a launcher that already ended is removed; a running one is stopped first.
             anyhow::bail!(
                 "the launcher of {} still runs (shim {})",
@@ -943,7 +938,7 @@ impl Standalone {
         status: &mut VirtualMachineStatus,
     ) -> Option<vmlet_control::Status> {
         let answer = async {
-            let mut client = vmlet_control::Client::connect(&pod.control_socket(), CONTROL_TIMEOUT).await?;
+            let mut client = vmlet_control::Client::connect(&pod.run_dir().control_socket(), CONTROL_TIMEOUT).await?;
             client.status().await
         };
         let answer = tokio::time::timeout(CONTROL_TIMEOUT, answer)

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vmlet_api::VirtualMachine;
 use vmlet_api::defaults::ClusterDefaults;
+use vmlet_control::RunDir;
 
 use super::manifests::VmKey;
 
@@ -126,9 +127,9 @@ impl ExitRecord {
     }
 }
 
-/// What is observed of a pod's launcher.
+/// What the shim's records say of a pod's launcher.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LauncherState {
+pub enum ShimState {
     /// The pod is made but its shim has not recorded itself yet.
     Starting,
     /// The shim runs.
@@ -190,12 +191,9 @@ impl PodDir {
         self.path.join("volumes")
     }
 
-    pub fn run_dir(&self) -> PathBuf {
-        self.path.join("run")
-    }
-
-    pub fn control_socket(&self) -> PathBuf {
-        self.run_dir().join("control.sock")
+    /// The launcher's run directory.
+    pub fn run_dir(&self) -> RunDir {
+        RunDir::new(self.path.join("run"))
     }
 
     fn stopping(&self) -> PathBuf {
@@ -267,18 +265,18 @@ impl PodDir {
     }
 
     /// The launcher's state, from the shim's records and whether the recorded shim still runs.
-    pub fn launcher_state(&self) -> LauncherState {
+    pub fn shim_state(&self) -> ShimState {
         if let Ok(exit) = read_json::<ExitRecord>(&self.exit()) {
-            return LauncherState::Ended(exit);
+            return ShimState::Ended(exit);
         }
         match read_json::<ShimRecord>(&self.shim()) {
-            Ok(shim) if process_start_time(shim.pid).ok() == Some(shim.start_time) => LauncherState::Running(shim),
+            Ok(shim) if process_start_time(shim.pid).ok() == Some(shim.start_time) => ShimState::Running(shim),
             // The shim may have written exit.json between the two reads.
             Ok(_) => match read_json::<ExitRecord>(&self.exit()) {
-                Ok(exit) => LauncherState::Ended(exit),
-                Err(_) => LauncherState::Lost,
+                Ok(exit) => ShimState::Ended(exit),
+                Err(_) => ShimState::Lost,
             },
-            Err(_) => LauncherState::Starting,
+            Err(_) => ShimState::Starting,
         }
     }
 }
@@ -328,35 +326,31 @@ mod tests {
     }
 
     #[test]
-    fn the_launcher_state_follows_the_records() {
+    fn the_shim_state_follows_the_records() {
         let dir = std::env::temp_dir().join(format!("vmlet-pod-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pod = PodDir::new(dir.clone());
-        assert_eq!(pod.launcher_state(), LauncherState::Starting);
+        assert_eq!(pod.shim_state(), ShimState::Starting);
         let me = std::process::id();
         let alive = ShimRecord {
             pid: me,
             start_time: process_start_time(me).unwrap(),
         };
         pod.write_shim(&alive).unwrap();
-        assert_eq!(pod.launcher_state(), LauncherState::Running(alive));
+        assert_eq!(pod.shim_state(), ShimState::Running(alive));
         pod.write_shim(&ShimRecord {
             start_time: alive.start_time + 1,
             ..alive
         })
         .unwrap();
-        assert_eq!(
-            pod.launcher_state(),
-            LauncherState::Lost,
-            "a reused pid is not the shim"
-        );
+        assert_eq!(pod.shim_state(), ShimState::Lost, "a reused pid is not the shim");
         let exit = ExitRecord {
             code: Some(4),
             signal: None,
             finished_at: 7,
         };
         pod.write_exit(&exit).unwrap();
-        assert_eq!(pod.launcher_state(), LauncherState::Ended(exit));
+        assert_eq!(pod.shim_state(), ShimState::Ended(exit));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

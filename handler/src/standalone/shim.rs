@@ -19,6 +19,8 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use vmlet_control::LauncherExit;
+
 use super::pod::{ExitRecord, PodDir, ShimRecord, process_start_time};
 
 #[derive(clap::Args)]
@@ -37,10 +39,10 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pod = PodDir::new(args.pod_dir.clone());
     run_launcher(args).or_else(|err| {
-        // The pod could not start its launcher: that is the launcher's failure (exit code 1) to the handler, and
+        // The pod could not start its launcher: that is the launcher's failure to the handler, and
         // the reason is in launcher.log, where this error goes.
         let failed = ExitRecord {
-            code: Some(1),
+            code: Some(LauncherExit::Failed.code().into()),
             signal: None,
             finished_at: super::pod::now_secs(),
         };
@@ -110,7 +112,7 @@ fn run_launcher(args: Args) -> anyhow::Result<ExitCode> {
     pod.write_exit(&exit)?;
     Ok(match exit.code {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        None => ExitCode::FAILURE,
+        None => ExitCode::from(LauncherExit::Failed.code()),
     })
 }
 

@@ -91,25 +91,23 @@ pub fn note_spec_error(status: &mut VirtualMachineStatus, error: &str, running: 
     if !running {
         status.printable_status = Some(PrintableStatus::ErrorUnschedulable);
         status.conditions.retain(|c| c.condition_type != ConditionType::Ready);
-        status.conditions.push(Condition {
-            condition_type: ConditionType::Ready,
-            status: "False".into(),
-            reason: Some("InvalidSpec".into()),
-            message: Some("the VM's spec cannot run".into()),
-            last_transition_time: None,
-        });
+        status.conditions.push(Condition::new(
+            ConditionType::Ready,
+            "False",
+            "InvalidSpec",
+            "the VM's spec cannot run".to_owned(),
+        ));
     }
     if status.conditions.iter().any(|c| c.message.as_deref() == Some(error)) {
         return;
     }
     status.conditions.retain(|c| c.condition_type != ConditionType::Failure);
-    status.conditions.push(Condition {
-        condition_type: ConditionType::Failure,
-        status: "True".into(),
-        reason: Some("InvalidSpec".into()),
-        message: Some(error.to_owned()),
-        last_transition_time: None,
-    });
+    status.conditions.push(Condition::new(
+        ConditionType::Failure,
+        "True",
+        "InvalidSpec",
+        error.to_owned(),
+    ));
 }
 
 /// Marks a VM whose pod cannot start yet: printable status, Ready false with the reason, and, for a `failure` (an
@@ -122,13 +120,9 @@ pub fn note_waiting(status: &mut VirtualMachineStatus, why: &super::volumes::Not
         .retain(|c| !matches!(c.condition_type, ConditionType::Ready | ConditionType::Failure));
     let conditions = [(ConditionType::Ready, "False"), (ConditionType::Failure, "True")];
     for (condition_type, value) in conditions.into_iter().take(if failure { 2 } else { 1 }) {
-        status.conditions.push(Condition {
-            condition_type,
-            status: value.into(),
-            reason: Some(why.reason.into()),
-            message: Some(why.message.clone()),
-            last_transition_time: None,
-        });
+        status
+            .conditions
+            .push(Condition::new(condition_type, value, why.reason, why.message.clone()));
     }
 }
 

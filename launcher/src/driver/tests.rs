@@ -221,7 +221,7 @@ impl ScenarioEnv {
             },
             disks: Vec::new(),
             interfaces: Vec::new(),
-            console: Some(ConsolePaths::in_dir(&self.run_dir)),
+            console: Some(crate::vm_domain::console(&vmlet_control::RunDir::new(&self.run_dir))),
             platform: vmlet_domain::Platform::default(),
             vnc_socket: None,
             guest_agent_socket: None,

@@ -20,7 +20,8 @@ use serde_json::{Map, Value, json};
 use vmlet_api::{RunStrategy, VirtualMachineStatus};
 use vmlet_control::{Exit as GuestEnd, Phase as LauncherPhase, Status};
 
-use super::launcher_pod::{self, RUN_DIRS_ON_HOST};
+use crate::cluster::{CONTAINER, RUN_DIRS_ON_HOST};
+use crate::controller::launcher_pod;
 use crate::lifecycle::{self, Launcher, LauncherAction, Observation};
 use crate::node::judge::{Probe, Tracking, Update, judge, pod_state, status_update};
 use crate::vm_status::NodeStatus;
@@ -166,7 +167,7 @@ fn pod(is: PodIs) -> Pod {
             phase: Some(phase.into()),
             start_time: Some(Time(at(0))),
             container_statuses: Some(vec![ContainerStatus {
-                name: launcher_pod::CONTAINER.into(),
+                name: CONTAINER.into(),
                 state: Some(state),
                 ..ContainerStatus::default()
             }]),
@@ -178,7 +179,7 @@ fn pod(is: PodIs) -> Pod {
 fn guest(phase: LauncherPhase, exit: Option<GuestEnd>) -> Probe {
     Probe::Answered(Status {
         phase,
-        domain_state: Some(format!("{phase:?}")),
+        domain_state: Some(phase.to_string()),
         interfaces: vec![vmlet_control::InterfaceStatus {
             name: "default".into(),
             mac: "02:42:0a:f4:01:07".into(),
@@ -629,7 +630,7 @@ fn the_controller_deployment_runs_the_controller_with_options_it_has() {
     assert_eq!(args.namespace, "vmlet-system", "where the nodes' Leases are");
     assert_eq!(args.identity.as_deref(), Some("vmlet-controller-5d9f7-abcde"));
     assert!(!args.launcher_image.is_empty());
-    assert_eq!(args.container_disks, super::ContainerDisks::ImageVolume);
+    assert_eq!(args.container_disks, crate::controller::ContainerDisks::ImageVolume);
 }
 
 #[test]
