@@ -107,9 +107,7 @@ impl BridgeBinding {
             Some(_) => Guard::KeepAddressingInPod,
             None => Guard::PodStackOnly,
         };
-        leak_guard::install(&names.pod_port, guard)
-            .await
-            .map_err(BindingError::Nft)?;
+        leak_guard::install(&names.pod_port, guard).map_err(BindingError::Nft)?;
 
         let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
         let bridge_index = bridge.header.index;

@@ -20,6 +20,7 @@ use rtnetlink::packet_route::address::AddressFlags;
 use rtnetlink::{Handle, LinkUnspec};
 use tracing::info;
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
+use vmlet_netfilter::{Family, Table};
 
 use super::loopback_relay::LoopbackRelay;
 use super::plumbing::{
@@ -28,7 +29,6 @@ use super::plumbing::{
 };
 use super::pod_interface::PodInterface;
 use super::resolv_conf::DnsConfig;
-use super::tool;
 
 /// KubeVirt's defaults, so a guest moved from KubeVirt finds the network it knew.
 pub(crate) const DEFAULT_SUBNET_V4: &str = "10.0.2.0/24";
@@ -204,7 +204,7 @@ impl MasqueradeSetup {
     }
 }
 
-/// The NAT rules. Loading them again replaces the table.
+/// The NAT rules, in the table `inet vmlet-nat`.
 ///
 /// - `prerouting`: connections to the pod's addresses from outside go to the guest (the listed ports, or
 ///   everything).
@@ -214,7 +214,7 @@ impl MasqueradeSetup {
 ///   kernel drops; the launcher relays [::1] in user space instead ([`super::loopback_relay`]).
 /// - `postrouting`: those loopback connections take the gateway's address as their source, which the guest can
 ///   answer; what the guest sends anywhere else leaves with the pod's address.
-pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> String {
+pub(crate) fn nat_table(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> Table {
     let pod_if = &pod.name;
     let guest4 = subnets.guest_v4().addr();
     let guest6 = subnets.guest_v6().addr();
@@ -263,11 +263,11 @@ pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, 
     }
     let v4 = subnets.v4;
     let v6 = subnets.v6;
-    format!(
-        r#"add table inet vmlet-nat
-delete table inet vmlet-nat
-table inet vmlet-nat {{
-    chain prerouting {{
+    Table {
+        family: Family::Inet,
+        name: "vmlet-nat".into(),
+        chains: format!(
+            r#"    chain prerouting {{
         type nat hook prerouting priority -100; policy accept;
 {prerouting}    }}
     chain output {{
@@ -279,9 +279,9 @@ table inet vmlet-nat {{
         oifname != "{bridge}" ip saddr {v4} masquerade
         oifname != "{bridge}" ip6 saddr {v6} masquerade
     }}
-}}
 "#
-    )
+        ),
+    }
 }
 
 impl MasqueradeBinding {
@@ -360,8 +360,7 @@ impl MasqueradeBinding {
         }
         let tap = ensure_tap(handle, &names.tap).await?;
         attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
-        tool::nft(&ruleset(&pod, &names.bridge, &self.subnets, &self.ports))
-            .await
+        vmlet_netfilter::replace_tables(&[nat_table(&pod, &names.bridge, &self.subnets, &self.ports)])
             .map_err(BindingError::Nft)?;
 
         info!(
@@ -476,7 +475,7 @@ mod tests {
             forwarded_port(Some("TCP"), 22).unwrap(),
             forwarded_port(Some("UDP"), 53).unwrap(),
         ];
-        let rules = ruleset(&pod(), "vb-eth0", &defaults(), &ports);
+        let rules = nat_table(&pod(), "vb-eth0", &defaults(), &ports).ruleset();
         let lines: Vec<&str> = rules.lines().map(str::trim).collect();
         for expected in [
             "iifname \"eth0\" ip daddr { 10.244.1.7 } tcp dport { 8080, 22 } dnat ip to 10.0.2.2",
@@ -497,7 +496,7 @@ mod tests {
 
     #[test]
     fn without_a_port_list_everything_is_forwarded() {
-        let rules = ruleset(&pod(), "vb-eth0", &defaults(), &[]);
+        let rules = nat_table(&pod(), "vb-eth0", &defaults(), &[]).ruleset();
         assert!(
             rules.contains("iifname \"eth0\" ip daddr { 10.244.1.7 } dnat ip to 10.0.2.2\n"),
             "{rules}"
@@ -511,7 +510,7 @@ mod tests {
     #[test]
     fn an_ipv4_only_pod_gets_no_ipv6_rules_and_no_dhcpv6() {
         let pod = PodInterface { ipv6: vec![], ..pod() };
-        let rules = ruleset(&pod, "vb-eth0", &defaults(), &[]);
+        let rules = nat_table(&pod, "vb-eth0", &defaults(), &[]).ruleset();
         assert!(!rules.contains("dnat ip6"), "{rules}");
         let setup = setup(pod);
         assert!(setup.dhcpv6_config().is_none());

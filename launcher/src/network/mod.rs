@@ -19,4 +19,3 @@ pub(crate) mod resolv_conf;
 mod tap;
 #[cfg(test)]
 mod tests;
-mod tool;

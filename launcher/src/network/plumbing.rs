@@ -16,13 +16,13 @@ use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use vmlet_dhcp::MacAddr;
+use vmlet_netfilter::ToolError;
 
 use super::gateway;
 use super::netlink;
 use super::pod_interface::{self, DiscoveryError, PodInterface};
 use super::resolv_conf::{DnsConfig, ResolvConfError};
 use super::tap::{self, TapError};
-use super::tool::ToolError;
 
 /// Why the pod network could not be handed to the guest.
 #[derive(Debug, thiserror::Error)]
