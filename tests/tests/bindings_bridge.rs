@@ -164,3 +164,67 @@ fn a_global_ipv6_gateway_still_gives_the_guest_a_default_route() {
         "the guest reaches an address beyond its subnet through the gateway"
     );
 }
+
+/// Right after a CNI set a pod up, the node end's link-local address may not answer yet (duplicate address
+/// detection, or here not there at all) when the launcher starts: the launcher rewires the pod at once, goes on
+/// looking for the gateway's router in the background, and advertises it to the guest once it answers.
+#[test]
+fn a_gateway_whose_router_answers_only_after_the_launcher_started_still_becomes_the_guests_router() {
+    let _guest = one_guest_at_a_time();
+    let pod = VmPod::subnet();
+    pod.node_routes_ipv6();
+    pod.node
+        .ip(&["-6", "addr", "add", "fd00:10:244:1::1/64", "dev", "veth-node", "nodad"]);
+    pod.node.ip(&["-6", "addr", "add", "fd00:10:96::a/128", "dev", "lo"]);
+    pod.node.ip(&["link", "set", "lo", "up"]);
+    pod.pod
+        .ip(&["-6", "addr", "add", "fd00:10:244:1::7/64", "dev", "eth0", "nodad"]);
+    pod.pod.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:10:244:1::1",
+        "dev",
+        "eth0",
+    ]);
+    let node_link_local = poll_until(
+        "the node end's link-local address",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            let shown = pod
+                .node
+                .ip(&["-6", "-o", "addr", "show", "dev", "veth-node", "scope", "link"]);
+            shown
+                .split_whitespace()
+                .find(|word| word.starts_with("fe80::"))
+                .map(|net| net.split('/').next().unwrap().to_owned())
+        },
+    )
+    .unwrap();
+    let router = format!("{node_link_local}/64");
+    pod.node.ip(&["-6", "addr", "del", &router, "dev", "veth-node"]);
+    let spec = GuestSpec::new("bridge: {}", "fd00:10:96::a").ipv6();
+    let launcher = pod.start(&pod.write_manifest("vm.yaml", &spec));
+
+    poll_until("the pod interface rewired", WAIT, Duration::from_millis(100), || {
+        pod.pod.ip(&["-o", "link", "show"]).contains("eth0-nic").then_some(())
+    })
+    .unwrap();
+    // With duplicate address detection, as a CNI's node end has it at first.
+    pod.node.ip(&["-6", "addr", "add", &router, "dev", "veth-node"]);
+
+    let route6 = pod.wait_console(&launcher, "VMLET-GUEST route6 default", 1);
+    assert!(
+        route6.starts_with(&format!("VMLET-GUEST route6 default via {node_link_local} dev eth0 ")),
+        "the gateway's link-local address is the guest's router: {route6}"
+    );
+    pod.wait_console(&launcher, "VMLET-GUEST ready", 1);
+    assert_eq!(
+        pod.console_lines("VMLET-GUEST ping "),
+        ["VMLET-GUEST ping target=fd00:10:96::a ok"],
+        "the guest reaches an address beyond its subnet through the gateway"
+    );
+}

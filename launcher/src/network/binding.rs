@@ -10,6 +10,7 @@ use vmlet_api::{Binding, Interface, PodNetwork};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 
 use super::bridge::BridgeBinding;
+use super::gateway::{self, RouterSearch};
 use super::loopback_relay::LoopbackRelay;
 use super::masquerade::{ForwardedPort, GuestSubnets, MasqueradeBinding, forwarded_port};
 use super::plumbing::BindingError;
@@ -106,6 +107,9 @@ pub(crate) struct GuestNetwork {
     pub(crate) addresses: Vec<IpAddr>,
     /// Ports the launcher relays from the pod's IPv6 loopback to the guest (`masquerade` only).
     pub(crate) loopback_relays: Vec<LoopbackRelay>,
+    /// The search for the router of a global IPv6 gateway, whose router advertisements follow it (`bridge` and
+    /// `tap` only).
+    pub(crate) router_search: Option<RouterSearch>,
 }
 
 /// The binding's name as the spec spells it.
@@ -155,6 +159,29 @@ pub(crate) fn with_subdomain(search: &[String], subdomain: &str) -> Vec<String> 
         .collect()
 }
 
+/// The search for the router of the pod's IPv6 gateway, when the CNI named it by a global address whose router is
+/// not known yet.
+fn router_search(
+    request: &BindingRequest,
+    pod: &PodInterface,
+    dns: &super::resolv_conf::DnsConfig,
+    guest_mac: MacAddr,
+    server_mac: MacAddr,
+    pod_port_mac: MacAddr,
+) -> Option<RouterSearch> {
+    let gateway = gateway::global_gateway(pod.gateway_v6, pod.gateway_v6_link_local)?;
+    Some(RouterSearch {
+        gateway,
+        pod_port: pod.index,
+        pod_port_mac,
+        pod: pod.clone(),
+        dns: dns.clone(),
+        guest_mac,
+        server_mac,
+        state_file: request.state_file(),
+    })
+}
+
 async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, BindingError> {
     match request.binding {
         Binding::Bridge | Binding::ManagedTap => {
@@ -178,6 +205,16 @@ async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork,
                 ),
                 None => (None, None),
             };
+            let router_search = dhcpv6.as_ref().and_then(|_| {
+                router_search(
+                    request,
+                    &setup.pod,
+                    &setup.dns,
+                    guest_mac,
+                    setup.bridge_mac,
+                    setup.pod_port_mac,
+                )
+            });
             Ok(GuestNetwork {
                 binding: request.binding,
                 tap: setup.tap,
@@ -187,6 +224,7 @@ async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork,
                 dhcpv6,
                 addresses: pod_addresses(&setup.pod),
                 loopback_relays: Vec::new(),
+                router_search,
             })
         }
         Binding::Tap => {
@@ -194,6 +232,18 @@ async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork,
                 .setup(handle)
                 .await?;
             let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
+            let dhcpv6 = guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.tap_mac)
+                .and_then(|config| served(&setup.tap, config));
+            let router_search = dhcpv6.as_ref().and_then(|_| {
+                router_search(
+                    request,
+                    &setup.pod,
+                    &setup.dns,
+                    guest_mac,
+                    setup.tap_mac,
+                    setup.pod_port_mac,
+                )
+            });
             Ok(GuestNetwork {
                 binding: request.binding,
                 dhcpv4: guest_addressing::dhcpv4_config(
@@ -204,13 +254,13 @@ async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork,
                     &request.hostname,
                 )
                 .and_then(|config| served(&setup.tap, config)),
-                dhcpv6: guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.tap_mac)
-                    .and_then(|config| served(&setup.tap, config)),
+                dhcpv6,
                 tap: setup.tap,
                 guest_mac,
                 mtu: setup.mtu,
                 addresses: pod_addresses(&setup.pod),
                 loopback_relays: Vec::new(),
+                router_search,
             })
         }
         Binding::Masquerade => {
@@ -234,6 +284,7 @@ async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork,
                 mtu: setup.mtu,
                 addresses: pod_addresses(&setup.pod),
                 loopback_relays: setup.loopback_relays(&request.ports),
+                router_search: None,
             })
         }
     }

@@ -19,10 +19,9 @@ use tracing::info;
 use vmlet_dhcp::MacAddr;
 
 use super::leak_guard::{self, Guard};
-use super::netlink;
 use super::plumbing::{
     BindingError, LinkNames, PodRecord, Recorded, attach_port, ensure_bridge, ensure_placeholder, ensure_tap,
-    existing_link, failed_to, free_pod_interface, no_ipv6_addresses, serve_from, stop_learning,
+    ethernet_address, failed_to, free_pod_interface, no_ipv6_addresses, serve_from, stop_learning,
 };
 use super::pod_interface::PodInterface;
 use super::resolv_conf::DnsConfig;
@@ -55,6 +54,8 @@ pub(crate) struct BridgeSetup {
     pub(crate) tap: String,
     /// The pod interface's original MAC address, now the guest's.
     pub(crate) guest_mac: MacAddr,
+    /// The pod interface's MAC address since it gave the guest its own.
+    pub(crate) pod_port_mac: MacAddr,
     /// The pod interface's MTU, also the bridge's and the tap's.
     pub(crate) mtu: u32,
     /// The bridge's own address, for the DHCP server.
@@ -130,13 +131,8 @@ impl BridgeBinding {
         attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
         ensure_placeholder(handle, &pod, &names.placeholder).await?;
         // Read once the ports are attached: a bridge takes the lowest of its ports' addresses.
-        let bridge_mac =
-            netlink::link_mac(&existing_link(handle, bridge_index, &names.bridge).await?).ok_or_else(|| {
-                BindingError::UnexpectedLink {
-                    name: names.bridge.clone(),
-                    expected: "bridge with an Ethernet address",
-                }
-            })?;
+        let bridge_mac = ethernet_address(handle, bridge_index, &names.bridge).await?;
+        let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;
 
         info!(
             interface = %pod.name,
@@ -151,6 +147,7 @@ impl BridgeBinding {
             bridge_mac,
             tap: names.tap,
             guest_mac: pod.mac,
+            pod_port_mac,
             mtu: pod.mtu,
             server_address: self.server_address,
             pod,

@@ -18,7 +18,6 @@ use tracing::info;
 use vmlet_dhcp::MacAddr;
 use vmlet_netfilter::ToolError;
 
-use super::gateway;
 use super::netlink;
 use super::pod_interface::{self, DiscoveryError, PodInterface};
 use super::resolv_conf::{DnsConfig, ResolvConfError};
@@ -161,9 +160,7 @@ impl PodRecord<'_> {
                 });
             }
         }
-        let mut pod = pod_interface::discover(handle, self.interface).await?;
-        // Asked now, while the pod interface still has its addresses to ask from.
-        pod.gateway_v6_link_local = gateway::gateway_link_local(handle, &pod).await;
+        let pod = pod_interface::discover(handle, self.interface).await?;
         let recorded = Recorded {
             pod,
             dns: DnsConfig::read(self.resolv_conf)?,
@@ -175,47 +172,54 @@ impl PodRecord<'_> {
     }
 
     pub(super) fn read(&self) -> Result<Option<Recorded>, BindingError> {
-        let path = self.state_file;
-        let bytes = match fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(BindingError::StateFile {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| BindingError::StateFileInvalid {
-                path: path.to_owned(),
-                source,
-            })
+        read_record(self.state_file)
     }
 
-    /// Writes the record to a temporary file renamed over the state file, so that a crash leaves either no record
-    /// or a whole one.
     pub(super) fn write(&self, recorded: &Recorded) -> Result<(), BindingError> {
-        let path = self.state_file;
-        let state_file_error = |source| BindingError::StateFile {
+        write_record(self.state_file, recorded)
+    }
+}
+
+/// The record in `path`, if there is one.
+pub(super) fn read_record(path: &Path) -> Result<Option<Recorded>, BindingError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(BindingError::StateFile {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| BindingError::StateFileInvalid {
             path: path.to_owned(),
             source,
-        };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(state_file_error)?;
-        }
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let write = || -> io::Result<()> {
-            let mut file = File::create(&temporary)?;
-            serde_json::to_writer_pretty(&mut file, recorded)?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            fs::rename(&temporary, path)
-        };
-        write().map_err(state_file_error)
+        })
+}
+
+/// Writes the record to a temporary file renamed over the state file `path`, so that a crash leaves either no
+/// record or a whole one.
+pub(super) fn write_record(path: &Path, recorded: &Recorded) -> Result<(), BindingError> {
+    let state_file_error = |source| BindingError::StateFile {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(state_file_error)?;
     }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let write = || -> io::Result<()> {
+        let mut file = File::create(&temporary)?;
+        serde_json::to_writer_pretty(&mut file, recorded)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)
+    };
+    write().map_err(state_file_error)
 }
 
 /// Sets IPv4 settings of the link `index` over netlink, since /proc/sys is read-only in most containers.
@@ -403,6 +407,14 @@ pub(super) async fn existing_link(handle: &Handle, index: u32, name: &str) -> Re
             name: name.to_owned(),
             expected: "link",
         })
+}
+
+/// The Ethernet address of the link `index`, which must exist and have one.
+pub(super) async fn ethernet_address(handle: &Handle, index: u32, name: &str) -> Result<MacAddr, BindingError> {
+    netlink::link_mac(&existing_link(handle, index, name).await?).ok_or_else(|| BindingError::UnexpectedLink {
+        name: name.to_owned(),
+        expected: "link with an Ethernet address",
+    })
 }
 
 /// Makes the link `index` a port of the bridge with the pod's MTU, up, without IPv6 addresses of its own (see

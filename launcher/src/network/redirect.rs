@@ -28,8 +28,8 @@ use vmlet_netfilter::{Family, Filter, IngressFilters, Table};
 
 use super::bridge::DEFAULT_SERVER_ADDRESS;
 use super::plumbing::{
-    BindingError, LinkNames, PodRecord, Recorded, bring_up_silent, ensure_placeholder, ensure_tap, free_pod_interface,
-    serve_from,
+    BindingError, LinkNames, PodRecord, Recorded, bring_up_silent, ensure_placeholder, ensure_tap, ethernet_address,
+    free_pod_interface, serve_from,
 };
 use super::pod_interface::PodInterface;
 use super::resolv_conf::DnsConfig;
@@ -50,6 +50,8 @@ pub(crate) struct TapSetup {
     pub(crate) tap_mac: MacAddr,
     /// The pod interface's original MAC address, now the guest's.
     pub(crate) guest_mac: MacAddr,
+    /// The pod interface's MAC address since it gave the guest its own.
+    pub(crate) pod_port_mac: MacAddr,
     pub(crate) mtu: u32,
     /// The tap's own address, the DHCP server's.
     pub(crate) server_address: Ipv4Addr,
@@ -172,10 +174,8 @@ impl TapBinding {
         vmlet_netfilter::replace_ingress_filters(&ingress_filters(&names.pod_port, &names.tap))
             .map_err(BindingError::Tc)?;
         ensure_placeholder(handle, &pod, &names.placeholder).await?;
-        let tap_mac = super::netlink::link_mac(&tap).ok_or_else(|| BindingError::UnexpectedLink {
-            name: names.tap.clone(),
-            expected: "tap with an Ethernet address",
-        })?;
+        let tap_mac = ethernet_address(handle, tap_index, &names.tap).await?;
+        let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;
         info!(
             interface = %pod.name,
             tap = %names.tap,
@@ -186,6 +186,7 @@ impl TapBinding {
             tap: names.tap,
             tap_mac,
             guest_mac: pod.mac,
+            pod_port_mac,
             mtu: pod.mtu,
             server_address: DEFAULT_SERVER_ADDRESS,
             pod,
