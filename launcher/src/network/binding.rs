@@ -10,10 +10,10 @@ use vmlet_api::{Binding, Interface, PodNetwork};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 
 use super::bridge::BridgeBinding;
+use super::error::{ApplyError, PlanError};
 use super::gateway::{self, RouterSearch};
 use super::loopback_relay::LoopbackRelay;
 use super::masquerade::{ForwardedPort, GuestSubnets, MasqueradeBinding, forwarded_port};
-use super::plumbing::BindingError;
 use super::pod_interface::PodInterface;
 use super::redirect::TapBinding;
 use crate::guest_addressing;
@@ -48,14 +48,14 @@ impl BindingRequest {
         run_dir: &Path,
         resolv_conf: &Path,
         hostname: &str,
-    ) -> Result<BindingRequest, BindingError> {
-        let binding = interface.binding().ok_or(BindingError::NoBinding)?;
+    ) -> Result<BindingRequest, PlanError> {
+        let binding = interface.binding().ok_or(PlanError::NoBinding)?;
         let guest_mac = interface
             .mac_address
             .as_deref()
             .map(|mac| {
                 mac.parse::<MacAddr>()
-                    .map_err(|_| BindingError::InvalidMac(mac.to_owned()))
+                    .map_err(|_| PlanError::InvalidMac(mac.to_owned()))
             })
             .transpose()?;
         let ports = interface
@@ -139,7 +139,7 @@ fn served<C>(interface: &str, config: C) -> Option<Served<C>> {
 
 /// Wires the guest NIC to the pod network as `request` says, or finishes what an earlier launcher in this pod
 /// started.
-pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, BindingError> {
+pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, ApplyError> {
     let mut network = wire(request, handle).await?;
     if let (Some(subdomain), Some(dhcpv4)) = (&request.subdomain, &mut network.dhcpv4) {
         dhcpv4.config.search = with_subdomain(&dhcpv4.config.search, subdomain);
@@ -182,7 +182,7 @@ fn router_search(
     })
 }
 
-async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, BindingError> {
+async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, ApplyError> {
     match request.binding {
         Binding::Bridge | Binding::ManagedTap => {
             let base = if request.binding == Binding::Bridge {
@@ -327,7 +327,7 @@ mod tests {
         }
     }
 
-    fn request(interface: &Interface, network: Option<&PodNetwork>) -> Result<BindingRequest, BindingError> {
+    fn request(interface: &Interface, network: Option<&PodNetwork>) -> Result<BindingRequest, PlanError> {
         BindingRequest::new(
             interface,
             network,
@@ -361,7 +361,7 @@ mod tests {
         };
         assert!(matches!(
             request(&interface(), Some(&network)),
-            Err(BindingError::GuestSubnet(..))
+            Err(PlanError::GuestSubnet(..))
         ));
     }
 

@@ -18,10 +18,11 @@ use rtnetlink::Handle;
 use tracing::info;
 use vmlet_dhcp::MacAddr;
 
+use super::error::ApplyError;
 use super::leak_guard::{self, Guard};
 use super::plumbing::{
-    BindingError, LinkNames, PodRecord, Recorded, attach_port, ensure_bridge, ensure_placeholder, ensure_tap,
-    ethernet_address, failed_to, free_pod_interface, no_ipv6_addresses, serve_from, stop_learning,
+    LinkNames, PodRecord, Recorded, attach_port, ensure_bridge, ensure_placeholder, ensure_tap, ethernet_address,
+    failed_to, free_pod_interface, no_ipv6_addresses, serve_from, stop_learning,
 };
 use super::pod_interface::PodInterface;
 use super::resolv_conf::DnsConfig;
@@ -96,7 +97,7 @@ impl BridgeBinding {
 
     /// Rewires the pod network for the guest, or finishes what an earlier launcher in this pod started. Running it
     /// again once it has succeeded changes nothing.
-    pub(crate) async fn setup(&self, handle: &Handle) -> Result<BridgeSetup, BindingError> {
+    pub(crate) async fn setup(&self, handle: &Handle) -> Result<BridgeSetup, ApplyError> {
         let names = LinkNames::for_interface(&self.interface)?;
         let Recorded { pod, dns, .. } = self
             .record()
@@ -108,7 +109,7 @@ impl BridgeBinding {
             Some(_) => Guard::KeepAddressingInPod,
             None => Guard::PodStackOnly,
         };
-        leak_guard::install(&names.pod_port, guard).map_err(BindingError::Nft)?;
+        leak_guard::install(&names.pod_port, guard).map_err(ApplyError::Nft)?;
 
         let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
         let bridge_index = bridge.header.index;

@@ -32,7 +32,8 @@ use tracing::{info, warn};
 use vmlet_dhcp::v6::frame::{self, Endpoint, Payload};
 use vmlet_dhcp::{MacAddr, v6};
 
-use super::plumbing::{BindingError, read_record, write_record};
+use super::error::ApplyError;
+use super::plumbing::{read_record, write_record};
 use super::pod_interface::PodInterface;
 use super::resolv_conf::DnsConfig;
 
@@ -292,7 +293,7 @@ impl RouterSearch {
 }
 
 /// Adds the router found to the pod network's record.
-fn record_router(state_file: &Path, link_local: Ipv6Addr) -> Result<(), BindingError> {
+fn record_router(state_file: &Path, link_local: Ipv6Addr) -> Result<(), ApplyError> {
     let Some(mut recorded) = read_record(state_file)? else {
         return Ok(());
     };

@@ -22,10 +22,11 @@ use tracing::info;
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 use vmlet_netfilter::{Family, Table};
 
+use super::error::{ApplyError, PlanError};
 use super::loopback_relay::LoopbackRelay;
 use super::plumbing::{
-    BindingError, LinkNames, PodRecord, Recorded, attach_port, ensure_addresses, ensure_bridge, ensure_tap, failed_to,
-    local_mac, no_ipv6_addresses, random_bytes, set_ipv4_conf,
+    LinkNames, PodRecord, Recorded, attach_port, ensure_addresses, ensure_bridge, ensure_tap, failed_to, local_mac,
+    no_ipv6_addresses, random_bytes, set_ipv4_conf,
 };
 use super::pod_interface::PodInterface;
 use super::resolv_conf::DnsConfig;
@@ -48,10 +49,10 @@ pub(crate) struct GuestSubnets {
 
 impl GuestSubnets {
     /// The subnets from the spec's `vmNetworkCIDR` and `vmIPv6NetworkCIDR`, KubeVirt's defaults when unset.
-    pub(crate) fn parse(v4: Option<&str>, v6: Option<&str>) -> Result<GuestSubnets, BindingError> {
+    pub(crate) fn parse(v4: Option<&str>, v6: Option<&str>) -> Result<GuestSubnets, PlanError> {
         let v4_text = v4.unwrap_or(DEFAULT_SUBNET_V4);
         let v6_text = v6.unwrap_or(DEFAULT_SUBNET_V6);
-        let invalid = |text: &str, why| BindingError::GuestSubnet(text.to_owned(), why);
+        let invalid = |text: &str, why| PlanError::GuestSubnet(text.to_owned(), why);
         let v4: Ipv4Net = v4_text.parse().map_err(|_| invalid(v4_text, "not an IPv4 CIDR"))?;
         let v6: Ipv6Net = v6_text.parse().map_err(|_| invalid(v6_text, "not an IPv6 CIDR"))?;
         if v4.prefix_len() > 30 {
@@ -286,15 +287,15 @@ pub(crate) fn nat_table(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets
 
 impl MasqueradeBinding {
     /// Builds the guest's private network and the NAT, or finishes what an earlier launcher in this pod started.
-    pub(crate) async fn setup(&self, handle: &Handle) -> Result<MasqueradeSetup, BindingError> {
+    pub(crate) async fn setup(&self, handle: &Handle) -> Result<MasqueradeSetup, ApplyError> {
         let names = LinkNames::for_interface(&self.interface)?;
         let record = PodRecord {
             interface: &self.interface,
             resolv_conf: &self.resolv_conf,
             state_file: &self.state_file,
         };
-        let draw_mac = || -> Result<MacAddr, BindingError> {
-            let random = random_bytes().map_err(BindingError::RandomMac)?;
+        let draw_mac = || -> Result<MacAddr, ApplyError> {
+            let random = random_bytes().map_err(ApplyError::RandomMac)?;
             Ok(self.guest_mac.unwrap_or(local_mac(random, BRIDGE_MAC)))
         };
         let mut recorded = record.load_or_record(handle, None, || draw_mac().map(Some)).await?;
@@ -310,7 +311,7 @@ impl MasqueradeBinding {
         };
         let Recorded { pod, dns, .. } = recorded;
         if pod.ipv4.is_empty() && pod.ipv6.is_empty() {
-            return Err(BindingError::NoPodAddress("IPv4 or IPv6"));
+            return Err(PlanError::NoPodAddress("IPv4 or IPv6").into());
         }
 
         let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
@@ -361,7 +362,7 @@ impl MasqueradeBinding {
         let tap = ensure_tap(handle, &names.tap).await?;
         attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
         vmlet_netfilter::replace_tables(&[nat_table(&pod, &names.bridge, &self.subnets, &self.ports)])
-            .map_err(BindingError::Nft)?;
+            .map_err(ApplyError::Nft)?;
 
         info!(
             interface = %pod.name,
@@ -388,8 +389,8 @@ impl MasqueradeBinding {
 
 /// IPv6 forwarding has no per-link netlink setting: it is the namespace's sysctl, which a pod may set (a namespaced
 /// sysctl) when its security context allows it. Left alone when already on.
-fn enable_ipv6_forwarding() -> Result<(), BindingError> {
-    let failed = |source| BindingError::Forwarding {
+fn enable_ipv6_forwarding() -> Result<(), ApplyError> {
+    let failed = |source| ApplyError::Forwarding {
         path: IPV6_FORWARDING,
         source,
     };
@@ -403,16 +404,16 @@ fn enable_ipv6_forwarding() -> Result<(), BindingError> {
 }
 
 /// A port of the spec's list, TCP unless it says UDP. The spec's validation refuses anything else first.
-pub(crate) fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<ForwardedPort, BindingError> {
+pub(crate) fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<ForwardedPort, PlanError> {
     let protocol = match protocol.unwrap_or("TCP") {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
-        other => return Err(BindingError::Port(format!("{other:?} is not TCP or UDP"))),
+        other => return Err(PlanError::Port(format!("{other:?} is not TCP or UDP"))),
     };
     let port = u16::try_from(port)
         .ok()
         .filter(|&port| port != 0)
-        .ok_or_else(|| BindingError::Port(format!("{port} is not a port number")))?;
+        .ok_or_else(|| PlanError::Port(format!("{port} is not a port number")))?;
     Ok(ForwardedPort { protocol, port })
 }
 
@@ -462,7 +463,7 @@ mod tests {
             (None, Some("10.0.0.0/8")),
         ] {
             assert!(
-                matches!(GuestSubnets::parse(v4, v6), Err(BindingError::GuestSubnet(..))),
+                matches!(GuestSubnets::parse(v4, v6), Err(PlanError::GuestSubnet(..))),
                 "{v4:?} {v6:?}"
             );
         }

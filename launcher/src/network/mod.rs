@@ -5,6 +5,7 @@
 
 pub(crate) mod binding;
 pub(crate) mod bridge;
+pub(crate) mod error;
 mod gateway;
 mod leak_guard;
 pub(crate) mod loopback_relay;

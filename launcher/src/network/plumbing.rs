@@ -5,7 +5,7 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
@@ -16,71 +16,12 @@ use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use vmlet_dhcp::MacAddr;
-use vmlet_netfilter::ToolError;
 
+use super::error::{ApplyError, PlanError};
 use super::netlink;
-use super::pod_interface::{self, DiscoveryError, PodInterface};
-use super::resolv_conf::{DnsConfig, ResolvConfError};
-use super::tap::{self, TapError};
-
-/// Why the pod network could not be handed to the guest.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BindingError {
-    #[error("interface name {0:?} leaves no room for the names derived from it (at most 11 bytes)")]
-    InterfaceName(String),
-    #[error("cannot discover the pod interface")]
-    Discovery(#[from] DiscoveryError),
-    #[error("cannot read the pod's DNS settings")]
-    Dns(#[from] ResolvConfError),
-    #[error("cannot access the network state file {path}")]
-    StateFile {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the network state file {path} is not valid")]
-    StateFileInvalid {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{pod_port:?} exists but {state_file} does not: the pod network was rewired and its record is lost")]
-    RecordLost { pod_port: String, state_file: PathBuf },
-    #[error("the recorded pod interface {name:?} (index {index}) no longer exists")]
-    PodInterfaceGone { name: String, index: u32 },
-    #[error("{name:?} exists and is not a {expected}")]
-    UnexpectedLink { name: String, expected: &'static str },
-    #[error("cannot {action}")]
-    Netlink {
-        action: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-    #[error("cannot draw a MAC address")]
-    RandomMac(#[source] io::Error),
-    #[error("cannot create the tap")]
-    Tap(#[from] TapError),
-    #[error("cannot install the nftables rules")]
-    Nft(#[source] ToolError),
-    #[error("cannot install the tc redirects")]
-    Tc(#[source] ToolError),
-    #[error("the guest subnet {0:?} is not valid: {1}")]
-    GuestSubnet(String, &'static str),
-    #[error("the interface names no single binding")]
-    NoBinding,
-    #[error("{0:?} is not a MAC address")]
-    InvalidMac(String),
-    #[error("cannot forward the port: {0}")]
-    Port(String),
-    #[error("the pod has no {0} address to masquerade behind")]
-    NoPodAddress(&'static str),
-    #[error("cannot enable IPv6 forwarding in the pod ({path}); allow the sysctl net.ipv6.conf.all.forwarding")]
-    Forwarding {
-        path: &'static str,
-        #[source]
-        source: io::Error,
-    },
-}
+use super::pod_interface::{self, PodInterface};
+use super::resolv_conf::DnsConfig;
+use super::tap;
 
 /// The links a binding makes or renames, all named after the pod interface.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,7 +35,7 @@ pub(super) struct LinkNames {
 }
 
 impl LinkNames {
-    pub(super) fn for_interface(interface: &str) -> Result<LinkNames, BindingError> {
+    pub(super) fn for_interface(interface: &str) -> Result<LinkNames, PlanError> {
         let names = LinkNames {
             pod_port: format!("{interface}-nic"),
             bridge: format!("vb-{interface}"),
@@ -105,15 +46,15 @@ impl LinkNames {
         if all.iter().all(|name| netlink::is_valid_interface_name(name)) {
             Ok(names)
         } else {
-            Err(BindingError::InterfaceName(interface.to_owned()))
+            Err(PlanError::InterfaceName(interface.to_owned()))
         }
     }
 }
 
-/// Turns an rtnetlink error into a [`BindingError`] that says what was being done.
-pub(super) fn failed_to(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> BindingError {
+/// Turns an rtnetlink error into a [`ApplyError`] that says what was being done.
+pub(super) fn failed_to(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> ApplyError {
     let action = action.into();
-    move |source| BindingError::Netlink { action, source }
+    move |source| ApplyError::Netlink { action, source }
 }
 
 /// What the state file holds: the pod's network before the binding changed it.
@@ -143,8 +84,8 @@ impl PodRecord<'_> {
         &self,
         handle: &Handle,
         renamed_port: Option<&str>,
-        make_guest_mac: impl FnOnce() -> Result<Option<MacAddr>, BindingError>,
-    ) -> Result<Recorded, BindingError> {
+        make_guest_mac: impl FnOnce() -> Result<Option<MacAddr>, ApplyError>,
+    ) -> Result<Recorded, ApplyError> {
         if let Some(recorded) = self.read()? {
             info!(state_file = %self.state_file.display(), "carrying on from the recorded pod network");
             return Ok(recorded);
@@ -154,7 +95,7 @@ impl PodRecord<'_> {
                 .await
                 .map_err(failed_to("look for the pod port"))?;
             if found.is_some() {
-                return Err(BindingError::RecordLost {
+                return Err(ApplyError::RecordLost {
                     pod_port: pod_port.to_owned(),
                     state_file: self.state_file.to_owned(),
                 });
@@ -171,22 +112,22 @@ impl PodRecord<'_> {
         Ok(recorded)
     }
 
-    pub(super) fn read(&self) -> Result<Option<Recorded>, BindingError> {
+    pub(super) fn read(&self) -> Result<Option<Recorded>, ApplyError> {
         read_record(self.state_file)
     }
 
-    pub(super) fn write(&self, recorded: &Recorded) -> Result<(), BindingError> {
+    pub(super) fn write(&self, recorded: &Recorded) -> Result<(), ApplyError> {
         write_record(self.state_file, recorded)
     }
 }
 
 /// The record in `path`, if there is one.
-pub(super) fn read_record(path: &Path) -> Result<Option<Recorded>, BindingError> {
+pub(super) fn read_record(path: &Path) -> Result<Option<Recorded>, ApplyError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
-            return Err(BindingError::StateFile {
+            return Err(ApplyError::StateFile {
                 path: path.to_owned(),
                 source,
             });
@@ -194,7 +135,7 @@ pub(super) fn read_record(path: &Path) -> Result<Option<Recorded>, BindingError>
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|source| BindingError::StateFileInvalid {
+        .map_err(|source| ApplyError::StateFileInvalid {
             path: path.to_owned(),
             source,
         })
@@ -202,8 +143,8 @@ pub(super) fn read_record(path: &Path) -> Result<Option<Recorded>, BindingError>
 
 /// Writes the record to a temporary file renamed over the state file `path`, so that a crash leaves either no
 /// record or a whole one.
-pub(super) fn write_record(path: &Path, recorded: &Recorded) -> Result<(), BindingError> {
-    let state_file_error = |source| BindingError::StateFile {
+pub(super) fn write_record(path: &Path, recorded: &Recorded) -> Result<(), ApplyError> {
+    let state_file_error = |source| ApplyError::StateFile {
         path: path.to_owned(),
         source,
     };
@@ -228,7 +169,7 @@ pub(super) async fn set_ipv4_conf(
     index: u32,
     what: &str,
     change: impl FnOnce(&mut InetDevConf),
-) -> Result<(), BindingError> {
+) -> Result<(), ApplyError> {
     let mut conf = InetDevConf::default();
     change(&mut conf);
     let message = LinkUnspec::new_with_index(index)
@@ -253,7 +194,7 @@ pub(super) async fn set_ipv4_conf(
 /// answers only for addresses of the interface the request came in on; arp_announce=2 makes the link's own requests
 /// name the server address, never the pod's. IPv6 needs nothing alike: neighbour solicitations are only answered for
 /// addresses of the interface they arrive on.
-pub(super) async fn serve_from(handle: &Handle, index: u32, name: &str, server: IpAddr) -> Result<(), BindingError> {
+pub(super) async fn serve_from(handle: &Handle, index: u32, name: &str, server: IpAddr) -> Result<(), ApplyError> {
     set_ipv4_conf(handle, index, &format!("the ARP behaviour of {name}"), |conf| {
         conf.arp_ignore = 1;
         conf.arp_announce = 2;
@@ -275,7 +216,7 @@ pub(super) fn local_mac(random: [u8; 6], avoid: MacAddr) -> MacAddr {
 }
 
 /// The bridge `name`, created with `mtu` if it does not exist.
-pub(super) async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<LinkMessage, BindingError> {
+pub(super) async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<LinkMessage, ApplyError> {
     ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
         LinkBridge::new(name).mtu(mtu).build()
     })
@@ -289,7 +230,7 @@ pub(super) async fn ensure_link(
     kind: InfoKind,
     kind_name: &'static str,
     create: impl FnOnce() -> LinkMessage,
-) -> Result<LinkMessage, BindingError> {
+) -> Result<LinkMessage, ApplyError> {
     let find = || async {
         netlink::link_by_name(handle, name)
             .await
@@ -305,14 +246,14 @@ pub(super) async fn ensure_link(
                 .await
                 .map_err(failed_to(format!("create {name}")))?;
             info!(link = name, kind = kind_name, "created");
-            find().await?.ok_or_else(|| BindingError::UnexpectedLink {
+            find().await?.ok_or_else(|| ApplyError::UnexpectedLink {
                 name: name.to_owned(),
                 expected: kind_name,
             })?
         }
     };
     if netlink::link_kind(&link) != Some(&kind) {
-        return Err(BindingError::UnexpectedLink {
+        return Err(ApplyError::UnexpectedLink {
             name: name.to_owned(),
             expected: kind_name,
         });
@@ -325,11 +266,11 @@ pub(super) async fn free_pod_interface(
     handle: &Handle,
     pod: &PodInterface,
     names: &LinkNames,
-) -> Result<(), BindingError> {
+) -> Result<(), ApplyError> {
     let link = netlink::link_by_index(handle, pod.index)
         .await
         .map_err(failed_to("look for the pod interface"))?
-        .ok_or_else(|| BindingError::PodInterfaceGone {
+        .ok_or_else(|| ApplyError::PodInterfaceGone {
             name: pod.name.clone(),
             index: pod.index,
         })?;
@@ -368,7 +309,7 @@ pub(super) async fn free_pod_interface(
         change = change.name(names.pod_port.as_str());
     }
     if !mac_changed {
-        let mac = local_mac(random_bytes().map_err(BindingError::RandomMac)?, pod.mac);
+        let mac = local_mac(random_bytes().map_err(ApplyError::RandomMac)?, pod.mac);
         change = change.address(mac.0.to_vec());
         info!(%mac, "pod interface gets a new MAC address");
     }
@@ -381,7 +322,7 @@ pub(super) async fn free_pod_interface(
 /// own, only ever speak (duplicate address detection, router solicitations from a MAC address the pod network never
 /// saw) and never listen; the address generation mode `none`, set before it comes up, keeps it from making even a
 /// link-local address. That is also why it needs no `accept_ra=0`: router advertisements never reach its stack.
-pub(super) async fn no_ipv6_addresses(handle: &Handle, link: &LinkMessage, name: &str) -> Result<(), BindingError> {
+pub(super) async fn no_ipv6_addresses(handle: &Handle, link: &LinkMessage, name: &str) -> Result<(), ApplyError> {
     if !netlink::link_has_ipv6(link) {
         return Ok(());
     }
@@ -399,19 +340,19 @@ pub(super) async fn no_ipv6_addresses(handle: &Handle, link: &LinkMessage, name:
 }
 
 /// The link `index`, which must exist.
-pub(super) async fn existing_link(handle: &Handle, index: u32, name: &str) -> Result<LinkMessage, BindingError> {
+pub(super) async fn existing_link(handle: &Handle, index: u32, name: &str) -> Result<LinkMessage, ApplyError> {
     netlink::link_by_index(handle, index)
         .await
         .map_err(failed_to(format!("look for {name}")))?
-        .ok_or_else(|| BindingError::UnexpectedLink {
+        .ok_or_else(|| ApplyError::UnexpectedLink {
             name: name.to_owned(),
             expected: "link",
         })
 }
 
 /// The Ethernet address of the link `index`, which must exist and have one.
-pub(super) async fn ethernet_address(handle: &Handle, index: u32, name: &str) -> Result<MacAddr, BindingError> {
-    netlink::link_mac(&existing_link(handle, index, name).await?).ok_or_else(|| BindingError::UnexpectedLink {
+pub(super) async fn ethernet_address(handle: &Handle, index: u32, name: &str) -> Result<MacAddr, ApplyError> {
+    netlink::link_mac(&existing_link(handle, index, name).await?).ok_or_else(|| ApplyError::UnexpectedLink {
         name: name.to_owned(),
         expected: "link with an Ethernet address",
     })
@@ -425,7 +366,7 @@ pub(super) async fn attach_port(
     name: &str,
     bridge_index: u32,
     mtu: u32,
-) -> Result<(), BindingError> {
+) -> Result<(), ApplyError> {
     let link = existing_link(handle, index, name).await?;
     no_ipv6_addresses(handle, &link, name).await?;
     if netlink::link_controller(&link) != Some(bridge_index) {
@@ -445,7 +386,7 @@ pub(super) async fn attach_port(
 }
 
 /// Brings the link `index` up with `mtu`, without IPv6 addresses of its own (see [`no_ipv6_addresses`]).
-pub(super) async fn bring_up_silent(handle: &Handle, index: u32, name: &str, mtu: u32) -> Result<(), BindingError> {
+pub(super) async fn bring_up_silent(handle: &Handle, index: u32, name: &str, mtu: u32) -> Result<(), ApplyError> {
     let link = existing_link(handle, index, name).await?;
     no_ipv6_addresses(handle, &link, name).await?;
     handle
@@ -460,7 +401,7 @@ pub(super) async fn bring_up_silent(handle: &Handle, index: u32, name: &str, mtu
 /// guest ever come back through it (a node that reflects broadcasts), the bridge would otherwise take the guest to
 /// be on the pod network and stop delivering its traffic to the tap. Not learning costs nothing here: with two
 /// ports, a frame the bridge does not know where to send goes out of the only other port anyway.
-pub(super) async fn stop_learning(handle: &Handle, index: u32) -> Result<(), BindingError> {
+pub(super) async fn stop_learning(handle: &Handle, index: u32) -> Result<(), ApplyError> {
     handle
         .link()
         .set_port(LinkBridgePort::new(index).learning(false).build())
@@ -470,7 +411,7 @@ pub(super) async fn stop_learning(handle: &Handle, index: u32) -> Result<(), Bin
 }
 
 /// The tap `name`, created persistent if it does not exist.
-pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessage, BindingError> {
+pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessage, ApplyError> {
     let existing = netlink::link_by_name(handle, name)
         .await
         .map_err(failed_to(format!("look for {name}")))?;
@@ -483,7 +424,7 @@ pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessag
         .map_err(failed_to(format!("look for {name}")))?;
     match tap {
         Some(tap) if netlink::link_kind(&tap) == Some(&InfoKind::Tun) => Ok(tap),
-        _ => Err(BindingError::UnexpectedLink {
+        _ => Err(ApplyError::UnexpectedLink {
             name: name.to_owned(),
             expected: "tap",
         }),
@@ -498,7 +439,7 @@ pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessag
 /// length, as the CNI reported them, but get no prefix route (`noprefixroute`), so the pod's own stack does not
 /// route the pod network into a link that goes nowhere; the bridge's ARP settings keep the pod from answering for
 /// them.
-pub(super) async fn ensure_placeholder(handle: &Handle, pod: &PodInterface, name: &str) -> Result<(), BindingError> {
+pub(super) async fn ensure_placeholder(handle: &Handle, pod: &PodInterface, name: &str) -> Result<(), ApplyError> {
     let placeholder = ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
         LinkBridge::new(name).mtu(pod.mtu).build()
     })
@@ -618,7 +559,7 @@ mod tests {
         record.write(&recorded).unwrap();
         assert_eq!(record.read().unwrap(), Some(recorded));
         fs::write(&state_file, b"{").unwrap();
-        assert!(matches!(record.read(), Err(BindingError::StateFileInvalid { .. })));
+        assert!(matches!(record.read(), Err(ApplyError::StateFileInvalid { .. })));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -27,8 +27,9 @@ use vmlet_dhcp::v6::runner as dhcpv6;
 use vmlet_netfilter::{Family, Filter, IngressFilters, Table};
 
 use super::bridge::DEFAULT_SERVER_ADDRESS;
+use super::error::ApplyError;
 use super::plumbing::{
-    BindingError, LinkNames, PodRecord, Recorded, bring_up_silent, ensure_placeholder, ensure_tap, ethernet_address,
+    LinkNames, PodRecord, Recorded, bring_up_silent, ensure_placeholder, ensure_tap, ethernet_address,
     free_pod_interface, serve_from,
 };
 use super::pod_interface::PodInterface;
@@ -153,7 +154,7 @@ impl TapBinding {
     }
 
     /// Rewires the pod network for the guest, or finishes what an earlier launcher in this pod started.
-    pub(crate) async fn setup(&self, handle: &Handle) -> Result<TapSetup, BindingError> {
+    pub(crate) async fn setup(&self, handle: &Handle) -> Result<TapSetup, ApplyError> {
         let names = LinkNames::for_interface(&self.interface)?;
         let record = PodRecord {
             interface: &self.interface,
@@ -164,7 +165,7 @@ impl TapBinding {
             .load_or_record(handle, Some(&names.pod_port), || Ok(None))
             .await?;
         // First, so that nothing the pod's stack sends ever reaches the pod network once it is renamed.
-        vmlet_netfilter::replace_tables(&[table(&names.pod_port, &names.tap)]).map_err(BindingError::Nft)?;
+        vmlet_netfilter::replace_tables(&[table(&names.pod_port, &names.tap)]).map_err(ApplyError::Nft)?;
         free_pod_interface(handle, &pod, &names).await?;
         bring_up_silent(handle, pod.index, &names.pod_port, pod.mtu).await?;
         let tap = ensure_tap(handle, &names.tap).await?;
@@ -172,7 +173,7 @@ impl TapBinding {
         serve_from(handle, tap_index, &names.tap, IpAddr::V4(DEFAULT_SERVER_ADDRESS)).await?;
         bring_up_silent(handle, tap_index, &names.tap, pod.mtu).await?;
         vmlet_netfilter::replace_ingress_filters(&ingress_filters(&names.pod_port, &names.tap))
-            .map_err(BindingError::Tc)?;
+            .map_err(ApplyError::Tc)?;
         ensure_placeholder(handle, &pod, &names.placeholder).await?;
         let tap_mac = ethernet_address(handle, tap_index, &names.tap).await?;
         let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;

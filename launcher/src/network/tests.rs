@@ -28,9 +28,9 @@ use vmlet_dhcp::frame::ipv4_udp;
 use vmlet_dhcp::v6;
 
 use super::bridge::{BridgeBinding, BridgeSetup, DEFAULT_SERVER_ADDRESS};
+use super::error::ApplyError;
 use super::netlink::{self, link_by_name};
 use super::netns::in_netns;
-use super::plumbing::BindingError;
 use super::pod_interface::tests::route;
 use super::pod_interface::{PodInterface, PodRoute, discover};
 use super::resolv_conf::DnsConfig;
@@ -157,7 +157,7 @@ impl TestPod {
         })
     }
 
-    fn setup(&self) -> Result<BridgeSetup, BindingError> {
+    fn setup(&self) -> Result<BridgeSetup, ApplyError> {
         let binding = self.binding();
         self.pod.run(|handle| async move { binding.setup(&handle).await })
     }
@@ -602,7 +602,7 @@ fn bridge_binding_refuses_to_guess_when_its_record_is_lost() {
 
     let err = test_pod.setup().unwrap_err();
 
-    assert!(matches!(err, BindingError::RecordLost { .. }), "{err}");
+    assert!(matches!(err, ApplyError::RecordLost { .. }), "{err}");
 }
 
 /// A tap file set non-blocking, read as the guest's NIC.
