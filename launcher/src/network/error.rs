@@ -8,7 +8,7 @@ use vmlet_netfilter::ToolError;
 
 use super::pod_interface::DiscoveryError;
 use super::resolv_conf::ResolvConfError;
-use super::tap::TapError;
+use super::tap_device::TapError;
 
 /// The spec or the pod asks for what the binding cannot serve.
 #[derive(Debug, thiserror::Error)]

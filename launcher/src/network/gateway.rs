@@ -32,8 +32,8 @@ use tracing::{info, warn};
 use vmlet_dhcp::v6::frame::{self, Endpoint, Payload};
 use vmlet_dhcp::{MacAddr, v6};
 
+use super::apply::{read_record, write_record};
 use super::error::ApplyError;
-use super::plumbing::{read_record, write_record};
 use super::pod_interface::PodInterface;
 use super::resolv_conf::DnsConfig;
 

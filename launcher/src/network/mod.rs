@@ -3,20 +3,16 @@
 //! In a pod the launcher already runs in the pod's network namespace, so the code takes a rtnetlink
 //! [`Handle`](rtnetlink::Handle) opened there; [`netns::in_netns`] runs the same code in another namespace.
 
+pub(crate) mod apply;
 pub(crate) mod binding;
-pub(crate) mod bridge;
 pub(crate) mod error;
 mod gateway;
-mod leak_guard;
 pub(crate) mod loopback_relay;
-mod masquerade;
 mod netlink;
 #[cfg(test)]
 pub(crate) mod netns;
-mod plumbing;
 pub(crate) mod pod_interface;
-mod redirect;
 pub(crate) mod resolv_conf;
-mod tap;
+mod tap_device;
 #[cfg(test)]
 mod tests;

@@ -27,14 +27,14 @@ use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::frame::ipv4_udp;
 use vmlet_dhcp::v6;
 
-use super::bridge::{BridgeBinding, BridgeSetup, DEFAULT_SERVER_ADDRESS};
+use super::apply::bridge::{BridgeBinding, BridgeSetup, DEFAULT_SERVER_ADDRESS};
 use super::error::ApplyError;
 use super::netlink::{self, link_by_name};
 use super::netns::in_netns;
 use super::pod_interface::tests::route;
 use super::pod_interface::{PodInterface, PodRoute, discover};
 use super::resolv_conf::DnsConfig;
-use super::tap::open_tap;
+use super::tap_device::open_tap;
 
 const POD_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
 /// The link-local address the kernel derives from [`POD_MAC`] (EUI-64).

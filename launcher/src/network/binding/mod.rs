@@ -1,6 +1,14 @@
 //! The pod interface handed to the guest by the binding the VM's spec chose, and what the rest of the launcher needs
 //! from it: the tap QEMU opens, the guest NIC's MAC address and MTU, which servers to run on which link, and the
 //! addresses to report.
+//!
+//! Each binding's module holds its plan: the nftables tables and tc filters it loads, and what the guest is served,
+//! worked out purely from the pod as recorded and what [`super::apply`] made.
+
+pub(crate) mod bridge;
+pub(crate) mod managed_tap;
+pub(crate) mod masquerade;
+pub(crate) mod tap;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -9,14 +17,14 @@ use rtnetlink::Handle;
 use vmlet_api::{Binding, Interface, PodNetwork};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 
-use super::bridge::BridgeBinding;
+use self::masquerade::{ForwardedPort, GuestSubnets, forwarded_port};
+use super::apply::bridge::BridgeBinding;
+use super::apply::masquerade::MasqueradeBinding;
+use super::apply::tap::TapBinding;
 use super::error::{ApplyError, PlanError};
 use super::gateway::{self, RouterSearch};
 use super::loopback_relay::LoopbackRelay;
-use super::masquerade::{ForwardedPort, GuestSubnets, MasqueradeBinding, forwarded_port};
 use super::pod_interface::PodInterface;
-use super::redirect::TapBinding;
-use crate::guest_addressing;
 
 /// One guest NIC to wire to the pod network.
 #[derive(Clone, Debug)]
@@ -122,7 +130,7 @@ pub(crate) fn binding_name(binding: Binding) -> &'static str {
     }
 }
 
-fn pod_addresses(pod: &PodInterface) -> Vec<IpAddr> {
+pub(super) fn pod_addresses(pod: &PodInterface) -> Vec<IpAddr> {
     pod.ipv4
         .iter()
         .map(|net| IpAddr::V4(net.addr()))
@@ -130,7 +138,7 @@ fn pod_addresses(pod: &PodInterface) -> Vec<IpAddr> {
         .collect()
 }
 
-fn served<C>(interface: &str, config: C) -> Option<Served<C>> {
+pub(super) fn served<C>(interface: &str, config: C) -> Option<Served<C>> {
     Some(Served {
         interface: interface.to_owned(),
         config,
@@ -161,7 +169,7 @@ pub(crate) fn with_subdomain(search: &[String], subdomain: &str) -> Vec<String> 
 
 /// The search for the router of the pod's IPv6 gateway, when the CNI named it by a global address whose router is
 /// not known yet.
-fn router_search(
+pub(super) fn router_search(
     request: &BindingRequest,
     pod: &PodInterface,
     dns: &super::resolv_conf::DnsConfig,
@@ -195,73 +203,16 @@ async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork,
                 ..base
             };
             let setup = bridge.setup(handle).await?;
-            let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
-            let (dhcpv4, dhcpv6) = match setup.server_address {
-                Some(server) => (
-                    guest_addressing::dhcpv4_config(&setup.pod, &setup.dns, guest_mac, server, &request.hostname)
-                        .and_then(|config| served(&setup.bridge, config)),
-                    guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.bridge_mac)
-                        .and_then(|config| served(&setup.bridge, config)),
-                ),
-                None => (None, None),
-            };
-            let router_search = dhcpv6.as_ref().and_then(|_| {
-                router_search(
-                    request,
-                    &setup.pod,
-                    &setup.dns,
-                    guest_mac,
-                    setup.bridge_mac,
-                    setup.pod_port_mac,
-                )
-            });
-            Ok(GuestNetwork {
-                binding: request.binding,
-                tap: setup.tap,
-                guest_mac,
-                mtu: setup.mtu,
-                dhcpv4,
-                dhcpv6,
-                addresses: pod_addresses(&setup.pod),
-                loopback_relays: Vec::new(),
-                router_search,
+            Ok(match request.binding {
+                Binding::Bridge => bridge::guest_network(request, &setup),
+                _ => managed_tap::guest_network(request, &setup),
             })
         }
         Binding::Tap => {
             let setup = TapBinding::new(&request.interface, &request.run_dir, &request.resolv_conf)
                 .setup(handle)
                 .await?;
-            let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
-            let dhcpv6 = guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.tap_mac)
-                .and_then(|config| served(&setup.tap, config));
-            let router_search = dhcpv6.as_ref().and_then(|_| {
-                router_search(
-                    request,
-                    &setup.pod,
-                    &setup.dns,
-                    guest_mac,
-                    setup.tap_mac,
-                    setup.pod_port_mac,
-                )
-            });
-            Ok(GuestNetwork {
-                binding: request.binding,
-                dhcpv4: guest_addressing::dhcpv4_config(
-                    &setup.pod,
-                    &setup.dns,
-                    guest_mac,
-                    setup.server_address,
-                    &request.hostname,
-                )
-                .and_then(|config| served(&setup.tap, config)),
-                dhcpv6,
-                tap: setup.tap,
-                guest_mac,
-                mtu: setup.mtu,
-                addresses: pod_addresses(&setup.pod),
-                loopback_relays: Vec::new(),
-                router_search,
-            })
+            Ok(tap::guest_network(request, &setup))
         }
         Binding::Masquerade => {
             let masquerade = MasqueradeBinding {
@@ -273,19 +224,7 @@ async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork,
                 state_file: request.state_file(),
             };
             let setup = masquerade.setup(handle).await?;
-            Ok(GuestNetwork {
-                binding: request.binding,
-                dhcpv4: setup
-                    .dhcpv4_config(&request.hostname)
-                    .and_then(|config| served(&setup.bridge, config)),
-                dhcpv6: setup.dhcpv6_config().and_then(|config| served(&setup.bridge, config)),
-                tap: setup.tap.clone(),
-                guest_mac: setup.guest_mac,
-                mtu: setup.mtu,
-                addresses: pod_addresses(&setup.pod),
-                loopback_relays: setup.loopback_relays(&request.ports),
-                router_search: None,
-            })
+            Ok(masquerade::guest_network(request, &setup))
         }
     }
 }

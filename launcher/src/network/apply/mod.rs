@@ -1,6 +1,11 @@
-//! The links, addresses and records that the bindings share: the pod interface freed of the pod's identity, the
+//! Applies a binding's plan to the pod's network namespace over rtnetlink, one module per binding; here the links,
+//! addresses and records that the bindings share: the pod interface freed of the pod's identity, the
 //! tap QEMU opens, the placeholder that keeps the pod's addresses in view, and the state file that lets a restarted
 //! launcher carry on.
+
+pub(crate) mod bridge;
+pub(crate) mod masquerade;
+pub(crate) mod tap;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -21,7 +26,7 @@ use super::error::{ApplyError, PlanError};
 use super::netlink;
 use super::pod_interface::{self, PodInterface};
 use super::resolv_conf::DnsConfig;
-use super::tap;
+use super::tap_device;
 
 /// The links a binding makes or renames, all named after the pod interface.
 #[derive(Debug, PartialEq, Eq)]
@@ -416,7 +421,7 @@ pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessag
         .await
         .map_err(failed_to(format!("look for {name}")))?;
     if existing.is_none() {
-        tap::create_persistent_tap(name)?;
+        tap_device::create_persistent_tap(name)?;
         info!(link = name, kind = "tap", "created");
     }
     let tap = netlink::link_by_name(handle, name)

@@ -1,4 +1,4 @@
-//! The `tap` binding: the guest takes the pod's IP and MAC addresses, and the pod interface and the guest's tap are
+//! The `tap` binding's plan: the guest takes the pod's IP and MAC addresses, and the pod interface and the guest's tap are
 //! joined by tc redirects, with no bridge between them.
 //!
 //! The pod interface is renamed `<if>-nic`, loses its addresses and its MAC address, as under `bridge`, and a
@@ -15,50 +15,14 @@
 //! The tc filters are `u32` matches (the classifier every kernel has) on fixed offsets: IPv4 with a 20-byte header,
 //! IPv6 with no extension header before UDP or ICMPv6, as DHCP and neighbour discovery send them.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-
-use rtnetlink::Handle;
-use tracing::info;
-use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::runner as dhcpv4;
 use vmlet_dhcp::v6::ra::{ROUTER_ADVERTISEMENT, ROUTER_SOLICITATION};
 use vmlet_dhcp::v6::runner as dhcpv6;
 use vmlet_netfilter::{Family, Filter, IngressFilters, Table};
 
-use super::bridge::DEFAULT_SERVER_ADDRESS;
-use super::error::ApplyError;
-use super::plumbing::{
-    LinkNames, PodRecord, Recorded, bring_up_silent, ensure_placeholder, ensure_tap, ethernet_address,
-    free_pod_interface, serve_from,
-};
-use super::pod_interface::PodInterface;
-use super::resolv_conf::DnsConfig;
-
-/// How to hand one pod interface to the guest over tc redirects.
-#[derive(Clone, Debug)]
-pub(crate) struct TapBinding {
-    pub(crate) interface: String,
-    pub(crate) resolv_conf: PathBuf,
-    pub(crate) state_file: PathBuf,
-}
-
-/// What the binding made, for the servers and the domain definition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TapSetup {
-    pub(crate) tap: String,
-    /// The tap's hardware address, the source of what the launcher serves the guest over IPv6.
-    pub(crate) tap_mac: MacAddr,
-    /// The pod interface's original MAC address, now the guest's.
-    pub(crate) guest_mac: MacAddr,
-    /// The pod interface's MAC address since it gave the guest its own.
-    pub(crate) pod_port_mac: MacAddr,
-    pub(crate) mtu: u32,
-    /// The tap's own address, the DHCP server's.
-    pub(crate) server_address: Ipv4Addr,
-    pub(crate) pod: PodInterface,
-    pub(crate) dns: DnsConfig,
-}
+use super::{BindingRequest, GuestNetwork, pod_addresses, router_search, served};
+use crate::guest_addressing;
+use crate::network::apply::tap::TapSetup;
 
 /// UDP ports and ICMPv6 types of the frames that stay in the pod.
 const DHCPV4_SERVER: u16 = dhcpv4::SERVER_PORT;
@@ -143,56 +107,38 @@ pub(crate) fn table(pod_port: &str, tap: &str) -> Table {
     }
 }
 
-impl TapBinding {
-    /// The binding of `interface`, with its state file `network-<interface>.json` in `run_dir`.
-    pub(crate) fn new(interface: &str, run_dir: &Path, resolv_conf: &Path) -> TapBinding {
-        TapBinding {
-            interface: interface.to_owned(),
-            resolv_conf: resolv_conf.to_owned(),
-            state_file: run_dir.join(format!("network-{interface}.json")),
-        }
-    }
-
-    /// Rewires the pod network for the guest, or finishes what an earlier launcher in this pod started.
-    pub(crate) async fn setup(&self, handle: &Handle) -> Result<TapSetup, ApplyError> {
-        let names = LinkNames::for_interface(&self.interface)?;
-        let record = PodRecord {
-            interface: &self.interface,
-            resolv_conf: &self.resolv_conf,
-            state_file: &self.state_file,
-        };
-        let Recorded { pod, dns, .. } = record
-            .load_or_record(handle, Some(&names.pod_port), || Ok(None))
-            .await?;
-        // First, so that nothing the pod's stack sends ever reaches the pod network once it is renamed.
-        vmlet_netfilter::replace_tables(&[table(&names.pod_port, &names.tap)]).map_err(ApplyError::Nft)?;
-        free_pod_interface(handle, &pod, &names).await?;
-        bring_up_silent(handle, pod.index, &names.pod_port, pod.mtu).await?;
-        let tap = ensure_tap(handle, &names.tap).await?;
-        let tap_index = tap.header.index;
-        serve_from(handle, tap_index, &names.tap, IpAddr::V4(DEFAULT_SERVER_ADDRESS)).await?;
-        bring_up_silent(handle, tap_index, &names.tap, pod.mtu).await?;
-        vmlet_netfilter::replace_ingress_filters(&ingress_filters(&names.pod_port, &names.tap))
-            .map_err(ApplyError::Tc)?;
-        ensure_placeholder(handle, &pod, &names.placeholder).await?;
-        let tap_mac = ethernet_address(handle, tap_index, &names.tap).await?;
-        let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;
-        info!(
-            interface = %pod.name,
-            tap = %names.tap,
-            guest_mac = %pod.mac,
-            "pod network handed to the guest over tc redirects"
-        );
-        Ok(TapSetup {
-            tap: names.tap,
-            tap_mac,
-            guest_mac: pod.mac,
-            pod_port_mac,
-            mtu: pod.mtu,
-            server_address: DEFAULT_SERVER_ADDRESS,
-            pod,
-            dns,
-        })
+/// What the guest is served over the tap: the pod's addresses, from the tap.
+pub(crate) fn guest_network(request: &BindingRequest, setup: &TapSetup) -> GuestNetwork {
+    let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
+    let dhcpv6 = guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.tap_mac)
+        .and_then(|config| served(&setup.tap, config));
+    let router_search = dhcpv6.as_ref().and_then(|_| {
+        router_search(
+            request,
+            &setup.pod,
+            &setup.dns,
+            guest_mac,
+            setup.tap_mac,
+            setup.pod_port_mac,
+        )
+    });
+    GuestNetwork {
+        binding: request.binding,
+        dhcpv4: guest_addressing::dhcpv4_config(
+            &setup.pod,
+            &setup.dns,
+            guest_mac,
+            setup.server_address,
+            &request.hostname,
+        )
+        .and_then(|config| served(&setup.tap, config)),
+        dhcpv6,
+        tap: setup.tap.clone(),
+        guest_mac,
+        mtu: setup.mtu,
+        addresses: pod_addresses(&setup.pod),
+        loopback_relays: Vec::new(),
+        router_search,
     }
 }
 

@@ -1,11 +1,6 @@
-//! The `bridge` binding, and the plumbing it shares with `managedTap`: the guest takes the pod's IP and MAC
-//! addresses.
-//!
-//! The pod interface (a veth from the CNI) is renamed `<if>-nic`, loses its addresses and its MAC address, and
-//! becomes a port of a new bridge `vb-<if>` next to the tap `tap-<if>` that QEMU opens. The guest's NIC gets the
-//! pod interface's original MAC address. Under `bridge` the launcher's DHCP server, on the bridge's link-local
-//! address, gives the guest the pod's addresses and routes; under `managedTap` the pod network's own DHCP does. To
-//! the pod network the guest is the pod.
+//! Applies the `bridge` binding's plumbing, which `managedTap` shares (see [`crate::network::binding::bridge`]):
+//! the pod interface becomes a port of a new bridge next to the tap that QEMU opens, and a placeholder keeps the
+//! pod's addresses in view.
 //!
 //! What the pod interface looked like is recorded in a state file before anything changes, so a launcher restarted
 //! in the same pod carries on from the record: every step checks what is already there and makes only the changes
@@ -18,18 +13,15 @@ use rtnetlink::Handle;
 use tracing::info;
 use vmlet_dhcp::MacAddr;
 
-use super::error::ApplyError;
-use super::leak_guard::{self, Guard};
-use super::plumbing::{
+use super::{
     LinkNames, PodRecord, Recorded, attach_port, ensure_bridge, ensure_placeholder, ensure_tap, ethernet_address,
     failed_to, free_pod_interface, no_ipv6_addresses, serve_from, stop_learning,
 };
-use super::pod_interface::PodInterface;
-use super::resolv_conf::DnsConfig;
-
-/// The bridge's address, the DHCP server's identifier and the source of its replies: link-local, so it is never
-/// mistaken for an address of the pod network. The same as KubeVirt's.
-pub(crate) const DEFAULT_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
+pub(crate) use crate::network::binding::bridge::DEFAULT_SERVER_ADDRESS;
+use crate::network::binding::bridge::{Guard, guard_table};
+use crate::network::error::ApplyError;
+use crate::network::pod_interface::PodInterface;
+use crate::network::resolv_conf::DnsConfig;
 
 /// How to hand one pod interface to the guest.
 #[derive(Clone, Debug)]
@@ -109,7 +101,7 @@ impl BridgeBinding {
             Some(_) => Guard::KeepAddressingInPod,
             None => Guard::PodStackOnly,
         };
-        leak_guard::install(&names.pod_port, guard).map_err(ApplyError::Nft)?;
+        vmlet_netfilter::replace_tables(&[guard_table(&names.pod_port, guard)]).map_err(ApplyError::Nft)?;
 
         let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
         let bridge_index = bridge.header.index;

@@ -1,12 +1,27 @@
-//! The nftables rules that keep the guest's DHCP, DHCPv6 and router advertisements inside the pod.
+//! The `bridge` binding's plan: the guest takes the pod's IP and MAC addresses.
 //!
-//! The rules live in the `bridge` family, in a table of their own named `vmlet`, and match on the bridge port that
+//! The pod interface (a veth from the CNI) is renamed `<if>-nic`, loses its addresses and its MAC address, and
+//! becomes a port of a new bridge `vb-<if>` next to the tap `tap-<if>` that QEMU opens. The guest's NIC gets the
+//! pod interface's original MAC address. The launcher's DHCP server, on the bridge's link-local address, gives the
+//! guest the pod's addresses and routes. To the pod network the guest is the pod.
+//!
+//! nftables rules keep the guest's DHCP, DHCPv6 and router advertisements inside the pod. They live in the `bridge` family, in a table of their own named `vmlet`, and match on the bridge port that
 //! leads to the pod network. Bridge-family rules see frames as they cross the bridge, so no `br_netfilter` and no
 //! ebtables are needed. They are loaded with the `nft` tool.
 
+use std::net::Ipv4Addr;
 use vmlet_dhcp::runner as dhcpv4;
 use vmlet_dhcp::v6::runner as dhcpv6;
-use vmlet_netfilter::{Family, Table, ToolError};
+
+use vmlet_netfilter::{Family, Table};
+
+use super::{BindingRequest, GuestNetwork, pod_addresses, router_search, served};
+use crate::guest_addressing;
+use crate::network::apply::bridge::BridgeSetup;
+
+/// The bridge's address, the DHCP server's identifier and the source of its replies: link-local, so it is never
+/// mistaken for an address of the pod network. The same as KubeVirt's.
+pub(crate) const DEFAULT_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
 
 /// What the guard keeps from crossing the pod port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +46,7 @@ pub(crate) enum Guard {
 ///   IPv6 for its link-local address, which later serves router advertisements to the guest).
 ///
 /// Loading it replaces any earlier copy at once ([`Table::ruleset`]).
-pub(crate) fn table(pod_port: &str, guard: Guard) -> Table {
+pub(crate) fn guard_table(pod_port: &str, guard: Guard) -> Table {
     let (server4, client4) = (dhcpv4::SERVER_PORT, dhcpv4::CLIENT_PORT);
     let (server6, client6) = (dhcpv6::SERVER_PORT, dhcpv6::CLIENT_PORT);
     let output = format!(
@@ -66,9 +81,35 @@ pub(crate) fn table(pod_port: &str, guard: Guard) -> Table {
     }
 }
 
-/// Installs (or replaces) the guard for `pod_port` in the current network namespace.
-pub(crate) fn install(pod_port: &str, guard: Guard) -> Result<(), ToolError> {
-    vmlet_netfilter::replace_tables(&[table(pod_port, guard)])
+/// What the guest is served on the bridge: the pod's addresses, from the bridge.
+pub(crate) fn guest_network(request: &BindingRequest, setup: &BridgeSetup) -> GuestNetwork {
+    let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
+    let server = setup.server_address.unwrap_or(DEFAULT_SERVER_ADDRESS);
+    let dhcpv4 = guest_addressing::dhcpv4_config(&setup.pod, &setup.dns, guest_mac, server, &request.hostname)
+        .and_then(|config| served(&setup.bridge, config));
+    let dhcpv6 = guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.bridge_mac)
+        .and_then(|config| served(&setup.bridge, config));
+    let router_search = dhcpv6.as_ref().and_then(|_| {
+        router_search(
+            request,
+            &setup.pod,
+            &setup.dns,
+            guest_mac,
+            setup.bridge_mac,
+            setup.pod_port_mac,
+        )
+    });
+    GuestNetwork {
+        binding: request.binding,
+        tap: setup.tap.clone(),
+        guest_mac,
+        mtu: setup.mtu,
+        dhcpv4,
+        dhcpv6,
+        addresses: pod_addresses(&setup.pod),
+        loopback_relays: Vec::new(),
+        router_search,
+    }
 }
 
 #[cfg(test)]
@@ -77,7 +118,7 @@ mod tests {
 
     #[test]
     fn ruleset_names_the_pod_port_in_every_rule() {
-        let rules = table("eth0-nic", Guard::KeepAddressingInPod).ruleset();
+        let rules = guard_table("eth0-nic", Guard::KeepAddressingInPod).ruleset();
         assert!(rules.starts_with("add table bridge vmlet\ndelete table bridge vmlet\n"));
         let rule_lines: Vec<&str> = rules
             .lines()
@@ -89,7 +130,7 @@ mod tests {
             rule_lines.iter().filter(|line| line.contains("\"eth0-nic\"")).count(),
             6
         );
-        let managed = table("eth0-nic", Guard::PodStackOnly).ruleset();
+        let managed = guard_table("eth0-nic", Guard::PodStackOnly).ruleset();
         assert!(managed.contains("oifname \"eth0-nic\" drop"));
         assert!(
             !managed.contains("udp"),
