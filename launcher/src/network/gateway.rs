@@ -32,10 +32,9 @@ use tracing::{info, warn};
 use vmlet_dhcp::v6::frame::{self, Endpoint, Payload};
 use vmlet_dhcp::{MacAddr, v6};
 
-use super::apply::{read_record, write_record};
+use super::apply::{Wired, read_record, write_record};
 use super::error::ApplyError;
-use super::pod_interface::PodInterface;
-use super::resolv_conf::DnsConfig;
+use crate::guest_addressing;
 
 /// A neighbour that answers at all answers within milliseconds; one that has not within this is asked again.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
@@ -255,36 +254,28 @@ pub(crate) struct RouterSearch {
     /// The pod interface, now the guest's, and the MAC address it has since it gave the guest its own.
     pub(crate) pod_port: u32,
     pub(crate) pod_port_mac: MacAddr,
-    /// What the DHCPv6 and router advertisement configuration is made from (see [`crate::guest_addressing`]).
-    pub(crate) pod: PodInterface,
-    pub(crate) dns: DnsConfig,
-    pub(crate) guest_mac: MacAddr,
-    pub(crate) server_mac: MacAddr,
+    /// What the binding made, from which the guest's IPv6 configuration is made again once the router is known.
+    pub(crate) wired: Wired,
     /// Where the router, once found, is recorded, so that a restarted launcher advertises it at once.
     pub(crate) state_file: PathBuf,
 }
 
 impl RouterSearch {
     /// Starts the search on the pod interface of the calling thread's network namespace. The receiver gets the
-    /// guest's IPv6 configuration naming the router once it is found.
+    /// guest's IPv6 configuration naming the router once it is found; until then it holds the one without.
     pub(crate) fn start(self) -> io::Result<watch::Receiver<v6::Config>> {
         let mut neighbours = LinkNeighbours::open(self.pod_port, self.pod_port_mac)?;
-        let initial = crate::guest_addressing::dhcpv6_config(&self.pod, &self.dns, self.guest_mac, self.server_mac);
-        let (updates, receiver) = watch::channel(
-            initial.unwrap_or_else(|| v6::Config::new(self.guest_mac, Ipv6Net::default(), self.server_mac)),
-        );
+        let initial = guest_addressing::dhcpv6_config(&self.wired)
+            .unwrap_or_else(|| v6::Config::new(self.wired.guest_mac, Ipv6Net::default(), self.wired.served_link_mac));
+        let (updates, receiver) = watch::channel(initial);
         tokio::spawn(async move {
             let link_local = find_router(&mut neighbours, self.gateway).await;
-            let pod = PodInterface {
-                gateway_v6_link_local: Some(link_local),
-                ..self.pod
-            };
             if let Err(err) = record_router(&self.state_file, link_local) {
                 warn!(error = %err, "cannot record the IPv6 gateway's link-local address");
             }
-            if let Some(config) =
-                crate::guest_addressing::dhcpv6_config(&pod, &self.dns, self.guest_mac, self.server_mac)
-            {
+            let mut wired = self.wired;
+            wired.pod.gateway_v6_link_local = Some(link_local);
+            if let Some(config) = guest_addressing::dhcpv6_config(&wired) {
                 let _ = updates.send(config);
             }
         });

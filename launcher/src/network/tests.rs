@@ -27,7 +27,10 @@ use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::frame::ipv4_udp;
 use vmlet_dhcp::v6;
 
-use super::apply::bridge::{BridgeBinding, BridgeSetup, DEFAULT_SERVER_ADDRESS};
+use super::apply::Wired;
+use super::binding::BindingRequest;
+use super::binding::bridge::DEFAULT_SERVER_ADDRESS;
+use super::binding::masquerade::GuestSubnets;
 use super::error::ApplyError;
 use super::netlink::{self, link_by_name};
 use super::netns::in_netns;
@@ -135,10 +138,17 @@ impl TestPod {
         self.dir.0.join("resolv.conf")
     }
 
-    fn binding(&self) -> BridgeBinding {
-        BridgeBinding {
+    fn request(&self) -> BindingRequest {
+        BindingRequest {
+            binding: vmlet_api::Binding::Bridge,
+            interface: "eth0".into(),
+            run_dir: self.dir.0.join("run"),
             resolv_conf: self.resolv_conf(),
-            ..BridgeBinding::new("eth0", &self.dir.0.join("run"))
+            hostname: "vm1".into(),
+            subdomain: None,
+            guest_mac: None,
+            ports: Vec::new(),
+            subnets: GuestSubnets::parse(None, None).unwrap(),
         }
     }
 
@@ -157,9 +167,10 @@ impl TestPod {
         })
     }
 
-    fn setup(&self) -> Result<BridgeSetup, ApplyError> {
-        let binding = self.binding();
-        self.pod.run(|handle| async move { binding.setup(&handle).await })
+    fn setup(&self) -> Result<Wired, ApplyError> {
+        let request = self.request();
+        self.pod
+            .run(|handle| async move { super::apply::bridge::setup(&request, &handle).await })
     }
 
     fn links(&self) -> Vec<LinkState> {
@@ -469,8 +480,8 @@ fn discovery_of_a_missing_interface_fails() {
 }
 
 /// Checks every link the binding made or changed, for a pod whose addresses were `addresses`.
-fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, addresses: &[&str]) {
-    assert_eq!(setup.bridge, "vb-eth0");
+fn assert_bridged(test_pod: &TestPod, setup: &Wired, pod: &PodInterface, addresses: &[&str]) {
+    assert_eq!(setup.served_link, "vb-eth0");
     assert_eq!(setup.tap, "tap-eth0");
     assert_eq!(setup.guest_mac, POD_MAC);
     assert_eq!(setup.mtu, MTU);
@@ -480,7 +491,8 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
 
     let links = test_pod.links();
     let bridge = link(&links, "vb-eth0");
-    assert_eq!(bridge.index, setup.bridge_index);
+    let bridge_index = bridge.index;
+    assert_eq!(bridge.mac, Some(setup.served_link_mac));
     assert_eq!(bridge.kind, Some(InfoKind::Bridge));
     assert_eq!((bridge.mtu, bridge.up), (Some(MTU), true));
     assert_eq!(bridge.addresses, vec!["169.254.75.10/32".parse::<IpNet>().unwrap()]);
@@ -490,9 +502,10 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
     let port = link(&links, "eth0-nic");
     assert_eq!(port.index, pod.index, "the pod interface is renamed, not replaced");
     let port_mac = port.mac.unwrap();
+    assert_eq!(setup.pod_port_mac, Some(port_mac));
     assert_ne!(port_mac, POD_MAC);
     assert_eq!(port_mac.0[0] & 0x03, 0x02, "locally administered unicast");
-    assert_eq!(port.controller, Some(setup.bridge_index));
+    assert_eq!(port.controller, Some(bridge_index));
     assert_eq!((port.mtu, port.up), (Some(MTU), true));
     assert!(port.addresses.is_empty());
     assert!(!port.has_ipv6_address, "not even a link-local address");
@@ -501,7 +514,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
 
     let tap = link(&links, "tap-eth0");
     assert_eq!(tap.kind, Some(InfoKind::Tun));
-    assert_eq!(tap.controller, Some(setup.bridge_index));
+    assert_eq!(tap.controller, Some(bridge_index));
     assert_eq!((tap.mtu, tap.up), (Some(MTU), true));
     assert!(!tap.has_ipv6_address);
     assert_eq!(addr_gen_mode(&tap.message), Some(In6AddrGenMode::None));
@@ -518,7 +531,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
 
     let ports: Vec<&str> = links
         .iter()
-        .filter(|link| link.controller == Some(setup.bridge_index))
+        .filter(|link| link.controller == Some(bridge_index))
         .map(|link| link.name.as_str())
         .collect();
     assert_eq!(ports.len(), 2, "{ports:?}");
@@ -538,7 +551,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
         .run(|_| async { nft(&["list", "table", "bridge", "vmlet"]).await });
     assert!(rules.contains("oifname \"eth0-nic\" drop"), "{rules}");
 
-    let recorded = fs::read_to_string(&test_pod.binding().state_file).unwrap();
+    let recorded = fs::read_to_string(test_pod.request().state_file()).unwrap();
     assert!(recorded.contains("\"10.244.1.7/"), "{recorded}");
 }
 
@@ -575,10 +588,10 @@ fn bridge_binding_finishes_what_an_interrupted_launcher_started() {
     let test_pod = TestPod::new(Cni::Subnet);
     let pod = test_pod.discover();
     // As if a launcher had recorded the pod network, taken the addresses off and renamed the interface, then died.
-    let binding = test_pod.binding();
-    fs::create_dir_all(binding.state_file.parent().unwrap()).unwrap();
+    let state_file = test_pod.request().state_file();
+    fs::create_dir_all(state_file.parent().unwrap()).unwrap();
     let record = serde_json::json!({ "pod": pod, "dns": DnsConfig::parse(RESOLV_CONF) });
-    fs::write(&binding.state_file, record.to_string()).unwrap();
+    fs::write(&state_file, record.to_string()).unwrap();
     test_pod.pod.run(|handle| async move {
         for address in netlink::addresses_of(&handle, pod.index).await.unwrap() {
             handle.address().del(address).execute().await.unwrap();
@@ -598,7 +611,7 @@ fn bridge_binding_finishes_what_an_interrupted_launcher_started() {
 fn bridge_binding_refuses_to_guess_when_its_record_is_lost() {
     let test_pod = TestPod::new(Cni::Subnet);
     test_pod.setup().unwrap();
-    fs::remove_file(test_pod.binding().state_file).unwrap();
+    fs::remove_file(test_pod.request().state_file()).unwrap();
 
     let err = test_pod.setup().unwrap_err();
 
@@ -878,7 +891,7 @@ fn router_advertisements_reach_the_guest_only_from_the_pod() {
     // The launcher's advertisements, served on the bridge, reach the guest (the first ones may come before the tap
     // port forwards: the runner repeats them every 3 s at start). Without the router's hardware address, as the
     // launcher runs it, they come from the bridge's.
-    let mut config = v6::Config::new(POD_MAC, POD_IPV6.parse().unwrap(), setup.bridge_mac);
+    let mut config = v6::Config::new(POD_MAC, POD_IPV6.parse().unwrap(), setup.served_link_mac);
     config.router = Some(v6::Router {
         link_local: NODE_LINK_LOCAL,
         mac: None,
@@ -886,12 +899,12 @@ fn router_advertisements_reach_the_guest_only_from_the_pod() {
     let advertisement = thread::scope(|scope| {
         scope.spawn(|| {
             test_pod.pod.run(|_| async move {
-                let runner = v6::runner::Runner::bind(config, &setup.bridge).unwrap();
+                let runner = v6::runner::Runner::bind(config, &setup.served_link).unwrap();
                 runner.run(tokio::time::sleep(Duration::from_secs(7))).await
             })
         });
         guest.receive(Duration::from_secs(7), |frame| {
-            router_advertisement_source(frame) == Some(&setup.bridge_mac.0)
+            router_advertisement_source(frame) == Some(&setup.served_link_mac.0)
         })
     });
     assert!(

@@ -5,7 +5,6 @@
 //! was found, so a restarted launcher gives the guest the same one.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::AddressFlags;
@@ -14,143 +13,111 @@ use tracing::info;
 use vmlet_dhcp::MacAddr;
 
 use super::{
-    LinkNames, PodRecord, Recorded, attach_port, ensure_addresses, ensure_bridge, ensure_tap, failed_to, local_mac,
-    no_ipv6_addresses, random_bytes, set_ipv4_conf,
+    LinkNames, PodRecord, Recorded, Wired, attach_port, ensure_addresses, ensure_bridge, ensure_tap, failed_to,
+    local_mac, no_ipv6_addresses, random_bytes, set_ipv4_conf,
 };
-use crate::network::binding::masquerade::{BRIDGE_MAC, ForwardedPort, GATEWAY_LINK_LOCAL, GuestSubnets, nat_table};
+use crate::network::binding::BindingRequest;
+use crate::network::binding::masquerade::{BRIDGE_MAC, GATEWAY_LINK_LOCAL, nat_table};
 use crate::network::error::{ApplyError, PlanError};
-use crate::network::pod_interface::PodInterface;
-use crate::network::resolv_conf::DnsConfig;
 
 const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
-/// How to put the guest behind NAT in the pod.
-#[derive(Clone, Debug)]
-pub(crate) struct MasqueradeBinding {
-    pub(crate) interface: String,
-    pub(crate) subnets: GuestSubnets,
-    /// Forwarded inbound; every port (and every protocol) when empty.
-    pub(crate) ports: Vec<ForwardedPort>,
-    /// The spec's MAC address for the guest, if it names one.
-    pub(crate) guest_mac: Option<MacAddr>,
-    pub(crate) resolv_conf: PathBuf,
-    pub(crate) state_file: PathBuf,
-}
-
-/// What the binding made, for the servers and the domain definition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct MasqueradeSetup {
-    pub(crate) bridge: String,
-    pub(crate) bridge_mac: MacAddr,
-    pub(crate) tap: String,
-    pub(crate) guest_mac: MacAddr,
-    pub(crate) mtu: u32,
-    pub(crate) subnets: GuestSubnets,
-    /// The pod interface, untouched: the guest is reached at its addresses.
-    pub(crate) pod: PodInterface,
-    pub(crate) dns: DnsConfig,
-}
-
-impl MasqueradeBinding {
-    /// Builds the guest's private network and the NAT, or finishes what an earlier launcher in this pod started.
-    pub(crate) async fn setup(&self, handle: &Handle) -> Result<MasqueradeSetup, ApplyError> {
-        let names = LinkNames::for_interface(&self.interface)?;
-        let record = PodRecord {
-            interface: &self.interface,
-            resolv_conf: &self.resolv_conf,
-            state_file: &self.state_file,
-        };
-        let draw_mac = || -> Result<MacAddr, ApplyError> {
-            let random = random_bytes().map_err(ApplyError::RandomMac)?;
-            Ok(self.guest_mac.unwrap_or(local_mac(random, BRIDGE_MAC)))
-        };
-        let mut recorded = record.load_or_record(handle, None, || draw_mac().map(Some)).await?;
-        let guest_mac = match (self.guest_mac, recorded.guest_mac) {
-            (Some(mac), _) | (None, Some(mac)) => mac,
-            // A record from before the binding kept a MAC address: make one now, and keep it from now on.
-            (None, None) => {
-                let mac = draw_mac()?;
-                recorded.guest_mac = Some(mac);
-                record.write(&recorded)?;
-                mac
-            }
-        };
-        let Recorded { pod, dns, .. } = recorded;
-        if pod.ipv4.is_empty() && pod.ipv6.is_empty() {
-            return Err(PlanError::NoPodAddress("IPv4 or IPv6").into());
+/// Builds the guest's private network and the NAT, or finishes what an earlier launcher in this pod started.
+pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<Wired, ApplyError> {
+    let names = LinkNames::for_interface(&request.interface)?;
+    let state_file = request.state_file();
+    let record = PodRecord::for_request(request, &state_file);
+    let draw_mac = || -> Result<MacAddr, ApplyError> {
+        let random = random_bytes().map_err(ApplyError::RandomMac)?;
+        Ok(request.guest_mac.unwrap_or(local_mac(random, BRIDGE_MAC)))
+    };
+    let mut recorded = record.load_or_record(handle, None, || draw_mac().map(Some)).await?;
+    let guest_mac = match (request.guest_mac, recorded.guest_mac) {
+        (Some(mac), _) | (None, Some(mac)) => mac,
+        // A record from before the binding kept a MAC address: make one now, and keep it from now on.
+        (None, None) => {
+            let mac = draw_mac()?;
+            recorded.guest_mac = Some(mac);
+            record.write(&recorded)?;
+            mac
         }
-
-        let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
-        let bridge_index = bridge.header.index;
-        // The gateway's own addresses only: no kernel-made link-local address beside fe80::1.
-        no_ipv6_addresses(handle, &bridge, &names.bridge).await?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(bridge_index)
-                    .address(BRIDGE_MAC.0.to_vec())
-                    .mtu(pod.mtu)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(failed_to("bring the bridge up"))?;
-        let mut gateway: Vec<IpNet> = Vec::new();
-        if !pod.ipv4.is_empty() {
-            gateway.push(self.subnets.gateway_v4().into());
-        }
-        if !pod.ipv6.is_empty() {
-            gateway.push(self.subnets.gateway_v6().into());
-            gateway.push(IpNet::new(IpAddr::V6(GATEWAY_LINK_LOCAL), 64).unwrap_or_default());
-        }
-        // No duplicate address detection: the link is the launcher's own, and the addresses are needed at once.
-        ensure_addresses(handle, bridge_index, &gateway, AddressFlags::Nodad)
-            .await
-            .map_err(failed_to("give the bridge the gateway addresses"))?;
-        set_ipv4_conf(
-            handle,
-            bridge_index,
-            "forwarding and route_localnet on the bridge",
-            |conf| {
-                conf.forwarding = 1;
-                conf.route_localnet = 1;
-            },
-        )
-        .await?;
-        set_ipv4_conf(handle, pod.index, "forwarding on the pod interface", |conf| {
-            conf.forwarding = 1;
-        })
-        .await?;
-        if !pod.ipv6.is_empty() {
-            enable_ipv6_forwarding()?;
-        }
-        let tap = ensure_tap(handle, &names.tap).await?;
-        attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
-        vmlet_netfilter::replace_tables(&[nat_table(&pod, &names.bridge, &self.subnets, &self.ports)])
-            .map_err(ApplyError::Nft)?;
-
-        info!(
-            interface = %pod.name,
-            bridge = %names.bridge,
-            tap = %names.tap,
-            %guest_mac,
-            subnet_v4 = %self.subnets.v4,
-            subnet_v6 = %self.subnets.v6,
-            forwarded_ports = self.ports.len(),
-            "guest network behind NAT ready"
-        );
-        Ok(MasqueradeSetup {
-            bridge: names.bridge,
-            bridge_mac: BRIDGE_MAC,
-            tap: names.tap,
-            guest_mac,
-            mtu: pod.mtu,
-            subnets: self.subnets,
-            pod,
-            dns,
-        })
+    };
+    let Recorded { pod, dns, .. } = recorded;
+    if pod.ipv4.is_empty() && pod.ipv6.is_empty() {
+        return Err(PlanError::NoPodAddress("IPv4 or IPv6").into());
     }
+
+    let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
+    let bridge_index = bridge.header.index;
+    // The gateway's own addresses only: no kernel-made link-local address beside fe80::1.
+    no_ipv6_addresses(handle, &bridge, &names.bridge).await?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(bridge_index)
+                .address(BRIDGE_MAC.0.to_vec())
+                .mtu(pod.mtu)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(failed_to("bring the bridge up"))?;
+    let mut gateway: Vec<IpNet> = Vec::new();
+    if !pod.ipv4.is_empty() {
+        gateway.push(request.subnets.gateway_v4().into());
+    }
+    if !pod.ipv6.is_empty() {
+        gateway.push(request.subnets.gateway_v6().into());
+        gateway.push(IpNet::new(IpAddr::V6(GATEWAY_LINK_LOCAL), 64).unwrap_or_default());
+    }
+    // No duplicate address detection: the link is the launcher's own, and the addresses are needed at once.
+    ensure_addresses(handle, bridge_index, &gateway, AddressFlags::Nodad)
+        .await
+        .map_err(failed_to("give the bridge the gateway addresses"))?;
+    set_ipv4_conf(
+        handle,
+        bridge_index,
+        "forwarding and route_localnet on the bridge",
+        |conf| {
+            conf.forwarding = 1;
+            conf.route_localnet = 1;
+        },
+    )
+    .await?;
+    set_ipv4_conf(handle, pod.index, "forwarding on the pod interface", |conf| {
+        conf.forwarding = 1;
+    })
+    .await?;
+    if !pod.ipv6.is_empty() {
+        enable_ipv6_forwarding()?;
+    }
+    let tap = ensure_tap(handle, &names.tap).await?;
+    attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
+    vmlet_netfilter::replace_tables(&[nat_table(&pod, &names.bridge, &request.subnets, &request.ports)])
+        .map_err(ApplyError::Nft)?;
+
+    info!(
+        interface = %pod.name,
+        bridge = %names.bridge,
+        tap = %names.tap,
+        %guest_mac,
+        subnet_v4 = %request.subnets.v4,
+        subnet_v6 = %request.subnets.v6,
+        forwarded_ports = request.ports.len(),
+        "guest network behind NAT ready"
+    );
+    Ok(Wired {
+        served_link: names.bridge,
+        served_link_mac: BRIDGE_MAC,
+        server_address: Some(request.subnets.gateway_v4().addr()),
+        tap: names.tap,
+        guest_mac,
+        pod_port_mac: None,
+        mtu: pod.mtu,
+        pod,
+        dns,
+    })
 }
 
 /// IPv6 forwarding has no per-link netlink setting: it is the namespace's sysctl, which a pod may set (a namespaced

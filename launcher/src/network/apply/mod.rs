@@ -9,7 +9,7 @@ pub(crate) mod tap;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -22,11 +22,36 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 use vmlet_dhcp::MacAddr;
 
+use super::binding::BindingRequest;
 use super::error::{ApplyError, PlanError};
 use super::netlink;
 use super::pod_interface::{self, PodInterface};
 use super::resolv_conf::DnsConfig;
 use super::tap_device;
+
+/// What a binding's setup made and found: with the request, all that its plan of what the guest is served needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wired {
+    /// The link the launcher serves the guest on: the bridge, or the tap under `tap`.
+    pub(crate) served_link: String,
+    /// Its hardware address, the source of what the launcher serves the guest over IPv6.
+    pub(crate) served_link_mac: MacAddr,
+    /// Its IPv4 address, the DHCP server's; `None` under `managedTap`, where the launcher serves nothing.
+    pub(crate) server_address: Option<Ipv4Addr>,
+    /// The tap QEMU opens.
+    pub(crate) tap: String,
+    /// The guest NIC's MAC address: the spec's, else the pod interface's original one, or under `masquerade` one
+    /// made up once and recorded.
+    pub(crate) guest_mac: MacAddr,
+    /// The pod interface's MAC address since it gave the guest its own; `None` under `masquerade`, which leaves
+    /// the pod interface as it was.
+    pub(crate) pod_port_mac: Option<MacAddr>,
+    /// The MTU of every link the binding made, the pod interface's.
+    pub(crate) mtu: u32,
+    /// The pod interface as the CNI left it: the addresses, routes and gateways the guest takes over.
+    pub(crate) pod: PodInterface,
+    pub(crate) dns: DnsConfig,
+}
 
 /// The links a binding makes or renames, all named after the pod interface.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,6 +106,15 @@ pub(super) struct PodRecord<'a> {
 }
 
 impl PodRecord<'_> {
+    /// Where `request` records the pod network, and where it reads the pod's DNS settings from.
+    pub(super) fn for_request<'a>(request: &'a BindingRequest, state_file: &'a Path) -> PodRecord<'a> {
+        PodRecord {
+            interface: &request.interface,
+            resolv_conf: &request.resolv_conf,
+            state_file,
+        }
+    }
+
     /// The pod's network as recorded by an earlier run, or as it is now, recorded before anything changes.
     /// `renamed_port` is the pod interface's name once a binding has renamed it: finding it without a record means
     /// the record was lost, since what is now under the original name is the placeholder, and describing it would

@@ -15,10 +15,6 @@ use vmlet_dhcp::v6::runner as dhcpv6;
 
 use vmlet_netfilter::{Family, Table};
 
-use super::{BindingRequest, GuestNetwork, pod_addresses, router_search, served};
-use crate::guest_addressing;
-use crate::network::apply::bridge::BridgeSetup;
-
 /// The bridge's address, the DHCP server's identifier and the source of its replies: link-local, so it is never
 /// mistaken for an address of the pod network. The same as KubeVirt's.
 pub(crate) const DEFAULT_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
@@ -78,37 +74,6 @@ pub(crate) fn guard_table(pod_port: &str, guard: Guard) -> Table {
         family: Family::Bridge,
         name: "vmlet".into(),
         chains,
-    }
-}
-
-/// What the guest is served on the bridge: the pod's addresses, from the bridge.
-pub(crate) fn guest_network(request: &BindingRequest, setup: &BridgeSetup) -> GuestNetwork {
-    let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
-    let server = setup.server_address.unwrap_or(DEFAULT_SERVER_ADDRESS);
-    let dhcpv4 = guest_addressing::dhcpv4_config(&setup.pod, &setup.dns, guest_mac, server, &request.hostname)
-        .and_then(|config| served(&setup.bridge, config));
-    let dhcpv6 = guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.bridge_mac)
-        .and_then(|config| served(&setup.bridge, config));
-    let router_search = dhcpv6.as_ref().and_then(|_| {
-        router_search(
-            request,
-            &setup.pod,
-            &setup.dns,
-            guest_mac,
-            setup.bridge_mac,
-            setup.pod_port_mac,
-        )
-    });
-    GuestNetwork {
-        binding: request.binding,
-        tap: setup.tap.clone(),
-        guest_mac,
-        mtu: setup.mtu,
-        dhcpv4,
-        dhcpv6,
-        addresses: pod_addresses(&setup.pod),
-        loopback_relays: Vec::new(),
-        router_search,
     }
 }
 

@@ -3,18 +3,18 @@
 //! pod's MAC address. The guard only keeps the pod's own stack off the pod network ([`super::bridge::Guard`]).
 
 use super::{BindingRequest, GuestNetwork, pod_addresses};
-use crate::network::apply::bridge::BridgeSetup;
+use crate::network::apply::Wired;
 
 /// What the guest gets from the launcher: a tap and a MAC address, and no servers.
-pub(crate) fn guest_network(request: &BindingRequest, setup: &BridgeSetup) -> GuestNetwork {
+pub(crate) fn guest_network(request: &BindingRequest, wired: &Wired) -> GuestNetwork {
     GuestNetwork {
         binding: request.binding,
-        tap: setup.tap.clone(),
-        guest_mac: request.guest_mac.unwrap_or(setup.guest_mac),
-        mtu: setup.mtu,
+        tap: wired.tap.clone(),
+        guest_mac: wired.guest_mac,
+        mtu: wired.mtu,
         dhcpv4: None,
         dhcpv6: None,
-        addresses: pod_addresses(&setup.pod),
+        addresses: pod_addresses(&wired.pod),
         loopback_relays: Vec::new(),
         router_search: None,
     }

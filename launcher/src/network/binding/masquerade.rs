@@ -15,7 +15,8 @@ use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 use vmlet_netfilter::{Family, Table};
 
 use super::{BindingRequest, GuestNetwork, pod_addresses, served};
-use crate::network::apply::masquerade::MasqueradeSetup;
+use crate::guest_addressing;
+use crate::network::apply::Wired;
 use crate::network::error::PlanError;
 use crate::network::loopback_relay::LoopbackRelay;
 use crate::network::pod_interface::PodInterface;
@@ -107,63 +108,47 @@ impl Protocol {
     }
 }
 
-impl MasqueradeSetup {
-    /// Whether the guest gets IPv4: only when the pod has an IPv4 address to masquerade behind.
-    pub(crate) fn has_ipv4(&self) -> bool {
-        !self.pod.ipv4.is_empty()
+/// The DHCPv4 server's configuration: the guest's private address, the bridge as its gateway, the pod's DNS; none
+/// when the pod has no IPv4 address to masquerade behind.
+pub(crate) fn dhcpv4_config(wired: &Wired, subnets: &GuestSubnets, hostname: &str) -> Option<ServerConfig> {
+    if wired.pod.ipv4.is_empty() {
+        return None;
     }
+    let gateway = subnets.gateway_v4().addr();
+    let mut config = guest_addressing::dhcpv4_base(wired, subnets.guest_v4(), gateway, hostname);
+    config.gateway = Some(gateway);
+    Some(config)
+}
 
-    pub(crate) fn has_ipv6(&self) -> bool {
-        !self.pod.ipv6.is_empty()
+/// The DHCPv6 and router advertisement configuration: the guest's private address, the bridge as its router; none
+/// when the pod has no IPv6 address.
+pub(crate) fn dhcpv6_config(wired: &Wired, subnets: &GuestSubnets) -> Option<v6::Config> {
+    if wired.pod.ipv6.is_empty() {
+        return None;
     }
+    let mut config = guest_addressing::dhcpv6_base(wired, subnets.guest_v6());
+    config.router = Some(v6::Router {
+        link_local: GATEWAY_LINK_LOCAL,
+        mac: Some(wired.served_link_mac),
+    });
+    Some(config)
+}
 
-    /// The DHCPv4 server's configuration: the guest's private address, the bridge as its gateway, the pod's DNS.
-    pub(crate) fn dhcpv4_config(&self, hostname: &str) -> Option<ServerConfig> {
-        if !self.has_ipv4() {
-            return None;
-        }
-        let gateway = self.subnets.gateway_v4().addr();
-        let mut config = ServerConfig::new(self.guest_mac, self.subnets.guest_v4(), gateway);
-        config.gateway = Some(gateway);
-        config.dns = self.dns.ipv4_nameservers();
-        config.search = self.dns.search.clone();
-        config.mtu = u16::try_from(self.mtu).ok();
-        config.hostname = Some(hostname.to_owned());
-        Some(config)
+/// The listed TCP ports, relayed from the pod's `[::1]` to the guest's IPv6 address (see
+/// [`crate::network::loopback_relay`]); none without IPv6 or without a port list.
+pub(crate) fn loopback_relays(wired: &Wired, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> Vec<LoopbackRelay> {
+    if wired.pod.ipv6.is_empty() {
+        return Vec::new();
     }
-
-    /// The listed TCP ports, relayed from the pod's `[::1]` to the guest's IPv6 address (see
-    /// [`super::loopback_relay`]); none without IPv6 or without a port list.
-    pub(crate) fn loopback_relays(&self, ports: &[ForwardedPort]) -> Vec<LoopbackRelay> {
-        if !self.has_ipv6() {
-            return Vec::new();
-        }
-        let guest = self.subnets.guest_v6().addr();
-        ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| LoopbackRelay {
-                listen: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), p.port),
-                guest: SocketAddr::new(guest.into(), p.port),
-            })
-            .collect()
-    }
-
-    /// The DHCPv6 and router advertisement configuration: the guest's private address, the bridge as its router.
-    pub(crate) fn dhcpv6_config(&self) -> Option<v6::Config> {
-        if !self.has_ipv6() {
-            return None;
-        }
-        let mut config = v6::Config::new(self.guest_mac, self.subnets.guest_v6(), self.bridge_mac);
-        config.router = Some(v6::Router {
-            link_local: GATEWAY_LINK_LOCAL,
-            mac: Some(self.bridge_mac),
-        });
-        config.dns = self.dns.ipv6_nameservers();
-        config.search = self.dns.search.clone();
-        config.mtu = Some(self.mtu);
-        Some(config)
-    }
+    let guest = subnets.guest_v6().addr();
+    ports
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .map(|p| LoopbackRelay {
+            listen: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), p.port),
+            guest: SocketAddr::new(guest.into(), p.port),
+        })
+        .collect()
 }
 
 /// The NAT rules, in the table `inet vmlet-nat`.
@@ -261,18 +246,17 @@ pub(crate) fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<Forwar
 }
 
 /// What the guest is served behind NAT.
-pub(crate) fn guest_network(request: &BindingRequest, setup: &MasqueradeSetup) -> GuestNetwork {
+pub(crate) fn guest_network(request: &BindingRequest, wired: &Wired) -> GuestNetwork {
+    let subnets = &request.subnets;
     GuestNetwork {
         binding: request.binding,
-        dhcpv4: setup
-            .dhcpv4_config(&request.hostname)
-            .and_then(|config| served(&setup.bridge, config)),
-        dhcpv6: setup.dhcpv6_config().and_then(|config| served(&setup.bridge, config)),
-        tap: setup.tap.clone(),
-        guest_mac: setup.guest_mac,
-        mtu: setup.mtu,
-        addresses: pod_addresses(&setup.pod),
-        loopback_relays: setup.loopback_relays(&request.ports),
+        dhcpv4: dhcpv4_config(wired, subnets, &request.hostname).and_then(|config| served(&wired.served_link, config)),
+        dhcpv6: dhcpv6_config(wired, subnets).and_then(|config| served(&wired.served_link, config)),
+        tap: wired.tap.clone(),
+        guest_mac: wired.guest_mac,
+        mtu: wired.mtu,
+        addresses: pod_addresses(&wired.pod),
+        loopback_relays: loopback_relays(wired, subnets, &request.ports),
         router_search: None,
     }
 }
@@ -374,19 +358,20 @@ mod tests {
         let pod = PodInterface { ipv6: vec![], ..pod() };
         let rules = nat_table(&pod, "vb-eth0", &defaults(), &[]).ruleset();
         assert!(!rules.contains("dnat ip6"), "{rules}");
-        let setup = setup(pod);
-        assert!(setup.dhcpv6_config().is_none());
-        assert!(setup.dhcpv4_config("vm1").is_some());
+        let wired = wired(pod);
+        assert!(dhcpv6_config(&wired, &defaults()).is_none());
+        assert!(dhcpv4_config(&wired, &defaults(), "vm1").is_some());
     }
 
-    fn setup(pod: PodInterface) -> MasqueradeSetup {
-        MasqueradeSetup {
-            bridge: "vb-eth0".into(),
-            bridge_mac: BRIDGE_MAC,
+    fn wired(pod: PodInterface) -> Wired {
+        Wired {
+            served_link: "vb-eth0".into(),
+            served_link_mac: BRIDGE_MAC,
+            server_address: Some(Ipv4Addr::new(10, 0, 2, 1)),
             tap: "tap-eth0".into(),
             guest_mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            pod_port_mac: None,
             mtu: pod.mtu,
-            subnets: defaults(),
             pod,
             dns: DnsConfig::parse("nameserver 10.96.0.10\nnameserver fd00:10:96::a\nsearch cluster.local\n"),
         }
@@ -398,7 +383,7 @@ mod tests {
             forwarded_port(None, 8080).unwrap(),
             forwarded_port(Some("UDP"), 53).unwrap(),
         ];
-        let relays = setup(pod()).loopback_relays(&ports);
+        let relays = loopback_relays(&wired(pod()), &defaults(), &ports);
         assert_eq!(
             relays,
             [LoopbackRelay {
@@ -407,20 +392,20 @@ mod tests {
             }]
         );
         assert!(
-            setup(pod()).loopback_relays(&[]).is_empty(),
+            loopback_relays(&wired(pod()), &defaults(), &[]).is_empty(),
             "no list: nothing to listen on"
         );
         let v4_only = PodInterface {
             ipv6: Vec::new(),
             ..pod()
         };
-        assert!(setup(v4_only).loopback_relays(&ports).is_empty());
+        assert!(loopback_relays(&wired(v4_only), &defaults(), &ports).is_empty());
     }
 
     #[test]
     fn the_guest_is_served_its_private_addresses_with_the_bridge_as_router() {
-        let setup = setup(pod());
-        let v4 = setup.dhcpv4_config("vm1").unwrap();
+        let wired = wired(pod());
+        let v4 = dhcpv4_config(&wired, &defaults(), "vm1").unwrap();
         assert_eq!(v4.client_mac, MacAddr([2, 0, 0, 0, 0, 9]));
         assert_eq!(v4.address.to_string(), "10.0.2.2/24");
         assert_eq!(
@@ -430,7 +415,7 @@ mod tests {
         assert_eq!(v4.dns, [Ipv4Addr::new(10, 96, 0, 10)]);
         assert_eq!((v4.mtu, v4.hostname.as_deref()), (Some(1400), Some("vm1")));
         assert_eq!(v4.validate(), Ok(()));
-        let v6 = setup.dhcpv6_config().unwrap();
+        let v6 = dhcpv6_config(&wired, &defaults()).unwrap();
         assert_eq!(v6.address.to_string(), "fd10:0:2::2/120");
         assert_eq!(
             v6.router,

@@ -17,10 +17,10 @@ use rtnetlink::Handle;
 use vmlet_api::{Binding, Interface, PodNetwork};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 
+use crate::guest_addressing;
+
 use self::masquerade::{ForwardedPort, GuestSubnets, forwarded_port};
-use super::apply::bridge::BridgeBinding;
-use super::apply::masquerade::MasqueradeBinding;
-use super::apply::tap::TapBinding;
+use super::apply::{self, Wired};
 use super::error::{ApplyError, PlanError};
 use super::gateway::{self, RouterSearch};
 use super::loopback_relay::LoopbackRelay;
@@ -88,7 +88,7 @@ impl BindingRequest {
         })
     }
 
-    fn state_file(&self) -> PathBuf {
+    pub(crate) fn state_file(&self) -> PathBuf {
         self.run_dir.join(format!("network-{}.json", self.interface))
     }
 }
@@ -167,66 +167,47 @@ pub(crate) fn with_subdomain(search: &[String], subdomain: &str) -> Vec<String> 
         .collect()
 }
 
+/// What the guest is served when it takes the pod's identity (`bridge`, `tap`): the pod's addresses, routes and DNS,
+/// from the served link.
+pub(super) fn pod_identity(request: &BindingRequest, wired: &Wired) -> GuestNetwork {
+    let dhcpv6 = guest_addressing::dhcpv6_config(wired).and_then(|config| served(&wired.served_link, config));
+    let router_search = dhcpv6.as_ref().and_then(|_| router_search(request, wired));
+    GuestNetwork {
+        binding: request.binding,
+        tap: wired.tap.clone(),
+        guest_mac: wired.guest_mac,
+        mtu: wired.mtu,
+        dhcpv4: guest_addressing::dhcpv4_config(wired, &request.hostname)
+            .and_then(|config| served(&wired.served_link, config)),
+        dhcpv6,
+        addresses: pod_addresses(&wired.pod),
+        loopback_relays: Vec::new(),
+        router_search,
+    }
+}
+
 /// The search for the router of the pod's IPv6 gateway, when the CNI named it by a global address whose router is
 /// not known yet.
-pub(super) fn router_search(
-    request: &BindingRequest,
-    pod: &PodInterface,
-    dns: &super::resolv_conf::DnsConfig,
-    guest_mac: MacAddr,
-    server_mac: MacAddr,
-    pod_port_mac: MacAddr,
-) -> Option<RouterSearch> {
-    let gateway = gateway::global_gateway(pod.gateway_v6, pod.gateway_v6_link_local)?;
+fn router_search(request: &BindingRequest, wired: &Wired) -> Option<RouterSearch> {
+    let gateway = gateway::global_gateway(wired.pod.gateway_v6, wired.pod.gateway_v6_link_local)?;
     Some(RouterSearch {
         gateway,
-        pod_port: pod.index,
-        pod_port_mac,
-        pod: pod.clone(),
-        dns: dns.clone(),
-        guest_mac,
-        server_mac,
+        pod_port: wired.pod.index,
+        pod_port_mac: wired.pod_port_mac?,
+        wired: wired.clone(),
         state_file: request.state_file(),
     })
 }
 
+/// Wires the guest NIC to the pod network as `request` says: the binding's setup, then its plan of what the guest
+/// is served.
 async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, ApplyError> {
-    match request.binding {
-        Binding::Bridge | Binding::ManagedTap => {
-            let base = if request.binding == Binding::Bridge {
-                BridgeBinding::new(&request.interface, &request.run_dir)
-            } else {
-                BridgeBinding::managed(&request.interface, &request.run_dir)
-            };
-            let bridge = BridgeBinding {
-                resolv_conf: request.resolv_conf.clone(),
-                ..base
-            };
-            let setup = bridge.setup(handle).await?;
-            Ok(match request.binding {
-                Binding::Bridge => bridge::guest_network(request, &setup),
-                _ => managed_tap::guest_network(request, &setup),
-            })
-        }
-        Binding::Tap => {
-            let setup = TapBinding::new(&request.interface, &request.run_dir, &request.resolv_conf)
-                .setup(handle)
-                .await?;
-            Ok(tap::guest_network(request, &setup))
-        }
-        Binding::Masquerade => {
-            let masquerade = MasqueradeBinding {
-                interface: request.interface.clone(),
-                subnets: request.subnets,
-                ports: request.ports.clone(),
-                guest_mac: request.guest_mac,
-                resolv_conf: request.resolv_conf.clone(),
-                state_file: request.state_file(),
-            };
-            let setup = masquerade.setup(handle).await?;
-            Ok(masquerade::guest_network(request, &setup))
-        }
-    }
+    Ok(match request.binding {
+        Binding::Bridge => pod_identity(request, &apply::bridge::setup(request, handle).await?),
+        Binding::ManagedTap => managed_tap::guest_network(request, &apply::bridge::setup(request, handle).await?),
+        Binding::Tap => pod_identity(request, &apply::tap::setup(request, handle).await?),
+        Binding::Masquerade => masquerade::guest_network(request, &apply::masquerade::setup(request, handle).await?),
+    })
 }
 
 #[cfg(test)]

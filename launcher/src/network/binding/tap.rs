@@ -20,10 +20,6 @@ use vmlet_dhcp::v6::ra::{ROUTER_ADVERTISEMENT, ROUTER_SOLICITATION};
 use vmlet_dhcp::v6::runner as dhcpv6;
 use vmlet_netfilter::{Family, Filter, IngressFilters, Table};
 
-use super::{BindingRequest, GuestNetwork, pod_addresses, router_search, served};
-use crate::guest_addressing;
-use crate::network::apply::tap::TapSetup;
-
 /// UDP ports and ICMPv6 types of the frames that stay in the pod.
 const DHCPV4_SERVER: u16 = dhcpv4::SERVER_PORT;
 const DHCPV4_CLIENT: u16 = dhcpv4::CLIENT_PORT;
@@ -104,41 +100,6 @@ pub(crate) fn table(pod_port: &str, tap: &str) -> Table {
     }}
 "#
         ),
-    }
-}
-
-/// What the guest is served over the tap: the pod's addresses, from the tap.
-pub(crate) fn guest_network(request: &BindingRequest, setup: &TapSetup) -> GuestNetwork {
-    let guest_mac = request.guest_mac.unwrap_or(setup.guest_mac);
-    let dhcpv6 = guest_addressing::dhcpv6_config(&setup.pod, &setup.dns, guest_mac, setup.tap_mac)
-        .and_then(|config| served(&setup.tap, config));
-    let router_search = dhcpv6.as_ref().and_then(|_| {
-        router_search(
-            request,
-            &setup.pod,
-            &setup.dns,
-            guest_mac,
-            setup.tap_mac,
-            setup.pod_port_mac,
-        )
-    });
-    GuestNetwork {
-        binding: request.binding,
-        dhcpv4: guest_addressing::dhcpv4_config(
-            &setup.pod,
-            &setup.dns,
-            guest_mac,
-            setup.server_address,
-            &request.hostname,
-        )
-        .and_then(|config| served(&setup.tap, config)),
-        dhcpv6,
-        tap: setup.tap.clone(),
-        guest_mac,
-        mtu: setup.mtu,
-        addresses: pod_addresses(&setup.pod),
-        loopback_relays: Vec::new(),
-        router_search,
     }
 }
 
