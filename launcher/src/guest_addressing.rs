@@ -101,12 +101,7 @@ mod tests {
     use vmlet_dhcp::MacAddr;
 
     fn route(destination: &str, gateway: Option<&str>) -> PodRoute {
-        PodRoute {
-            destination: destination.parse().unwrap(),
-            gateway: gateway.map(|g| g.parse().unwrap()),
-            on_link: false,
-            metric: 0,
-        }
+        crate::network::pod_interface::tests::route(destination, gateway, false, 0)
     }
 
     fn pod(ipv4: &[&str], routes: Vec<PodRoute>, gateway: Option<&str>) -> PodInterface {

@@ -9,12 +9,11 @@
 use std::net::IpAddr;
 
 use rtnetlink::Handle;
-use tracing::info;
 use vmlet_api::Binding;
 
 use super::{
-    LinkNames, PodRecord, Recorded, Wired, attach_port, ensure_bridge, ensure_placeholder, ensure_tap,
-    ethernet_address, failed_to, free_pod_interface, no_ipv6_addresses, serve_from, stop_learning,
+    LinkNames, PodRecord, Wired, attach_port, ensure_bridge, ensure_tap, failed_to, free_pod_interface,
+    hand_over_identity, no_ipv6_addresses, serve_from, stop_learning,
 };
 use crate::network::binding::BindingRequest;
 use crate::network::binding::bridge::{DEFAULT_SERVER_ADDRESS, Guard, guard_table};
@@ -25,9 +24,10 @@ use crate::network::error::ApplyError;
 pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<Wired, ApplyError> {
     let names = LinkNames::for_interface(&request.interface)?;
     let state_file = request.state_file();
-    let Recorded { pod, dns, .. } = PodRecord::for_request(request, &state_file)
+    let recorded = PodRecord::for_request(request, &state_file)
         .load_or_record(handle, Some(&names.pod_port), || Ok(None))
         .await?;
+    let pod = &recorded.pod;
     let server_address = (request.binding != Binding::ManagedTap).then_some(DEFAULT_SERVER_ADDRESS);
     // First, so that nothing the pod's stack sends on the bridge ever reaches the pod network. The rules match
     // the port by name, so they hold from the moment the pod interface takes it.
@@ -51,32 +51,19 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<W
         .execute()
         .await
         .map_err(failed_to("bring the bridge up"))?;
-    free_pod_interface(handle, &pod, &names).await?;
+    free_pod_interface(handle, pod, &names).await?;
     attach_port(handle, pod.index, &names.pod_port, bridge_index, pod.mtu).await?;
     stop_learning(handle, pod.index).await?;
     let tap = ensure_tap(handle, &names.tap).await?;
     attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
-    ensure_placeholder(handle, &pod, &names.placeholder).await?;
-    // Read once the ports are attached: a bridge takes the lowest of its ports' addresses.
-    let bridge_mac = ethernet_address(handle, bridge_index, &names.bridge).await?;
-    let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;
-
-    info!(
-        interface = %pod.name,
-        bridge = %names.bridge,
-        tap = %names.tap,
-        guest_mac = %pod.mac,
-        "pod network handed to the guest"
-    );
-    Ok(Wired {
-        served_link: names.bridge,
-        served_link_mac: bridge_mac,
+    let bridge_name = names.bridge.clone();
+    hand_over_identity(
+        handle,
+        request,
+        names,
+        (&bridge_name, bridge_index),
         server_address,
-        tap: names.tap,
-        guest_mac: request.guest_mac.unwrap_or(pod.mac),
-        pod_port_mac: Some(pod_port_mac),
-        mtu: pod.mtu,
-        pod,
-        dns,
-    })
+        recorded,
+    )
+    .await
 }

@@ -53,6 +53,41 @@ pub(crate) struct Wired {
     pub(crate) dns: DnsConfig,
 }
 
+/// The end of a setup that hands the pod's identity to the guest (`bridge`, `managedTap`, `tap`): the placeholder
+/// keeps the pod's addresses in view, and the links' hardware addresses are read once every port is attached (a
+/// bridge takes the lowest of its ports').
+pub(super) async fn hand_over_identity(
+    handle: &Handle,
+    request: &BindingRequest,
+    names: LinkNames,
+    served_link: (&str, u32),
+    server_address: Option<Ipv4Addr>,
+    Recorded { pod, dns, .. }: Recorded,
+) -> Result<Wired, ApplyError> {
+    ensure_placeholder(handle, &pod, &names.placeholder).await?;
+    let (served_link, served_index) = served_link;
+    let served_link_mac = ethernet_address(handle, served_index, served_link).await?;
+    let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;
+    info!(
+        interface = %pod.name,
+        served_link,
+        tap = %names.tap,
+        guest_mac = %pod.mac,
+        "pod network handed to the guest"
+    );
+    Ok(Wired {
+        served_link: served_link.to_owned(),
+        served_link_mac,
+        server_address,
+        tap: names.tap,
+        guest_mac: request.guest_mac.unwrap_or(pod.mac),
+        pod_port_mac: Some(pod_port_mac),
+        mtu: pod.mtu,
+        pod,
+        dns,
+    })
+}
+
 /// The links a binding makes or renames, all named after the pod interface.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct LinkNames {

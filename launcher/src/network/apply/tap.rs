@@ -4,11 +4,9 @@
 use std::net::IpAddr;
 
 use rtnetlink::Handle;
-use tracing::info;
 
 use super::{
-    LinkNames, PodRecord, Recorded, Wired, bring_up_silent, ensure_placeholder, ensure_tap, ethernet_address,
-    free_pod_interface, serve_from,
+    LinkNames, PodRecord, Wired, bring_up_silent, ensure_tap, free_pod_interface, hand_over_identity, serve_from,
 };
 use crate::network::binding::BindingRequest;
 use crate::network::binding::bridge::DEFAULT_SERVER_ADDRESS;
@@ -20,36 +18,20 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<W
     let names = LinkNames::for_interface(&request.interface)?;
     let state_file = request.state_file();
     let record = PodRecord::for_request(request, &state_file);
-    let Recorded { pod, dns, .. } = record
+    let recorded = record
         .load_or_record(handle, Some(&names.pod_port), || Ok(None))
         .await?;
+    let pod = &recorded.pod;
     // First, so that nothing the pod's stack sends ever reaches the pod network once it is renamed.
     vmlet_netfilter::replace_tables(&[table(&names.pod_port, &names.tap)]).map_err(ApplyError::Nft)?;
-    free_pod_interface(handle, &pod, &names).await?;
+    free_pod_interface(handle, pod, &names).await?;
     bring_up_silent(handle, pod.index, &names.pod_port, pod.mtu).await?;
     let tap = ensure_tap(handle, &names.tap).await?;
     let tap_index = tap.header.index;
     serve_from(handle, tap_index, &names.tap, IpAddr::V4(DEFAULT_SERVER_ADDRESS)).await?;
     bring_up_silent(handle, tap_index, &names.tap, pod.mtu).await?;
     vmlet_netfilter::replace_ingress_filters(&ingress_filters(&names.pod_port, &names.tap)).map_err(ApplyError::Tc)?;
-    ensure_placeholder(handle, &pod, &names.placeholder).await?;
-    let tap_mac = ethernet_address(handle, tap_index, &names.tap).await?;
-    let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;
-    info!(
-        interface = %pod.name,
-        tap = %names.tap,
-        guest_mac = %pod.mac,
-        "pod network handed to the guest over tc redirects"
-    );
-    Ok(Wired {
-        served_link: names.tap.clone(),
-        served_link_mac: tap_mac,
-        server_address: Some(DEFAULT_SERVER_ADDRESS),
-        tap: names.tap,
-        guest_mac: request.guest_mac.unwrap_or(pod.mac),
-        pod_port_mac: Some(pod_port_mac),
-        mtu: pod.mtu,
-        pod,
-        dns,
-    })
+    let tap_name = names.tap.clone();
+    let server_address = Some(DEFAULT_SERVER_ADDRESS);
+    hand_over_identity(handle, request, names, (&tap_name, tap_index), server_address, recorded).await
 }

@@ -17,12 +17,7 @@ const LINK_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
 const PORT_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 2]);
 
 fn route(destination: &str, gateway: Option<&str>) -> PodRoute {
-    PodRoute {
-        destination: destination.parse().unwrap(),
-        gateway: gateway.map(|g| g.parse().unwrap()),
-        on_link: false,
-        metric: 0,
-    }
+    crate::network::pod_interface::tests::route(destination, gateway, false, 0)
 }
 
 fn pod(ipv4: &[&str], ipv6: &[&str], routes: Vec<PodRoute>) -> PodInterface {
