@@ -492,4 +492,34 @@ mod tests {
         assert_eq!(xid(&[1, 0xab, 0xcd, 0xef, 0]), 0xabcdef);
         assert_eq!(xid(&[1, 0xab]), 0);
     }
+
+    #[tokio::test]
+    async fn each_update_is_taken_once_and_a_gone_sender_ends_them() {
+        let mut config = Config::new(
+            GUEST.mac,
+            "fd00:10:244:1::7/64".parse().unwrap(),
+            MacAddr([2, 0, 0, 0, 0, 1]),
+        );
+        let (sender, receiver) = watch::channel(config.clone());
+        let mut updates = Some(receiver);
+        let pending = |updates: &mut Option<watch::Receiver<Config>>| {
+            let mut next = std::pin::pin!(next_update(updates));
+            let waker = std::task::Waker::noop();
+            next.as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_pending()
+        };
+        assert!(pending(&mut updates), "the configuration bound with is no update");
+        config.router = Some(crate::v6::Router {
+            link_local: "fe80::1".parse().unwrap(),
+            mac: None,
+        });
+        sender.send(config.clone()).unwrap();
+        assert_eq!(next_update(&mut updates).await, Some(config));
+        assert!(pending(&mut updates), "taken once");
+        drop(sender);
+        assert!(pending(&mut updates));
+        assert!(updates.is_none(), "no sender, no more updates");
+        assert!(pending(&mut None));
+    }
 }

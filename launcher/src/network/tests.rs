@@ -857,6 +857,30 @@ fn a_global_ipv6_gateway_is_found_once_its_routers_link_local_address_is_usable(
     assert_eq!(found.ok(), Some(router));
 }
 
+/// Under `tap` every frame from the pod network is redirected to the tap before the pod's stack sees it: the search
+/// for a global gateway's router still hears the answers, on the pod interface itself.
+#[test]
+fn the_router_search_hears_the_gateway_through_the_tap_bindings_redirect() {
+    let test_pod = TestPod::new(Cni::Subnet);
+    test_pod.discover();
+    let request = BindingRequest {
+        binding: vmlet_api::Binding::Tap,
+        ..test_pod.request()
+    };
+    let wired = test_pod
+        .pod
+        .run(|handle| async move { super::apply::tap::setup(&request, &handle).await })
+        .unwrap();
+    let gateway: Ipv6Addr = "fd00:10:244:1::1".parse().unwrap();
+    let found = test_pod.pod.run(|_| async move {
+        let mut neighbours =
+            super::gateway::LinkNeighbours::open(wired.pod.index, wired.pod_port_mac.unwrap()).unwrap();
+        let search = super::gateway::find_router(&mut neighbours, gateway);
+        tokio::time::timeout(Duration::from_secs(60), search).await
+    });
+    assert_eq!(found.ok(), Some(super::gateway::eui64_link_local(MacAddr(NODE_MAC))));
+}
+
 /// The Ethernet source of a router advertisement without IPv6 extension headers.
 fn router_advertisement_source(frame: &[u8]) -> Option<&[u8]> {
     let is_advertisement = frame.len() > 54 && frame[12..14] == [0x86, 0xdd] && frame[20] == 58 && frame[54] == 134;
