@@ -42,7 +42,7 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// addresses finish their detection, cheap for a router that never answers.
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
-/// After this long the guest is told it has no default route yet (the search goes on).
+/// After this long a warning says that the guest has no IPv6 default route yet (the search goes on).
 const WARN_AFTER: Duration = Duration::from_secs(10);
 
 const NEIGHBOUR_SOLICITATION: u8 = 135;

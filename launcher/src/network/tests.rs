@@ -32,7 +32,7 @@ use super::binding::BindingRequest;
 use super::binding::bridge::DEFAULT_SERVER_ADDRESS;
 use super::binding::masquerade::GuestSubnets;
 use super::error::ApplyError;
-use super::netlink::{self, link_by_name};
+use super::netlink::{self, Netlink};
 use super::netns::in_netns;
 use super::pod_interface::tests::route;
 use super::pod_interface::{PodInterface, PodRoute, discover};
@@ -237,7 +237,8 @@ async fn plug_node(handle: Handle, cni: Cni) {
 }
 
 async fn index_of(handle: &Handle, name: &str) -> u32 {
-    link_by_name(handle, name)
+    handle
+        .link_by_name(name)
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("{name} not found"))
@@ -280,7 +281,7 @@ async fn link_states(handle: &Handle) -> Vec<LinkState> {
     let mut states = Vec::new();
     for link in links {
         let index = link.header.index;
-        let addresses = netlink::addresses_of(handle, index).await.unwrap();
+        let addresses = handle.addresses_of(index).await.unwrap();
         let mut global: Vec<IpNet> = addresses
             .iter()
             .filter(|address| netlink::address_is_global(address))
@@ -593,7 +594,7 @@ fn bridge_binding_finishes_what_an_interrupted_launcher_started() {
     let record = serde_json::json!({ "pod": pod, "dns": DnsConfig::parse(RESOLV_CONF) });
     fs::write(&state_file, record.to_string()).unwrap();
     test_pod.pod.run(|handle| async move {
-        for address in netlink::addresses_of(&handle, pod.index).await.unwrap() {
+        for address in handle.addresses_of(pod.index).await.unwrap() {
             handle.address().del(address).execute().await.unwrap();
         }
         let down = LinkUnspec::new_with_index(pod.index).down().build();

@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use rtnetlink::Handle;
+use crate::network::netlink::Netlink;
 use vmlet_api::Binding;
 
 use super::{
@@ -21,7 +21,7 @@ use crate::network::error::ApplyError;
 
 /// Rewires the pod network for the guest as `request` says (`bridge` or `managedTap`), or finishes what an earlier
 /// launcher in this pod started. Running it again once it has succeeded changes nothing.
-pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<Wired, ApplyError> {
+pub(crate) async fn setup(request: &BindingRequest, handle: &impl Netlink) -> Result<Wired, ApplyError> {
     let names = LinkNames::for_interface(&request.interface)?;
     let state_file = request.state_file();
     let recorded = PodRecord::for_request(request, &state_file)
@@ -35,7 +35,9 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<W
         Some(_) => Guard::KeepAddressingInPod,
         None => Guard::PodStackOnly,
     };
-    vmlet_netfilter::replace_tables(&[guard_table(&names.pod_port, guard)]).map_err(ApplyError::Nft)?;
+    handle
+        .replace_tables(&[guard_table(&names.pod_port, guard)])
+        .map_err(ApplyError::Nft)?;
 
     let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
     let bridge_index = bridge.header.index;
@@ -46,9 +48,7 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<W
         None => no_ipv6_addresses(handle, &bridge, &names.bridge).await?,
     }
     handle
-        .link()
-        .set(rtnetlink::LinkUnspec::new_with_index(bridge_index).up().build())
-        .execute()
+        .set_link(rtnetlink::LinkUnspec::new_with_index(bridge_index).up().build())
         .await
         .map_err(failed_to("bring the bridge up"))?;
     free_pod_interface(handle, pod, &names).await?;

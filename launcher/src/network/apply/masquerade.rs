@@ -7,8 +7,10 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use rtnetlink::LinkUnspec;
 use rtnetlink::packet_route::address::AddressFlags;
-use rtnetlink::{Handle, LinkUnspec};
+
+use crate::network::netlink::{IPV6_FORWARDING, Netlink};
 use tracing::info;
 use vmlet_dhcp::MacAddr;
 
@@ -20,10 +22,8 @@ use crate::network::binding::BindingRequest;
 use crate::network::binding::masquerade::{BRIDGE_MAC, GATEWAY_LINK_LOCAL, nat_table};
 use crate::network::error::{ApplyError, PlanError};
 
-const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
-
 /// Builds the guest's private network and the NAT, or finishes what an earlier launcher in this pod started.
-pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<Wired, ApplyError> {
+pub(crate) async fn setup(request: &BindingRequest, handle: &impl Netlink) -> Result<Wired, ApplyError> {
     let names = LinkNames::for_interface(&request.interface)?;
     let state_file = request.state_file();
     let record = PodRecord::for_request(request, &state_file);
@@ -52,15 +52,13 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<W
     // The gateway's own addresses only: no kernel-made link-local address beside fe80::1.
     no_ipv6_addresses(handle, &bridge, &names.bridge).await?;
     handle
-        .link()
-        .set(
+        .set_link(
             LinkUnspec::new_with_index(bridge_index)
                 .address(BRIDGE_MAC.0.to_vec())
                 .mtu(pod.mtu)
                 .up()
                 .build(),
         )
-        .execute()
         .await
         .map_err(failed_to("bring the bridge up"))?;
     let mut gateway: Vec<IpNet> = Vec::new();
@@ -90,11 +88,18 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<W
     })
     .await?;
     if !pod.ipv6.is_empty() {
-        enable_ipv6_forwarding()?;
+        let failed = |source| ApplyError::Forwarding {
+            path: IPV6_FORWARDING,
+            source,
+        };
+        if handle.enable_ipv6_forwarding().map_err(failed)? {
+            info!("IPv6 forwarding enabled in the pod");
+        }
     }
     let tap = ensure_tap(handle, &names.tap).await?;
     attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
-    vmlet_netfilter::replace_tables(&[nat_table(&pod, &names.bridge, &request.subnets, &request.ports)])
+    handle
+        .replace_tables(&[nat_table(&pod, &names.bridge, &request.subnets, &request.ports)])
         .map_err(ApplyError::Nft)?;
 
     info!(
@@ -118,20 +123,4 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<W
         pod,
         dns,
     })
-}
-
-/// IPv6 forwarding has no per-link netlink setting: it is the namespace's sysctl, which a pod may set (a namespaced
-/// sysctl) when its security context allows it. Left alone when already on.
-fn enable_ipv6_forwarding() -> Result<(), ApplyError> {
-    let failed = |source| ApplyError::Forwarding {
-        path: IPV6_FORWARDING,
-        source,
-    };
-    let current = std::fs::read_to_string(IPV6_FORWARDING).map_err(failed)?;
-    if current.trim() == "1" {
-        return Ok(());
-    }
-    std::fs::write(IPV6_FORWARDING, b"1").map_err(failed)?;
-    info!("IPv6 forwarding enabled in the pod");
-    Ok(())
 }

@@ -13,21 +13,20 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::address::AddressFlags;
 use rtnetlink::packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoKind, LinkAttribute, LinkMessage,
 };
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use vmlet_dhcp::MacAddr;
 
 use super::binding::BindingRequest;
 use super::error::{ApplyError, PlanError};
-use super::netlink;
+use super::netlink::{self, Netlink};
 use super::pod_interface::{self, PodInterface};
 use super::resolv_conf::DnsConfig;
-use super::tap_device;
 
 /// What a binding's setup made and found: with the request, all that its plan of what the guest is served needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +56,7 @@ pub(crate) struct Wired {
 /// keeps the pod's addresses in view, and the links' hardware addresses are read once every port is attached (a
 /// bridge takes the lowest of its ports').
 pub(super) async fn hand_over_identity(
-    handle: &Handle,
+    handle: &impl Netlink,
     request: &BindingRequest,
     names: LinkNames,
     served_link: (&str, u32),
@@ -156,7 +155,7 @@ impl PodRecord<'_> {
     /// hand the guest nothing.
     pub(super) async fn load_or_record(
         &self,
-        handle: &Handle,
+        handle: &impl Netlink,
         renamed_port: Option<&str>,
         make_guest_mac: impl FnOnce() -> Result<Option<MacAddr>, ApplyError>,
     ) -> Result<Recorded, ApplyError> {
@@ -165,7 +164,8 @@ impl PodRecord<'_> {
             return Ok(recorded);
         }
         if let Some(pod_port) = renamed_port {
-            let found = netlink::link_by_name(handle, pod_port)
+            let found = handle
+                .link_by_name(pod_port)
                 .await
                 .map_err(failed_to("look for the pod port"))?;
             if found.is_some() {
@@ -239,7 +239,7 @@ pub(super) fn write_record(path: &Path, recorded: &Recorded) -> Result<(), Apply
 
 /// Sets IPv4 settings of the link `index` over netlink, since /proc/sys is read-only in most containers.
 pub(super) async fn set_ipv4_conf(
-    handle: &Handle,
+    handle: &impl Netlink,
     index: u32,
     what: &str,
     change: impl FnOnce(&mut InetDevConf),
@@ -251,12 +251,7 @@ pub(super) async fn set_ipv4_conf(
             AfSpecInet::DevConfRequest(conf),
         ])]))
         .build();
-    handle
-        .link()
-        .set(message)
-        .execute()
-        .await
-        .map_err(failed_to(format!("set {what}")))
+    handle.set_link(message).await.map_err(failed_to(format!("set {what}")))
 }
 
 /// Gives the link `index` the address `server`, for the DHCP server, and ARP settings that keep it from answering
@@ -268,7 +263,12 @@ pub(super) async fn set_ipv4_conf(
 /// answers only for addresses of the interface the request came in on; arp_announce=2 makes the link's own requests
 /// name the server address, never the pod's. IPv6 needs nothing alike: neighbour solicitations are only answered for
 /// addresses of the interface they arrive on.
-pub(super) async fn serve_from(handle: &Handle, index: u32, name: &str, server: IpAddr) -> Result<(), ApplyError> {
+pub(super) async fn serve_from(
+    handle: &impl Netlink,
+    index: u32,
+    name: &str,
+    server: IpAddr,
+) -> Result<(), ApplyError> {
     set_ipv4_conf(handle, index, &format!("the ARP behaviour of {name}"), |conf| {
         conf.arp_ignore = 1;
         conf.arp_announce = 2;
@@ -290,7 +290,7 @@ pub(super) fn local_mac(random: [u8; 6], avoid: MacAddr) -> MacAddr {
 }
 
 /// The bridge `name`, created with `mtu` if it does not exist.
-pub(super) async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<LinkMessage, ApplyError> {
+pub(super) async fn ensure_bridge(handle: &impl Netlink, name: &str, mtu: u32) -> Result<LinkMessage, ApplyError> {
     ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
         LinkBridge::new(name).mtu(mtu).build()
     })
@@ -299,14 +299,15 @@ pub(super) async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> Resu
 
 /// The link `name` of kind `kind`, created from `create()` if it does not exist.
 pub(super) async fn ensure_link(
-    handle: &Handle,
+    handle: &impl Netlink,
     name: &str,
     kind: InfoKind,
     kind_name: &'static str,
     create: impl FnOnce() -> LinkMessage,
 ) -> Result<LinkMessage, ApplyError> {
     let find = || async {
-        netlink::link_by_name(handle, name)
+        handle
+            .link_by_name(name)
             .await
             .map_err(failed_to(format!("look for {name}")))
     };
@@ -314,9 +315,7 @@ pub(super) async fn ensure_link(
         Some(link) => link,
         None => {
             handle
-                .link()
-                .add(create())
-                .execute()
+                .add_link(create())
                 .await
                 .map_err(failed_to(format!("create {name}")))?;
             info!(link = name, kind = kind_name, "created");
@@ -337,11 +336,12 @@ pub(super) async fn ensure_link(
 
 /// Takes the pod's addresses off the pod interface, and renames it and changes its MAC address while it is down.
 pub(super) async fn free_pod_interface(
-    handle: &Handle,
+    handle: &impl Netlink,
     pod: &PodInterface,
     names: &LinkNames,
 ) -> Result<(), ApplyError> {
-    let link = netlink::link_by_index(handle, pod.index)
+    let link = handle
+        .link_by_index(pod.index)
         .await
         .map_err(failed_to("look for the pod interface"))?
         .ok_or_else(|| ApplyError::PodInterfaceGone {
@@ -349,14 +349,15 @@ pub(super) async fn free_pod_interface(
             index: pod.index,
         })?;
 
-    let addresses = netlink::addresses_of(handle, pod.index)
+    let addresses = handle
+        .addresses_of(pod.index)
         .await
         .map_err(failed_to("list the pod interface's addresses"))?;
     for address in addresses.into_iter().filter(netlink::address_is_global) {
         let shown = netlink::address_net(&address)
             .map(|net| net.to_string())
             .unwrap_or_default();
-        match handle.address().del(address).execute().await {
+        match handle.delete_address(address).await {
             Ok(()) => info!(address = %shown, "removed from the pod interface"),
             // Removing a primary IPv4 address removes the secondary ones of its subnet with it.
             Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code() == -libc::EADDRNOTAVAIL => {}
@@ -372,7 +373,7 @@ pub(super) async fn free_pod_interface(
         return Ok(());
     }
     let link_set = |message, action: &str| {
-        let request = handle.link().set(message).execute();
+        let request = handle.set_link(message);
         let failed = failed_to(format!("{action} the pod interface"));
         async move { request.await.map_err(failed) }
     };
@@ -396,7 +397,7 @@ pub(super) async fn free_pod_interface(
 /// own, only ever speak (duplicate address detection, router solicitations from a MAC address the pod network never
 /// saw) and never listen; the address generation mode `none`, set before it comes up, keeps it from making even a
 /// link-local address. That is also why it needs no `accept_ra=0`: router advertisements never reach its stack.
-pub(super) async fn no_ipv6_addresses(handle: &Handle, link: &LinkMessage, name: &str) -> Result<(), ApplyError> {
+pub(super) async fn no_ipv6_addresses(handle: &impl Netlink, link: &LinkMessage, name: &str) -> Result<(), ApplyError> {
     if !netlink::link_has_ipv6(link) {
         return Ok(());
     }
@@ -406,16 +407,15 @@ pub(super) async fn no_ipv6_addresses(handle: &Handle, link: &LinkMessage, name:
         ])]))
         .build();
     handle
-        .link()
-        .set(no_addresses)
-        .execute()
+        .set_link(no_addresses)
         .await
         .map_err(failed_to(format!("turn off IPv6 addresses on {name}")))
 }
 
 /// The link `index`, which must exist.
-pub(super) async fn existing_link(handle: &Handle, index: u32, name: &str) -> Result<LinkMessage, ApplyError> {
-    netlink::link_by_index(handle, index)
+pub(super) async fn existing_link(handle: &impl Netlink, index: u32, name: &str) -> Result<LinkMessage, ApplyError> {
+    handle
+        .link_by_index(index)
         .await
         .map_err(failed_to(format!("look for {name}")))?
         .ok_or_else(|| ApplyError::UnexpectedLink {
@@ -425,7 +425,7 @@ pub(super) async fn existing_link(handle: &Handle, index: u32, name: &str) -> Re
 }
 
 /// The Ethernet address of the link `index`, which must exist and have one.
-pub(super) async fn ethernet_address(handle: &Handle, index: u32, name: &str) -> Result<MacAddr, ApplyError> {
+pub(super) async fn ethernet_address(handle: &impl Netlink, index: u32, name: &str) -> Result<MacAddr, ApplyError> {
     netlink::link_mac(&existing_link(handle, index, name).await?).ok_or_else(|| ApplyError::UnexpectedLink {
         name: name.to_owned(),
         expected: "link with an Ethernet address",
@@ -435,7 +435,7 @@ pub(super) async fn ethernet_address(handle: &Handle, index: u32, name: &str) ->
 /// Makes the link `index` a port of the bridge with the pod's MTU, up, without IPv6 addresses of its own (see
 /// [`no_ipv6_addresses`]).
 pub(super) async fn attach_port(
-    handle: &Handle,
+    handle: &impl Netlink,
     index: u32,
     name: &str,
     bridge_index: u32,
@@ -452,21 +452,17 @@ pub(super) async fn attach_port(
         .up()
         .build();
     handle
-        .link()
-        .set(port)
-        .execute()
+        .set_link(port)
         .await
         .map_err(failed_to(format!("attach {name} to the bridge")))
 }
 
 /// Brings the link `index` up with `mtu`, without IPv6 addresses of its own (see [`no_ipv6_addresses`]).
-pub(super) async fn bring_up_silent(handle: &Handle, index: u32, name: &str, mtu: u32) -> Result<(), ApplyError> {
+pub(super) async fn bring_up_silent(handle: &impl Netlink, index: u32, name: &str, mtu: u32) -> Result<(), ApplyError> {
     let link = existing_link(handle, index, name).await?;
     no_ipv6_addresses(handle, &link, name).await?;
     handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-        .execute()
+        .set_link(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
         .await
         .map_err(failed_to(format!("bring {name} up")))
 }
@@ -475,25 +471,25 @@ pub(super) async fn bring_up_silent(handle: &Handle, index: u32, name: &str, mtu
 /// guest ever come back through it (a node that reflects broadcasts), the bridge would otherwise take the guest to
 /// be on the pod network and stop delivering its traffic to the tap. Not learning costs nothing here: with two
 /// ports, a frame the bridge does not know where to send goes out of the only other port anyway.
-pub(super) async fn stop_learning(handle: &Handle, index: u32) -> Result<(), ApplyError> {
+pub(super) async fn stop_learning(handle: &impl Netlink, index: u32) -> Result<(), ApplyError> {
     handle
-        .link()
         .set_port(LinkBridgePort::new(index).learning(false).build())
-        .execute()
         .await
         .map_err(failed_to("stop the bridge learning addresses behind the pod interface"))
 }
 
 /// The tap `name`, created persistent if it does not exist.
-pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessage, ApplyError> {
-    let existing = netlink::link_by_name(handle, name)
+pub(super) async fn ensure_tap(handle: &impl Netlink, name: &str) -> Result<LinkMessage, ApplyError> {
+    let existing = handle
+        .link_by_name(name)
         .await
         .map_err(failed_to(format!("look for {name}")))?;
     if existing.is_none() {
-        tap_device::create_persistent_tap(name)?;
+        handle.create_tap(name)?;
         info!(link = name, kind = "tap", "created");
     }
-    let tap = netlink::link_by_name(handle, name)
+    let tap = handle
+        .link_by_name(name)
         .await
         .map_err(failed_to(format!("look for {name}")))?;
     match tap {
@@ -513,7 +509,11 @@ pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessag
 /// length, as the CNI reported them, but get no prefix route (`noprefixroute`), so the pod's own stack does not
 /// route the pod network into a link that goes nowhere; the bridge's ARP settings keep the pod from answering for
 /// them.
-pub(super) async fn ensure_placeholder(handle: &Handle, pod: &PodInterface, name: &str) -> Result<(), ApplyError> {
+pub(super) async fn ensure_placeholder(
+    handle: &impl Netlink,
+    pod: &PodInterface,
+    name: &str,
+) -> Result<(), ApplyError> {
     let placeholder = ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
         LinkBridge::new(name).mtu(pod.mtu).build()
     })
@@ -535,31 +535,26 @@ pub(super) async fn ensure_placeholder(handle: &Handle, pod: &PodInterface, name
     .await
     .map_err(failed_to("give the placeholder the pod's addresses"))?;
     handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
+        .set_link(LinkUnspec::new_with_index(index).up().build())
         .await
         .map_err(failed_to("bring the placeholder up"))
 }
 
 /// Adds to the link `index` those of `addresses` it does not have yet.
 pub(super) async fn ensure_addresses(
-    handle: &Handle,
+    handle: &impl Netlink,
     index: u32,
     addresses: &[IpNet],
     flags: AddressFlags,
 ) -> Result<(), rtnetlink::Error> {
-    let present: Vec<IpNet> = netlink::addresses_of(handle, index)
+    let present: Vec<IpNet> = handle
+        .addresses_of(index)
         .await?
         .iter()
         .filter_map(netlink::address_net)
         .collect();
     for net in addresses.iter().filter(|net| !present.contains(net)) {
-        let mut request = handle.address().add(index, net.addr(), net.prefix_len());
-        if !flags.is_empty() {
-            request.message_mut().attributes.push(AddressAttribute::Flags(flags));
-        }
-        request.execute().await?;
+        handle.add_address(index, *net, flags).await?;
     }
     Ok(())
 }
