@@ -6,6 +6,8 @@
 pub(crate) mod apply;
 pub(crate) mod binding;
 pub(crate) mod error;
+#[cfg(test)]
+mod fake_netlink;
 mod gateway;
 pub(crate) mod loopback_relay;
 mod netlink;

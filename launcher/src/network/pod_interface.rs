@@ -208,7 +208,7 @@ pub(crate) mod tests {
     const INDEX: u32 = 2;
     const MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
 
-    fn link() -> LinkMessage {
+    pub(crate) fn link() -> LinkMessage {
         LinkUnspec::new_with_index(INDEX)
             .name("eth0")
             .address(MAC.0.to_vec())
@@ -216,7 +216,7 @@ pub(crate) mod tests {
             .build()
     }
 
-    fn v4_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
+    pub(crate) fn v4_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
         let net: Ipv4Net = net.parse().unwrap();
         let mut message = AddressMessageBuilder::<Ipv4Addr>::new()
             .index(index)
@@ -226,7 +226,7 @@ pub(crate) mod tests {
         message
     }
 
-    fn v6_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
+    pub(crate) fn v6_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
         let net: Ipv6Net = net.parse().unwrap();
         let mut message = AddressMessageBuilder::<Ipv6Addr>::new()
             .index(index)
@@ -236,7 +236,7 @@ pub(crate) mod tests {
         message
     }
 
-    fn v4_route(destination: &str, gateway: Option<&str>, oif: u32) -> RouteMessage {
+    pub(crate) fn v4_route(destination: &str, gateway: Option<&str>, oif: u32) -> RouteMessage {
         let net: Ipv4Net = destination.parse().unwrap();
         let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(oif);
         if net.prefix_len() > 0 {
