@@ -29,7 +29,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout_at};
 use tracing::{info, warn};
+use vmlet_dhcp::v6::config::link_local_of;
 use vmlet_dhcp::v6::frame::{self, Endpoint, Payload};
+use vmlet_dhcp::v6::ra::{ND_HOP_LIMIT, NEIGHBOUR_ADVERTISEMENT, NEIGHBOUR_SOLICITATION};
 use vmlet_dhcp::{MacAddr, v6};
 
 use super::apply::{Wired, read_record, write_record};
@@ -45,18 +47,9 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// After this long a warning says that the guest has no IPv6 default route yet (the search goes on).
 const WARN_AFTER: Duration = Duration::from_secs(10);
 
-const NEIGHBOUR_SOLICITATION: u8 = 135;
-const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
+/// Neighbour discovery options (RFC 4861 §4.6.1).
 const SOURCE_LINK_LAYER_ADDRESS: u8 = 1;
 const TARGET_LINK_LAYER_ADDRESS: u8 = 2;
-/// Neighbour discovery is accepted only with this hop limit, proof that it never crossed a router (RFC 4861 §7.1).
-const ND_HOP_LIMIT: u8 = 255;
-
-/// The modified EUI-64 link-local address of `mac` (RFC 4291 appendix A).
-pub(crate) fn eui64_link_local(mac: MacAddr) -> Ipv6Addr {
-    let [a, b, c, d, e, f] = mac.0;
-    Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, a ^ 0x02, b, c, 0xff, 0xfe, d, e, f])
-}
 
 /// The global IPv6 gateway whose link-local address is to be found, if the pod has one and it is not known yet.
 pub(crate) fn global_gateway(gateway: Option<Ipv6Addr>, link_local: Option<Ipv6Addr>) -> Option<Ipv6Addr> {
@@ -76,7 +69,7 @@ pub(crate) async fn find_router(neighbours: &mut impl Neighbours, gateway: Ipv6A
     let mut warned = false;
     loop {
         if let Some(mac) = neighbours.ask(gateway).await {
-            let candidate = eui64_link_local(mac);
+            let candidate = link_local_of(mac);
             if neighbours.ask(candidate).await == Some(mac) {
                 info!(%gateway, link_local = %candidate, %mac, "found the IPv6 gateway's link-local address");
                 return candidate;
@@ -193,7 +186,7 @@ impl LinkNeighbours {
             socket,
             source: Endpoint {
                 mac,
-                ip: eui64_link_local(mac),
+                ip: link_local_of(mac),
             },
         })
     }
@@ -299,18 +292,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_link_local_address_is_made_from_the_mac_address() {
-        assert_eq!(
-            eui64_link_local(MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])),
-            "fe80::5054:ff:fe12:3456".parse::<Ipv6Addr>().unwrap()
-        );
-        assert_eq!(
-            eui64_link_local(MacAddr([0x02, 0x42, 0x0a, 0xf4, 0x01, 0x01])),
-            "fe80::42:aff:fef4:101".parse::<Ipv6Addr>().unwrap()
-        );
-    }
-
-    #[test]
     fn only_a_global_gateway_not_yet_matched_is_looked_for() {
         let global = "fd00::1".parse().ok();
         assert_eq!(global_gateway(global, None), global);
@@ -332,7 +313,7 @@ mod tests {
         body.extend_from_slice(options);
         let router = Endpoint {
             mac: ROUTER_MAC,
-            ip: eui64_link_local(ROUTER_MAC),
+            ip: link_local_of(ROUTER_MAC),
         };
         frame::icmpv6(router, ASKING, ND_HOP_LIMIT, NEIGHBOUR_ADVERTISEMENT, &body).unwrap()
     }
@@ -397,13 +378,13 @@ mod tests {
     async fn the_router_is_found_however_long_it_takes_to_answer() {
         let gateway: Ipv6Addr = "fd00:10:244:1::1".parse().unwrap();
         let mut link = SlowRouter {
-            answers: vec![(gateway, ROUTER_MAC), (eui64_link_local(ROUTER_MAC), ROUTER_MAC)],
+            answers: vec![(gateway, ROUTER_MAC), (link_local_of(ROUTER_MAC), ROUTER_MAC)],
             quiet_for: 12,
             asked: VecDeque::new(),
         };
-        assert_eq!(find_router(&mut link, gateway).await, eui64_link_local(ROUTER_MAC));
+        assert_eq!(find_router(&mut link, gateway).await, link_local_of(ROUTER_MAC));
         let mut expected = vec![gateway; 13];
-        expected.push(eui64_link_local(ROUTER_MAC));
+        expected.push(link_local_of(ROUTER_MAC));
         assert_eq!(
             link.asked, expected,
             "asked until the router answered, then its link-local address"
@@ -416,7 +397,7 @@ mod tests {
         let mut link = SlowRouter {
             answers: vec![
                 (gateway, ROUTER_MAC),
-                (eui64_link_local(ROUTER_MAC), MacAddr([2, 0, 0, 0, 0, 9])),
+                (link_local_of(ROUTER_MAC), MacAddr([2, 0, 0, 0, 0, 9])),
             ],
             quiet_for: 0,
             asked: VecDeque::new(),

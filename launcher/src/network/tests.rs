@@ -820,7 +820,7 @@ fn guest_reaches_the_pod_network_and_dhcp_stays_in_the_pod() {
 fn a_global_ipv6_gateway_is_found_once_its_routers_link_local_address_is_usable() {
     let test_pod = TestPod::new(Cni::Subnet);
     let pod = test_pod.discover();
-    let router = super::gateway::eui64_link_local(MacAddr(NODE_MAC));
+    let router = vmlet_dhcp::v6::config::link_local_of(MacAddr(NODE_MAC));
     test_pod.node.run(|handle| async move {
         let veth = index_of(&handle, "veth-node").await;
         // Each detection probe waits 3 s for an answer.
@@ -879,7 +879,10 @@ fn the_router_search_hears_the_gateway_through_the_tap_bindings_redirect() {
         let search = super::gateway::find_router(&mut neighbours, gateway);
         tokio::time::timeout(Duration::from_secs(60), search).await
     });
-    assert_eq!(found.ok(), Some(super::gateway::eui64_link_local(MacAddr(NODE_MAC))));
+    assert_eq!(
+        found.ok(),
+        Some(vmlet_dhcp::v6::config::link_local_of(MacAddr(NODE_MAC)))
+    );
 }
 
 /// The Ethernet source of a router advertisement without IPv6 extension headers.
