@@ -1,7 +1,7 @@
-//! Applies a binding's plan to the pod's network namespace over rtnetlink, one module per binding; here the links,
-//! addresses and records that the bindings share: the pod interface freed of the pod's identity, the
-//! tap QEMU opens, the placeholder that keeps the pod's addresses in view, and the state file that lets a restarted
-//! launcher carry on.
+//! Applies a binding's plan to the pod's network namespace through [`Netlink`], one module per kind of plumbing;
+//! here the steps and records that the bindings share: the pod interface freed of the pod's identity, the tap QEMU
+//! opens, the placeholder that keeps the pod's addresses in view, and the state file that lets a restarted launcher
+//! carry on.
 
 pub(crate) mod bridge;
 pub(crate) mod masquerade;
