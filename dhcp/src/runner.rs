@@ -23,8 +23,8 @@ use crate::config::{ConfigError, MacAddr, ServerConfig};
 use crate::frame;
 use crate::server::{ClientNotice, Destination, Lease, LeaseState, Outcome, Reply, Server};
 
-const SERVER_PORT: u16 = 67;
-const CLIENT_PORT: u16 = 68;
+pub const SERVER_PORT: u16 = 67;
+pub const CLIENT_PORT: u16 = 68;
 const TTL: u8 = 64;
 /// Room for the largest UDP datagram, so that no request is cut short.
 const RECEIVE_BUFFER: usize = 65536;

@@ -4,22 +4,38 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::IpNet;
-use vmlet_dhcp::{MacAddr, Route, ServerConfig, v6};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use vmlet_dhcp::{Route, ServerConfig, v6};
 
-use crate::network::pod_interface::PodInterface;
-use crate::network::resolv_conf::DnsConfig;
+use crate::network::apply::Wired;
 
-/// The DHCPv4 server's configuration for a guest that takes `pod`'s address, or `None` for a pod without IPv4.
-pub(crate) fn dhcpv4_config(
-    pod: &PodInterface,
-    dns: &DnsConfig,
-    guest_mac: MacAddr,
-    server_address: Ipv4Addr,
-    hostname: &str,
-) -> Option<ServerConfig> {
+/// What the guest is told over DHCPv4 under every binding besides its address, gateway and routes: the pod's IPv4
+/// resolvers and search domains, the MTU and its host name.
+pub(crate) fn dhcpv4_base(wired: &Wired, address: Ipv4Net, server_address: Ipv4Addr, hostname: &str) -> ServerConfig {
+    let mut config = ServerConfig::new(wired.guest_mac, address, server_address);
+    config.dns = wired.dns.ipv4_nameservers();
+    config.search = wired.dns.search.clone();
+    config.mtu = u16::try_from(wired.mtu).ok();
+    config.hostname = Some(hostname.to_owned());
+    config
+}
+
+/// What the guest is told over DHCPv6 and router advertisements under every binding besides its address, router and
+/// routes: the pod's IPv6 resolvers and search domains, and the MTU.
+pub(crate) fn dhcpv6_base(wired: &Wired, address: Ipv6Net) -> v6::Config {
+    let mut config = v6::Config::new(wired.guest_mac, address, wired.served_link_mac);
+    config.dns = wired.dns.ipv6_nameservers();
+    config.search = wired.dns.search.clone();
+    config.mtu = Some(wired.mtu);
+    config
+}
+
+/// The DHCPv4 server's configuration for a guest that takes the pod's address, or `None` for a pod without IPv4 or a
+/// binding that serves nothing.
+pub(crate) fn dhcpv4_config(wired: &Wired, hostname: &str) -> Option<ServerConfig> {
+    let pod = &wired.pod;
     let address = *pod.ipv4.first()?;
-    let mut config = ServerConfig::new(guest_mac, address, server_address);
+    let mut config = dhcpv4_base(wired, address, wired.server_address?, hostname);
     config.gateway = pod.gateway_v4;
     config.routes = pod
         .routes
@@ -39,28 +55,20 @@ pub(crate) fn dhcpv4_config(
             (!is_default && !is_subnet).then_some(Route { destination, gateway })
         })
         .collect();
-    config.dns = dns.ipv4_nameservers();
-    config.search = dns.search.clone();
-    config.mtu = u16::try_from(pod.mtu).ok();
-    config.hostname = Some(hostname.to_owned());
     Some(config)
 }
 
-/// The DHCPv6 and router advertisement configuration for a guest that takes `pod`'s address, or `None` for a pod
-/// without a global IPv6 address. `server_mac` is the hardware address of the interface they are served on.
+/// The DHCPv6 and router advertisement configuration for a guest that takes the pod's address, or `None` for a pod
+/// without a global IPv6 address. They are served from the hardware address of the served link.
 ///
 /// Router advertisements must come from the router's link-local address, so the pod's IPv6 default gateway becomes
 /// the guest's router when it is link-local, as most CNIs that give pods IPv6 set it, or when a global gateway's
 /// link-local address was found on the link ([`PodInterface::gateway_v6_link_local`]). Otherwise the guest gets its
 /// address, DNS and MTU but no default route or further routes.
-pub(crate) fn dhcpv6_config(
-    pod: &PodInterface,
-    dns: &DnsConfig,
-    guest_mac: MacAddr,
-    server_mac: MacAddr,
-) -> Option<v6::Config> {
+pub(crate) fn dhcpv6_config(wired: &Wired) -> Option<v6::Config> {
+    let pod = &wired.pod;
     let address = *pod.ipv6.first()?;
-    let mut config = v6::Config::new(guest_mac, address, server_mac);
+    let mut config = dhcpv6_base(wired, address);
     let router = match pod.gateway_v6 {
         Some(gateway) if gateway.is_unicast_link_local() => Some(gateway),
         Some(_) => pod.gateway_v6_link_local,
@@ -82,24 +90,18 @@ pub(crate) fn dhcpv6_config(
             _ => None,
         })
         .collect();
-    config.dns = dns.ipv6_nameservers();
-    config.search = dns.search.clone();
-    config.mtu = Some(pod.mtu);
     Some(config)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::pod_interface::PodRoute;
+    use crate::network::pod_interface::{PodInterface, PodRoute};
+    use crate::network::resolv_conf::DnsConfig;
+    use vmlet_dhcp::MacAddr;
 
     fn route(destination: &str, gateway: Option<&str>) -> PodRoute {
-        PodRoute {
-            destination: destination.parse().unwrap(),
-            gateway: gateway.map(|g| g.parse().unwrap()),
-            on_link: false,
-            metric: 0,
-        }
+        crate::network::pod_interface::tests::route(destination, gateway, false, 0)
     }
 
     fn pod(ipv4: &[&str], routes: Vec<PodRoute>, gateway: Option<&str>) -> PodInterface {
@@ -127,8 +129,23 @@ mod tests {
         }
     }
 
+    /// What the `bridge` binding made of `pod`.
+    fn wired(pod: &PodInterface) -> Wired {
+        Wired {
+            served_link: "vb-eth0".into(),
+            served_link_mac: SERVER_MAC,
+            server_address: Some(Ipv4Addr::new(169, 254, 75, 10)),
+            tap: "tap-eth0".into(),
+            guest_mac: pod.mac,
+            pod_port_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+            mtu: pod.mtu,
+            pod: pod.clone(),
+            dns: dns(),
+        }
+    }
+
     fn config(pod: &PodInterface) -> ServerConfig {
-        dhcpv4_config(pod, &dns(), pod.mac, Ipv4Addr::new(169, 254, 75, 10), "vm1").unwrap()
+        dhcpv4_config(&wired(pod), "vm1").unwrap()
     }
 
     #[test]
@@ -194,7 +211,7 @@ mod tests {
     }
 
     fn config6(pod: &PodInterface) -> v6::Config {
-        dhcpv6_config(pod, &dns(), pod.mac, SERVER_MAC).unwrap()
+        dhcpv6_config(&wired(pod)).unwrap()
     }
 
     #[test]
@@ -292,12 +309,12 @@ mod tests {
             ipv6: vec![],
             ..pod(&["10.244.1.7/24"], vec![], Some("10.244.1.1"))
         };
-        assert!(dhcpv6_config(&pod, &dns(), pod.mac, SERVER_MAC).is_none());
+        assert!(dhcpv6_config(&wired(&pod)).is_none());
     }
 
     #[test]
     fn an_ipv6_only_pod_has_no_dhcpv4() {
         let pod = pod(&[], vec![], None);
-        assert!(dhcpv4_config(&pod, &dns(), pod.mac, Ipv4Addr::new(169, 254, 75, 10), "vm1").is_none());
+        assert!(dhcpv4_config(&wired(&pod), "vm1").is_none());
     }
 }

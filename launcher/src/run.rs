@@ -167,8 +167,14 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         None => None,
     };
     if let Some(Served { interface, config }) = network.dhcpv6.clone() {
-        let runner = v6::runner::Runner::bind(config, &interface)
+        let mut runner = v6::runner::Runner::bind(config, &interface)
             .context("cannot start the DHCPv6 server and router advertisements")?;
+        if let Some(search) = network.router_search.clone() {
+            let updates = search
+                .start()
+                .context("cannot look for the IPv6 gateway's link-local address")?;
+            runner = runner.advertise_updates(updates);
+        }
         let mut stopped = dhcp_stopped.clone();
         tokio::spawn(runner.run(async move {
             let _ = stopped.wait_for(|stop| *stop).await;

@@ -6,7 +6,7 @@
 //! gateway; traffic from the pool to anywhere else is masqueraded in an nftables table of its own. The launcher then
 //! finds in the namespace exactly what a CNI leaves in a pod.
 //!
-//! The work is done by iproute2 and nft. What to run is worked out by pure functions, so the plans are tested
+//! The work is done by iproute2 and nft (through `vmlet-netfilter`, as the launcher does). What to run is worked out by pure functions, so the plans are tested
 //! without root, and [`Host`] runs them.
 
 use std::io;
@@ -15,6 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use ipnet::Ipv4Net;
+use vmlet_netfilter::{Family, Table, ToolError};
 
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -30,6 +31,8 @@ pub enum PodNetError {
     },
     #[error("`{command}` failed: {stderr}")]
     Failed { command: String, stderr: String },
+    #[error("cannot replace the NAT rules")]
+    Nft(#[source] ToolError),
     #[error("the pool {pool} has no free address left")]
     PoolExhausted { pool: Ipv4Net },
     #[error("the pool {0} is too small: it needs room for a gateway and at least one pod")]
@@ -110,13 +113,13 @@ impl NodeNetwork {
     }
 
     /// Pods reach the outside under the host's address; traffic among pods and to the host stays unchanged.
-    fn nat_ruleset(&self) -> String {
-        let (bridge, pool, table) = (&self.bridge, self.pool.trunc(), self.nat_table());
-        format!(
-            r#"add table ip {table}
-delete table ip {table}
-table ip {table} {{
-    chain postrouting {{
+    fn nat_ruleset(&self) -> Table {
+        let (bridge, pool) = (&self.bridge, self.pool.trunc());
+        Table {
+            family: Family::Ip,
+            name: self.nat_table(),
+            chains: format!(
+                r#"    chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         ip saddr {pool} oifname != "{bridge}" masquerade
     }}
@@ -125,9 +128,9 @@ table ip {table} {{
         iifname "{bridge}" accept
         oifname "{bridge}" ct state established,related accept
     }}
-}}
 "#
-        )
+            ),
+        }
     }
 
     /// The commands that give a new pod its network: a namespace, a veth pair between it and the bridge, the pod's
@@ -167,8 +170,8 @@ pub enum Step {
     Ip(Vec<String>),
     /// A sysctl of the current network namespace, written under `/proc/sys`.
     Sysctl { key: String, value: String },
-    /// A ruleset loaded with `nft -f -`.
-    Nft(String),
+    /// An nftables table, replaced as a whole.
+    Nft(Table),
 }
 
 impl Step {
@@ -227,32 +230,7 @@ impl Host {
                     source,
                 })
             }
-            Step::Nft(ruleset) => {
-                use std::io::Write;
-                let mut child = Command::new("nft")
-                    .args(["-f", "-"])
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .map_err(|source| PodNetError::Spawn {
-                        program: "nft".into(),
-                        source,
-                    })?;
-                if let Some(mut stdin) = child.stdin.take() {
-                    stdin
-                        .write_all(ruleset.as_bytes())
-                        .map_err(|source| PodNetError::Spawn {
-                            program: "nft".into(),
-                            source,
-                        })?;
-                }
-                let output = child.wait_with_output().map_err(|source| PodNetError::Spawn {
-                    program: "nft".into(),
-                    source,
-                })?;
-                check(output, || "nft -f -".into())
-            }
+            Step::Nft(table) => vmlet_netfilter::replace_tables(std::slice::from_ref(table)).map_err(PodNetError::Nft),
         }
     }
 }

@@ -37,9 +37,10 @@ fn the_host_side_is_made_once_and_refreshed_after() {
     let fresh = node().ensure_plan(false).unwrap();
     assert_eq!(fresh[0], Step::ip(&["link", "add", "vmlet0", "type", "bridge"]));
     assert!(fresh.contains(&Step::ip(&["address", "replace", "10.111.0.1/24", "dev", "vmlet0"])));
-    let Some(Step::Nft(rules)) = fresh.last() else {
+    let Some(Step::Nft(table)) = fresh.last() else {
         panic!("the plan ends with the NAT rules: {fresh:?}")
     };
+    let rules = table.ruleset();
     assert!(
         rules.contains(r#"ip saddr 10.111.0.0/24 oifname != "vmlet0" masquerade"#),
         "{rules}"
@@ -98,9 +99,10 @@ fn each_bridge_and_pool_has_a_nat_table_of_its_own() {
     assert_eq!(node().nat_table(), "vmlet-standalone-vmlet0-10-111-0-0-24");
     assert_eq!(other.nat_table(), "vmlet-standalone-vmlet1-10-112-0-0-24");
     for network in [node(), other] {
-        let Some(Step::Nft(rules)) = network.ensure_plan(true).unwrap().pop() else {
+        let Some(Step::Nft(table)) = network.ensure_plan(true).unwrap().pop() else {
             panic!("the plan ends with the NAT rules")
         };
+        let rules = table.ruleset();
         let tables: Vec<&str> = rules
             .lines()
             .filter(|line| line.contains("table ip "))

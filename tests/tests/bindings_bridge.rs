@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use vmlet_testkit::poll_until;
-use vmlet_testkit::vm_pod::{GuestSpec, VmPod, WAIT, fields, one_guest_at_a_time};
+use vmlet_testkit::vm_pod::{GuestSpec, Launcher, VmPod, WAIT, fields, one_guest_at_a_time};
 
 #[test]
 fn a_pod_with_an_ipv6_128_gives_it_to_the_guest() {
@@ -108,9 +108,8 @@ fn the_pods_further_routes_reach_the_guest() {
     assert!(!pod.console().contains("VMLET-GUEST error"), "{}", pod.console());
 }
 
-#[test]
-fn a_global_ipv6_gateway_still_gives_the_guest_a_default_route() {
-    let _guest = one_guest_at_a_time();
+/// A pod whose IPv6 default gateway is the node end's global address, with a further address on the node to ping.
+fn pod_with_a_global_ipv6_gateway() -> VmPod {
     let pod = VmPod::subnet();
     pod.node_routes_ipv6();
     pod.node
@@ -129,9 +128,12 @@ fn a_global_ipv6_gateway_still_gives_the_guest_a_default_route() {
         "dev",
         "eth0",
     ]);
-    // The node end's own link-local address, which the kernel makes from its MAC address; a gateway has long
-    // finished its duplicate address detection when a pod starts.
-    let node_link_local = poll_until(
+    pod
+}
+
+/// The node end's own link-local address, which the kernel makes from its MAC address, once it is usable.
+fn node_link_local(pod: &VmPod) -> String {
+    poll_until(
         "the node end's link-local address",
         WAIT,
         Duration::from_millis(100),
@@ -148,19 +150,55 @@ fn a_global_ipv6_gateway_still_gives_the_guest_a_default_route() {
                 .map(|net| net.split('/').next().unwrap().to_owned())
         },
     )
-    .unwrap();
-    let spec = GuestSpec::new("bridge: {}", "fd00:10:96::a").ipv6();
-    let launcher = pod.start(&pod.write_manifest("vm.yaml", &spec));
+    .unwrap()
+}
 
-    let route6 = pod.wait_console(&launcher, "VMLET-GUEST route6 default", 1);
+/// The guest's default route goes through `router`, and it reaches the node's further address through it.
+fn assert_routed_through(pod: &VmPod, launcher: &Launcher, router: &str) {
+    let route6 = pod.wait_console(launcher, "VMLET-GUEST route6 default", 1);
     assert!(
-        route6.starts_with(&format!("VMLET-GUEST route6 default via {node_link_local} dev eth0 ")),
+        route6.starts_with(&format!("VMLET-GUEST route6 default via {router} dev eth0 ")),
         "the gateway's link-local address is the guest's router: {route6}"
     );
-    pod.wait_console(&launcher, "VMLET-GUEST ready", 1);
+    pod.wait_console(launcher, "VMLET-GUEST ready", 1);
     assert_eq!(
         pod.console_lines("VMLET-GUEST ping "),
         ["VMLET-GUEST ping target=fd00:10:96::a ok"],
         "the guest reaches an address beyond its subnet through the gateway"
     );
+}
+
+#[test]
+fn a_global_ipv6_gateway_still_gives_the_guest_a_default_route() {
+    let _guest = one_guest_at_a_time();
+    let pod = pod_with_a_global_ipv6_gateway();
+    // A gateway has long finished its duplicate address detection when a pod starts.
+    let node_link_local = node_link_local(&pod);
+    let spec = GuestSpec::new("bridge: {}", "fd00:10:96::a").ipv6();
+    let launcher = pod.start(&pod.write_manifest("vm.yaml", &spec));
+
+    assert_routed_through(&pod, &launcher, &node_link_local);
+}
+
+/// Right after a CNI set a pod up, the node end's link-local address may not answer yet (duplicate address
+/// detection, or here not there at all) when the launcher starts: the launcher rewires the pod at once, goes on
+/// looking for the gateway's router in the background, and advertises it to the guest once it answers.
+#[test]
+fn a_gateway_whose_router_answers_only_after_the_launcher_started_still_becomes_the_guests_router() {
+    let _guest = one_guest_at_a_time();
+    let pod = pod_with_a_global_ipv6_gateway();
+    let node_link_local = node_link_local(&pod);
+    let router = format!("{node_link_local}/64");
+    pod.node.ip(&["-6", "addr", "del", &router, "dev", "veth-node"]);
+    let spec = GuestSpec::new("bridge: {}", "fd00:10:96::a").ipv6();
+    let launcher = pod.start(&pod.write_manifest("vm.yaml", &spec));
+
+    poll_until("the pod interface rewired", WAIT, Duration::from_millis(100), || {
+        pod.pod.ip(&["-o", "link", "show"]).contains("eth0-nic").then_some(())
+    })
+    .unwrap();
+    // With duplicate address detection, as a CNI's node end has it at first.
+    pod.node.ip(&["-6", "addr", "add", &router, "dev", "veth-node"]);
+
+    assert_routed_through(&pod, &launcher, &node_link_local);
 }

@@ -128,8 +128,8 @@ impl Config {
     }
 }
 
-/// The modified EUI-64 link-local address of `mac`.
-pub(crate) fn link_local_of(mac: MacAddr) -> Ipv6Addr {
+/// The modified EUI-64 link-local address of `mac` (RFC 4291 appendix A): the one Linux and most routers make.
+pub fn link_local_of(mac: MacAddr) -> Ipv6Addr {
     let [a, b, c, d, e, f] = mac.0;
     Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, a ^ 0x02, b, c, 0xff, 0xfe, d, e, f])
 }

@@ -23,11 +23,14 @@ use crate::config::MacAddr;
 use crate::v6::config::{Config, MIN_MTU, link_local_of, wire_names};
 use crate::v6::frame::{self, Endpoint, Packet, Payload, PayloadTooLong};
 
+/// ICMPv6 types of neighbour discovery (RFC 4861).
 pub const ROUTER_SOLICITATION: u8 = 133;
 pub const ROUTER_ADVERTISEMENT: u8 = 134;
+pub const NEIGHBOUR_SOLICITATION: u8 = 135;
+pub const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 /// Neighbour discovery packets carry a hop limit no router would leave, proof they come from the link itself.
-const ND_HOP_LIMIT: u8 = 255;
+pub const ND_HOP_LIMIT: u8 = 255;
 /// The largest advertisement (after the ICMPv6 header) one IPv6 packet carries on any link.
 pub(crate) const MAX_BODY_LEN: usize = MIN_MTU as usize - 40 - 4;
 /// The hop limit the guest puts on its packets, the usual default.

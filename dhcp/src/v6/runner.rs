@@ -77,6 +77,7 @@ pub struct Status {
 pub struct Runner {
     socket: AsyncFd<Socket>,
     cores: Cores,
+    advertised: Option<watch::Receiver<Config>>,
 }
 
 /// What handles a frame, apart from the socket it came on, which stays borrowed while frames are read.
@@ -111,7 +112,16 @@ impl Runner {
                 server: Server::new(config),
                 status: watch::Sender::new(Status::default()),
             },
+            advertised: None,
         })
+    }
+
+    /// Router advertisements say what the latest of `updates` says (its router and routes, for one), from the
+    /// moment it changes: a router found after the start is advertised at once, without a restart. DHCPv6 keeps
+    /// serving the configuration the runner was bound with; an update that does not validate is ignored.
+    pub fn advertise_updates(mut self, updates: watch::Receiver<Config>) -> Runner {
+        self.advertised = Some(updates);
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -125,7 +135,11 @@ impl Runner {
 
     /// Serves until `shutdown` completes, and returns the final status.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Status {
-        let Runner { socket, mut cores } = self;
+        let Runner {
+            socket,
+            mut cores,
+            mut advertised,
+        } = self;
         let mut shutdown = std::pin::pin!(shutdown);
         let mut buffer = vec![0; RECEIVE_BUFFER];
         let mut next_advertisement = Instant::now();
@@ -133,6 +147,18 @@ impl Runner {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                Some(config) = next_update(&mut advertised) => {
+                    match config.validate() {
+                        Ok(()) => {
+                            info!(router = ?config.router.map(|router| router.link_local), "router advertisements updated");
+                            cores.advertiser = Advertiser::new(&config);
+                            // As at the start: a guest that gave up soliciting learns the news quickly.
+                            unsolicited = 0;
+                            next_advertisement = Instant::now();
+                        }
+                        Err(err) => warn!(error = %err, "invalid router advertisement update ignored"),
+                    }
+                }
                 () = sleep_until(next_advertisement) => {
                     cores.advertise(socket.get_ref(), cores.advertiser.unsolicited(), false);
                     unsolicited += 1;
@@ -166,6 +192,18 @@ impl Runner {
         }
         *cores.status.borrow()
     }
+}
+
+/// The next configuration from `updates`; pending for ever when there are none, or no more.
+async fn next_update(updates: &mut Option<watch::Receiver<Config>>) -> Option<Config> {
+    let Some(receiver) = updates else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        *updates = None;
+        return std::future::pending().await;
+    }
+    Some(receiver.borrow_and_update().clone())
 }
 
 impl Cores {
@@ -453,5 +491,35 @@ mod tests {
         );
         assert_eq!(xid(&[1, 0xab, 0xcd, 0xef, 0]), 0xabcdef);
         assert_eq!(xid(&[1, 0xab]), 0);
+    }
+
+    #[tokio::test]
+    async fn each_update_is_taken_once_and_a_gone_sender_ends_them() {
+        let mut config = Config::new(
+            GUEST.mac,
+            "fd00:10:244:1::7/64".parse().unwrap(),
+            MacAddr([2, 0, 0, 0, 0, 1]),
+        );
+        let (sender, receiver) = watch::channel(config.clone());
+        let mut updates = Some(receiver);
+        let pending = |updates: &mut Option<watch::Receiver<Config>>| {
+            let mut next = std::pin::pin!(next_update(updates));
+            let waker = std::task::Waker::noop();
+            next.as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_pending()
+        };
+        assert!(pending(&mut updates), "the configuration bound with is no update");
+        config.router = Some(crate::v6::Router {
+            link_local: "fe80::1".parse().unwrap(),
+            mac: None,
+        });
+        sender.send(config.clone()).unwrap();
+        assert_eq!(next_update(&mut updates).await, Some(config));
+        assert!(pending(&mut updates), "taken once");
+        drop(sender);
+        assert!(pending(&mut updates));
+        assert!(updates.is_none(), "no sender, no more updates");
+        assert!(pending(&mut None));
     }
 }

@@ -1,22 +1,22 @@
-//! The launcher's network layer: what the CNI gave the pod, and the bindings that hand it to the guest.
+//! The launcher's network layer: what the CNI gave the pod, and the bindings that hand it to the guest: each
+//! binding's plan in [`binding`], the steps that carry it out in [`apply`].
 //!
-//! In a pod the launcher already runs in the pod's network namespace, so the code takes a rtnetlink
-//! [`Handle`](rtnetlink::Handle) opened there; [`netns::in_netns`] runs the same code in another namespace.
+//! In a pod the launcher already runs in the pod's network namespace, so the steps take a rtnetlink
+//! [`Handle`](rtnetlink::Handle) opened there, as their [`netlink::Netlink`]; [`netns::in_netns`] runs the same code
+//! in another namespace, and the tests' fake runs it in memory.
 
+pub(crate) mod apply;
 pub(crate) mod binding;
-pub(crate) mod bridge;
+pub(crate) mod error;
+#[cfg(test)]
+mod fake_netlink;
 mod gateway;
-mod leak_guard;
 pub(crate) mod loopback_relay;
-mod masquerade;
 mod netlink;
 #[cfg(test)]
 pub(crate) mod netns;
-mod plumbing;
 pub(crate) mod pod_interface;
-mod redirect;
 pub(crate) mod resolv_conf;
-mod tap;
+mod tap_device;
 #[cfg(test)]
 mod tests;
-mod tool;

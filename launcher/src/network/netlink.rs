@@ -1,33 +1,119 @@
-//! Small queries over rtnetlink and readers for the attributes of its messages.
+//! The requests the bindings make of the kernel, behind the [`Netlink`] trait, and readers for the attributes of
+//! rtnetlink's messages.
 
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{AfSpecUnspec, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::{Error, Handle};
+use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::{Error, Handle, RouteMessageBuilder};
 use vmlet_dhcp::MacAddr;
+use vmlet_netfilter::{IngressFilters, Table, ToolError};
 
-/// The link named `name`, if there is one.
-pub(crate) async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, Error> {
-    absent_as_none(handle.link().get().match_name(name).execute().try_next().await)
+use super::tap_device::{self, TapError};
+
+/// What a binding asks of the pod's network namespace: netlink requests, and the few that take another way (a tap
+/// is made with an ioctl, tables and filters by their tools, IPv6 forwarding is a sysctl). [`Handle`] makes them
+/// for real; the tests' recording fake keeps what they would change in memory, so the steps that make them are
+/// tested without root.
+pub(crate) trait Netlink {
+    /// The link named `name`, if there is one.
+    async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, Error>;
+    /// The link with index `index`, if there is one.
+    async fn link_by_index(&self, index: u32) -> Result<Option<LinkMessage>, Error>;
+    /// The addresses of the link `index`, of every family and scope.
+    async fn addresses_of(&self, index: u32) -> Result<Vec<AddressMessage>, Error>;
+    /// Every route of every family and table.
+    async fn routes(&self) -> Result<Vec<RouteMessage>, Error>;
+    async fn add_link(&self, link: LinkMessage) -> Result<(), Error>;
+    /// Changes what `link` names of the link with its index.
+    async fn set_link(&self, link: LinkMessage) -> Result<(), Error>;
+    /// Changes a bridge port's settings.
+    async fn set_port(&self, port: LinkMessage) -> Result<(), Error>;
+    async fn add_address(&self, index: u32, net: IpNet, flags: AddressFlags) -> Result<(), Error>;
+    async fn delete_address(&self, address: AddressMessage) -> Result<(), Error>;
+    /// Creates the persistent tap `name` (see [`tap_device::create_persistent_tap`]).
+    fn create_tap(&self, name: &str) -> Result<(), TapError>;
+    fn replace_tables(&self, tables: &[Table]) -> Result<(), ToolError>;
+    fn replace_ingress_filters(&self, links: &[IngressFilters]) -> Result<(), ToolError>;
+    /// Turns on IPv6 forwarding in the namespace; whether it was off.
+    fn enable_ipv6_forwarding(&self) -> std::io::Result<bool>;
 }
 
-/// The link with index `index`, if there is one.
-pub(crate) async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkMessage>, Error> {
-    absent_as_none(handle.link().get().match_index(index).execute().try_next().await)
-}
+/// IPv6 forwarding has no per-link netlink setting: it is the namespace's sysctl, which a pod may set (a namespaced
+/// sysctl) when its security context allows it.
+pub(crate) const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
-/// The addresses of the link `index`, of every family and scope.
-pub(crate) async fn addresses_of(handle: &Handle, index: u32) -> Result<Vec<AddressMessage>, Error> {
-    handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
+impl Netlink for Handle {
+    async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, Error> {
+        absent_as_none(self.link().get().match_name(name).execute().try_next().await)
+    }
+
+    async fn link_by_index(&self, index: u32) -> Result<Option<LinkMessage>, Error> {
+        absent_as_none(self.link().get().match_index(index).execute().try_next().await)
+    }
+
+    async fn addresses_of(&self, index: u32) -> Result<Vec<AddressMessage>, Error> {
+        self.address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+    }
+
+    async fn routes(&self) -> Result<Vec<RouteMessage>, Error> {
+        self.route()
+            .get(RouteMessageBuilder::<IpAddr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+    }
+
+    async fn add_link(&self, link: LinkMessage) -> Result<(), Error> {
+        self.link().add(link).execute().await
+    }
+
+    async fn set_link(&self, link: LinkMessage) -> Result<(), Error> {
+        self.link().set(link).execute().await
+    }
+
+    async fn set_port(&self, port: LinkMessage) -> Result<(), Error> {
+        self.link().set_port(port).execute().await
+    }
+
+    async fn add_address(&self, index: u32, net: IpNet, flags: AddressFlags) -> Result<(), Error> {
+        let mut request = self.address().add(index, net.addr(), net.prefix_len());
+        if !flags.is_empty() {
+            request.message_mut().attributes.push(AddressAttribute::Flags(flags));
+        }
+        request.execute().await
+    }
+
+    async fn delete_address(&self, address: AddressMessage) -> Result<(), Error> {
+        self.address().del(address).execute().await
+    }
+
+    fn create_tap(&self, name: &str) -> Result<(), TapError> {
+        tap_device::create_persistent_tap(name)
+    }
+
+    fn replace_tables(&self, tables: &[Table]) -> Result<(), ToolError> {
+        vmlet_netfilter::replace_tables(tables)
+    }
+
+    fn replace_ingress_filters(&self, links: &[IngressFilters]) -> Result<(), ToolError> {
+        vmlet_netfilter::replace_ingress_filters(links)
+    }
+
+    fn enable_ipv6_forwarding(&self) -> std::io::Result<bool> {
+        if std::fs::read_to_string(IPV6_FORWARDING)?.trim() == "1" {
+            return Ok(false);
+        }
+        std::fs::write(IPV6_FORWARDING, b"1").map(|()| true)
+    }
 }
 
 /// Whether the kernel takes `name` as an interface name: at most 15 bytes (the 16th is the terminating NUL), no

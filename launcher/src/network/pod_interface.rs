@@ -2,17 +2,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType};
-use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 use vmlet_dhcp::MacAddr;
 
-use super::netlink;
+use super::netlink::{self, Netlink};
 
 /// Why the pod interface could not be described.
 #[derive(Debug, thiserror::Error)]
@@ -64,24 +62,20 @@ pub(crate) struct PodRoute {
 }
 
 /// Describes the interface `name` as it is now.
-pub(crate) async fn discover(handle: &Handle, name: &str) -> Result<PodInterface, DiscoveryError> {
+pub(crate) async fn discover(handle: &impl Netlink, name: &str) -> Result<PodInterface, DiscoveryError> {
     let query = |what| move |source| DiscoveryError::Query { what, source };
-    let link = netlink::link_by_name(handle, name)
+    let link = handle
+        .link_by_name(name)
         .await
         .map_err(query("links"))?
         .ok_or_else(|| DiscoveryError::NotFound(name.to_owned()))?;
-    let addresses = netlink::addresses_of(handle, link.header.index)
+    let addresses = handle
+        .addresses_of(link.header.index)
         .await
         .map_err(query("addresses"))?;
     // One dump of every family and table (a dump per family would get IPv4 routes twice on a node without IPv6,
     // whose kernel answers an IPv6 dump with all families); `from_netlink` keeps what it needs.
-    let routes: Vec<RouteMessage> = handle
-        .route()
-        .get(RouteMessageBuilder::<IpAddr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(query("routes"))?;
+    let routes: Vec<RouteMessage> = handle.routes().await.map_err(query("routes"))?;
     PodInterface::from_netlink(&link, &addresses, &routes)
 }
 
@@ -209,12 +203,12 @@ fn ip(address: &RouteAddress) -> Option<IpAddr> {
 pub(crate) mod tests {
     use super::*;
     use rtnetlink::packet_route::link::LinkAttribute;
-    use rtnetlink::{AddressMessageBuilder, LinkUnspec};
+    use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
     const INDEX: u32 = 2;
     const MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
 
-    fn link() -> LinkMessage {
+    pub(crate) fn link() -> LinkMessage {
         LinkUnspec::new_with_index(INDEX)
             .name("eth0")
             .address(MAC.0.to_vec())
@@ -222,7 +216,7 @@ pub(crate) mod tests {
             .build()
     }
 
-    fn v4_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
+    pub(crate) fn v4_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
         let net: Ipv4Net = net.parse().unwrap();
         let mut message = AddressMessageBuilder::<Ipv4Addr>::new()
             .index(index)
@@ -232,7 +226,7 @@ pub(crate) mod tests {
         message
     }
 
-    fn v6_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
+    pub(crate) fn v6_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
         let net: Ipv6Net = net.parse().unwrap();
         let mut message = AddressMessageBuilder::<Ipv6Addr>::new()
             .index(index)
@@ -242,7 +236,7 @@ pub(crate) mod tests {
         message
     }
 
-    fn v4_route(destination: &str, gateway: Option<&str>, oif: u32) -> RouteMessage {
+    pub(crate) fn v4_route(destination: &str, gateway: Option<&str>, oif: u32) -> RouteMessage {
         let net: Ipv4Net = destination.parse().unwrap();
         let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(oif);
         if net.prefix_len() > 0 {

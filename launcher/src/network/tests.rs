@@ -27,14 +27,17 @@ use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::frame::ipv4_udp;
 use vmlet_dhcp::v6;
 
-use super::bridge::{BridgeBinding, BridgeSetup, DEFAULT_SERVER_ADDRESS};
-use super::netlink::{self, link_by_name};
+use super::apply::Wired;
+use super::binding::BindingRequest;
+use super::binding::bridge::DEFAULT_SERVER_ADDRESS;
+use super::binding::masquerade::GuestSubnets;
+use super::error::ApplyError;
+use super::netlink::{self, Netlink};
 use super::netns::in_netns;
-use super::plumbing::BindingError;
 use super::pod_interface::tests::route;
 use super::pod_interface::{PodInterface, PodRoute, discover};
 use super::resolv_conf::DnsConfig;
-use super::tap::open_tap;
+use super::tap_device::open_tap;
 
 const POD_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
 /// The link-local address the kernel derives from [`POD_MAC`] (EUI-64).
@@ -135,10 +138,17 @@ impl TestPod {
         self.dir.0.join("resolv.conf")
     }
 
-    fn binding(&self) -> BridgeBinding {
-        BridgeBinding {
+    fn request(&self) -> BindingRequest {
+        BindingRequest {
+            binding: vmlet_api::Binding::Bridge,
+            interface: "eth0".into(),
+            run_dir: self.dir.0.join("run"),
             resolv_conf: self.resolv_conf(),
-            ..BridgeBinding::new("eth0", &self.dir.0.join("run"))
+            hostname: "vm1".into(),
+            subdomain: None,
+            guest_mac: None,
+            ports: Vec::new(),
+            subnets: GuestSubnets::parse(None, None).unwrap(),
         }
     }
 
@@ -157,9 +167,10 @@ impl TestPod {
         })
     }
 
-    fn setup(&self) -> Result<BridgeSetup, BindingError> {
-        let binding = self.binding();
-        self.pod.run(|handle| async move { binding.setup(&handle).await })
+    fn setup(&self) -> Result<Wired, ApplyError> {
+        let request = self.request();
+        self.pod
+            .run(|handle| async move { super::apply::bridge::setup(&request, &handle).await })
     }
 
     fn links(&self) -> Vec<LinkState> {
@@ -226,7 +237,8 @@ async fn plug_node(handle: Handle, cni: Cni) {
 }
 
 async fn index_of(handle: &Handle, name: &str) -> u32 {
-    link_by_name(handle, name)
+    handle
+        .link_by_name(name)
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("{name} not found"))
@@ -269,7 +281,7 @@ async fn link_states(handle: &Handle) -> Vec<LinkState> {
     let mut states = Vec::new();
     for link in links {
         let index = link.header.index;
-        let addresses = netlink::addresses_of(handle, index).await.unwrap();
+        let addresses = handle.addresses_of(index).await.unwrap();
         let mut global: Vec<IpNet> = addresses
             .iter()
             .filter(|address| netlink::address_is_global(address))
@@ -469,8 +481,8 @@ fn discovery_of_a_missing_interface_fails() {
 }
 
 /// Checks every link the binding made or changed, for a pod whose addresses were `addresses`.
-fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, addresses: &[&str]) {
-    assert_eq!(setup.bridge, "vb-eth0");
+fn assert_bridged(test_pod: &TestPod, setup: &Wired, pod: &PodInterface, addresses: &[&str]) {
+    assert_eq!(setup.served_link, "vb-eth0");
     assert_eq!(setup.tap, "tap-eth0");
     assert_eq!(setup.guest_mac, POD_MAC);
     assert_eq!(setup.mtu, MTU);
@@ -480,7 +492,8 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
 
     let links = test_pod.links();
     let bridge = link(&links, "vb-eth0");
-    assert_eq!(bridge.index, setup.bridge_index);
+    let bridge_index = bridge.index;
+    assert_eq!(bridge.mac, Some(setup.served_link_mac));
     assert_eq!(bridge.kind, Some(InfoKind::Bridge));
     assert_eq!((bridge.mtu, bridge.up), (Some(MTU), true));
     assert_eq!(bridge.addresses, vec!["169.254.75.10/32".parse::<IpNet>().unwrap()]);
@@ -490,9 +503,10 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
     let port = link(&links, "eth0-nic");
     assert_eq!(port.index, pod.index, "the pod interface is renamed, not replaced");
     let port_mac = port.mac.unwrap();
+    assert_eq!(setup.pod_port_mac, Some(port_mac));
     assert_ne!(port_mac, POD_MAC);
     assert_eq!(port_mac.0[0] & 0x03, 0x02, "locally administered unicast");
-    assert_eq!(port.controller, Some(setup.bridge_index));
+    assert_eq!(port.controller, Some(bridge_index));
     assert_eq!((port.mtu, port.up), (Some(MTU), true));
     assert!(port.addresses.is_empty());
     assert!(!port.has_ipv6_address, "not even a link-local address");
@@ -501,7 +515,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
 
     let tap = link(&links, "tap-eth0");
     assert_eq!(tap.kind, Some(InfoKind::Tun));
-    assert_eq!(tap.controller, Some(setup.bridge_index));
+    assert_eq!(tap.controller, Some(bridge_index));
     assert_eq!((tap.mtu, tap.up), (Some(MTU), true));
     assert!(!tap.has_ipv6_address);
     assert_eq!(addr_gen_mode(&tap.message), Some(In6AddrGenMode::None));
@@ -518,7 +532,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
 
     let ports: Vec<&str> = links
         .iter()
-        .filter(|link| link.controller == Some(setup.bridge_index))
+        .filter(|link| link.controller == Some(bridge_index))
         .map(|link| link.name.as_str())
         .collect();
     assert_eq!(ports.len(), 2, "{ports:?}");
@@ -538,7 +552,7 @@ fn assert_bridged(test_pod: &TestPod, setup: &BridgeSetup, pod: &PodInterface, a
         .run(|_| async { nft(&["list", "table", "bridge", "vmlet"]).await });
     assert!(rules.contains("oifname \"eth0-nic\" drop"), "{rules}");
 
-    let recorded = fs::read_to_string(&test_pod.binding().state_file).unwrap();
+    let recorded = fs::read_to_string(test_pod.request().state_file()).unwrap();
     assert!(recorded.contains("\"10.244.1.7/"), "{recorded}");
 }
 
@@ -575,12 +589,12 @@ fn bridge_binding_finishes_what_an_interrupted_launcher_started() {
     let test_pod = TestPod::new(Cni::Subnet);
     let pod = test_pod.discover();
     // As if a launcher had recorded the pod network, taken the addresses off and renamed the interface, then died.
-    let binding = test_pod.binding();
-    fs::create_dir_all(binding.state_file.parent().unwrap()).unwrap();
+    let state_file = test_pod.request().state_file();
+    fs::create_dir_all(state_file.parent().unwrap()).unwrap();
     let record = serde_json::json!({ "pod": pod, "dns": DnsConfig::parse(RESOLV_CONF) });
-    fs::write(&binding.state_file, record.to_string()).unwrap();
+    fs::write(&state_file, record.to_string()).unwrap();
     test_pod.pod.run(|handle| async move {
-        for address in netlink::addresses_of(&handle, pod.index).await.unwrap() {
+        for address in handle.addresses_of(pod.index).await.unwrap() {
             handle.address().del(address).execute().await.unwrap();
         }
         let down = LinkUnspec::new_with_index(pod.index).down().build();
@@ -598,11 +612,11 @@ fn bridge_binding_finishes_what_an_interrupted_launcher_started() {
 fn bridge_binding_refuses_to_guess_when_its_record_is_lost() {
     let test_pod = TestPod::new(Cni::Subnet);
     test_pod.setup().unwrap();
-    fs::remove_file(test_pod.binding().state_file).unwrap();
+    fs::remove_file(test_pod.request().state_file()).unwrap();
 
     let err = test_pod.setup().unwrap_err();
 
-    assert!(matches!(err, BindingError::RecordLost { .. }), "{err}");
+    assert!(matches!(err, ApplyError::RecordLost { .. }), "{err}");
 }
 
 /// A tap file set non-blocking, read as the guest's NIC.
@@ -800,12 +814,13 @@ fn guest_reaches_the_pod_network_and_dhcp_stays_in_the_pod() {
 }
 
 /// A global IPv6 gateway whose router's link-local address is still in duplicate address detection, as right after
-/// a CNI set the pod up, is found once the detection ends (here about 3 s, more than a bound of 2 s allowed).
+/// a CNI set the pod up, is found once the detection ends (here after about 3 s), by raw neighbour discovery on the
+/// pod interface.
 #[test]
 fn a_global_ipv6_gateway_is_found_once_its_routers_link_local_address_is_usable() {
     let test_pod = TestPod::new(Cni::Subnet);
-    let mut pod = test_pod.discover();
-    let router = super::gateway::eui64_link_local(MacAddr(NODE_MAC));
+    let pod = test_pod.discover();
+    let router = vmlet_dhcp::v6::config::link_local_of(MacAddr(NODE_MAC));
     test_pod.node.run(|handle| async move {
         let veth = index_of(&handle, "veth-node").await;
         // Each detection probe waits 3 s for an answer.
@@ -834,12 +849,40 @@ fn a_global_ipv6_gateway_is_found_once_its_routers_link_local_address_is_usable(
             .await
             .unwrap();
     });
-    pod.gateway_v6 = Some("fd00:10:244:1::1".parse().unwrap());
-    let started = Instant::now();
-    let found = test_pod
+    let gateway: Ipv6Addr = "fd00:10:244:1::1".parse().unwrap();
+    let found = test_pod.pod.run(|_| async move {
+        let mut neighbours = super::gateway::LinkNeighbours::open(pod.index, MacAddr([2, 0, 0, 0, 0, 0x42])).unwrap();
+        let search = super::gateway::find_router(&mut neighbours, gateway);
+        tokio::time::timeout(Duration::from_secs(60), search).await
+    });
+    assert_eq!(found.ok(), Some(router));
+}
+
+/// Under `tap` every frame from the pod network is redirected to the tap before the pod's stack sees it: the search
+/// for a global gateway's router still hears the answers, on the pod interface itself.
+#[test]
+fn the_router_search_hears_the_gateway_through_the_tap_bindings_redirect() {
+    let test_pod = TestPod::new(Cni::Subnet);
+    test_pod.discover();
+    let request = BindingRequest {
+        binding: vmlet_api::Binding::Tap,
+        ..test_pod.request()
+    };
+    let wired = test_pod
         .pod
-        .run(|handle| async move { super::gateway::gateway_link_local(&handle, &pod).await });
-    assert_eq!(found, Some(router), "after {:?}", started.elapsed());
+        .run(|handle| async move { super::apply::tap::setup(&request, &handle).await })
+        .unwrap();
+    let gateway: Ipv6Addr = "fd00:10:244:1::1".parse().unwrap();
+    let found = test_pod.pod.run(|_| async move {
+        let mut neighbours =
+            super::gateway::LinkNeighbours::open(wired.pod.index, wired.pod_port_mac.unwrap()).unwrap();
+        let search = super::gateway::find_router(&mut neighbours, gateway);
+        tokio::time::timeout(Duration::from_secs(60), search).await
+    });
+    assert_eq!(
+        found.ok(),
+        Some(vmlet_dhcp::v6::config::link_local_of(MacAddr(NODE_MAC)))
+    );
 }
 
 /// The Ethernet source of a router advertisement without IPv6 extension headers.
@@ -876,7 +919,7 @@ fn router_advertisements_reach_the_guest_only_from_the_pod() {
     // The launcher's advertisements, served on the bridge, reach the guest (the first ones may come before the tap
     // port forwards: the runner repeats them every 3 s at start). Without the router's hardware address, as the
     // launcher runs it, they come from the bridge's.
-    let mut config = v6::Config::new(POD_MAC, POD_IPV6.parse().unwrap(), setup.bridge_mac);
+    let mut config = v6::Config::new(POD_MAC, POD_IPV6.parse().unwrap(), setup.served_link_mac);
     config.router = Some(v6::Router {
         link_local: NODE_LINK_LOCAL,
         mac: None,
@@ -884,12 +927,12 @@ fn router_advertisements_reach_the_guest_only_from_the_pod() {
     let advertisement = thread::scope(|scope| {
         scope.spawn(|| {
             test_pod.pod.run(|_| async move {
-                let runner = v6::runner::Runner::bind(config, &setup.bridge).unwrap();
+                let runner = v6::runner::Runner::bind(config, &setup.served_link).unwrap();
                 runner.run(tokio::time::sleep(Duration::from_secs(7))).await
             })
         });
         guest.receive(Duration::from_secs(7), |frame| {
-            router_advertisement_source(frame) == Some(&setup.bridge_mac.0)
+            router_advertisement_source(frame) == Some(&setup.served_link_mac.0)
         })
     });
     assert!(

@@ -1,5 +1,4 @@
-//! The `masquerade` binding: the guest sits on a private subnet behind NAT in the pod, and the pod interface is left
-//! as the CNI made it.
+//! The `masquerade` binding's plan: the guest's private subnets, the NAT table, and what the guest is served.
 //!
 //! A bridge `vb-<if>` holds the gateway addresses (the first host of each guest subnet, 10.0.2.1 and fd10:0:2::1 by
 //! default, and the link-local fe80::1) with the tap `tap-<if>` as its only port. The launcher serves the guest the
@@ -7,37 +6,28 @@
 //! itself as the router. nftables (table `inet vmlet-nat`) masquerades what the guest sends out behind the pod's
 //! address and forwards inbound connections to the pod's addresses, all ports or only those listed, to the guest;
 //! connections from the pod's own loopback (127.0.0.1) to a forwarded port reach the guest too.
-//!
-//! The guest's MAC address is the spec's or one made up once and kept in the state file, with the pod network as it
-//! was found, so a restarted launcher gives the guest the same one.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use rtnetlink::packet_route::address::AddressFlags;
-use rtnetlink::{Handle, LinkUnspec};
-use tracing::info;
+use ipnet::{Ipv4Net, Ipv6Net};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
+use vmlet_netfilter::{Family, Table};
 
-use super::loopback_relay::LoopbackRelay;
-use super::plumbing::{
-    BindingError, LinkNames, PodRecord, Recorded, attach_port, ensure_addresses, ensure_bridge, ensure_tap, failed_to,
-    local_mac, no_ipv6_addresses, random_bytes, set_ipv4_conf,
-};
-use super::pod_interface::PodInterface;
-use super::resolv_conf::DnsConfig;
-use super::tool;
+use super::{BindingRequest, GuestNetwork, pod_addresses, served};
+use crate::guest_addressing;
+use crate::network::apply::Wired;
+use crate::network::error::PlanError;
+use crate::network::loopback_relay::LoopbackRelay;
+use crate::network::pod_interface::PodInterface;
 
 /// KubeVirt's defaults, so a guest moved from KubeVirt finds the network it knew.
 pub(crate) const DEFAULT_SUBNET_V4: &str = "10.0.2.0/24";
 pub(crate) const DEFAULT_SUBNET_V6: &str = "fd10:0:2::/120";
 /// The bridge's link-local address, the guest's IPv6 router.
-const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+pub(crate) const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The bridge's hardware address, set explicitly so that it never changes with its ports.
-const BRIDGE_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0x00, 0x02, 0x01]);
-const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+pub(crate) const BRIDGE_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0x00, 0x02, 0x01]);
 
 /// The guest's private subnets: the gateway is the first host of each, the guest the second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,10 +38,10 @@ pub(crate) struct GuestSubnets {
 
 impl GuestSubnets {
     /// The subnets from the spec's `vmNetworkCIDR` and `vmIPv6NetworkCIDR`, KubeVirt's defaults when unset.
-    pub(crate) fn parse(v4: Option<&str>, v6: Option<&str>) -> Result<GuestSubnets, BindingError> {
+    pub(crate) fn parse(v4: Option<&str>, v6: Option<&str>) -> Result<GuestSubnets, PlanError> {
         let v4_text = v4.unwrap_or(DEFAULT_SUBNET_V4);
         let v6_text = v6.unwrap_or(DEFAULT_SUBNET_V6);
-        let invalid = |text: &str, why| BindingError::GuestSubnet(text.to_owned(), why);
+        let invalid = |text: &str, why| PlanError::GuestSubnet(text.to_owned(), why);
         let v4: Ipv4Net = v4_text.parse().map_err(|_| invalid(v4_text, "not an IPv4 CIDR"))?;
         let v6: Ipv6Net = v6_text.parse().map_err(|_| invalid(v6_text, "not an IPv6 CIDR"))?;
         if v4.prefix_len() > 30 {
@@ -118,93 +108,50 @@ impl Protocol {
     }
 }
 
-/// How to put the guest behind NAT in the pod.
-#[derive(Clone, Debug)]
-pub(crate) struct MasqueradeBinding {
-    pub(crate) interface: String,
-    pub(crate) subnets: GuestSubnets,
-    /// Forwarded inbound; every port (and every protocol) when empty.
-    pub(crate) ports: Vec<ForwardedPort>,
-    /// The spec's MAC address for the guest, if it names one.
-    pub(crate) guest_mac: Option<MacAddr>,
-    pub(crate) resolv_conf: PathBuf,
-    pub(crate) state_file: PathBuf,
+/// The DHCPv4 server's configuration: the guest's private address, the bridge as its gateway, the pod's DNS; none
+/// when the pod has no IPv4 address to masquerade behind.
+pub(crate) fn dhcpv4_config(wired: &Wired, subnets: &GuestSubnets, hostname: &str) -> Option<ServerConfig> {
+    if wired.pod.ipv4.is_empty() {
+        return None;
+    }
+    let gateway = subnets.gateway_v4().addr();
+    let mut config = guest_addressing::dhcpv4_base(wired, subnets.guest_v4(), gateway, hostname);
+    config.gateway = Some(gateway);
+    Some(config)
 }
 
-/// What the binding made, for the servers and the domain definition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct MasqueradeSetup {
-    pub(crate) bridge: String,
-    pub(crate) bridge_mac: MacAddr,
-    pub(crate) tap: String,
-    pub(crate) guest_mac: MacAddr,
-    pub(crate) mtu: u32,
-    pub(crate) subnets: GuestSubnets,
-    /// The pod interface, untouched: the guest is reached at its addresses.
-    pub(crate) pod: PodInterface,
-    pub(crate) dns: DnsConfig,
+/// The DHCPv6 and router advertisement configuration: the guest's private address, the bridge as its router; none
+/// when the pod has no IPv6 address.
+pub(crate) fn dhcpv6_config(wired: &Wired, subnets: &GuestSubnets) -> Option<v6::Config> {
+    if wired.pod.ipv6.is_empty() {
+        return None;
+    }
+    let mut config = guest_addressing::dhcpv6_base(wired, subnets.guest_v6());
+    config.router = Some(v6::Router {
+        link_local: GATEWAY_LINK_LOCAL,
+        mac: Some(wired.served_link_mac),
+    });
+    Some(config)
 }
 
-impl MasqueradeSetup {
-    /// Whether the guest gets IPv4: only when the pod has an IPv4 address to masquerade behind.
-    pub(crate) fn has_ipv4(&self) -> bool {
-        !self.pod.ipv4.is_empty()
+/// The listed TCP ports, relayed from the pod's `[::1]` to the guest's IPv6 address (see
+/// [`crate::network::loopback_relay`]); none without IPv6 or without a port list.
+pub(crate) fn loopback_relays(wired: &Wired, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> Vec<LoopbackRelay> {
+    if wired.pod.ipv6.is_empty() {
+        return Vec::new();
     }
-
-    pub(crate) fn has_ipv6(&self) -> bool {
-        !self.pod.ipv6.is_empty()
-    }
-
-    /// The DHCPv4 server's configuration: the guest's private address, the bridge as its gateway, the pod's DNS.
-    pub(crate) fn dhcpv4_config(&self, hostname: &str) -> Option<ServerConfig> {
-        if !self.has_ipv4() {
-            return None;
-        }
-        let gateway = self.subnets.gateway_v4().addr();
-        let mut config = ServerConfig::new(self.guest_mac, self.subnets.guest_v4(), gateway);
-        config.gateway = Some(gateway);
-        config.dns = self.dns.ipv4_nameservers();
-        config.search = self.dns.search.clone();
-        config.mtu = u16::try_from(self.mtu).ok();
-        config.hostname = Some(hostname.to_owned());
-        Some(config)
-    }
-
-    /// The listed TCP ports, relayed from the pod's `[::1]` to the guest's IPv6 address (see
-    /// [`super::loopback_relay`]); none without IPv6 or without a port list.
-    pub(crate) fn loopback_relays(&self, ports: &[ForwardedPort]) -> Vec<LoopbackRelay> {
-        if !self.has_ipv6() {
-            return Vec::new();
-        }
-        let guest = self.subnets.guest_v6().addr();
-        ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| LoopbackRelay {
-                listen: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), p.port),
-                guest: SocketAddr::new(guest.into(), p.port),
-            })
-            .collect()
-    }
-
-    /// The DHCPv6 and router advertisement configuration: the guest's private address, the bridge as its router.
-    pub(crate) fn dhcpv6_config(&self) -> Option<v6::Config> {
-        if !self.has_ipv6() {
-            return None;
-        }
-        let mut config = v6::Config::new(self.guest_mac, self.subnets.guest_v6(), self.bridge_mac);
-        config.router = Some(v6::Router {
-            link_local: GATEWAY_LINK_LOCAL,
-            mac: Some(self.bridge_mac),
-        });
-        config.dns = self.dns.ipv6_nameservers();
-        config.search = self.dns.search.clone();
-        config.mtu = Some(self.mtu);
-        Some(config)
-    }
+    let guest = subnets.guest_v6().addr();
+    ports
+        .iter()
+        .filter(|p| p.protocol == Protocol::Tcp)
+        .map(|p| LoopbackRelay {
+            listen: SocketAddr::new(Ipv6Addr::LOCALHOST.into(), p.port),
+            guest: SocketAddr::new(guest.into(), p.port),
+        })
+        .collect()
 }
 
-/// The NAT rules. Loading them again replaces the table.
+/// The NAT rules, in the table `inet vmlet-nat`.
 ///
 /// - `prerouting`: connections to the pod's addresses from outside go to the guest (the listed ports, or
 ///   everything).
@@ -214,7 +161,7 @@ impl MasqueradeSetup {
 ///   kernel drops; the launcher relays [::1] in user space instead ([`super::loopback_relay`]).
 /// - `postrouting`: those loopback connections take the gateway's address as their source, which the guest can
 ///   answer; what the guest sends anywhere else leaves with the pod's address.
-pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> String {
+pub(crate) fn nat_table(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> Table {
     let pod_if = &pod.name;
     let guest4 = subnets.guest_v4().addr();
     let guest6 = subnets.guest_v6().addr();
@@ -263,11 +210,11 @@ pub(crate) fn ruleset(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, 
     }
     let v4 = subnets.v4;
     let v6 = subnets.v6;
-    format!(
-        r#"add table inet vmlet-nat
-delete table inet vmlet-nat
-table inet vmlet-nat {{
-    chain prerouting {{
+    Table {
+        family: Family::Inet,
+        name: "vmlet-nat".into(),
+        chains: format!(
+            r#"    chain prerouting {{
         type nat hook prerouting priority -100; policy accept;
 {prerouting}    }}
     chain output {{
@@ -279,147 +226,45 @@ table inet vmlet-nat {{
         oifname != "{bridge}" ip saddr {v4} masquerade
         oifname != "{bridge}" ip6 saddr {v6} masquerade
     }}
-}}
 "#
-    )
-}
-
-impl MasqueradeBinding {
-    /// Builds the guest's private network and the NAT, or finishes what an earlier launcher in this pod started.
-    pub(crate) async fn setup(&self, handle: &Handle) -> Result<MasqueradeSetup, BindingError> {
-        let names = LinkNames::for_interface(&self.interface)?;
-        let record = PodRecord {
-            interface: &self.interface,
-            resolv_conf: &self.resolv_conf,
-            state_file: &self.state_file,
-        };
-        let draw_mac = || -> Result<MacAddr, BindingError> {
-            let random = random_bytes().map_err(BindingError::RandomMac)?;
-            Ok(self.guest_mac.unwrap_or(local_mac(random, BRIDGE_MAC)))
-        };
-        let mut recorded = record.load_or_record(handle, None, || draw_mac().map(Some)).await?;
-        let guest_mac = match (self.guest_mac, recorded.guest_mac) {
-            (Some(mac), _) | (None, Some(mac)) => mac,
-            // A record from before the binding kept a MAC address: make one now, and keep it from now on.
-            (None, None) => {
-                let mac = draw_mac()?;
-                recorded.guest_mac = Some(mac);
-                record.write(&recorded)?;
-                mac
-            }
-        };
-        let Recorded { pod, dns, .. } = recorded;
-        if pod.ipv4.is_empty() && pod.ipv6.is_empty() {
-            return Err(BindingError::NoPodAddress("IPv4 or IPv6"));
-        }
-
-        let bridge = ensure_bridge(handle, &names.bridge, pod.mtu).await?;
-        let bridge_index = bridge.header.index;
-        // The gateway's own addresses only: no kernel-made link-local address beside fe80::1.
-        no_ipv6_addresses(handle, &bridge, &names.bridge).await?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(bridge_index)
-                    .address(BRIDGE_MAC.0.to_vec())
-                    .mtu(pod.mtu)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(failed_to("bring the bridge up"))?;
-        let mut gateway: Vec<IpNet> = Vec::new();
-        if !pod.ipv4.is_empty() {
-            gateway.push(self.subnets.gateway_v4().into());
-        }
-        if !pod.ipv6.is_empty() {
-            gateway.push(self.subnets.gateway_v6().into());
-            gateway.push(IpNet::new(IpAddr::V6(GATEWAY_LINK_LOCAL), 64).unwrap_or_default());
-        }
-        // No duplicate address detection: the link is the launcher's own, and the addresses are needed at once.
-        ensure_addresses(handle, bridge_index, &gateway, AddressFlags::Nodad)
-            .await
-            .map_err(failed_to("give the bridge the gateway addresses"))?;
-        set_ipv4_conf(
-            handle,
-            bridge_index,
-            "forwarding and route_localnet on the bridge",
-            |conf| {
-                conf.forwarding = 1;
-                conf.route_localnet = 1;
-            },
-        )
-        .await?;
-        set_ipv4_conf(handle, pod.index, "forwarding on the pod interface", |conf| {
-            conf.forwarding = 1;
-        })
-        .await?;
-        if !pod.ipv6.is_empty() {
-            enable_ipv6_forwarding()?;
-        }
-        let tap = ensure_tap(handle, &names.tap).await?;
-        attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
-        tool::nft(&ruleset(&pod, &names.bridge, &self.subnets, &self.ports))
-            .await
-            .map_err(BindingError::Nft)?;
-
-        info!(
-            interface = %pod.name,
-            bridge = %names.bridge,
-            tap = %names.tap,
-            %guest_mac,
-            subnet_v4 = %self.subnets.v4,
-            subnet_v6 = %self.subnets.v6,
-            forwarded_ports = self.ports.len(),
-            "guest network behind NAT ready"
-        );
-        Ok(MasqueradeSetup {
-            bridge: names.bridge,
-            bridge_mac: BRIDGE_MAC,
-            tap: names.tap,
-            guest_mac,
-            mtu: pod.mtu,
-            subnets: self.subnets,
-            pod,
-            dns,
-        })
+        ),
     }
-}
-
-/// IPv6 forwarding has no per-link netlink setting: it is the namespace's sysctl, which a pod may set (a namespaced
-/// sysctl) when its security context allows it. Left alone when already on.
-fn enable_ipv6_forwarding() -> Result<(), BindingError> {
-    let failed = |source| BindingError::Forwarding {
-        path: IPV6_FORWARDING,
-        source,
-    };
-    let current = std::fs::read_to_string(IPV6_FORWARDING).map_err(failed)?;
-    if current.trim() == "1" {
-        return Ok(());
-    }
-    std::fs::write(IPV6_FORWARDING, b"1").map_err(failed)?;
-    info!("IPv6 forwarding enabled in the pod");
-    Ok(())
 }
 
 /// A port of the spec's list, TCP unless it says UDP. The spec's validation refuses anything else first.
-pub(crate) fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<ForwardedPort, BindingError> {
+pub(crate) fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<ForwardedPort, PlanError> {
     let protocol = match protocol.unwrap_or("TCP") {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
-        other => return Err(BindingError::Port(format!("{other:?} is not TCP or UDP"))),
+        other => return Err(PlanError::Port(format!("{other:?} is not TCP or UDP"))),
     };
     let port = u16::try_from(port)
         .ok()
         .filter(|&port| port != 0)
-        .ok_or_else(|| BindingError::Port(format!("{port} is not a port number")))?;
+        .ok_or_else(|| PlanError::Port(format!("{port} is not a port number")))?;
     Ok(ForwardedPort { protocol, port })
+}
+
+/// What the guest is served behind NAT.
+pub(crate) fn guest_network(request: &BindingRequest, wired: &Wired) -> GuestNetwork {
+    let subnets = &request.subnets;
+    GuestNetwork {
+        binding: request.binding,
+        dhcpv4: dhcpv4_config(wired, subnets, &request.hostname).and_then(|config| served(&wired.served_link, config)),
+        dhcpv6: dhcpv6_config(wired, subnets).and_then(|config| served(&wired.served_link, config)),
+        tap: wired.tap.clone(),
+        guest_mac: wired.guest_mac,
+        mtu: wired.mtu,
+        addresses: pod_addresses(&wired.pod),
+        loopback_relays: loopback_relays(wired, subnets, &request.ports),
+        router_search: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::resolv_conf::DnsConfig;
 
     fn pod() -> PodInterface {
         PodInterface {
@@ -463,7 +308,7 @@ mod tests {
             (None, Some("10.0.0.0/8")),
         ] {
             assert!(
-                matches!(GuestSubnets::parse(v4, v6), Err(BindingError::GuestSubnet(..))),
+                matches!(GuestSubnets::parse(v4, v6), Err(PlanError::GuestSubnet(..))),
                 "{v4:?} {v6:?}"
             );
         }
@@ -476,7 +321,7 @@ mod tests {
             forwarded_port(Some("TCP"), 22).unwrap(),
             forwarded_port(Some("UDP"), 53).unwrap(),
         ];
-        let rules = ruleset(&pod(), "vb-eth0", &defaults(), &ports);
+        let rules = nat_table(&pod(), "vb-eth0", &defaults(), &ports).ruleset();
         let lines: Vec<&str> = rules.lines().map(str::trim).collect();
         for expected in [
             "iifname \"eth0\" ip daddr { 10.244.1.7 } tcp dport { 8080, 22 } dnat ip to 10.0.2.2",
@@ -497,7 +342,7 @@ mod tests {
 
     #[test]
     fn without_a_port_list_everything_is_forwarded() {
-        let rules = ruleset(&pod(), "vb-eth0", &defaults(), &[]);
+        let rules = nat_table(&pod(), "vb-eth0", &defaults(), &[]).ruleset();
         assert!(
             rules.contains("iifname \"eth0\" ip daddr { 10.244.1.7 } dnat ip to 10.0.2.2\n"),
             "{rules}"
@@ -511,21 +356,22 @@ mod tests {
     #[test]
     fn an_ipv4_only_pod_gets_no_ipv6_rules_and_no_dhcpv6() {
         let pod = PodInterface { ipv6: vec![], ..pod() };
-        let rules = ruleset(&pod, "vb-eth0", &defaults(), &[]);
+        let rules = nat_table(&pod, "vb-eth0", &defaults(), &[]).ruleset();
         assert!(!rules.contains("dnat ip6"), "{rules}");
-        let setup = setup(pod);
-        assert!(setup.dhcpv6_config().is_none());
-        assert!(setup.dhcpv4_config("vm1").is_some());
+        let wired = wired(pod);
+        assert!(dhcpv6_config(&wired, &defaults()).is_none());
+        assert!(dhcpv4_config(&wired, &defaults(), "vm1").is_some());
     }
 
-    fn setup(pod: PodInterface) -> MasqueradeSetup {
-        MasqueradeSetup {
-            bridge: "vb-eth0".into(),
-            bridge_mac: BRIDGE_MAC,
+    fn wired(pod: PodInterface) -> Wired {
+        Wired {
+            served_link: "vb-eth0".into(),
+            served_link_mac: BRIDGE_MAC,
+            server_address: Some(Ipv4Addr::new(10, 0, 2, 1)),
             tap: "tap-eth0".into(),
             guest_mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            pod_port_mac: None,
             mtu: pod.mtu,
-            subnets: defaults(),
             pod,
             dns: DnsConfig::parse("nameserver 10.96.0.10\nnameserver fd00:10:96::a\nsearch cluster.local\n"),
         }
@@ -537,7 +383,7 @@ mod tests {
             forwarded_port(None, 8080).unwrap(),
             forwarded_port(Some("UDP"), 53).unwrap(),
         ];
-        let relays = setup(pod()).loopback_relays(&ports);
+        let relays = loopback_relays(&wired(pod()), &defaults(), &ports);
         assert_eq!(
             relays,
             [LoopbackRelay {
@@ -546,20 +392,20 @@ mod tests {
             }]
         );
         assert!(
-            setup(pod()).loopback_relays(&[]).is_empty(),
+            loopback_relays(&wired(pod()), &defaults(), &[]).is_empty(),
             "no list: nothing to listen on"
         );
         let v4_only = PodInterface {
             ipv6: Vec::new(),
             ..pod()
         };
-        assert!(setup(v4_only).loopback_relays(&ports).is_empty());
+        assert!(loopback_relays(&wired(v4_only), &defaults(), &ports).is_empty());
     }
 
     #[test]
     fn the_guest_is_served_its_private_addresses_with_the_bridge_as_router() {
-        let setup = setup(pod());
-        let v4 = setup.dhcpv4_config("vm1").unwrap();
+        let wired = wired(pod());
+        let v4 = dhcpv4_config(&wired, &defaults(), "vm1").unwrap();
         assert_eq!(v4.client_mac, MacAddr([2, 0, 0, 0, 0, 9]));
         assert_eq!(v4.address.to_string(), "10.0.2.2/24");
         assert_eq!(
@@ -569,7 +415,7 @@ mod tests {
         assert_eq!(v4.dns, [Ipv4Addr::new(10, 96, 0, 10)]);
         assert_eq!((v4.mtu, v4.hostname.as_deref()), (Some(1400), Some("vm1")));
         assert_eq!(v4.validate(), Ok(()));
-        let v6 = setup.dhcpv6_config().unwrap();
+        let v6 = dhcpv6_config(&wired, &defaults()).unwrap();
         assert_eq!(v6.address.to_string(), "fd10:0:2::2/120");
         assert_eq!(
             v6.router,

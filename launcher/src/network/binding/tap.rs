@@ -1,4 +1,4 @@
-//! The `tap` binding: the guest takes the pod's IP and MAC addresses, and the pod interface and the guest's tap are
+//! The `tap` binding's plan: the guest takes the pod's IP and MAC addresses, and the pod interface and the guest's tap are
 //! joined by tc redirects, with no bridge between them.
 //!
 //! The pod interface is renamed `<if>-nic`, loses its addresses and its MAC address, as under `bridge`, and a
@@ -15,52 +15,16 @@
 //! The tc filters are `u32` matches (the classifier every kernel has) on fixed offsets: IPv4 with a 20-byte header,
 //! IPv6 with no extension header before UDP or ICMPv6, as DHCP and neighbour discovery send them.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-
-use rtnetlink::Handle;
-use tracing::info;
-use vmlet_dhcp::MacAddr;
-
-use super::bridge::DEFAULT_SERVER_ADDRESS;
-use super::plumbing::{
-    BindingError, LinkNames, PodRecord, Recorded, bring_up_silent, ensure_placeholder, ensure_tap, free_pod_interface,
-    serve_from,
-};
-use super::pod_interface::PodInterface;
-use super::resolv_conf::DnsConfig;
-use super::tool;
-
-/// How to hand one pod interface to the guest over tc redirects.
-#[derive(Clone, Debug)]
-pub(crate) struct TapBinding {
-    pub(crate) interface: String,
-    pub(crate) resolv_conf: PathBuf,
-    pub(crate) state_file: PathBuf,
-}
-
-/// What the binding made, for the servers and the domain definition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct TapSetup {
-    pub(crate) tap: String,
-    /// The tap's hardware address, the source of what the launcher serves the guest over IPv6.
-    pub(crate) tap_mac: MacAddr,
-    /// The pod interface's original MAC address, now the guest's.
-    pub(crate) guest_mac: MacAddr,
-    pub(crate) mtu: u32,
-    /// The tap's own address, the DHCP server's.
-    pub(crate) server_address: Ipv4Addr,
-    pub(crate) pod: PodInterface,
-    pub(crate) dns: DnsConfig,
-}
+use vmlet_dhcp::runner as dhcpv4;
+use vmlet_dhcp::v6::ra::{ROUTER_ADVERTISEMENT, ROUTER_SOLICITATION};
+use vmlet_dhcp::v6::runner as dhcpv6;
+use vmlet_netfilter::{Family, Filter, IngressFilters, Table};
 
 /// UDP ports and ICMPv6 types of the frames that stay in the pod.
-const DHCPV4_SERVER: u16 = 67;
-const DHCPV4_CLIENT: u16 = 68;
-const DHCPV6_CLIENT: u16 = 546;
-const DHCPV6_SERVER: u16 = 547;
-const ROUTER_SOLICITATION: u8 = 133;
-const ROUTER_ADVERTISEMENT: u8 = 134;
+const DHCPV4_SERVER: u16 = dhcpv4::SERVER_PORT;
+const DHCPV4_CLIENT: u16 = dhcpv4::CLIENT_PORT;
+const DHCPV6_CLIENT: u16 = dhcpv6::CLIENT_PORT;
+const DHCPV6_SERVER: u16 = dhcpv6::SERVER_PORT;
 
 /// What a frame kept in the pod is, for a `u32` match.
 #[derive(Clone, Copy)]
@@ -82,12 +46,11 @@ impl Kept {
     }
 }
 
-/// The tc commands that join `pod_port` and `tap`.
+/// The ingress filters that join `pod_port` and `tap`.
 ///
 /// A filter with a class and no action ends the search and lets the frame go on up the receiving link's stack; the
-/// last filter of each link, matching everything, redirects. Loading it again replaces every filter, so it is
-/// idempotent.
-pub(crate) fn tc_batch(pod_port: &str, tap: &str) -> String {
+/// last filter of each link, matching everything, redirects.
+pub(crate) fn ingress_filters(pod_port: &str, tap: &str) -> [IngressFilters; 2] {
     let from_guest = [
         Kept::Udp4(DHCPV4_SERVER),
         Kept::Udp6(DHCPV6_SERVER),
@@ -101,31 +64,31 @@ pub(crate) fn tc_batch(pod_port: &str, tap: &str) -> String {
         Kept::Udp6(DHCPV6_CLIENT),
         Kept::Icmpv6(ROUTER_ADVERTISEMENT),
     ];
-    let mut batch = String::new();
-    for (link, kept, peer) in [(tap, &from_guest[..], pod_port), (pod_port, &from_pod_network[..], tap)] {
-        batch.push_str(&format!("qdisc replace dev {link} clsact\n"));
-        batch.push_str(&format!("filter del dev {link} ingress\n"));
-        for (priority, kept) in (1..).zip(kept) {
-            batch.push_str(&format!(
-                "filter add dev {link} ingress prio {priority} {} classid 1:1\n",
-                kept.filter()
-            ));
-        }
-        batch.push_str(&format!(
-            "filter add dev {link} ingress prio 100 protocol all u32 match u32 0 0 action mirred egress redirect dev {peer}\n"
-        ));
-    }
-    batch
+    let link = |link: &str, kept: &[Kept], peer: &str| IngressFilters {
+        link: link.to_owned(),
+        filters: (1..)
+            .zip(kept)
+            .map(|(priority, kept)| Filter {
+                priority,
+                spec: format!("{} classid 1:1", kept.filter()),
+            })
+            .chain(std::iter::once(Filter {
+                priority: 100,
+                spec: format!("protocol all u32 match u32 0 0 action mirred egress redirect dev {peer}"),
+            }))
+            .collect(),
+    };
+    [link(tap, &from_guest, pod_port), link(pod_port, &from_pod_network, tap)]
 }
 
 /// The nftables rules for what the tc filters keep in the pod: the servers hear the guest's requests, and nothing
-/// else that reached a stack in the pod goes anywhere. Loading them again replaces the table.
-pub(crate) fn ruleset(pod_port: &str, tap: &str) -> String {
-    format!(
-        r#"add table inet vmlet-tap
-delete table inet vmlet-tap
-table inet vmlet-tap {{
-    chain input {{
+/// else that reached a stack in the pod goes anywhere.
+pub(crate) fn table(pod_port: &str, tap: &str) -> Table {
+    Table {
+        family: Family::Inet,
+        name: "vmlet-tap".into(),
+        chains: format!(
+            r#"    chain input {{
         type filter hook input priority filter; policy accept;
         iifname "{pod_port}" drop
         iifname "{tap}" udp dport {{ {DHCPV4_CLIENT}, {DHCPV6_CLIENT} }} drop
@@ -135,65 +98,8 @@ table inet vmlet-tap {{
         type filter hook output priority filter; policy accept;
         oifname "{pod_port}" drop
     }}
-}}
 "#
-    )
-}
-
-impl TapBinding {
-    /// The binding of `interface`, with its state file `network-<interface>.json` in `run_dir`.
-    pub(crate) fn new(interface: &str, run_dir: &Path, resolv_conf: &Path) -> TapBinding {
-        TapBinding {
-            interface: interface.to_owned(),
-            resolv_conf: resolv_conf.to_owned(),
-            state_file: run_dir.join(format!("network-{interface}.json")),
-        }
-    }
-
-    /// Rewires the pod network for the guest, or finishes what an earlier launcher in this pod started.
-    pub(crate) async fn setup(&self, handle: &Handle) -> Result<TapSetup, BindingError> {
-        let names = LinkNames::for_interface(&self.interface)?;
-        let record = PodRecord {
-            interface: &self.interface,
-            resolv_conf: &self.resolv_conf,
-            state_file: &self.state_file,
-        };
-        let Recorded { pod, dns, .. } = record
-            .load_or_record(handle, Some(&names.pod_port), || Ok(None))
-            .await?;
-        // First, so that nothing the pod's stack sends ever reaches the pod network once it is renamed.
-        tool::nft(&ruleset(&names.pod_port, &names.tap))
-            .await
-            .map_err(BindingError::Nft)?;
-        free_pod_interface(handle, &pod, &names).await?;
-        bring_up_silent(handle, pod.index, &names.pod_port, pod.mtu).await?;
-        let tap = ensure_tap(handle, &names.tap).await?;
-        let tap_index = tap.header.index;
-        serve_from(handle, tap_index, &names.tap, IpAddr::V4(DEFAULT_SERVER_ADDRESS)).await?;
-        bring_up_silent(handle, tap_index, &names.tap, pod.mtu).await?;
-        tool::tc(&tc_batch(&names.pod_port, &names.tap))
-            .await
-            .map_err(BindingError::Tc)?;
-        ensure_placeholder(handle, &pod, &names.placeholder).await?;
-        let tap_mac = super::netlink::link_mac(&tap).ok_or_else(|| BindingError::UnexpectedLink {
-            name: names.tap.clone(),
-            expected: "tap with an Ethernet address",
-        })?;
-        info!(
-            interface = %pod.name,
-            tap = %names.tap,
-            guest_mac = %pod.mac,
-            "pod network handed to the guest over tc redirects"
-        );
-        Ok(TapSetup {
-            tap: names.tap,
-            tap_mac,
-            guest_mac: pod.mac,
-            mtu: pod.mtu,
-            server_address: DEFAULT_SERVER_ADDRESS,
-            pod,
-            dns,
-        })
+        ),
     }
 }
 
@@ -203,7 +109,10 @@ mod tests {
 
     #[test]
     fn the_guests_requests_stay_in_the_pod_and_everything_else_is_redirected() {
-        let batch = tc_batch("eth0-nic", "tap-eth0");
+        let batch: String = ingress_filters("eth0-nic", "tap-eth0")
+            .iter()
+            .map(IngressFilters::batch)
+            .collect();
         let lines: Vec<&str> = batch.lines().collect();
         assert_eq!(lines.len(), 2 * 3 + 6 + 3, "{batch}");
         assert_eq!(lines[0], "qdisc replace dev tap-eth0 clsact");
@@ -247,7 +156,7 @@ mod tests {
 
     #[test]
     fn only_what_tc_keeps_in_the_pod_is_dropped() {
-        let rules = ruleset("eth0-nic", "tap-eth0");
+        let rules = table("eth0-nic", "tap-eth0").ruleset();
         assert!(rules.starts_with("add table inet vmlet-tap\ndelete table inet vmlet-tap\n"));
         assert!(rules.contains("iifname \"eth0-nic\" drop"));
         assert!(rules.contains("oifname \"eth0-nic\" drop"));

@@ -1,10 +1,23 @@
-//! The nftables rules that keep the guest's DHCP, DHCPv6 and router advertisements inside the pod.
+//! The `bridge` binding's plan: the guest takes the pod's IP and MAC addresses.
 //!
-//! The rules live in the `bridge` family, in a table of their own named `vmlet`, and match on the bridge port that
+//! The pod interface (a veth from the CNI) is renamed `<if>-nic`, loses its addresses and its MAC address, and
+//! becomes a port of a new bridge `vb-<if>` next to the tap `tap-<if>` that QEMU opens. The guest's NIC gets the
+//! pod interface's original MAC address. The launcher's DHCP server, on the bridge's link-local address, gives the
+//! guest the pod's addresses and routes. To the pod network the guest is the pod.
+//!
+//! nftables rules keep the guest's DHCP, DHCPv6 and router advertisements inside the pod. They live in the `bridge` family, in a table of their own named `vmlet`, and match on the bridge port that
 //! leads to the pod network. Bridge-family rules see frames as they cross the bridge, so no `br_netfilter` and no
 //! ebtables are needed. They are loaded with the `nft` tool.
 
-use super::tool::{self, ToolError};
+use std::net::Ipv4Addr;
+use vmlet_dhcp::runner as dhcpv4;
+use vmlet_dhcp::v6::runner as dhcpv6;
+
+use vmlet_netfilter::{Family, Table};
+
+/// The bridge's address, the DHCP server's identifier and the source of its replies: link-local, so it is never
+/// mistaken for an address of the pod network. The same as KubeVirt's.
+pub(crate) const DEFAULT_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
 
 /// What the guard keeps from crossing the pod port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,50 +41,40 @@ pub(crate) enum Guard {
 ///   the pod network or from the guest, so the bridge never configures an address of its own from one (it keeps
 ///   IPv6 for its link-local address, which later serves router advertisements to the guest).
 ///
-/// The first two lines make loading it replace any earlier copy at once: `add` makes the `delete` valid when the
-/// table does not exist yet, and the whole file is one transaction.
-pub(crate) fn ruleset(pod_port: &str, guard: Guard) -> String {
-    if guard == Guard::PodStackOnly {
-        return format!(
-            r#"add table bridge vmlet
-delete table bridge vmlet
-table bridge vmlet {{
-    chain output {{
+/// Loading it replaces any earlier copy at once ([`Table::ruleset`]).
+pub(crate) fn guard_table(pod_port: &str, guard: Guard) -> Table {
+    let (server4, client4) = (dhcpv4::SERVER_PORT, dhcpv4::CLIENT_PORT);
+    let (server6, client6) = (dhcpv6::SERVER_PORT, dhcpv6::CLIENT_PORT);
+    let output = format!(
+        r#"    chain output {{
         type filter hook output priority filter; policy accept;
         oifname "{pod_port}" drop
     }}
-}}
 "#
-        );
-    }
-    format!(
-        r#"add table bridge vmlet
-delete table bridge vmlet
-table bridge vmlet {{
-    chain output {{
-        type filter hook output priority filter; policy accept;
-        oifname "{pod_port}" drop
-    }}
-    chain forward {{
+    );
+    let chains = match guard {
+        Guard::PodStackOnly => output,
+        Guard::KeepAddressingInPod => format!(
+            r#"{output}    chain forward {{
         type filter hook forward priority filter; policy accept;
-        oifname "{pod_port}" udp dport {{ 67, 68, 546, 547 }} drop
-        iifname "{pod_port}" udp dport {{ 67, 68, 546, 547 }} drop
+        oifname "{pod_port}" udp dport {{ {server4}, {client4}, {client6}, {server6} }} drop
+        iifname "{pod_port}" udp dport {{ {server4}, {client4}, {client6}, {server6} }} drop
         oifname "{pod_port}" icmpv6 type nd-router-advert drop
         iifname "{pod_port}" icmpv6 type nd-router-advert drop
     }}
     chain input {{
         type filter hook input priority filter; policy accept;
-        iifname "{pod_port}" udp dport {{ 67, 547 }} drop
+        iifname "{pod_port}" udp dport {{ {server4}, {server6} }} drop
         icmpv6 type nd-router-advert drop
     }}
-}}
 "#
-    )
-}
-
-/// Installs (or replaces) the guard for `pod_port` in the current network namespace.
-pub(crate) async fn install(pod_port: &str, guard: Guard) -> Result<(), ToolError> {
-    tool::nft(&ruleset(pod_port, guard)).await
+        ),
+    };
+    Table {
+        family: Family::Bridge,
+        name: "vmlet".into(),
+        chains,
+    }
 }
 
 #[cfg(test)]
@@ -80,7 +83,7 @@ mod tests {
 
     #[test]
     fn ruleset_names_the_pod_port_in_every_rule() {
-        let rules = ruleset("eth0-nic", Guard::KeepAddressingInPod);
+        let rules = guard_table("eth0-nic", Guard::KeepAddressingInPod).ruleset();
         assert!(rules.starts_with("add table bridge vmlet\ndelete table bridge vmlet\n"));
         let rule_lines: Vec<&str> = rules
             .lines()
@@ -92,7 +95,7 @@ mod tests {
             rule_lines.iter().filter(|line| line.contains("\"eth0-nic\"")).count(),
             6
         );
-        let managed = ruleset("eth0-nic", Guard::PodStackOnly);
+        let managed = guard_table("eth0-nic", Guard::PodStackOnly).ruleset();
         assert!(managed.contains("oifname \"eth0-nic\" drop"));
         assert!(
             !managed.contains("udp"),

@@ -1,86 +1,90 @@
-//! The links, addresses and records that the bindings share: the pod interface freed of the pod's identity, the
-//! tap QEMU opens, the placeholder that keeps the pod's addresses in view, and the state file that lets a restarted
-//! launcher carry on.
+//! Applies a binding's plan to the pod's network namespace through [`Netlink`], one module per kind of plumbing;
+//! here the steps and records that the bindings share: the pod interface freed of the pod's identity, the tap QEMU
+//! opens, the placeholder that keeps the pod's addresses in view, and the state file that lets a restarted launcher
+//! carry on.
+
+pub(crate) mod bridge;
+pub(crate) mod masquerade;
+pub(crate) mod tap;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::address::AddressFlags;
 use rtnetlink::packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoKind, LinkAttribute, LinkMessage,
 };
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec};
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec};
 use serde::{Deserialize, Serialize};
 use tracing::info;
 use vmlet_dhcp::MacAddr;
 
-use super::gateway;
-use super::netlink;
-use super::pod_interface::{self, DiscoveryError, PodInterface};
-use super::resolv_conf::{DnsConfig, ResolvConfError};
-use super::tap::{self, TapError};
-use super::tool::ToolError;
+use super::binding::BindingRequest;
+use super::error::{ApplyError, PlanError};
+use super::netlink::{self, Netlink};
+use super::pod_interface::{self, PodInterface};
+use super::resolv_conf::DnsConfig;
 
-/// Why the pod network could not be handed to the guest.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BindingError {
-    #[error("interface name {0:?} leaves no room for the names derived from it (at most 11 bytes)")]
-    InterfaceName(String),
-    #[error("cannot discover the pod interface")]
-    Discovery(#[from] DiscoveryError),
-    #[error("cannot read the pod's DNS settings")]
-    Dns(#[from] ResolvConfError),
-    #[error("cannot access the network state file {path}")]
-    StateFile {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("the network state file {path} is not valid")]
-    StateFileInvalid {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{pod_port:?} exists but {state_file} does not: the pod network was rewired and its record is lost")]
-    RecordLost { pod_port: String, state_file: PathBuf },
-    #[error("the recorded pod interface {name:?} (index {index}) no longer exists")]
-    PodInterfaceGone { name: String, index: u32 },
-    #[error("{name:?} exists and is not a {expected}")]
-    UnexpectedLink { name: String, expected: &'static str },
-    #[error("cannot {action}")]
-    Netlink {
-        action: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
-    #[error("cannot draw a MAC address")]
-    RandomMac(#[source] io::Error),
-    #[error("cannot create the tap")]
-    Tap(#[from] TapError),
-    #[error("cannot install the nftables rules")]
-    Nft(#[source] ToolError),
-    #[error("cannot install the tc redirects")]
-    Tc(#[source] ToolError),
-    #[error("the guest subnet {0:?} is not valid: {1}")]
-    GuestSubnet(String, &'static str),
-    #[error("the interface names no single binding")]
-    NoBinding,
-    #[error("{0:?} is not a MAC address")]
-    InvalidMac(String),
-    #[error("cannot forward the port: {0}")]
-    Port(String),
-    #[error("the pod has no {0} address to masquerade behind")]
-    NoPodAddress(&'static str),
-    #[error("cannot enable IPv6 forwarding in the pod ({path}); allow the sysctl net.ipv6.conf.all.forwarding")]
-    Forwarding {
-        path: &'static str,
-        #[source]
-        source: io::Error,
-    },
+/// What a binding's setup made and found: with the request, all that its plan of what the guest is served needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Wired {
+    /// The link the launcher serves the guest on: the bridge, or the tap under `tap`.
+    pub(crate) served_link: String,
+    /// Its hardware address, the source of what the launcher serves the guest over IPv6.
+    pub(crate) served_link_mac: MacAddr,
+    /// Its IPv4 address, the DHCP server's; `None` under `managedTap`, where the launcher serves nothing.
+    pub(crate) server_address: Option<Ipv4Addr>,
+    /// The tap QEMU opens.
+    pub(crate) tap: String,
+    /// The guest NIC's MAC address: the spec's, else the pod interface's original one, or under `masquerade` one
+    /// made up once and recorded.
+    pub(crate) guest_mac: MacAddr,
+    /// The pod interface's MAC address since it gave the guest its own; `None` under `masquerade`, which leaves
+    /// the pod interface as it was.
+    pub(crate) pod_port_mac: Option<MacAddr>,
+    /// The MTU of every link the binding made, the pod interface's.
+    pub(crate) mtu: u32,
+    /// The pod interface as the CNI left it: the addresses, routes and gateways the guest takes over.
+    pub(crate) pod: PodInterface,
+    pub(crate) dns: DnsConfig,
+}
+
+/// The end of a setup that hands the pod's identity to the guest (`bridge`, `managedTap`, `tap`): the placeholder
+/// keeps the pod's addresses in view, and the links' hardware addresses are read once every port is attached (a
+/// bridge takes the lowest of its ports').
+pub(super) async fn hand_over_identity(
+    handle: &impl Netlink,
+    request: &BindingRequest,
+    names: LinkNames,
+    served_link: (&str, u32),
+    server_address: Option<Ipv4Addr>,
+    Recorded { pod, dns, .. }: Recorded,
+) -> Result<Wired, ApplyError> {
+    ensure_placeholder(handle, &pod, &names.placeholder).await?;
+    let (served_link, served_index) = served_link;
+    let served_link_mac = ethernet_address(handle, served_index, served_link).await?;
+    let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;
+    info!(
+        interface = %pod.name,
+        served_link,
+        tap = %names.tap,
+        guest_mac = %pod.mac,
+        "pod network handed to the guest"
+    );
+    Ok(Wired {
+        served_link: served_link.to_owned(),
+        served_link_mac,
+        server_address,
+        tap: names.tap,
+        guest_mac: request.guest_mac.unwrap_or(pod.mac),
+        pod_port_mac: Some(pod_port_mac),
+        mtu: pod.mtu,
+        pod,
+        dns,
+    })
 }
 
 /// The links a binding makes or renames, all named after the pod interface.
@@ -95,7 +99,7 @@ pub(super) struct LinkNames {
 }
 
 impl LinkNames {
-    pub(super) fn for_interface(interface: &str) -> Result<LinkNames, BindingError> {
+    pub(super) fn for_interface(interface: &str) -> Result<LinkNames, PlanError> {
         let names = LinkNames {
             pod_port: format!("{interface}-nic"),
             bridge: format!("vb-{interface}"),
@@ -106,15 +110,15 @@ impl LinkNames {
         if all.iter().all(|name| netlink::is_valid_interface_name(name)) {
             Ok(names)
         } else {
-            Err(BindingError::InterfaceName(interface.to_owned()))
+            Err(PlanError::InterfaceName(interface.to_owned()))
         }
     }
 }
 
-/// Turns an rtnetlink error into a [`BindingError`] that says what was being done.
-pub(super) fn failed_to(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> BindingError {
+/// Turns an rtnetlink error into a [`ApplyError`] that says what was being done.
+pub(super) fn failed_to(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> ApplyError {
     let action = action.into();
-    move |source| BindingError::Netlink { action, source }
+    move |source| ApplyError::Netlink { action, source }
 }
 
 /// What the state file holds: the pod's network before the binding changed it.
@@ -136,34 +140,42 @@ pub(super) struct PodRecord<'a> {
 }
 
 impl PodRecord<'_> {
+    /// Where `request` records the pod network, and where it reads the pod's DNS settings from.
+    pub(super) fn for_request<'a>(request: &'a BindingRequest, state_file: &'a Path) -> PodRecord<'a> {
+        PodRecord {
+            interface: &request.interface,
+            resolv_conf: &request.resolv_conf,
+            state_file,
+        }
+    }
+
     /// The pod's network as recorded by an earlier run, or as it is now, recorded before anything changes.
     /// `renamed_port` is the pod interface's name once a binding has renamed it: finding it without a record means
     /// the record was lost, since what is now under the original name is the placeholder, and describing it would
     /// hand the guest nothing.
     pub(super) async fn load_or_record(
         &self,
-        handle: &Handle,
+        handle: &impl Netlink,
         renamed_port: Option<&str>,
-        make_guest_mac: impl FnOnce() -> Result<Option<MacAddr>, BindingError>,
-    ) -> Result<Recorded, BindingError> {
+        make_guest_mac: impl FnOnce() -> Result<Option<MacAddr>, ApplyError>,
+    ) -> Result<Recorded, ApplyError> {
         if let Some(recorded) = self.read()? {
             info!(state_file = %self.state_file.display(), "carrying on from the recorded pod network");
             return Ok(recorded);
         }
         if let Some(pod_port) = renamed_port {
-            let found = netlink::link_by_name(handle, pod_port)
+            let found = handle
+                .link_by_name(pod_port)
                 .await
                 .map_err(failed_to("look for the pod port"))?;
             if found.is_some() {
-                return Err(BindingError::RecordLost {
+                return Err(ApplyError::RecordLost {
                     pod_port: pod_port.to_owned(),
                     state_file: self.state_file.to_owned(),
                 });
             }
         }
-        let mut pod = pod_interface::discover(handle, self.interface).await?;
-        // Asked now, while the pod interface still has its addresses to ask from.
-        pod.gateway_v6_link_local = gateway::gateway_link_local(handle, &pod).await;
+        let pod = pod_interface::discover(handle, self.interface).await?;
         let recorded = Recorded {
             pod,
             dns: DnsConfig::read(self.resolv_conf)?,
@@ -174,57 +186,64 @@ impl PodRecord<'_> {
         Ok(recorded)
     }
 
-    pub(super) fn read(&self) -> Result<Option<Recorded>, BindingError> {
-        let path = self.state_file;
-        let bytes = match fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(BindingError::StateFile {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| BindingError::StateFileInvalid {
-                path: path.to_owned(),
-                source,
-            })
+    pub(super) fn read(&self) -> Result<Option<Recorded>, ApplyError> {
+        read_record(self.state_file)
     }
 
-    /// Writes the record to a temporary file renamed over the state file, so that a crash leaves either no record
-    /// or a whole one.
-    pub(super) fn write(&self, recorded: &Recorded) -> Result<(), BindingError> {
-        let path = self.state_file;
-        let state_file_error = |source| BindingError::StateFile {
+    pub(super) fn write(&self, recorded: &Recorded) -> Result<(), ApplyError> {
+        write_record(self.state_file, recorded)
+    }
+}
+
+/// The record in `path`, if there is one.
+pub(super) fn read_record(path: &Path) -> Result<Option<Recorded>, ApplyError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ApplyError::StateFile {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| ApplyError::StateFileInvalid {
             path: path.to_owned(),
             source,
-        };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(state_file_error)?;
-        }
-        let mut temporary = path.as_os_str().to_owned();
-        temporary.push(".tmp");
-        let write = || -> io::Result<()> {
-            let mut file = File::create(&temporary)?;
-            serde_json::to_writer_pretty(&mut file, recorded)?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            fs::rename(&temporary, path)
-        };
-        write().map_err(state_file_error)
+        })
+}
+
+/// Writes the record to a temporary file renamed over the state file `path`, so that a crash leaves either no
+/// record or a whole one.
+pub(super) fn write_record(path: &Path, recorded: &Recorded) -> Result<(), ApplyError> {
+    let state_file_error = |source| ApplyError::StateFile {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(state_file_error)?;
     }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let write = || -> io::Result<()> {
+        let mut file = File::create(&temporary)?;
+        serde_json::to_writer_pretty(&mut file, recorded)?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)
+    };
+    write().map_err(state_file_error)
 }
 
 /// Sets IPv4 settings of the link `index` over netlink, since /proc/sys is read-only in most containers.
 pub(super) async fn set_ipv4_conf(
-    handle: &Handle,
+    handle: &impl Netlink,
     index: u32,
     what: &str,
     change: impl FnOnce(&mut InetDevConf),
-) -> Result<(), BindingError> {
+) -> Result<(), ApplyError> {
     let mut conf = InetDevConf::default();
     change(&mut conf);
     let message = LinkUnspec::new_with_index(index)
@@ -232,12 +251,7 @@ pub(super) async fn set_ipv4_conf(
             AfSpecInet::DevConfRequest(conf),
         ])]))
         .build();
-    handle
-        .link()
-        .set(message)
-        .execute()
-        .await
-        .map_err(failed_to(format!("set {what}")))
+    handle.set_link(message).await.map_err(failed_to(format!("set {what}")))
 }
 
 /// Gives the link `index` the address `server`, for the DHCP server, and ARP settings that keep it from answering
@@ -249,7 +263,12 @@ pub(super) async fn set_ipv4_conf(
 /// answers only for addresses of the interface the request came in on; arp_announce=2 makes the link's own requests
 /// name the server address, never the pod's. IPv6 needs nothing alike: neighbour solicitations are only answered for
 /// addresses of the interface they arrive on.
-pub(super) async fn serve_from(handle: &Handle, index: u32, name: &str, server: IpAddr) -> Result<(), BindingError> {
+pub(super) async fn serve_from(
+    handle: &impl Netlink,
+    index: u32,
+    name: &str,
+    server: IpAddr,
+) -> Result<(), ApplyError> {
     set_ipv4_conf(handle, index, &format!("the ARP behaviour of {name}"), |conf| {
         conf.arp_ignore = 1;
         conf.arp_announce = 2;
@@ -271,7 +290,7 @@ pub(super) fn local_mac(random: [u8; 6], avoid: MacAddr) -> MacAddr {
 }
 
 /// The bridge `name`, created with `mtu` if it does not exist.
-pub(super) async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> Result<LinkMessage, BindingError> {
+pub(super) async fn ensure_bridge(handle: &impl Netlink, name: &str, mtu: u32) -> Result<LinkMessage, ApplyError> {
     ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
         LinkBridge::new(name).mtu(mtu).build()
     })
@@ -280,14 +299,15 @@ pub(super) async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> Resu
 
 /// The link `name` of kind `kind`, created from `create()` if it does not exist.
 pub(super) async fn ensure_link(
-    handle: &Handle,
+    handle: &impl Netlink,
     name: &str,
     kind: InfoKind,
     kind_name: &'static str,
     create: impl FnOnce() -> LinkMessage,
-) -> Result<LinkMessage, BindingError> {
+) -> Result<LinkMessage, ApplyError> {
     let find = || async {
-        netlink::link_by_name(handle, name)
+        handle
+            .link_by_name(name)
             .await
             .map_err(failed_to(format!("look for {name}")))
     };
@@ -295,20 +315,18 @@ pub(super) async fn ensure_link(
         Some(link) => link,
         None => {
             handle
-                .link()
-                .add(create())
-                .execute()
+                .add_link(create())
                 .await
                 .map_err(failed_to(format!("create {name}")))?;
             info!(link = name, kind = kind_name, "created");
-            find().await?.ok_or_else(|| BindingError::UnexpectedLink {
+            find().await?.ok_or_else(|| ApplyError::UnexpectedLink {
                 name: name.to_owned(),
                 expected: kind_name,
             })?
         }
     };
     if netlink::link_kind(&link) != Some(&kind) {
-        return Err(BindingError::UnexpectedLink {
+        return Err(ApplyError::UnexpectedLink {
             name: name.to_owned(),
             expected: kind_name,
         });
@@ -318,26 +336,28 @@ pub(super) async fn ensure_link(
 
 /// Takes the pod's addresses off the pod interface, and renames it and changes its MAC address while it is down.
 pub(super) async fn free_pod_interface(
-    handle: &Handle,
+    handle: &impl Netlink,
     pod: &PodInterface,
     names: &LinkNames,
-) -> Result<(), BindingError> {
-    let link = netlink::link_by_index(handle, pod.index)
+) -> Result<(), ApplyError> {
+    let link = handle
+        .link_by_index(pod.index)
         .await
         .map_err(failed_to("look for the pod interface"))?
-        .ok_or_else(|| BindingError::PodInterfaceGone {
+        .ok_or_else(|| ApplyError::PodInterfaceGone {
             name: pod.name.clone(),
             index: pod.index,
         })?;
 
-    let addresses = netlink::addresses_of(handle, pod.index)
+    let addresses = handle
+        .addresses_of(pod.index)
         .await
         .map_err(failed_to("list the pod interface's addresses"))?;
     for address in addresses.into_iter().filter(netlink::address_is_global) {
         let shown = netlink::address_net(&address)
             .map(|net| net.to_string())
             .unwrap_or_default();
-        match handle.address().del(address).execute().await {
+        match handle.delete_address(address).await {
             Ok(()) => info!(address = %shown, "removed from the pod interface"),
             // Removing a primary IPv4 address removes the secondary ones of its subnet with it.
             Err(rtnetlink::Error::NetlinkError(message)) if message.raw_code() == -libc::EADDRNOTAVAIL => {}
@@ -353,7 +373,7 @@ pub(super) async fn free_pod_interface(
         return Ok(());
     }
     let link_set = |message, action: &str| {
-        let request = handle.link().set(message).execute();
+        let request = handle.set_link(message);
         let failed = failed_to(format!("{action} the pod interface"));
         async move { request.await.map_err(failed) }
     };
@@ -364,7 +384,7 @@ pub(super) async fn free_pod_interface(
         change = change.name(names.pod_port.as_str());
     }
     if !mac_changed {
-        let mac = local_mac(random_bytes().map_err(BindingError::RandomMac)?, pod.mac);
+        let mac = local_mac(random_bytes().map_err(ApplyError::RandomMac)?, pod.mac);
         change = change.address(mac.0.to_vec());
         info!(%mac, "pod interface gets a new MAC address");
     }
@@ -377,7 +397,7 @@ pub(super) async fn free_pod_interface(
 /// own, only ever speak (duplicate address detection, router solicitations from a MAC address the pod network never
 /// saw) and never listen; the address generation mode `none`, set before it comes up, keeps it from making even a
 /// link-local address. That is also why it needs no `accept_ra=0`: router advertisements never reach its stack.
-pub(super) async fn no_ipv6_addresses(handle: &Handle, link: &LinkMessage, name: &str) -> Result<(), BindingError> {
+pub(super) async fn no_ipv6_addresses(handle: &impl Netlink, link: &LinkMessage, name: &str) -> Result<(), ApplyError> {
     if !netlink::link_has_ipv6(link) {
         return Ok(());
     }
@@ -387,33 +407,40 @@ pub(super) async fn no_ipv6_addresses(handle: &Handle, link: &LinkMessage, name:
         ])]))
         .build();
     handle
-        .link()
-        .set(no_addresses)
-        .execute()
+        .set_link(no_addresses)
         .await
         .map_err(failed_to(format!("turn off IPv6 addresses on {name}")))
 }
 
 /// The link `index`, which must exist.
-pub(super) async fn existing_link(handle: &Handle, index: u32, name: &str) -> Result<LinkMessage, BindingError> {
-    netlink::link_by_index(handle, index)
+pub(super) async fn existing_link(handle: &impl Netlink, index: u32, name: &str) -> Result<LinkMessage, ApplyError> {
+    handle
+        .link_by_index(index)
         .await
         .map_err(failed_to(format!("look for {name}")))?
-        .ok_or_else(|| BindingError::UnexpectedLink {
+        .ok_or_else(|| ApplyError::UnexpectedLink {
             name: name.to_owned(),
             expected: "link",
         })
 }
 
+/// The Ethernet address of the link `index`, which must exist and have one.
+pub(super) async fn ethernet_address(handle: &impl Netlink, index: u32, name: &str) -> Result<MacAddr, ApplyError> {
+    netlink::link_mac(&existing_link(handle, index, name).await?).ok_or_else(|| ApplyError::UnexpectedLink {
+        name: name.to_owned(),
+        expected: "link with an Ethernet address",
+    })
+}
+
 /// Makes the link `index` a port of the bridge with the pod's MTU, up, without IPv6 addresses of its own (see
 /// [`no_ipv6_addresses`]).
 pub(super) async fn attach_port(
-    handle: &Handle,
+    handle: &impl Netlink,
     index: u32,
     name: &str,
     bridge_index: u32,
     mtu: u32,
-) -> Result<(), BindingError> {
+) -> Result<(), ApplyError> {
     let link = existing_link(handle, index, name).await?;
     no_ipv6_addresses(handle, &link, name).await?;
     if netlink::link_controller(&link) != Some(bridge_index) {
@@ -425,21 +452,17 @@ pub(super) async fn attach_port(
         .up()
         .build();
     handle
-        .link()
-        .set(port)
-        .execute()
+        .set_link(port)
         .await
         .map_err(failed_to(format!("attach {name} to the bridge")))
 }
 
 /// Brings the link `index` up with `mtu`, without IPv6 addresses of its own (see [`no_ipv6_addresses`]).
-pub(super) async fn bring_up_silent(handle: &Handle, index: u32, name: &str, mtu: u32) -> Result<(), BindingError> {
+pub(super) async fn bring_up_silent(handle: &impl Netlink, index: u32, name: &str, mtu: u32) -> Result<(), ApplyError> {
     let link = existing_link(handle, index, name).await?;
     no_ipv6_addresses(handle, &link, name).await?;
     handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
-        .execute()
+        .set_link(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
         .await
         .map_err(failed_to(format!("bring {name} up")))
 }
@@ -448,30 +471,30 @@ pub(super) async fn bring_up_silent(handle: &Handle, index: u32, name: &str, mtu
 /// guest ever come back through it (a node that reflects broadcasts), the bridge would otherwise take the guest to
 /// be on the pod network and stop delivering its traffic to the tap. Not learning costs nothing here: with two
 /// ports, a frame the bridge does not know where to send goes out of the only other port anyway.
-pub(super) async fn stop_learning(handle: &Handle, index: u32) -> Result<(), BindingError> {
+pub(super) async fn stop_learning(handle: &impl Netlink, index: u32) -> Result<(), ApplyError> {
     handle
-        .link()
         .set_port(LinkBridgePort::new(index).learning(false).build())
-        .execute()
         .await
         .map_err(failed_to("stop the bridge learning addresses behind the pod interface"))
 }
 
 /// The tap `name`, created persistent if it does not exist.
-pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessage, BindingError> {
-    let existing = netlink::link_by_name(handle, name)
+pub(super) async fn ensure_tap(handle: &impl Netlink, name: &str) -> Result<LinkMessage, ApplyError> {
+    let existing = handle
+        .link_by_name(name)
         .await
         .map_err(failed_to(format!("look for {name}")))?;
     if existing.is_none() {
-        tap::create_persistent_tap(name)?;
+        handle.create_tap(name)?;
         info!(link = name, kind = "tap", "created");
     }
-    let tap = netlink::link_by_name(handle, name)
+    let tap = handle
+        .link_by_name(name)
         .await
         .map_err(failed_to(format!("look for {name}")))?;
     match tap {
         Some(tap) if netlink::link_kind(&tap) == Some(&InfoKind::Tun) => Ok(tap),
-        _ => Err(BindingError::UnexpectedLink {
+        _ => Err(ApplyError::UnexpectedLink {
             name: name.to_owned(),
             expected: "tap",
         }),
@@ -486,7 +509,11 @@ pub(super) async fn ensure_tap(handle: &Handle, name: &str) -> Result<LinkMessag
 /// length, as the CNI reported them, but get no prefix route (`noprefixroute`), so the pod's own stack does not
 /// route the pod network into a link that goes nowhere; the bridge's ARP settings keep the pod from answering for
 /// them.
-pub(super) async fn ensure_placeholder(handle: &Handle, pod: &PodInterface, name: &str) -> Result<(), BindingError> {
+pub(super) async fn ensure_placeholder(
+    handle: &impl Netlink,
+    pod: &PodInterface,
+    name: &str,
+) -> Result<(), ApplyError> {
     let placeholder = ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
         LinkBridge::new(name).mtu(pod.mtu).build()
     })
@@ -508,31 +535,26 @@ pub(super) async fn ensure_placeholder(handle: &Handle, pod: &PodInterface, name
     .await
     .map_err(failed_to("give the placeholder the pod's addresses"))?;
     handle
-        .link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
+        .set_link(LinkUnspec::new_with_index(index).up().build())
         .await
         .map_err(failed_to("bring the placeholder up"))
 }
 
 /// Adds to the link `index` those of `addresses` it does not have yet.
 pub(super) async fn ensure_addresses(
-    handle: &Handle,
+    handle: &impl Netlink,
     index: u32,
     addresses: &[IpNet],
     flags: AddressFlags,
 ) -> Result<(), rtnetlink::Error> {
-    let present: Vec<IpNet> = netlink::addresses_of(handle, index)
+    let present: Vec<IpNet> = handle
+        .addresses_of(index)
         .await?
         .iter()
         .filter_map(netlink::address_net)
         .collect();
     for net in addresses.iter().filter(|net| !present.contains(net)) {
-        let mut request = handle.address().add(index, net.addr(), net.prefix_len());
-        if !flags.is_empty() {
-            request.message_mut().attributes.push(AddressAttribute::Flags(flags));
-        }
-        request.execute().await?;
+        handle.add_address(index, *net, flags).await?;
     }
     Ok(())
 }
@@ -544,69 +566,4 @@ pub(super) fn random_bytes() -> io::Result<[u8; 6]> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-
-    #[test]
-    fn links_are_named_after_the_pod_interface() {
-        assert_eq!(
-            LinkNames::for_interface("eth0").unwrap(),
-            LinkNames {
-                pod_port: "eth0-nic".to_owned(),
-                bridge: "vb-eth0".to_owned(),
-                tap: "tap-eth0".to_owned(),
-                placeholder: "eth0".to_owned(),
-            }
-        );
-        assert!(LinkNames::for_interface("net1-abcdefg").is_err());
-        assert!(LinkNames::for_interface("net1-abcdef").is_ok());
-        assert!(LinkNames::for_interface("").is_err());
-    }
-
-    #[test]
-    fn local_mac_is_local_unicast_and_never_the_one_avoided() {
-        let guest = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
-        assert_eq!(local_mac([0xff, 1, 2, 3, 4, 5], guest), MacAddr([0xfe, 1, 2, 3, 4, 5]));
-        assert_eq!(local_mac([0x00, 1, 2, 3, 4, 5], guest), MacAddr([0x02, 1, 2, 3, 4, 5]));
-        assert_eq!(
-            local_mac([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07], guest),
-            MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x06])
-        );
-    }
-
-    #[test]
-    fn state_file_round_trips_and_a_missing_one_is_no_record() {
-        let dir = std::env::temp_dir().join(format!("vmlet-state-{}", std::process::id()));
-        let state_file = dir.join("run/network-eth0.json");
-        let record = PodRecord {
-            interface: "eth0",
-            resolv_conf: Path::new("/etc/resolv.conf"),
-            state_file: &state_file,
-        };
-        assert_eq!(record.read().unwrap(), None);
-        let recorded = Recorded {
-            pod: PodInterface {
-                name: "eth0".to_owned(),
-                index: 2,
-                mac: MacAddr([2, 0, 0, 0, 0, 1]),
-                mtu: 1400,
-                ipv4: vec!["10.244.1.7/24".parse().unwrap()],
-                ipv6: vec!["fd00::7/64".parse().unwrap()],
-                ipv6_link_local: Some("fe80::1".parse().unwrap()),
-                routes: vec![],
-                gateway_v4: Some(Ipv4Addr::new(10, 244, 1, 1)),
-                gateway_v6: None,
-                gateway_v6_link_local: None,
-            },
-            dns: DnsConfig::parse("nameserver 10.96.0.10\nsearch cluster.local\n"),
-            guest_mac: None,
-        };
-        record.write(&recorded).unwrap();
-        assert_eq!(record.read().unwrap(), Some(recorded));
-        fs::write(&state_file, b"{").unwrap();
-        assert!(matches!(record.read(), Err(BindingError::StateFileInvalid { .. })));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;
