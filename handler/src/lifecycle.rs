@@ -25,6 +25,8 @@ use vmlet_api::{
     RunStrategy, StartFailure, VirtualMachineStatus,
 };
 
+use crate::probe::Readiness;
+
 /// The first automatic restart after a failure waits this long; each further failure in a row doubles it.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 /// The longest wait between automatic restarts.
@@ -158,6 +160,9 @@ pub struct Observation<'a> {
     pub spec_error: Option<String>,
     pub status: &'a VirtualMachineStatus,
     pub launcher: Launcher,
+    /// What the readiness probe says of the guest, if the VM has one: a running guest is Ready only while it
+    /// passes.
+    pub readiness: Readiness,
     pub node: NodeHealth,
     pub now: Timestamp,
 }
@@ -629,7 +634,10 @@ impl<'o, 'a> Planner<'o, 'a> {
             ReportedState::Running => (
                 Phase::Running,
                 PrintableStatus::Running,
-                ("True", "Running", said("the guest is running")),
+                match &self.obs.readiness {
+                    Readiness::Unprobed | Readiness::Ready => ("True", "Running", said("the guest is running")),
+                    Readiness::NotReady(why) => ("False", "GuestNotReady", why.clone()),
+                },
             ),
             ReportedState::Paused => (
                 Phase::Running,
@@ -1072,6 +1080,7 @@ mod tests {
             spec_error: None,
             status,
             launcher,
+            readiness: Readiness::Unprobed,
             node: NodeHealth::Alive,
             now: at(now),
         }
@@ -1263,6 +1272,27 @@ mod tests {
         let again = super::plan(&observe(Always, &read, running(0), 50));
         assert_eq!(again.status, plan.status);
         assert!(again.events.is_empty());
+    }
+
+    #[test]
+    fn a_running_guest_is_ready_only_while_its_readiness_probe_passes() {
+        let previous = status(None, None);
+        let mut obs = observe(Always, &previous, running(0), 5);
+        obs.readiness = Readiness::NotReady("the readiness probe failed: connection refused".into());
+        let not_ready = plan(&obs);
+        assert_eq!(
+            condition_of(&not_ready, ConditionType::Ready),
+            Some(("False", "GuestNotReady"))
+        );
+        // Running all the same: readiness is not the guest's state.
+        assert_eq!(not_ready.status.phase, Some(Running));
+        assert_eq!(not_ready.status.printable_status, Some(P::Running));
+        let read = as_read(&not_ready, &previous);
+        let mut obs = observe(Always, &read, running(0), 9);
+        obs.readiness = Readiness::Ready;
+        let ready = plan(&obs);
+        assert_eq!(condition_of(&ready, ConditionType::Ready), Some(("True", "Running")));
+        assert_eq!(ready.action, LauncherAction::None);
     }
 
     #[test]
