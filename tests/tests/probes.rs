@@ -72,7 +72,11 @@ fn a_failing_liveness_probe_ends_the_run_as_failed_and_the_vm_restarts() {
         let status = machine.status_file("sick");
         status.contains("reason: GuestDestroyed").then_some(status)
     });
-    failed.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("sick")));
+    let failed = failed.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("sick")));
+    assert!(
+        failed.contains("the guest was destroyed (the liveness probe failed: "),
+        "the failure says why\n{failed}"
+    );
     let handler = machine.handler().output();
     assert!(
         handler.contains("LivenessProbeFailed") && handler.contains("the liveness probe failed"),

@@ -185,6 +185,52 @@ mod tests {
         );
     }
 
+    /// A launcher whose guest agent runs `true` (exit 0) and anything else with exit 2, saying so on stderr.
+    struct Launcher;
+
+    impl vmlet_control::Handler for Launcher {
+        async fn status(&self) -> vmlet_control::Status {
+            vmlet_control::Status::default()
+        }
+
+        async fn act(&self, _: Command) -> Result<vmlet_control::Status, vmlet_control::Error> {
+            Ok(vmlet_control::Status::default())
+        }
+
+        async fn guest_exec(&self, exec: GuestExec) -> Result<vmlet_control::GuestExecResult, vmlet_control::Error> {
+            let ok = exec.argv == ["true"];
+            Ok(vmlet_control::GuestExecResult {
+                exit_code: if ok { 0 } else { 2 },
+                stdout: String::new(),
+                stderr: if ok { String::new() } else { "no such file\nmore".into() },
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_and_ping_go_through_the_launchers_control_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("control.sock");
+        let listener = tokio::net::UnixListener::bind(&control).unwrap();
+        tokio::spawn(vmlet_control::serve(listener, std::sync::Arc::new(Launcher)));
+        let exec = |argv: &[&str]| ProbeCheck::Exec {
+            command: argv.iter().map(|a| a.to_string()).collect(),
+        };
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            run(&exec(&["true"]), LOOPBACK, &control, second).await,
+            Outcome::Success
+        );
+        assert_eq!(
+            run(&exec(&["cat", "/tmp/healthy"]), LOOPBACK, &control, second).await,
+            Outcome::Failure("[\"cat\", \"/tmp/healthy\"] exited with 2: no such file".into())
+        );
+        assert_eq!(
+            run(&ProbeCheck::GuestAgentPing, LOOPBACK, &control, second).await,
+            Outcome::Success
+        );
+    }
+
     #[tokio::test]
     async fn a_guest_agent_check_without_a_launcher_fails() {
         let check = ProbeCheck::GuestAgentPing;

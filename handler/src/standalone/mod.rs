@@ -669,7 +669,7 @@ impl Standalone {
                     (Some(0), _) => Exit::Succeeded,
                     (code, None) => Exit::Failed {
                         code,
-                        reason: pod.last_words(),
+                        reason: pod.failure_reason(),
                     },
                     (_, Some(signal)) => Exit::Failed {
                         code: None,

@@ -81,6 +81,9 @@ impl Prober {
             && !probing.ended
         {
             warn!(vm = %key, reason = "LivenessProbeFailed", "{why}: destroying the guest");
+            if let Err(err) = pod.note_ended_by_handler(&why) {
+                warn!(vm = %key, error = format!("{err:#}"), "the run's end will not say why");
+            }
             probing.ended = destroy(pod).await;
         }
         verdict.readiness
