@@ -141,7 +141,7 @@ struct Standalone {
     exported: BTreeSet<VmKey>,
     /// The probes of the VMs whose guests run. Lost with the process: a new handler probes afresh, as a restarted
     /// kubelet does.
-    prober: probing::Prober,
+    probes: probing::ProbeRunner,
 }
 
 /// The images of a VM about to start.
@@ -238,7 +238,7 @@ impl Standalone {
             metrics_address: args.metrics_address,
             cpu_seen: BTreeMap::new(),
             exported: BTreeSet::new(),
-            prober: probing::Prober::default(),
+            probes: probing::ProbeRunner::default(),
         })
     }
 
@@ -479,9 +479,9 @@ impl Standalone {
         let request = request.filter(|r| !self.consumed(seen.key, r));
         let guest_runs = lifecycle::reported(&previous).is_some_and(|r| r.state == ReportedState::Running);
         let guest_readiness = match (&launcher, seen.pod) {
-            (Launcher::Running { id, .. }, Some(pod)) if guest_runs => self.prober.look(seen.key, pod, id).await,
+            (Launcher::Running { id, .. }, Some(pod)) if guest_runs => self.probes.look(seen.key, pod, id).await,
             _ => {
-                self.prober.forget(seen.key);
+                self.probes.forget(seen.key);
                 probe::Readiness::Unprobed
             }
         };

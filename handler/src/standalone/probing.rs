@@ -32,13 +32,13 @@ struct Probing {
     ended: bool,
 }
 
-/// Every VM's probes, by VM.
+/// Carries out the probes of every VM whose guest runs: standalone mode's kubelet.
 #[derive(Default)]
-pub struct Prober {
+pub struct ProbeRunner {
     vms: BTreeMap<VmKey, Probing>,
 }
 
-impl Prober {
+impl ProbeRunner {
     /// One look at `key`'s probes while `launcher`'s guest runs in `pod`: the outcomes of checks that ended taken
     /// in, the checks that are due started, and a guest whose liveness probe failed destroyed, so that its run ends
     /// as failed. What the readiness probe says of the guest.
