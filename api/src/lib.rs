@@ -8,6 +8,7 @@
 pub mod defaults;
 pub mod instancetype;
 pub mod manifest;
+mod probe;
 mod quantity;
 mod status;
 mod validate;
@@ -19,6 +20,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use probe::{ExecAction, HttpGetAction, Probe, ProbeCheck, ProbeTiming, TcpSocketAction};
 pub use quantity::{ParseQuantityError, parse_quantity};
 pub use status::{
     Condition, ConditionType, GuestExit, GuestOsInfo, InterfaceStatus, LauncherReport, Phase, PhaseTransition,
@@ -180,6 +182,13 @@ pub struct VirtualMachineInstanceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub access_credentials: Vec<AccessCredential>,
+    /// Checked while the guest runs: the VM is Ready only while this passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Checked while the guest runs: when this fails, the VM's run ends as failed and its run strategy decides
+    /// whether it starts again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
 }
 
 /// KubeVirt's eviction strategies; all are accepted, none migrates (see `evictionStrategy`).
@@ -952,6 +961,23 @@ spec:
             "memory: {guest: 256Mi}\n        clock: {utc: {}, timezone: Europe/Paris}",
         );
         assert_eq!(cel_messages(&clocks), ["a clock is either utc or timezone"]);
+    }
+
+    #[test]
+    fn cel_rules_refuse_a_probe_without_exactly_one_check() {
+        let probe = |text: &str| {
+            VM.replace(
+                "      networks:",
+                &format!("      readinessProbe: {text}\n      networks:"),
+            )
+        };
+        assert_eq!(cel_messages(&probe("{tcpSocket: {port: 22}}")), Vec::<String>::new());
+        let message = ["exactly one check is required: tcpSocket, httpGet, exec or guestAgentPing"];
+        assert_eq!(cel_messages(&probe("{periodSeconds: 5}")), message);
+        assert_eq!(
+            cel_messages(&probe("{tcpSocket: {port: 22}, exec: {command: [true]}}")),
+            message
+        );
     }
 
     #[test]

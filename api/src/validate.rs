@@ -164,6 +164,19 @@ impl VirtualMachineInstanceSpec {
         self.check_storage(&mut problem);
         self.check_access_credentials(&mut problem);
         self.check_devices_and_features(&mut problem);
+        for (field, probe, liveness) in [
+            ("readinessProbe", &self.readiness_probe, false),
+            ("livenessProbe", &self.liveness_probe, true),
+        ] {
+            for (below, message) in probe.iter().flat_map(|p| p.problems(liveness)) {
+                let field = if below.is_empty() {
+                    field.to_owned()
+                } else {
+                    format!("{field}.{below}")
+                };
+                problem(field, message);
+            }
+        }
         for (field, value) in [("hostname", &self.hostname), ("subdomain", &self.subdomain)] {
             if let Some(value) = value
                 && !is_dns_label(value)
@@ -975,6 +988,75 @@ spec:
                 "accessCredentials[1].sshPublicKey.propagationMethod: exactly one propagation method is required: \
                  noCloud or configDrive",
             ]
+        );
+    }
+
+    fn with_probes(probes: &str) -> Result<Vec<String>, String> {
+        let yaml = EXAMPLE.replace("      networks:\n", &format!("{probes}      networks:\n"));
+        let vm = crate::manifest::parse_vm(serde_yaml::Deserializer::from_str(&yaml)).map_err(|e| e.0)?;
+        Ok(problems(&vm.spec.template.spec))
+    }
+
+    #[test]
+    fn probes_give_one_check_that_vmlet_can_carry_out() {
+        let sound = concat!(
+            "      readinessProbe: {tcpSocket: {port: 22}, initialDelaySeconds: 5, periodSeconds: 2}\n",
+            "      livenessProbe: {exec: {command: [cat, /tmp/healthy]}, failureThreshold: 5}\n",
+        );
+        assert_eq!(with_probes(sound), Ok(Vec::new()));
+        let vm = crate::manifest::parse_vm(serde_yaml::Deserializer::from_str(
+            &EXAMPLE.replace("      networks:\n", &format!("{sound}      networks:\n")),
+        ))
+        .unwrap();
+        let spec = vm.spec.template.spec;
+        let readiness = spec.readiness_probe.unwrap();
+        assert_eq!(
+            readiness.check(),
+            Some(crate::ProbeCheck::TcpSocket { host: None, port: 22 })
+        );
+        let timing = readiness.timing();
+        assert_eq!(
+            (
+                timing.initial_delay.as_secs(),
+                timing.period.as_secs(),
+                timing.timeout.as_secs()
+            ),
+            (5, 2, 1)
+        );
+        assert_eq!((timing.success_threshold, timing.failure_threshold), (1, 3));
+        assert_eq!(spec.liveness_probe.unwrap().timing().failure_threshold, 5);
+
+        let broken = concat!(
+            "      readinessProbe: {tcpSocket: {port: http}, guestAgentPing: {}, periodSeconds: 0}\n",
+            "      livenessProbe:\n",
+            "        httpGet: {port: 70000, path: healthz, scheme: HTTPS}\n",
+            "        successThreshold: 2\n",
+        );
+        assert_eq!(
+            with_probes(broken),
+            Ok(vec![
+                "readinessProbe: exactly one check is required: tcpSocket, httpGet, exec or guestAgentPing".into(),
+                "readinessProbe.tcpSocket.port: \"http\" is not a port number".into(),
+                "readinessProbe.periodSeconds: must be at least 1".into(),
+                "livenessProbe.httpGet.port: 70000 is not a port number".into(),
+                "livenessProbe.httpGet.scheme: \"HTTPS\" is not supported by vmlet: only HTTP".into(),
+                "livenessProbe.httpGet.path: \"healthz\" does not start with '/'".into(),
+                "livenessProbe.successThreshold: must be 1 for a liveness probe".into(),
+            ])
+        );
+        assert_eq!(
+            with_probes("      livenessProbe: {exec: {command: []}}\n"),
+            Ok(vec!["livenessProbe.exec.command: a program to run is required".into()])
+        );
+    }
+
+    #[test]
+    fn a_grpc_probe_is_refused_by_its_field_path() {
+        let grpc = "      readinessProbe: {grpc: {port: 9000}}\n";
+        let err = with_probes(grpc).unwrap_err();
+        assert!(
+            err.starts_with("spec.template.spec.readinessProbe.grpc: not supported by vmlet (line "),
+            "{err}"
         );
     }
 

@@ -41,5 +41,8 @@ async fn exchange(stream: Stream, command: Command) -> Result<Status> {
     match response.body {
         ResponseBody::Status(status) => Ok(status),
         ResponseBody::Error(error) => Err(Error::Launcher(error.message)),
+        ResponseBody::GuestExec(_) => Err(Error::Launcher(
+            "it answered with a program's end, not the VM's state".into(),
+        )),
     }
 }

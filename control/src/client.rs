@@ -7,7 +7,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::{Command, Error, MAX_LINE, PROTOCOL_VERSION, Request, Response, ResponseBody, Status};
+use crate::{
+    Command, Error, GuestExec, GuestExecResult, MAX_LINE, PROTOCOL_VERSION, Request, Response, ResponseBody, Status,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -25,6 +27,8 @@ pub enum ClientError {
     WrongId { expected: u64, got: u64 },
     #[error("the launcher refused: {0}")]
     Refused(Error),
+    #[error("the launcher answered with something other than what was asked")]
+    UnexpectedAnswer,
 }
 
 pub struct Client {
@@ -55,6 +59,22 @@ impl Client {
 
     /// Sends one command and waits, at most the client's timeout, for its answer.
     pub async fn send(&mut self, command: Command) -> Result<Status, ClientError> {
+        match self.request(command).await? {
+            ResponseBody::Status(status) => Ok(status),
+            _ => Err(ClientError::UnexpectedAnswer),
+        }
+    }
+
+    /// Runs a program in the guest; the client's timeout bounds the whole request, so it should exceed the
+    /// program's own.
+    pub async fn guest_exec(&mut self, exec: GuestExec) -> Result<GuestExecResult, ClientError> {
+        match self.request(Command::GuestExec(exec)).await? {
+            ResponseBody::GuestExec(result) => Ok(result),
+            _ => Err(ClientError::UnexpectedAnswer),
+        }
+    }
+
+    async fn request(&mut self, command: Command) -> Result<ResponseBody, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let timeout = self.timeout;
@@ -70,7 +90,7 @@ impl Client {
         .map_err(|_| ClientError::Timeout(timeout))?
     }
 
-    async fn exchange(&mut self, request: Request) -> Result<Status, ClientError> {
+    async fn exchange(&mut self, request: Request) -> Result<ResponseBody, ClientError> {
         let mut line = serde_json::to_vec(&request).map_err(ClientError::BadResponse)?;
         line.push(b'\n');
         self.write.write_all(&line).await?;
@@ -90,8 +110,8 @@ impl Client {
             });
         }
         match response.body {
-            ResponseBody::Status(status) => Ok(status),
             ResponseBody::Error(err) => Err(ClientError::Refused(err)),
+            body => Ok(body),
         }
     }
 }
@@ -142,6 +162,15 @@ mod tests {
             drop(phase);
             Ok(self.snapshot())
         }
+
+        /// `true` exits 0, anything else 1; the arguments are echoed.
+        async fn guest_exec(&self, exec: GuestExec) -> Result<GuestExecResult, Error> {
+            Ok(GuestExecResult {
+                exit_code: i32::from(exec.argv.first().map(String::as_str) != Some("true")),
+                stdout: exec.argv[1..].join(" "),
+                stderr: String::new(),
+            })
+        }
     }
 
     async fn start() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -170,6 +199,48 @@ mod tests {
         }
         assert_eq!(client.send(Command::Resume).await.unwrap().phase, Phase::Running);
         assert_eq!(client.send(Command::Kill).await.unwrap().phase, Phase::Stopped);
+    }
+
+    #[tokio::test]
+    async fn a_guest_exec_is_answered_with_how_the_program_ended() {
+        let (_dir, path) = start().await;
+        let mut client = Client::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let exec = |argv: &[&str]| GuestExec {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            timeout_secs: 1,
+        };
+        let ran = client.guest_exec(exec(&["true", "a", "b"])).await.unwrap();
+        assert_eq!((ran.exit_code, ran.stdout.as_str()), (0, "a b"));
+        assert_eq!(client.guest_exec(exec(&["false"])).await.unwrap().exit_code, 1);
+        // The same connection still answers the other commands.
+        assert_eq!(client.status().await.unwrap().phase, Phase::Running);
+    }
+
+    #[tokio::test]
+    async fn a_launcher_without_a_guest_agent_refuses_guest_exec() {
+        struct NoAgent;
+        impl Handler for NoAgent {
+            async fn status(&self) -> Status {
+                Status::default()
+            }
+            async fn act(&self, _: Command) -> Result<Status, Error> {
+                Ok(Status::default())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        tokio::spawn(serve(UnixListener::bind(&path).unwrap(), Arc::new(NoAgent)));
+        let mut client = Client::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let refused = client
+            .guest_exec(GuestExec {
+                argv: vec!["true".into()],
+                timeout_secs: 1,
+            })
+            .await;
+        assert!(
+            matches!(&refused, Err(ClientError::Refused(e)) if e.kind == ErrorKind::InvalidState),
+            "{refused:?}"
+        );
     }
 
     async fn raw(path: &Path, line: &[u8]) -> String {

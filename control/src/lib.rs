@@ -37,7 +37,7 @@ pub struct Request {
     pub command: Command,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     /// Report the VM's state.
@@ -48,6 +48,31 @@ pub enum Command {
     Kill,
     Pause,
     Resume,
+    /// Ask the guest's QEMU guest agent whether it answers; the VM's state if it does.
+    GuestPing,
+    /// Run a program in the guest through its QEMU guest agent and wait for it to end; answered with
+    /// [`ResponseBody::GuestExec`].
+    GuestExec(GuestExec),
+}
+
+/// A program for the guest agent to run, without a shell.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GuestExec {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// How long the program may run; the request fails with [`ErrorKind::Failed`] after that.
+    pub timeout_secs: u32,
+}
+
+/// How a program run by the guest agent ended.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestExecResult {
+    pub exit_code: i32,
+    /// The start of what it wrote, as text (lossily decoded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -63,6 +88,8 @@ pub struct Response {
 pub enum ResponseBody {
     /// The VM's state after the command took effect.
     Status(Status),
+    /// How the program of a `guest_exec` request ended.
+    GuestExec(GuestExecResult),
     Error(Error),
 }
 
@@ -360,7 +387,11 @@ mod tests {
             .skip(1)
             .map(|block| block.split("```").next().unwrap())
             .collect();
-        assert_eq!(examples.len(), 3, "a request, a status and an error");
+        assert_eq!(
+            examples.len(),
+            5,
+            "a request, a status, an error, a guest_exec request and its answer"
+        );
         for example in examples {
             let written: serde_json::Value = serde_json::from_str(example).unwrap();
             let read_back = if written.get("command").is_some() {
@@ -374,16 +405,27 @@ mod tests {
 
     /// Every variant of each enum the wire carries as a word. The matches break the build when a variant is added,
     /// so that it is added here, and so checked against the doc.
-    fn every_command() -> [Command; 5] {
+    fn every_command() -> [Command; 7] {
         let all = [
             Command::Status,
             Command::Shutdown,
             Command::Kill,
             Command::Pause,
             Command::Resume,
+            Command::GuestPing,
+            Command::GuestExec(GuestExec {
+                argv: vec!["true".into()],
+                timeout_secs: 1,
+            }),
         ];
         all.map(|c| match c {
-            Command::Status | Command::Shutdown | Command::Kill | Command::Pause | Command::Resume => c,
+            Command::Status
+            | Command::Shutdown
+            | Command::Kill
+            | Command::Pause
+            | Command::Resume
+            | Command::GuestPing
+            | Command::GuestExec(_) => c,
         })
     }
 

@@ -6,14 +6,26 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::{Command, Error, ErrorKind, MAX_LINE, PROTOCOL_VERSION, Request, Response, ResponseBody, Status};
+use crate::{
+    Command, Error, ErrorKind, GuestExec, GuestExecResult, MAX_LINE, PROTOCOL_VERSION, Request, Response, ResponseBody,
+    Status,
+};
 
 /// What the launcher does for each command.
 pub trait Handler: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Status> + Send;
 
-    /// Carries out shutdown, kill, pause or resume, and returns the state that follows.
+    /// Carries out shutdown, kill, pause, resume or a guest ping, and returns the state that follows.
     fn act(&self, command: Command) -> impl Future<Output = Result<Status, Error>> + Send;
+
+    /// Runs a program in the guest. A launcher without a guest agent refuses.
+    fn guest_exec(&self, exec: GuestExec) -> impl Future<Output = Result<GuestExecResult, Error>> + Send {
+        let _ = exec;
+        std::future::ready(Err(Error {
+            kind: ErrorKind::InvalidState,
+            message: "this launcher has no guest agent".into(),
+        }))
+    }
 }
 
 /// Serves connections until the listener fails; each connection may send many requests.
@@ -83,6 +95,10 @@ async fn answer<H: Handler>(line: &[u8], handler: &H) -> Response {
     tracing::debug!(command = ?request.command, id = request.id, "control request");
     let body = match request.command {
         Command::Status => ResponseBody::Status(handler.status().await),
+        Command::GuestExec(exec) => match handler.guest_exec(exec).await {
+            Ok(result) => ResponseBody::GuestExec(result),
+            Err(err) => ResponseBody::Error(err),
+        },
         command => match handler.act(command).await {
             Ok(status) => ResponseBody::Status(status),
             Err(err) => ResponseBody::Error(err),

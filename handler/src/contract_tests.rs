@@ -278,6 +278,7 @@ impl Cluster {
             spec_error: None,
             status: &current,
             launcher,
+            readiness: crate::probe::Readiness::Unprobed,
             node: lifecycle::node_health(Some(at(self.last_beat)), Duration::from_secs(40), now),
             now,
         });

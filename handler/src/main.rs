@@ -16,6 +16,7 @@ mod controller;
 mod lifecycle;
 mod metrics;
 mod node;
+mod probe;
 mod standalone;
 mod validate;
 mod vm_status;

@@ -52,12 +52,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|file| Ok((file, read(file)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // A VM may name an instance type or preference of any file given.
-    let mut catalog = Catalog::default();
-    // What cannot be used is reported again as its own document's verdict.
-    let mut reported_below = Vec::new();
-    for (file, text) in &texts {
-        manifests::add_catalog(file, text, &mut catalog, &mut reported_below);
+    // A VM may name an instance type or preference of any file given. What cannot be used is reported again as
+    // its own document's verdict; one defined twice is no document's fault, and is refused here.
+    let read = manifests::read_catalog(texts.iter().map(|(file, text)| (file.as_path(), text.as_str())));
+    let catalog = read.catalog;
+    for duplicate in &read.duplicates {
+        refused = true;
+        match args.output {
+            None => println!("refused: {duplicate}"),
+            Some(_) => eprintln!("refused: {duplicate}"),
+        }
     }
     for (file, text) in &texts {
         for verdict in check_text(text, &defaults, &catalog) {

@@ -10,6 +10,7 @@ mod dhcp_serve;
 mod driver;
 mod guest_addressing;
 mod guest_agent;
+mod guest_exec;
 mod network;
 mod run;
 mod spec;
@@ -50,6 +51,10 @@ enum Command {
     /// Join stdin and stdout to the VM's console, screen (VNC) or control socket: how `vmlet` reaches a VM through
     /// `kubectl exec`.
     Connect(connect::Args),
+    /// Run a program in the guest through its QEMU guest agent; exits with the program's status.
+    GuestExec(guest_exec::ExecArgs),
+    /// Ask the guest's QEMU guest agent whether it answers; exits 0 if it does.
+    GuestPing(guest_exec::PingArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,8 @@ fn main() -> ExitCode {
         Command::Connect(args) => connect::run(args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
+        Command::GuestExec(args) => guest_exec::exec(args).map_err(anyhow::Error::from),
+        Command::GuestPing(args) => guest_exec::ping(args).map_err(anyhow::Error::from),
     };
     result.unwrap_or_else(|err| {
         eprintln!("vmlet-launcher: {err:#}");

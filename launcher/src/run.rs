@@ -13,12 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 use vmlet_control::run_dir::{CACHE_DIR_ENV, DEFAULT_CACHE_DIR, DEFAULT_RUN_DIR};
 use vmlet_control::{
-    Command, DhcpStatus, Exit, GuestAgentStatus, InterfaceStatus, LauncherExit, LeaseState, Phase, PodVolumes, RunDir,
-    Status,
+    Command, DhcpStatus, Exit, GuestAgentStatus, GuestExec, GuestExecResult, InterfaceStatus, LauncherExit, LeaseState,
+    Phase, PodVolumes, RunDir, Status,
 };
 use vmlet_dhcp::runner::{Runner, Status as DhcpRunnerStatus};
 use vmlet_dhcp::server::LeaseState as DhcpLeaseState;
@@ -223,7 +223,8 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
     // At once: the agent's channel serves one client, and the launcher must be it (see `guest_agent`).
     let (agent_status, guest_agent) = watch::channel(None);
     let agent = Agent::new(files.guest_agent_socket(), guest_agent::Timeouts::default());
-    tokio::spawn(guest_agent::poll(agent, agent_status));
+    let (agent_requests, agent_inbox) = mpsc::channel(4);
+    tokio::spawn(guest_agent::poll(agent, agent_status, agent_inbox));
     let (commands, mut requests) = mpsc::channel(8);
     let control = Arc::new(Control {
         domain: domain.clone(),
@@ -231,6 +232,7 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         dhcp: dhcp_status,
         interface,
         guest_agent,
+        agent_requests,
         started_at: SystemTime::now(),
         phase: Mutex::new((Phase::Running, None)),
         commands,
@@ -307,6 +309,8 @@ struct Control {
     dhcp: Option<watch::Receiver<DhcpRunnerStatus>>,
     interface: InterfaceStatus,
     guest_agent: watch::Receiver<Option<Box<GuestAgentStatus>>>,
+    /// Pings and programs for the guest agent, which [`guest_agent::poll`] carries out between its polls.
+    agent_requests: mpsc::Sender<guest_agent::Request>,
     started_at: SystemTime,
     phase: Mutex<(Phase, Option<Exit>)>,
     /// Shutdown and kill go to [`supervise`], which owns the grace period.
@@ -417,9 +421,46 @@ impl vmlet_control::Handler for Control {
                     ));
                 }
             }
-            Command::Status => {}
+            Command::GuestPing => {
+                let (reply, answer) = oneshot::channel();
+                self.ask_agent(guest_agent::Request::Ping(reply), answer).await?;
+            }
+            // Answered by `guest_exec`, the server never passes it here.
+            Command::Status | Command::GuestExec(_) => {}
         }
         Ok(self.snapshot())
+    }
+
+    async fn guest_exec(&self, exec: GuestExec) -> Result<GuestExecResult, vmlet_control::Error> {
+        if self.states.borrow().is_stopped() {
+            return Err(vmlet_control::Error {
+                kind: vmlet_control::ErrorKind::InvalidState,
+                message: "the guest has stopped".into(),
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.ask_agent(guest_agent::Request::Exec(exec, reply), answer).await
+    }
+}
+
+impl Control {
+    async fn ask_agent<T>(
+        &self,
+        request: guest_agent::Request,
+        answer: oneshot::Receiver<Result<T, guest_agent::AgentError>>,
+    ) -> Result<T, vmlet_control::Error> {
+        let failed = |err: guest_agent::AgentError| vmlet_control::Error {
+            kind: vmlet_control::ErrorKind::Failed,
+            message: err.to_string(),
+        };
+        self.agent_requests
+            .send(request)
+            .await
+            .map_err(|_| failed(guest_agent::AgentError::Stopped))?;
+        answer
+            .await
+            .map_err(|_| failed(guest_agent::AgentError::Stopped))?
+            .map_err(failed)
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::Once;
 mod child;
 pub mod cloud_image;
 pub mod guest;
+pub mod kubevirt;
 mod netns;
 mod owner;
 pub mod registry;

@@ -6,8 +6,8 @@ use std::hash::{BuildHasher, Hasher};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerStateTerminated, ContainerStatus, EnvVar, Pod, PodSpec, ResourceRequirements,
-    SecurityContext,
+    Capabilities, Container, ContainerStateTerminated, ContainerStatus, EnvVar, ExecAction, HTTPGetAction, Pod,
+    PodSpec, Probe, ResourceRequirements, SecurityContext, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -20,6 +20,7 @@ use crate::cluster::{
     CONTAINER, MANAGED_BY, MANAGED_BY_LABEL, RUN_DIRS_ON_HOST, SCHEDULABLE_LABEL, VM_NAME_LABEL, run_dir_name,
 };
 use crate::lifecycle::{Exit, ImagePull, Launcher};
+use crate::probe::Readiness;
 
 /// The label every launcher Pod carries, the VM's uid: how the controller finds a VM's launchers.
 pub const VM_UID_LABEL: &str = "vmlet.dev/vm-uid";
@@ -190,6 +191,8 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
         }),
         volume_mounts: Some(mounts),
         volume_devices: (!served.devices.is_empty()).then_some(served.devices),
+        readiness_probe: instance.readiness_probe.as_ref().map(|p| pod_probe(p, false)),
+        liveness_probe: instance.liveness_probe.as_ref().map(|p| pod_probe(p, true)),
         // The launcher writes its last error to the termination log; a launcher that dies before it can, gives
         // its log's tail instead. Either is read back into the VM's condition: the failed Pod goes soon after.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -230,6 +233,74 @@ pub fn build(vm: &VirtualMachine, name: &str, config: &PodConfig, claims: &Claim
         }),
         status: None,
     })
+}
+
+/// The kubelet's form of a VM's probe, on the launcher's container: a TCP or HTTP check goes to the Pod's address,
+/// which is the guest's (bridge) or forwarded to it (masquerade); a guest agent check is the launcher's
+/// `guest-exec` or `guest-ping` run in the container, which asks the launcher over its control socket.
+fn pod_probe(probe: &vmlet_api::Probe, liveness: bool) -> Probe {
+    let number = |n: Option<u32>| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+    let timing = probe.timing();
+    let exec = |mut command: Vec<String>| {
+        command.splice(0..0, ["vmlet-launcher".to_owned()]);
+        Some(ExecAction { command: Some(command) })
+    };
+    Probe {
+        tcp_socket: probe.tcp_socket.as_ref().map(|tcp| TCPSocketAction {
+            port: tcp.port.clone(),
+            host: tcp.host.clone(),
+        }),
+        http_get: probe.http_get.as_ref().map(|http| HTTPGetAction {
+            port: http.port.clone(),
+            path: http.path.clone(),
+            host: http.host.clone(),
+            scheme: http.scheme.clone(),
+            http_headers: None,
+        }),
+        exec: match (&probe.exec, &probe.guest_agent_ping) {
+            (Some(action), _) => {
+                let mut command = vec![
+                    "guest-exec".to_owned(),
+                    format!("--timeout-secs={}", timing.timeout.as_secs()),
+                    "--".to_owned(),
+                ];
+                command.extend(action.command.iter().cloned());
+                exec(command)
+            }
+            (None, Some(_)) => exec(vec!["guest-ping".to_owned()]),
+            (None, None) => None,
+        },
+        initial_delay_seconds: number(probe.initial_delay_seconds),
+        period_seconds: number(probe.period_seconds),
+        timeout_seconds: number(probe.timeout_seconds),
+        success_threshold: number(probe.success_threshold),
+        failure_threshold: number(probe.failure_threshold),
+        // A failed liveness probe ends the run as a failure, as in KubeVirt: the launcher is killed rather than
+        // given the guest's grace period, in which a clean ACPI shutdown would read as a run that succeeded.
+        termination_grace_period_seconds: liveness.then_some(1),
+        ..Probe::default()
+    }
+}
+
+/// What the launcher Pod's Ready condition says of a VM with a readiness probe: the kubelet runs the probe
+/// against the launcher's container.
+pub fn readiness(pod: &Pod, instance: &vmlet_api::VirtualMachineInstanceSpec) -> Readiness {
+    if instance.readiness_probe.is_none() {
+        return Readiness::Unprobed;
+    }
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"));
+    match ready {
+        Some(c) if c.status == "True" => Readiness::Ready,
+        Some(c) => Readiness::NotReady(match c.message.as_deref().filter(|m| !m.is_empty()) {
+            Some(message) => format!("the launcher Pod is not ready: {message}"),
+            None => "the readiness probe has not passed yet".into(),
+        }),
+        None => Readiness::NotReady("the readiness probe has not passed yet".into()),
+    }
 }
 
 /// The VM's resources with the launcher's overhead added to its memory.

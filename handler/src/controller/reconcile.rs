@@ -167,6 +167,10 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
             .map(|e| e.to_string()),
         status: &previous,
         launcher,
+        readiness: pod
+            .as_ref()
+            .map(|pod| launcher_pod::readiness(pod, &effective.spec.template.spec))
+            .unwrap_or_default(),
         node,
         now,
     };

@@ -411,9 +411,9 @@ async fn a_vm_to_run_gets_one_launcher_its_status_and_an_event() {
     result.unwrap();
 }
 
-#[tokio::test]
-async fn a_running_launcher_on_a_live_node_makes_the_vm_ready() {
-    let mut running = vm(ALWAYS);
+/// `spec`'s VM, whose launcher Pod `l` the node role reports running its guest.
+fn running_vm(spec: &str) -> VirtualMachine {
+    let mut running = vm(spec);
     running.status = Some(VirtualMachineStatus {
         phase: Some(Phase::Scheduled),
         printable_status: Some(PrintableStatus::Starting),
@@ -441,6 +441,12 @@ async fn a_running_launcher_on_a_live_node_makes_the_vm_ready() {
         }),
         ..VirtualMachineStatus::default()
     });
+    running
+}
+
+#[tokio::test]
+async fn a_running_launcher_on_a_live_node_makes_the_vm_ready() {
+    let running = running_vm(ALWAYS);
     let pod = launcher("l", "Running", Some("n1"));
     let (result, seen) = run(
         running,
@@ -1346,5 +1352,114 @@ fn a_heartbeat_looks_again_at_the_vms_its_node_left_unknown() {
         names("vmlet-controller"),
         Vec::<String>::new(),
         "the leader's Lease is no heartbeat"
+    );
+}
+
+const PROBED: &str = r#"
+runStrategy: Always
+template:
+  spec:
+    domain:
+      memory: {guest: 256Mi}
+      firmware:
+        kernelBoot: {hostPath: {kernelPath: /var/lib/vmlet/guest/vmlinux}}
+    readinessProbe:
+      httpGet: {port: 8080, path: /healthz}
+      initialDelaySeconds: 20
+      periodSeconds: 5
+    livenessProbe:
+      exec: {command: [cat, /tmp/healthy]}
+      timeoutSeconds: 3
+      failureThreshold: 2
+"#;
+
+/// The kubelet probes the launcher Pod: TCP and HTTP checks as they are (the Pod's address reaches the guest),
+/// the guest agent's through the launcher's own command in the container.
+#[test]
+fn a_vms_probes_are_its_launcher_containers() {
+    let pod = launcher_pod::build(&defaulted(vm(PROBED)), "l", &config(), &Default::default()).unwrap();
+    let container = serde_json::to_value(&pod.spec.unwrap().containers[0]).unwrap();
+    assert_eq!(
+        container["readinessProbe"],
+        json!({"httpGet": {"port": 8080, "path": "/healthz"}, "initialDelaySeconds": 20, "periodSeconds": 5})
+    );
+    assert_eq!(
+        container["livenessProbe"],
+        json!({
+            "exec": {"command": ["vmlet-launcher", "guest-exec", "--timeout-secs=3", "--", "cat", "/tmp/healthy"]},
+            "timeoutSeconds": 3,
+            "failureThreshold": 2,
+            "terminationGracePeriodSeconds": 1,
+        })
+    );
+    let ping = vm(&PROBED.replace("exec: {command: [cat, /tmp/healthy]}", "guestAgentPing: {}"));
+    let pod = launcher_pod::build(&defaulted(ping), "l", &config(), &Default::default()).unwrap();
+    let container = serde_json::to_value(&pod.spec.unwrap().containers[0]).unwrap();
+    assert_eq!(
+        container["livenessProbe"]["exec"],
+        json!({"command": ["vmlet-launcher", "guest-ping"]})
+    );
+    let plain = launcher_pod::build(&defaulted(vm(ALWAYS)), "l", &config(), &Default::default()).unwrap();
+    let container = serde_json::to_value(&plain.spec.unwrap().containers[0]).unwrap();
+    assert!(container.get("readinessProbe").is_none() && container.get("livenessProbe").is_none());
+}
+
+/// The VM's Ready condition of a VM with a readiness probe: its launcher Pod's, whose readiness the kubelet's
+/// probe decides.
+#[tokio::test]
+async fn a_probed_vm_is_ready_only_while_its_launcher_pod_is() {
+    let ready_condition = |pod_ready: Option<&str>| {
+        let mut pod = launcher("l", "Running", Some("n1"));
+        if let Some(ready) = pod_ready {
+            pod.status.as_mut().unwrap().conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "Ready".into(),
+                status: ready.into(),
+                message: (ready == "False").then(|| "containers with unready status: [launcher]".into()),
+                ..Default::default()
+            }]);
+        }
+        async move {
+            let (result, seen) = run(
+                running_vm(PROBED),
+                vec![
+                    list_of(&[&pod]),
+                    node_lease(Timestamp::now()),
+                    apply_status(),
+                    post_event(),
+                ],
+            )
+            .await;
+            result.unwrap();
+            let status = assert_apply(&seen[2]);
+            assert_eq!(status["phase"], "Running");
+            let ready = &status["conditions"][0];
+            assert_eq!(ready["type"], "Ready");
+            (
+                ready["status"].as_str().unwrap().to_owned(),
+                ready["reason"].as_str().unwrap().to_owned(),
+                ready["message"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    assert_eq!(
+        ready_condition(None).await,
+        (
+            "False".into(),
+            "GuestNotReady".into(),
+            "the readiness probe has not passed yet".into()
+        )
+    );
+    assert_eq!(
+        ready_condition(Some("False")).await,
+        (
+            "False".into(),
+            "GuestNotReady".into(),
+            "the launcher Pod is not ready: containers with unready status: [launcher]".into()
+        )
+    );
+    assert_eq!(
+        ready_condition(Some("True")).await.0,
+        "True",
+        "the probe passes: the VM is ready"
     );
 }

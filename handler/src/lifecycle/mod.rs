@@ -26,6 +26,8 @@ use vmlet_api::{
 };
 use vmlet_control::LauncherExit;
 
+use crate::probe::Readiness;
+
 /// The first automatic restart after a failure waits this long; each further failure in a row doubles it.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 /// The longest wait between automatic restarts.
@@ -159,6 +161,9 @@ pub struct Observation<'a> {
     pub spec_error: Option<String>,
     pub status: &'a VirtualMachineStatus,
     pub launcher: Launcher,
+    /// What the readiness probe says of the guest, if the VM has one: a running guest is Ready only while it
+    /// passes.
+    pub readiness: Readiness,
     pub node: NodeHealth,
     pub now: Timestamp,
 }
@@ -631,7 +636,10 @@ impl<'o, 'a> Planner<'o, 'a> {
             ReportedState::Running => (
                 Phase::Running,
                 PrintableStatus::Running,
-                ("True", "Running", said("the guest is running")),
+                match &self.obs.readiness {
+                    Readiness::Unprobed | Readiness::Ready => ("True", "Running", said("the guest is running")),
+                    Readiness::NotReady(why) => ("False", "GuestNotReady", why.clone()),
+                },
             ),
             ReportedState::Paused => (
                 Phase::Running,

@@ -92,6 +92,7 @@ fn observe(strategy: RunStrategy, status: &VirtualMachineStatus, launcher: Launc
         spec_error: None,
         status,
         launcher,
+        readiness: Readiness::Unprobed,
         node: NodeHealth::Alive,
         now: at(now),
     }
@@ -283,6 +284,27 @@ fn ready_follows_the_running_launcher() {
     let again = super::plan(&observe(Always, &read, running(0), 50));
     assert_eq!(again.status, plan.status);
     assert!(again.events.is_empty());
+}
+
+#[test]
+fn a_running_guest_is_ready_only_while_its_readiness_probe_passes() {
+    let previous = status(None, None);
+    let mut obs = observe(Always, &previous, running(0), 5);
+    obs.readiness = Readiness::NotReady("the readiness probe failed: connection refused".into());
+    let not_ready = plan(&obs);
+    assert_eq!(
+        condition_of(&not_ready, ConditionType::Ready),
+        Some(("False", "GuestNotReady"))
+    );
+    // Running all the same: readiness is not the guest's state.
+    assert_eq!(not_ready.status.phase, Some(Running));
+    assert_eq!(not_ready.status.printable_status, Some(P::Running));
+    let read = as_read(&not_ready, &previous);
+    let mut obs = observe(Always, &read, running(0), 9);
+    obs.readiness = Readiness::Ready;
+    let ready = plan(&obs);
+    assert_eq!(condition_of(&ready, ConditionType::Ready), Some(("True", "Running")));
+    assert_eq!(ready.action, LauncherAction::None);
 }
 
 #[test]

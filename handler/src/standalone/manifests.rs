@@ -102,9 +102,9 @@ pub fn read(dir: &Path, defaults: ClusterDefaults) -> std::io::Result<Folder> {
         }
     }
     // Every file's instance types and preferences first: a VM may name one from any file.
-    for (file, text) in &texts {
-        add_catalog(file, text, &mut folder.catalog, &mut folder.unnamed);
-    }
+    let read = read_catalog(texts.iter().map(|(file, text)| (file.as_path(), text.as_str())));
+    folder.catalog = read.catalog;
+    folder.unnamed.extend(read.unusable.into_iter().chain(read.duplicates));
     for (file, text) in &texts {
         add_documents(file, text, &mut folder);
     }
@@ -114,36 +114,88 @@ pub fn read(dir: &Path, defaults: ClusterDefaults) -> std::io::Result<Folder> {
 /// Adds the manifests of one file to `folder`.
 #[cfg(test)]
 pub fn parse_file(file: &Path, text: &str, folder: &mut Folder) {
-    add_catalog(file, text, &mut folder.catalog, &mut folder.unnamed);
+    let read = read_catalog([(file, text)]);
+    folder.catalog = read.catalog;
+    folder.unnamed.extend(read.unusable.into_iter().chain(read.duplicates));
     add_documents(file, text, folder);
 }
 
-/// Adds the instance types and preferences of one file to `catalog`; `problems` gets those that cannot be used.
-pub fn add_catalog(file: &Path, text: &str, catalog: &mut Catalog, problems: &mut Vec<String>) {
-    for document in serde_yaml::Deserializer::from_str(text) {
-        // A document that does not parse is reported when the file's other manifests are read.
-        let Ok(value) = serde_yaml::Value::deserialize(document) else {
-            break;
-        };
-        let Some(kind) = value
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .filter(|k| instancetype::KINDS.contains(k))
-        else {
-            continue;
-        };
-        let Some(key) = name_of(&value) else {
-            problems.push(format!("{}: a {kind} has no metadata.name", file.display()));
-            continue;
-        };
-        let spec = value.get("spec").cloned().unwrap_or_default();
-        let added = serde_json::to_value(spec)
-            .map_err(|e| e.to_string())
-            .and_then(|spec| catalog.insert(kind, &key.namespace, &key.name, spec));
-        if let Err(why) = added {
-            problems.push(format!("{}: {kind} {key}: {why}", file.display()));
+/// The instance types and preferences of a set of files.
+#[derive(Debug, Default)]
+pub struct CatalogRead {
+    pub catalog: Catalog,
+    /// Those that cannot be used: no name, a spec that does not read.
+    pub unusable: Vec<String>,
+    /// Those defined in more than one place, each naming every file: none of their definitions is used, since
+    /// which one a VM would get depends on nothing it says.
+    pub duplicates: Vec<String>,
+}
+
+/// Reads the instance types and preferences of `files` (each with its text).
+pub fn read_catalog<'a>(files: impl IntoIterator<Item = (&'a Path, &'a str)>) -> CatalogRead {
+    let mut read = CatalogRead::default();
+    // By kind, namespace (empty for the cluster-wide kinds) and name: every definition, with its file.
+    type Definitions<'f> = Vec<(&'f Path, serde_json::Value)>;
+    let mut found: BTreeMap<(&'static str, String, String), Definitions<'a>> = BTreeMap::new();
+    for (file, text) in files {
+        for document in serde_yaml::Deserializer::from_str(text) {
+            // A document that does not parse is reported when the file's other manifests are read.
+            let Ok(value) = serde_yaml::Value::deserialize(document) else {
+                break;
+            };
+            let Some(kind) = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .and_then(|k| instancetype::KINDS.iter().find(|known| **known == k))
+            else {
+                continue;
+            };
+            let Some(mut key) = name_of(&value) else {
+                read.unusable
+                    .push(format!("{}: a {kind} has no metadata.name", file.display()));
+                continue;
+            };
+            if matches!(
+                *kind,
+                instancetype::CLUSTER_INSTANCETYPE | instancetype::CLUSTER_PREFERENCE
+            ) {
+                // Cluster-wide: one per name, whatever namespace its manifest says.
+                key.namespace = String::new();
+            }
+            let spec = value.get("spec").cloned().unwrap_or_default();
+            match serde_json::to_value(spec) {
+                Ok(spec) => found
+                    .entry((*kind, key.namespace, key.name))
+                    .or_default()
+                    .push((file, spec)),
+                Err(e) => read
+                    .unusable
+                    .push(format!("{}: {kind} {}: {e}", file.display(), key.name)),
+            }
         }
     }
+    for ((kind, namespace, name), mut definitions) in found {
+        let shown = if namespace.is_empty() {
+            name.clone()
+        } else {
+            format!("{namespace}/{name}")
+        };
+        if definitions.len() > 1 {
+            let files: Vec<String> = definitions.iter().map(|(file, _)| file.display().to_string()).collect();
+            read.duplicates.push(format!(
+                "{kind} {shown} is defined more than once, in {}: none is used",
+                files.join(" and ")
+            ));
+            continue;
+        }
+        let Some((file, spec)) = definitions.pop() else {
+            continue;
+        };
+        if let Err(why) = read.catalog.insert(kind, &namespace, &name, spec) {
+            read.unusable.push(format!("{}: {kind} {shown}: {why}", file.display()));
+        }
+    }
+    read
 }
 
 /// Adds the VMs, Secrets and claims of one file to `folder`.
@@ -391,6 +443,50 @@ spec:
             ]
         );
         assert!(folder.vms.is_empty());
+    }
+
+    #[test]
+    fn an_instance_type_defined_in_two_files_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = |cpus: u32| {
+            format!(
+                "apiVersion: vmlet.dev/v1alpha1\nkind: VirtualMachineInstancetype\nmetadata: {{name: small}}\n\
+                 spec: {{cpu: {{guest: {cpus}}}, memory: {{guest: 128Mi}}}}\n"
+            )
+        };
+        let cluster = "apiVersion: vmlet.dev/v1alpha1\nkind: VirtualMachineClusterPreference\n\
+                       metadata: {name: fast, namespace: x}\nspec: {}\n";
+        std::fs::write(dir.path().join("a.yaml"), format!("{}---\n{cluster}", small(1))).unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            format!("{}---\n{}", small(2), cluster.replace("namespace: x", "namespace: y")),
+        )
+        .unwrap();
+        let uses_it = VM.replace(
+            "spec:\n  runStrategy",
+            "spec:\n  instancetype: {kind: VirtualMachineInstancetype, name: small}\n  runStrategy",
+        );
+        std::fs::write(dir.path().join("vm.yaml"), uses_it).unwrap();
+        let folder = read(dir.path(), ClusterDefaults::default()).unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        assert_eq!(
+            folder.unnamed,
+            [
+                format!(
+                    "VirtualMachineClusterPreference fast is defined more than once, in {} and {}: none is used",
+                    a.display(),
+                    b.display()
+                ),
+                format!(
+                    "VirtualMachineInstancetype default/small is defined more than once, in {} and {}: none is used",
+                    a.display(),
+                    b.display()
+                ),
+            ]
+        );
+        // Neither definition is used: the VM that names it does not run with whichever came last.
+        let why = folder.vms.values().next().unwrap().vm.as_ref().unwrap_err();
+        assert!(why.contains("small"), "{why}");
     }
 
     #[test]

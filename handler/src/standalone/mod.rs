@@ -12,6 +12,7 @@
 mod decide;
 pub(crate) mod manifests;
 mod pod;
+mod probing;
 pub mod shim;
 mod status_file;
 mod volumes;
@@ -31,11 +32,12 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 use vmlet_api::defaults::{ClusterDefaults, DefaultBinding, GRACE_PERIOD_SECONDS};
-use vmlet_api::{RUN_ANNOTATION, RunStrategy, VirtualMachine, VirtualMachineStatus};
+use vmlet_api::{RUN_ANNOTATION, ReportedState, RunStrategy, VirtualMachine, VirtualMachineStatus};
 use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 
 use crate::lifecycle::{self, Exit, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
 use crate::metrics::{self, Metrics};
+use crate::probe;
 use crate::vm_status::{self, NodeStatus};
 use decide::{PodAction, PodView};
 use manifests::{Folder, Manifest, VmKey};
@@ -137,6 +139,9 @@ struct Standalone {
     cpu_seen: BTreeMap<VmKey, f64>,
     /// The VMs that have series of their own in the metrics.
     exported: BTreeSet<VmKey>,
+    /// The probes of the VMs whose guests run. Lost with the process: a new handler probes afresh, as a restarted
+    /// kubelet does.
+    probes: probing::ProbeRunner,
 }
 
 /// The images of a VM about to start.
@@ -233,6 +238,7 @@ impl Standalone {
             metrics_address: args.metrics_address,
             cpu_seen: BTreeMap::new(),
             exported: BTreeSet::new(),
+            probes: probing::ProbeRunner::default(),
         })
     }
 
@@ -478,6 +484,14 @@ impl Standalone {
             _ => (RunStrategy::Halted, None),
         };
         let request = request.filter(|r| !self.consumed(seen.key, r));
+        let guest_runs = lifecycle::reported(&previous).is_some_and(|r| r.state == ReportedState::Running);
+        let guest_readiness = match (&launcher, seen.pod) {
+            (Launcher::Running { id, .. }, Some(pod)) if guest_runs => self.probes.look(seen.key, pod, id).await,
+            _ => {
+                self.probes.forget(seen.key);
+                probe::Readiness::Unprobed
+            }
+        };
         let observation = Observation {
             run_strategy,
             request: request.clone(),
@@ -485,6 +499,7 @@ impl Standalone {
             spec_error: if seen.pod.is_some() { None } else { spec_error.clone() },
             status: &previous,
             launcher: launcher.clone(),
+            readiness: guest_readiness,
             node: NodeHealth::Alive,
             now: Timestamp::now(),
         };
@@ -650,7 +665,7 @@ impl Standalone {
                     (Some(0), _) => Exit::Succeeded,
                     (code, None) => Exit::Failed {
                         code,
-                        reason: pod.last_words(),
+                        reason: pod.failure_reason(),
                     },
                     (_, Some(signal)) => Exit::Failed {
                         code: None,

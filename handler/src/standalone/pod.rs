@@ -186,6 +186,23 @@ impl PodDir {
             .or_else(|| std::fs::read_to_string(self.launcher_log()).ok().and_then(last_line))
     }
 
+    /// Why the handler ended the guest's run itself (its liveness probe failed), written before it did.
+    fn ended_by_handler(&self) -> PathBuf {
+        self.path.join("ended-by-handler")
+    }
+
+    pub fn note_ended_by_handler(&self, why: &str) -> anyhow::Result<()> {
+        std::fs::write(self.ended_by_handler(), why)
+            .with_context(|| format!("cannot write {}", self.ended_by_handler().display()))
+    }
+
+    /// Why the run ended as a failure: the handler's reason when it ended the run, else the launcher's last words.
+    pub fn failure_reason(&self) -> Option<String> {
+        std::fs::read_to_string(self.ended_by_handler())
+            .ok()
+            .or_else(|| self.last_words())
+    }
+
     /// The pod's volumes folder, where the launcher finds images, claims and Secrets ([`vmlet_control::PodVolumes`]).
     pub fn volumes_dir(&self) -> PathBuf {
         self.path.join("volumes")

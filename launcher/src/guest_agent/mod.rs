@@ -19,10 +19,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
-use vmlet_control::{GuestAgentStatus, GuestInterface, GuestOsInfo};
+use vmlet_control::{GuestAgentStatus, GuestExec, GuestExecResult, GuestInterface, GuestOsInfo};
 
 use protocol::{Reply, ReplyStream};
 
@@ -33,6 +33,8 @@ const POLL: Duration = Duration::from_secs(10);
 const EARLY_PERIOD: Duration = Duration::from_secs(300);
 /// Polls without an answer after which what the agent said is dropped: the guest rebooted, or its agent stopped.
 const FORGET_AFTER: u32 = 3;
+/// How often a program the agent runs is asked after.
+const EXEC_POLL: Duration = Duration::from_millis(100);
 
 /// How long each step may take.
 #[derive(Clone, Copy, Debug)]
@@ -75,6 +77,16 @@ pub enum AgentError {
     },
     #[error("the guest agent's answer to {0} was malformed")]
     Malformed(&'static str),
+    #[error("the program did not end within {0:?}")]
+    ExecTimeout(Duration),
+    #[error("the launcher's guest agent client has stopped")]
+    Stopped,
+}
+
+/// A request for the agent, from the control socket, with where its answer goes.
+pub enum Request {
+    Ping(oneshot::Sender<Result<(), AgentError>>),
+    Exec(GuestExec, oneshot::Sender<Result<GuestExecResult, AgentError>>),
 }
 
 /// What one round of questions learned.
@@ -131,6 +143,37 @@ impl Agent {
         })
     }
 
+    /// Syncs with the agent and pings it.
+    pub async fn ping(&mut self) -> Result<(), AgentError> {
+        self.sync().await?;
+        self.execute_with(protocol::PING, None).await.map(drop)
+    }
+
+    /// Runs `exec`'s program in the guest and waits for it to end, at most its timeout.
+    pub async fn exec(&mut self, exec: &GuestExec) -> Result<GuestExecResult, AgentError> {
+        let limit = Duration::from_secs(exec.timeout_secs.into());
+        let deadline = Instant::now() + limit;
+        self.sync().await?;
+        let started = self
+            .execute_with(protocol::EXEC, Some(protocol::exec_arguments(&exec.argv)))
+            .await?;
+        let pid = protocol::exec_pid(started).map_err(|_| AgentError::Malformed(protocol::EXEC))?;
+        loop {
+            let status = self
+                .execute_with(protocol::EXEC_STATUS, Some(serde_json::json!({ "pid": pid })))
+                .await?;
+            match protocol::exec_status(status) {
+                Ok(Some(result)) => return Ok(result),
+                Ok(None) => {}
+                Err(protocol::Malformed) => return Err(AgentError::Malformed(protocol::EXEC_STATUS)),
+            }
+            if Instant::now() + EXEC_POLL > deadline {
+                return Err(AgentError::ExecTimeout(limit));
+            }
+            tokio::time::sleep(EXEC_POLL).await;
+        }
+    }
+
     async fn optional<T>(
         &mut self,
         command: &'static str,
@@ -177,7 +220,15 @@ impl Agent {
     }
 
     async fn execute(&mut self, command: &'static str) -> Result<serde_json::Value, AgentError> {
-        self.write(&protocol::command_request(command, None)).await?;
+        self.execute_with(command, None).await
+    }
+
+    async fn execute_with(
+        &mut self,
+        command: &'static str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, AgentError> {
+        self.write(&protocol::command_request(command, arguments)).await?;
         match self
             .read(self.timeouts.command, command, ReplyStream::take_reply)
             .await?
@@ -233,12 +284,32 @@ impl Agent {
     }
 }
 
-/// Asks the agent periodically and publishes what it said, until the launcher ends.
-pub async fn poll(mut agent: Agent, status: watch::Sender<Option<Box<GuestAgentStatus>>>) {
+/// Asks the agent periodically and publishes what it said, until the launcher ends. Between polls it carries out
+/// the control socket's requests, on the same connection: the channel has room for one client.
+pub async fn poll(
+    mut agent: Agent,
+    status: watch::Sender<Option<Box<GuestAgentStatus>>>,
+    mut requests: mpsc::Receiver<Request>,
+) {
     let started = Instant::now();
     let mut answered_once = false;
     let mut unanswered = 0u32;
+    let mut next_poll = Instant::now();
     loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next_poll) => {}
+            Some(request) = requests.recv() => {
+                match request {
+                    Request::Ping(reply) => {
+                        let _ = reply.send(agent.ping().await);
+                    }
+                    Request::Exec(exec, reply) => {
+                        let _ = reply.send(agent.exec(&exec).await);
+                    }
+                }
+                continue;
+            }
+        }
         match agent.query().await {
             Ok(answer) => {
                 if !answered_once {
@@ -262,7 +333,7 @@ pub async fn poll(mut agent: Agent, status: watch::Sender<Option<Box<GuestAgentS
             }
         }
         let early = !answered_once && started.elapsed() < EARLY_PERIOD;
-        tokio::time::sleep(if early { EARLY_POLL } else { POLL }).await;
+        next_poll = Instant::now() + if early { EARLY_POLL } else { POLL };
     }
 }
 

@@ -19,6 +19,12 @@ pub const MAX_REPLY: usize = 1024 * 1024;
 pub const OS_INFO: &str = "guest-get-osinfo";
 pub const INTERFACES: &str = "guest-network-get-interfaces";
 pub const HOST_NAME: &str = "guest-get-host-name";
+pub const PING: &str = "guest-ping";
+pub const EXEC: &str = "guest-exec";
+pub const EXEC_STATUS: &str = "guest-exec-status";
+
+/// What is kept of each output stream of a program the agent ran.
+pub const MAX_EXEC_OUTPUT: usize = 4096;
 
 /// The bytes of a sync request: the delimiter first, so that the agent drops any half request left in the channel.
 pub fn sync_request(id: u64) -> Vec<u8> {
@@ -217,4 +223,57 @@ pub fn host_name(value: Value) -> Result<String, Malformed> {
     serde_json::from_value::<HostName>(value)
         .map(|h| h.host_name)
         .map_err(|_| Malformed)
+}
+
+/// `guest-exec`'s arguments: the program, its arguments, and its output captured.
+pub fn exec_arguments(argv: &[String]) -> Value {
+    let (path, args) = argv.split_first().map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+    serde_json::json!({ "path": path, "arg": args, "capture-output": true })
+}
+
+/// `guest-exec`'s answer (`GuestExec`): the program's process id in the guest.
+pub fn exec_pid(value: Value) -> Result<i64, Malformed> {
+    #[derive(Deserialize)]
+    struct Started {
+        pid: i64,
+    }
+    serde_json::from_value::<Started>(value)
+        .map(|s| s.pid)
+        .map_err(|_| Malformed)
+}
+
+/// `guest-exec-status`'s answer (`GuestExecStatus`): `None` while the program runs, else how it ended. A program
+/// killed by a signal reads as exit code 128 + the signal, as a shell says it.
+pub fn exec_status(value: Value) -> Result<Option<vmlet_control::GuestExecResult>, Malformed> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct ExecStatus {
+        exited: bool,
+        exitcode: Option<i32>,
+        signal: Option<i32>,
+        out_data: Option<String>,
+        err_data: Option<String>,
+    }
+    let status: ExecStatus = serde_json::from_value(value).map_err(|_| Malformed)?;
+    if !status.exited {
+        return Ok(None);
+    }
+    let text = |data: Option<String>| -> Result<String, Malformed> {
+        let bytes = match data {
+            Some(data) => vmlet_api::decode_base64(&data).map_err(|_| Malformed)?,
+            None => Vec::new(),
+        };
+        let kept = &bytes[..bytes.len().min(MAX_EXEC_OUTPUT)];
+        Ok(String::from_utf8_lossy(kept).into_owned())
+    };
+    let exit_code = match (status.exitcode, status.signal) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => return Err(Malformed),
+    };
+    Ok(Some(vmlet_control::GuestExecResult {
+        exit_code,
+        stdout: text(status.out_data)?,
+        stderr: text(status.err_data)?,
+    }))
 }

@@ -302,3 +302,69 @@ fn the_status_says_when_the_agent_answered() {
         (100, 3, Some("web"))
     );
 }
+
+#[test]
+fn a_program_the_agent_ran_reads_with_its_status_and_output() {
+    assert_eq!(protocol::exec_status(json!({"exited": false})), Ok(None));
+    let ended = protocol::exec_status(json!({"exited": true, "exitcode": 3, "out-data": "b2sK"})).unwrap();
+    assert_eq!(
+        ended,
+        Some(vmlet_control::GuestExecResult {
+            exit_code: 3,
+            stdout: "ok\n".into(),
+            stderr: String::new(),
+        })
+    );
+    let killed = protocol::exec_status(json!({"exited": true, "signal": 9}))
+        .unwrap()
+        .unwrap();
+    assert_eq!(killed.exit_code, 137);
+    assert_eq!(protocol::exec_status(json!({"exited": true})), Err(Malformed));
+    assert_eq!(
+        protocol::exec_arguments(&["cat".into(), "/tmp/x".into()]),
+        json!({"path": "cat", "arg": ["/tmp/x"], "capture-output": true})
+    );
+}
+
+#[tokio::test]
+async fn a_program_runs_through_the_agent_until_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("guest-agent.sock");
+    let agent = fake_agent(&socket, b"", |request| {
+        Some(match request["execute"].as_str().unwrap() {
+            "guest-ping" => "{\"return\": {}}".to_owned(),
+            "guest-exec" if request["arguments"]["path"] == "sleep" => "{\"return\": {\"pid\": 8}}".to_owned(),
+            "guest-exec" => "{\"return\": {\"pid\": 7}}".to_owned(),
+            // Pid 7 ends at once; pid 8 never does.
+            "guest-exec-status" if request["arguments"]["pid"] == 7 => {
+                "{\"return\": {\"exited\": true, \"exitcode\": 1, \"err-data\": \"bm8K\"}}".to_owned()
+            }
+            _ => "{\"return\": {\"exited\": false}}".to_owned(),
+        })
+    })
+    .await;
+    let mut client = Agent::new(socket, quick());
+    client.ping().await.unwrap();
+    let exec = |program: &str| GuestExec {
+        argv: vec![program.into()],
+        timeout_secs: 1,
+    };
+    let ran = client.exec(&exec("false")).await.unwrap();
+    assert_eq!((ran.exit_code, ran.stderr.as_str()), (1, "no\n"));
+    assert!(matches!(
+        client.exec(&exec("sleep")).await,
+        Err(AgentError::ExecTimeout(_))
+    ));
+    drop(client);
+    let commands = agent.await.unwrap();
+    assert_eq!(
+        &commands[..5],
+        [
+            "guest-sync-delimited",
+            "guest-ping",
+            "guest-sync-delimited",
+            "guest-exec",
+            "guest-exec-status"
+        ]
+    );
+}

@@ -1,0 +1,77 @@
+//! KubeVirt's own examples boot in standalone mode, changed only as a user porting them would change them: the
+//! `apiVersion` (a `VirtualMachineInstance` taken as a VM's template, as `scripts/kubevirt-compat` takes it) and
+//! the containerDisk's image, here the Debian cloud image of `images/cloud/` served by a registry on loopback. The
+//! examples are read from `shared/kubevirt-examples` beside the repository (or `VMLET_KUBEVIRT_EXAMPLES`); without
+//! them the tests say so and pass.
+//!
+//! Needs root, the built workspace and the packages of `scripts/setup`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use vmlet_testkit::kubevirt::{convert, examples_dir};
+use vmlet_testkit::registry::Registry;
+use vmlet_testkit::standalone::Machine;
+use vmlet_testkit::vm_pod::one_guest_at_a_time;
+use vmlet_testkit::{cloud_image, poll_until};
+
+/// From the manifest to the guest agent's answer: a pull, then 30 to 60 s of boot under TCG, more when loaded.
+const BOOT: Duration = Duration::from_secs(420);
+/// The image every example of KubeVirt's boots.
+const EXAMPLES_IMAGE: &str = "registry:5000/kubevirt/cirros-container-disk-demo:devel";
+const IMAGE: &str = "vmlet/debian:12";
+
+/// Boots the example `file`, whose VM is `vm`, and waits until its guest's agent answers.
+fn boots(file: &str, vm: &str) {
+    let path = examples_dir().join(file);
+    let Ok(example) = std::fs::read_to_string(&path) else {
+        eprintln!("skipped: KubeVirt's example {} is not there", path.display());
+        return;
+    };
+    let _guest = one_guest_at_a_time();
+    let registry = Registry::start();
+    registry.push(&format!("oci-archive:{}", cloud_image().oci_archive().display()), IMAGE);
+    let mut machine = Machine::new();
+    machine.forward_loopback_port(registry.addr().port());
+    machine.start_handler();
+
+    assert_eq!(example.matches(EXAMPLES_IMAGE).count(), 1, "{example}");
+    let ported = convert(&example.replace(EXAMPLES_IMAGE, &format!("{}/{IMAGE}", registry.addr()))).unwrap();
+    std::fs::write(machine.manifests().join(file), ported).unwrap();
+
+    machine.wait_status(vm, &["Running"], BOOT);
+    let answered = poll_until(
+        format!("{vm}'s guest agent to answer"),
+        BOOT,
+        Duration::from_millis(500),
+        || {
+            let status = machine.status_file(vm);
+            status.contains("guestOSInfo").then_some(status)
+        },
+    );
+    let status = answered.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics(vm)));
+    assert!(status.contains("Debian GNU/Linux"), "{status}");
+    assert!(
+        status.contains("ipAddress: 10.111.0."),
+        "the guest has its pod's address\n{status}"
+    );
+}
+
+// Known failure: the monitor socket libvirt makes in the pod's run directory,
+// `STATE/pods/default_NAME/run/libvirt/lib/qemu/domain-1-NAME/monitor.sock`, is longer than a Unix socket path may
+// be (107 bytes) for these names under the test's state folder, and for `vmi-ephemeral` under the default
+// `/var/lib/vmlet/standalone` too: the launcher fails to start the domain. Run them (`--ignored`) once the run
+// directory's libvirt root is short enough.
+
+#[test]
+#[ignore = "libvirt's monitor socket path under the pod's run directory exceeds 107 bytes for this VM name"]
+fn vmi_ephemeral_boots() {
+    boots("vmi-ephemeral.yaml", "vmi-ephemeral");
+}
+
+#[test]
+#[ignore = "libvirt's monitor socket path under the pod's run directory exceeds 107 bytes for this VM name"]
+fn vmi_nocloud_boots() {
+    boots("vmi-nocloud.yaml", "vmi-nocloud");
+}
