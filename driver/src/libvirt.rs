@@ -89,6 +89,8 @@ impl From<virt::error::Error> for LibvirtError {
 pub struct Driver {
     connection: Connect,
     qemu_version: String,
+    /// The short link libvirt knows the root by, when the root's own path is too long for its sockets.
+    link: Option<PathBuf>,
 }
 
 impl Driver {
@@ -105,12 +107,16 @@ impl Driver {
             path: root.clone(),
             source,
         })?;
+        let named = root::name_for_libvirt(&root).map_err(|source| DriverError::Prepare {
+            path: root.clone(),
+            source,
+        })?;
         start_event_loop()?;
         let connect_error = |error: virt::error::Error| DriverError::Connect {
             root: root.clone(),
             source: error.into(),
         };
-        let connection = Connect::open(Some(&root::embed_uri(&root))).map_err(connect_error)?;
+        let connection = Connect::open(Some(&root::embed_uri(&named))).map_err(connect_error)?;
         // libvirt probes QEMU on the first call that needs its capabilities: make it this one, not the first start.
         let version = connection.get_hyp_version().map_err(connect_error)?;
         let qemu_version = format!("{}.{}.{}", version / 1_000_000, version / 1000 % 1000, version % 1000);
@@ -124,6 +130,7 @@ impl Driver {
         Ok(Driver {
             connection,
             qemu_version,
+            link: (named != root).then_some(named),
         })
     }
 
@@ -184,6 +191,9 @@ impl Drop for Driver {
         }
         if let Err(error) = self.connection.close() {
             tracing::warn!(error = %LibvirtError::from(error), "cannot close the connection to libvirt");
+        }
+        if let Some(link) = &self.link {
+            let _ = std::fs::remove_file(link);
         }
     }
 }

@@ -57,6 +57,53 @@ pub fn prepare(root: &Path, cache_dir: &Path) -> io::Result<()> {
     std::os::unix::fs::symlink(cache_dir, &link)
 }
 
+/// The longest path a unix socket can be bound at: `sun_path`'s 108 bytes less the terminating NUL.
+const SOCKET_PATH_MAX: usize = 107;
+
+/// The most libvirt adds under its root for a domain's sockets: `/lib/qemu/domain-ID-SHORTNAME/monitor.sock`,
+/// libvirt's short name being the domain's first 20 bytes, and an ID of up to 5 digits.
+const SOCKETS_UNDER_ROOT_MAX: usize = "/lib/qemu/domain-99999-".len() + 20 + "/monitor.sock".len();
+
+/// Where the short names of long roots are: one symbolic link per driver process, named by its pid.
+pub const SHORT_ROOTS: &str = "/run/vmlet-driver";
+
+/// Whether libvirt, given `root`, could make a socket whose path does not fit a unix socket address. A pod's run
+/// directory on Kubernetes (`/var/run/vmlet`) leaves plenty of room; a standalone pod's, under its state folder
+/// and named after the VM, may not.
+pub fn too_long_for_sockets(root: &Path) -> bool {
+    root.as_os_str().len() + SOCKETS_UNDER_ROOT_MAX > SOCKET_PATH_MAX
+}
+
+/// The name to give libvirt for `root`: `root` itself when the sockets under it fit, else a short symbolic link to
+/// it (`/run/vmlet-driver/PID`), made now. libvirt builds every path from the root as named, so the files stay in
+/// the run directory, and go with it, while the sockets' paths stay short. Links of driver processes that are gone
+/// are removed on the way.
+pub fn name_for_libvirt(root: &Path) -> io::Result<PathBuf> {
+    if !too_long_for_sockets(root) {
+        return Ok(root.to_owned());
+    }
+    let links = Path::new(SHORT_ROOTS);
+    std::fs::create_dir_all(links)?;
+    for entry in std::fs::read_dir(links)? {
+        let entry = entry?;
+        let gone = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let link = links.join(std::process::id().to_string());
+    match std::fs::remove_file(&link) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    std::os::unix::fs::symlink(root, &link)?;
+    Ok(link)
+}
+
 /// Where libvirt caches QEMU's capabilities under `root`.
 pub fn capabilities_dir(root: &Path) -> PathBuf {
     root.join("cache/qemu/capabilities")
@@ -114,6 +161,34 @@ mod tests {
         let mut required = REQUIRED_SETTINGS.to_vec();
         required.sort_unstable();
         assert_eq!(made, required);
+    }
+
+    #[test]
+    fn a_root_is_named_by_a_short_link_only_when_its_sockets_would_not_fit() {
+        assert!(!too_long_for_sockets(Path::new("/var/run/vmlet/libvirt")));
+        // The default state folder of standalone mode, a VM of 13 bytes in `default`.
+        let standalone = Path::new("/var/lib/vmlet/standalone/pods/default_vmi-ephemeral/run/libvirt");
+        assert!(too_long_for_sockets(standalone));
+        let longest_fitting = format!("/{}", "r".repeat(SOCKET_PATH_MAX - SOCKETS_UNDER_ROOT_MAX - 1));
+        assert!(!too_long_for_sockets(Path::new(&longest_fitting)));
+        assert!(too_long_for_sockets(Path::new(&format!("{longest_fitting}r"))));
+        // The link itself leaves room.
+        assert!(!too_long_for_sockets(&Path::new(SHORT_ROOTS).join("4194304")));
+    }
+
+    #[test]
+    fn a_long_root_gets_a_link_that_leads_to_it() {
+        let scratch = ScratchDir::new();
+        let root = scratch.join(format!("{}/libvirt", "long-".repeat(12)));
+        std::fs::create_dir_all(&root).unwrap();
+        let named = name_for_libvirt(&root).unwrap();
+        assert_eq!(named, Path::new(SHORT_ROOTS).join(std::process::id().to_string()));
+        assert_eq!(std::fs::read_link(&named).unwrap(), root);
+        // Again (a driver started twice in one process): the link is made anew.
+        assert_eq!(name_for_libvirt(&root).unwrap(), named);
+        std::fs::remove_file(&named).unwrap();
+        let short = scratch.join("libvirt");
+        assert_eq!(name_for_libvirt(&short).unwrap(), short);
     }
 
     #[test]

@@ -58,20 +58,15 @@ fn boots(file: &str, vm: &str) {
     );
 }
 
-// Known failure: the monitor socket libvirt makes in the pod's run directory,
-// `STATE/pods/default_NAME/run/libvirt/lib/qemu/domain-1-NAME/monitor.sock`, is longer than a Unix socket path may
-// be (107 bytes) for these names under the test's state folder, and for `vmi-ephemeral` under the default
-// `/var/lib/vmlet/standalone` too: the launcher fails to start the domain. Run them (`--ignored`) once the run
-// directory's libvirt root is short enough.
+// Their names make long run directories under the test's state folder: libvirt's sockets there fit only through
+// the driver's short name for its root (vmlet-driver's `root::name_for_libvirt`).
 
 #[test]
-#[ignore = "libvirt's monitor socket path under the pod's run directory exceeds 107 bytes for this VM name"]
 fn vmi_ephemeral_boots() {
     boots("vmi-ephemeral.yaml", "vmi-ephemeral");
 }
 
 #[test]
-#[ignore = "libvirt's monitor socket path under the pod's run directory exceeds 107 bytes for this VM name"]
 fn vmi_nocloud_boots() {
     boots("vmi-nocloud.yaml", "vmi-nocloud");
 }
