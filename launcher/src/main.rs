@@ -14,6 +14,7 @@ mod network;
 mod run;
 mod spec;
 mod storage;
+mod usage;
 mod vm_domain;
 
 #[derive(Parser)]

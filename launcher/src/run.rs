@@ -21,12 +21,13 @@ use vmlet_dhcp::v6;
 
 use vmlet_domain::InterfaceSpec;
 
-use crate::driver::{Domain, DomainState, DriverProcess, ShutOffReason, accel};
+use crate::driver::{self, Domain, DomainState, DriverProcess, ShutOffReason, accel};
 use crate::guest_agent::{self, Agent};
 use crate::network;
 use crate::network::binding::{BindingRequest, Served, binding_name};
 use crate::spec::{self, SPEC_ENV, VmSpec};
 use crate::storage::{self, Storage};
+use crate::usage;
 use crate::vm_domain;
 
 /// How long a pause or resume may take to show in the polled domain state before the control socket answers.
@@ -195,14 +196,19 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         }
         None => None,
     };
-    if let Some(Served { interface, config }) = network.dhcpv6.clone() {
-        let runner = v6::runner::Runner::bind(config, &interface)
-            .context("cannot start the DHCPv6 server and router advertisements")?;
-        let mut stopped = dhcp_stopped.clone();
-        tokio::spawn(runner.run(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
-    }
+    let dhcpv6_status = match network.dhcpv6.clone() {
+        Some(Served { interface, config }) => {
+            let runner = v6::runner::Runner::bind(config, &interface)
+                .context("cannot start the DHCPv6 server and router advertisements")?;
+            let status = runner.status();
+            let mut stopped = dhcp_stopped.clone();
+            tokio::spawn(runner.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }));
+            Some(status)
+        }
+        None => None,
+    };
 
     for relay in &network.loopback_relays {
         let bound = relay
@@ -252,6 +258,8 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         domain: domain.clone(),
         states: domain.watch_state(),
         dhcp: dhcp_status,
+        dhcpv6: dhcpv6_status,
+        qemu_pid_file: driver::qemu_pid_file(&run_dir, domain.name()),
         interface,
         guest_agent,
         started_at: SystemTime::now(),
@@ -331,6 +339,9 @@ struct Control {
     domain: Domain,
     states: watch::Receiver<DomainState>,
     dhcp: Option<watch::Receiver<DhcpRunnerStatus>>,
+    dhcpv6: Option<watch::Receiver<v6::runner::Status>>,
+    /// Where libvirt keeps the pid of the guest's QEMU.
+    qemu_pid_file: PathBuf,
     interface: InterfaceStatus,
     guest_agent: watch::Receiver<Option<Box<GuestAgentStatus>>>,
     started_at: SystemTime,
@@ -363,6 +374,12 @@ impl Control {
             domain_state: Some(format!("{state:?}")),
             interfaces: vec![self.interface.clone()],
             dhcp: self.dhcp.as_ref().map(|dhcp| dhcp_status(&dhcp.borrow())),
+            dhcpv6: self.dhcpv6.as_ref().map(|v6| Box::new(dhcpv6_status(&v6.borrow()))),
+            router_advertisements: self
+                .dhcpv6
+                .as_ref()
+                .map(|v6| Box::new(advertisement_status(&v6.borrow()))),
+            qemu: usage::of_pid_file(&self.qemu_pid_file),
             launcher_pid: std::process::id(),
             started_at,
             uptime_secs: self.started_at.elapsed().unwrap_or_default().as_secs(),
@@ -385,6 +402,36 @@ fn dhcp_status(status: &DhcpRunnerStatus) -> DhcpStatus {
     ];
     DhcpStatus {
         lease: status.lease.map(|l| format!("{:?}", l.state).to_lowercase()),
+        counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+fn dhcpv6_status(status: &v6::runner::Status) -> DhcpStatus {
+    let c = status.dhcp;
+    let counters = [
+        ("answered", c.answered),
+        ("refused", c.refused),
+        ("ignored", c.ignored),
+        ("malformed", c.malformed),
+        ("releases", c.releases),
+        ("declines", c.declines),
+        ("dropped_frames", status.dropped_frames),
+        ("send_errors", status.send_errors),
+    ];
+    DhcpStatus {
+        lease: status.lease.map(|l| format!("{:?}", l.state).to_lowercase()),
+        counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+fn advertisement_status(status: &v6::runner::Status) -> DhcpStatus {
+    let counters = [
+        ("solicited", status.solicited_advertisements),
+        ("unsolicited", status.unsolicited_advertisements),
+        ("ignored", status.ignored_solicitations),
+    ];
+    DhcpStatus {
+        lease: None,
         counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
     }
 }
