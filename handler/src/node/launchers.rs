@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -17,6 +18,7 @@ use vmlet_control::ClientError;
 
 use super::judge::{PodKey, PodState, Probe, Tracking, Update, judge, orphans, owner_vm, pod_state, status_update};
 use super::{Config, FIELD_MANAGER, run_dir, socket_path};
+use crate::metrics::{LauncherSeries, Metrics, VmLabels};
 use crate::vm_status::{LauncherState, NodeStatus};
 
 /// How long one status request may take before the launcher counts as silent for this round.
@@ -36,6 +38,10 @@ struct Launcher {
     /// The VM's status as last read or written, so that an unchanged launcher costs no request; `None` until
     /// read, and after a failed write.
     known: Option<Known>,
+    /// When the pod was made: its VM's start latencies count from there.
+    created: Option<Timestamp>,
+    /// What this launcher's answers left in the metrics.
+    series: LauncherSeries,
 }
 
 /// A VM's status as the API server last gave it, and the version it had then: the node's writes are conditional
@@ -58,10 +64,11 @@ pub struct Launchers {
     synced: bool,
     /// Run directories without a pod, and since when.
     suspects: BTreeMap<PodKey, Timestamp>,
+    metrics: Arc<Metrics>,
 }
 
 impl Launchers {
-    pub fn new(client: Client, config: &Config) -> Launchers {
+    pub fn new(client: Client, config: &Config, metrics: Arc<Metrics>) -> Launchers {
         Launchers {
             client,
             node: config.node_name.clone(),
@@ -72,6 +79,7 @@ impl Launchers {
             relisted: None,
             synced: false,
             suspects: BTreeMap::new(),
+            metrics,
         }
     }
 
@@ -123,6 +131,8 @@ impl Launchers {
                 tracking: Tracking::default(),
                 connection: None,
                 known: None,
+                created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                series: LauncherSeries::default(),
             }
         });
         launcher.pod = state;
@@ -146,6 +156,21 @@ impl Launchers {
             let Some(launcher) = self.launchers.get_mut(&key) else {
                 continue;
             };
+            let vm = VmLabels {
+                namespace: key.namespace.clone(),
+                name: launcher.vm.clone(),
+            };
+            let since_creation = launcher
+                .created
+                .and_then(|created| now.duration_since(created).try_into().ok());
+            match &probe {
+                Probe::Answered(answer) => {
+                    self.metrics.observe_launcher(&vm, answer, &mut launcher.series);
+                    self.metrics.observe_start(answer, since_creation, &mut launcher.series);
+                }
+                _ if launcher.pod == PodState::Alive && !launcher.deleted => launcher.series.unanswered(),
+                _ => {}
+            }
             let (state, tracking) = judge(probe, launcher.pod, launcher.tracking, now, self.lost_after);
             launcher.tracking = tracking;
             let vms: Api<VirtualMachine> = Api::namespaced(self.client.clone(), &key.namespace);
@@ -156,13 +181,25 @@ impl Launchers {
             }
         }
         // A deleted pod is forgotten once its last word is written.
-        self.launchers.retain(|key, launcher| {
-            let forget = launcher.deleted && !unwritten.contains(key);
-            if forget {
-                info!(namespace = %key.namespace, vm = %launcher.vm, pod = %key.name, "launcher pod gone");
+        let (gone, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.launchers)
+            .into_iter()
+            .partition(|(key, launcher)| launcher.deleted && !unwritten.contains(key));
+        self.launchers = kept;
+        for (key, launcher) in gone {
+            info!(namespace = %key.namespace, vm = %launcher.vm, pod = %key.name, "launcher pod gone");
+            // The VM's series are its next launcher's too, while it has one here.
+            let next = self
+                .launchers
+                .iter()
+                .any(|(other, l)| other.namespace == key.namespace && l.vm == launcher.vm);
+            if !next {
+                let vm = VmLabels {
+                    namespace: key.namespace,
+                    name: launcher.vm,
+                };
+                self.metrics.forget(&vm, &launcher.series);
             }
-            !forget
-        });
+        }
     }
 
     /// Removes the run directories of pods that are gone. A directory goes only when its pod has been neither
@@ -557,7 +594,7 @@ mod tests {
             server.done().await;
         });
 
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Init);
         launchers.observe(watcher::Event::InitApply(launcher_pod(None)));
         launchers.observe(watcher::Event::InitDone);
@@ -592,7 +629,7 @@ mod tests {
             expect_apply(&mut server, 2, &now, &paused).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Apply(launcher_pod(None)));
         launchers.tick(at(100)).await;
         *launcher.vm.0.lock().unwrap() = Status {
@@ -619,12 +656,113 @@ mod tests {
             .await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Init);
         launchers.observe(watcher::Event::InitApply(launcher_pod(None)));
         launchers.observe(watcher::Event::InitDone);
         launchers.tick(at(500)).await;
         launchers.tick(at(503)).await;
+        drop(launchers);
+        api.await.unwrap();
+    }
+
+    /// Plays an API server that holds the VM `web` and takes every write of the node's fields.
+    async fn accept_everything(mut server: fakes::ApiServer) {
+        let mut version = 1;
+        let mut status = controller_status(POD);
+        while let Some((seen, reply)) = server.next().await {
+            if seen.method == "PATCH" {
+                version += 1;
+                status = with_node(status, &seen.body.unwrap()["status"]);
+            }
+            reply.send(200, &vm(version, status.clone()));
+        }
+    }
+
+    /// `running()` with what a launcher counts: its DHCP servers' packets and its QEMU's usage.
+    fn counting(lease: &str, cpu_seconds: f64) -> Status {
+        let counters = |lease: Option<&str>, pairs: &[(&str, u64)]| vmlet_control::DhcpStatus {
+            lease: lease.map(Into::into),
+            counters: pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        };
+        Status {
+            dhcp: Some(counters(Some(lease), &[("answered", 2), ("ignored", 1)])),
+            dhcpv6: Some(Box::new(counters(None, &[("answered", 0)]))),
+            router_advertisements: Some(Box::new(counters(None, &[("unsolicited", 3)]))),
+            qemu: Some(vmlet_control::ProcessUsage {
+                cpu_seconds,
+                resident_bytes: 300 << 20,
+            }),
+            ..running()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_launchers_answers_become_its_vms_series_and_its_start_counts_from_the_pods_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (client, server) = fakes::pair();
+        let api = tokio::spawn(accept_everything(server));
+        let metrics = Arc::new(Metrics::default());
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), metrics.clone());
+        let mut pod = launcher_pod(None);
+        pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(90)));
+        launchers.observe(watcher::Event::Apply(pod.clone()));
+        // The pod is made; its launcher has no socket yet.
+        launchers.tick(at(100)).await;
+        let launcher = LauncherProcess::start(dir.path(), POD, counting("offered", 1.5));
+        launchers.tick(at(110)).await;
+        *launcher.vm.0.lock().unwrap() = counting("bound", 4.0);
+        launchers.tick(at(114)).await;
+        launchers.tick(at(117)).await;
+
+        let text = metrics.encode();
+        for line in [
+            r#"kubevirt_vmi_phase_transition_time_from_creation_seconds_sum{phase="running"} 20.0"#,
+            r#"kubevirt_vmi_phase_transition_time_from_creation_seconds_count{phase="running"} 1"#,
+            "vmlet_vmi_first_lease_seconds_sum 24.0",
+            "vmlet_vmi_first_lease_seconds_count 1",
+            r#"kubevirt_vmi_cpu_usage_seconds_total{namespace="default",name="web"} 4.0"#,
+            r#"kubevirt_vmi_memory_resident_bytes{namespace="default",name="web"} 314572800"#,
+            r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="dhcpv4",outcome="ignored"} 1"#,
+            r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="dhcpv6",outcome="answered"} 0"#,
+            r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="ra",outcome="unsolicited"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+
+        // The pod goes: so do its VM's series.
+        launcher.kill();
+        launchers.observe(watcher::Event::Delete(pod));
+        launchers.tick(at(120)).await;
+        let text = metrics.encode();
+        assert!(!text.contains(r#"name="web""#), "{text}");
+        drop(launchers);
+        api.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_launcher_running_when_first_seen_adds_no_start_latency() {
+        let dir = tempfile::tempdir().unwrap();
+        let _launcher = LauncherProcess::start(dir.path(), POD, counting("bound", 1.0));
+        let (client, server) = fakes::pair();
+        let api = tokio::spawn(accept_everything(server));
+        let metrics = Arc::new(Metrics::default());
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), metrics.clone());
+        let mut pod = launcher_pod(None);
+        pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(90)));
+        launchers.observe(watcher::Event::Apply(pod));
+        launchers.tick(at(500)).await;
+        launchers.tick(at(503)).await;
+        let text = metrics.encode();
+        assert!(text.contains("vmlet_vmi_first_lease_seconds_count 0"), "{text}");
+        assert!(
+            !text.contains("kubevirt_vmi_phase_transition_time_from_creation_seconds_count"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kubevirt_vmi_cpu_usage_seconds_total{namespace="default",name="web"} 1.0"#),
+            "{text}"
+        );
         drop(launchers);
         api.await.unwrap();
     }
@@ -651,7 +789,7 @@ mod tests {
             expect_apply(&mut server, 1, &base, &exited_report()).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Apply(launcher_pod(Some(4))));
         launchers.tick(at(200)).await;
         launchers.observe(watcher::Event::Delete(launcher_pod(Some(4))));
@@ -680,7 +818,7 @@ mod tests {
             assert!(body["status"].get("guestOSInfo").is_none());
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Apply(launcher_pod(None)));
         // The watch restarts and the pod is no longer listed: it was deleted while the watch was down.
         launchers.observe(watcher::Event::Init);
@@ -709,7 +847,7 @@ mod tests {
             expect_get(&mut server, vm(6, now)).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Apply(named_launcher_pod(POD, Some(4))));
         launchers.observe(watcher::Event::Apply(named_launcher_pod(NEXT_POD, None)));
         launchers.tick(at(300)).await;
@@ -735,7 +873,7 @@ mod tests {
             expect_get(&mut server, vm(2, moved)).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Delete(launcher_pod(None)));
         launchers.tick(at(300)).await;
         assert!(launchers.launchers.is_empty(), "nothing left to say about it");
@@ -758,7 +896,7 @@ mod tests {
             assert_eq!(seen.uri, STATUS_URI);
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Delete(launcher_pod(None)));
         launchers.tick(at(300)).await;
         assert!(launchers.launchers.is_empty(), "nothing left to say about it");
@@ -776,7 +914,7 @@ mod tests {
             expect_get(&mut server, other).await;
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Apply(launcher_pod(Some(0))));
         launchers.tick(at(300)).await;
         drop(launchers);
@@ -801,7 +939,7 @@ mod tests {
             assert_eq!(seen.body.unwrap()["status"]["launcher"]["state"], "Lost");
             server.done().await;
         });
-        let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+        let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
         launchers.observe(watcher::Event::Delete(launcher_pod(None)));
         launchers.tick(at(300)).await;
         assert_eq!(launchers.launchers.len(), 1, "kept: its status is not written yet");
@@ -856,7 +994,7 @@ mod tests {
         });
         let mut config = fakes::config(pods);
         config.orphan_grace = Duration::from_secs(60);
-        let mut launchers = Launchers::new(client, &config);
+        let mut launchers = Launchers::new(client, &config, Arc::default());
         // Before the watch has listed the node's pods, nothing is known to be gone.
         launchers.sweep(at(0)).await;
         launchers.observe(watcher::Event::Init);
