@@ -55,6 +55,18 @@ impl Counts {
             .sum()
     }
 
+    /// The writes a VM's life leads to: to VMs, their status, pods and events; not the roles' Leases nor Nodes.
+    pub fn vm_writes(&self) -> u64 {
+        self.requests
+            .iter()
+            .filter(|((verb, resource), _)| {
+                matches!(verb.as_str(), "create" | "update" | "patch" | "delete")
+                    && !matches!(resource.as_str(), "leases" | "nodes")
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     pub fn total(&self) -> u64 {
         self.requests.values().sum()
     }
