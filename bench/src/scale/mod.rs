@@ -168,13 +168,9 @@ impl Drop for Handler {
 }
 
 impl Handler {
-    fn spawn(
-        name: &'static str,
-        binary: &Path,
-        args: &[&str],
-        kubeconfig: &Path,
-        log: &Path,
-    ) -> anyhow::Result<Handler> {
+    /// Starts a role; it logs as in a cluster (JSON lines, `info`), into nothing: formatting them is part of its
+    /// cost, keeping them is not.
+    fn spawn(name: &'static str, binary: &Path, args: &[&str], kubeconfig: &Path) -> anyhow::Result<Handler> {
         let child = Command::new(binary)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
@@ -182,7 +178,7 @@ impl Handler {
             .env("VMLET_LOG_JSON", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log)?)
+            .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
         Ok(Handler { child, name })
@@ -279,7 +275,6 @@ async fn measure(args: &Args, binary: &Path) -> anyhow::Result<Report> {
         binary,
         &["controller", "--launcher-image", "vmlet/launcher:bench"],
         &kubeconfig,
-        &dir.join("controller.log"),
     )?;
     let pods_arg = pods_dir.display().to_string();
     let mut node = Handler::spawn(
@@ -287,7 +282,6 @@ async fn measure(args: &Args, binary: &Path) -> anyhow::Result<Report> {
         binary,
         &["node", "--node-name", NODE, "--pods-dir", &pods_arg],
         &kubeconfig,
-        &dir.join("node.log"),
     )?;
     wait(
         "the controller to lead and the node role to beat",
