@@ -5,6 +5,7 @@
 mod contract_tests;
 pub mod launcher_pod;
 mod leader;
+mod node_silence;
 pub mod pod_volumes;
 mod reconcile;
 #[cfg(test)]
@@ -252,6 +253,13 @@ async fn run_async(args: Args) -> Result<(), RunError> {
             }
         }
     };
+    let (silence_tx, silence_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(node_silence::watch(
+        heartbeats.clone(),
+        Duration::from_secs(args.node_timeout),
+        silence_tx,
+    ));
+    let silences = futures::stream::unfold(silence_rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
     let controller = Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default());
     let vms = controller.store();
     tokio::spawn(count_phases(vms.clone(), metrics));
@@ -262,6 +270,8 @@ async fn run_async(args: Args) -> Result<(), RunError> {
         .watches(heartbeats, watcher::Config::default(), move |lease: Lease| {
             waiting_on_node(vms.state().iter().map(|vm| &**vm), &lease.name_any())
         })
+        // A node fell silent: its VMs are failed (the others' look costs a round, once per silence).
+        .reconcile_all_on(silences)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {
