@@ -286,6 +286,7 @@ async fn measure(args: &Args, binary: &Path) -> anyhow::Result<Report> {
     wait(
         "the controller to lead and the node role to beat",
         Duration::from_secs(60),
+        &mut [&mut controller, &mut node],
         || server.has("leases", NAMESPACE, "vmlet-controller") && server.has("leases", NAMESPACE, "vmlet-node-node-a"),
     )
     .await?;
@@ -300,15 +301,21 @@ async fn measure(args: &Args, binary: &Path) -> anyhow::Result<Report> {
     }
     let limit = Duration::from_secs(args.max_seconds);
     let target = before.pods_created + args.vms as u64;
-    wait("every launcher Pod to be requested", limit, || {
-        server.counts().pods_created >= target
-    })
+    wait(
+        "every launcher Pod to be requested",
+        limit,
+        &mut [&mut controller, &mut node],
+        || server.counts().pods_created >= target,
+    )
     .await?;
     let to_pods = server
         .counts()
         .last_pod_created
         .map_or(created.elapsed(), |at| at - created);
-    wait("every VM to run", limit, || server.counts().running >= args.vms as u64).await?;
+    wait("every VM to run", limit, &mut [&mut controller, &mut node], || {
+        server.counts().running >= args.vms as u64
+    })
+    .await?;
     let to_running = created.elapsed();
     // The writes a start leads to come a round after the last state change: let them land.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -357,11 +364,20 @@ fn delta(before: Usage, after: Usage) -> Usage {
     }
 }
 
-async fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+/// Waits until `done`, failing if it takes longer than `limit` or a role exits meanwhile.
+async fn wait(
+    what: &str,
+    limit: Duration,
+    roles: &mut [&mut Handler],
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     while !done() {
         if started.elapsed() > limit {
             bail!("timed out after {limit:?} waiting for {what}");
+        }
+        for role in roles.iter_mut() {
+            role.usage()?;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

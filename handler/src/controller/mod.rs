@@ -33,6 +33,11 @@ pub use launcher_pod::PodConfig;
 use leader::LeaderElector;
 pub use pod_volumes::ContainerDisks;
 
+/// VMs reconciled at once. Without a bound a mass start reconciles every VM at once, each with a connection and
+/// its buffers to the API server: the controller's memory grew with the number of VMs started together
+/// (`docs/benchmarks.md`, "Scale"), and the API server got them all at the same moment.
+const RECONCILE_CONCURRENCY: u16 = 16;
+
 /// The Lease the controller replicas elect their leader with, in the handler's namespace.
 const LEADER_LEASE: &str = "vmlet-controller";
 
@@ -260,7 +265,8 @@ async fn run_async(args: Args) -> Result<(), RunError> {
         silence_tx,
     ));
     let silences = futures::stream::unfold(silence_rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
-    let controller = Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default());
+    let controller = Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
     let vms = controller.store();
     tokio::spawn(count_phases(vms.clone(), metrics));
     controller
