@@ -15,6 +15,7 @@ mod pidns;
 mod pod;
 mod procfs;
 mod pull;
+mod scale;
 mod stats;
 mod table;
 mod throughput;
@@ -47,6 +48,9 @@ enum Command {
     /// The standalone handler's cold pull of the Debian containerDisk from a registry on loopback against `skopeo
     /// copy`; with the image stored, a pull plus the qcow2 overlay against the overlay alone and a full copy.
     Pull(pull::Args),
+    /// The handler's controller and one node role with many VMs against an in-process API server: CPU time and
+    /// memory at a mass start and at steady state, API requests per VM state change, time to every launcher Pod.
+    Scale(scale::Args),
     /// The floor the `dhcp` benchmark measures: a responder with canned replies, run by the benchmark.
     #[command(hide = true)]
     DhcpFloor(floor::Args),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::CloudBoot(args) => cloud_boot::run(&args),
         Command::Throughput(args) => throughput::run(&args),
         Command::Pull(args) => pull::run(&args),
+        Command::Scale(args) => scale::run(&args),
         Command::DhcpFloor(args) => floor::serve(&args),
         Command::DhcpLayout(args) => layout::run(&args),
     };

@@ -124,6 +124,18 @@ pub struct Status {
     pub interfaces: Vec<InterfaceStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<DhcpStatus>,
+    /// The DHCPv6 server's, where the launcher serves the guest IPv6; its counters as DHCPv4's, `refused` for
+    /// `naks`, with `dropped_frames` (frames neither DHCPv6 nor a solicitation could read) and `send_errors`. Boxed,
+    /// as the next: an IPv4 guest has neither, and they would double a status's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcpv6: Option<Box<DhcpStatus>>,
+    /// The router advertisements sent beside DHCPv6, counted as `solicited`, `unsolicited` and `ignored`
+    /// (solicitations left unanswered); never a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_advertisements: Option<Box<DhcpStatus>>,
+    /// The guest's QEMU as the kernel counts it; absent until QEMU runs, or where the launcher cannot read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu: Option<ProcessUsage>,
     pub launcher_pid: u32,
     /// When the launcher started, in seconds since the Unix epoch.
     pub started_at: u64,
@@ -180,6 +192,14 @@ pub enum LeaseState {
     Bound,
     Released,
     Declined,
+}
+
+/// A process's use of the machine since it started.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessUsage {
+    /// User and system CPU time.
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
 }
 
 /// What the guest's QEMU guest agent says of the guest.

@@ -182,18 +182,112 @@ impl Metrics {
         text
     }
 
-    /// Sets a VM's CPU time counter to `seconds`, the QEMU's total: a new QEMU (a restart) counts on from there.
-    pub fn set_cpu_seconds(&self, vm: &VmLabels, seconds: f64, last: &mut f64) {
-        let delta = if seconds >= *last { seconds - *last } else { seconds };
-        *last = seconds;
-        self.cpu_seconds.get_or_create(vm).inc_by(delta);
+    /// Takes in what a VM's launcher answered: its DHCP, DHCPv6 and router advertisement counters, its QEMU's CPU
+    /// time and resident memory. `seen` is what earlier answers left, for this VM's series.
+    pub fn observe_launcher(&self, vm: &VmLabels, status: &vmlet_control::Status, seen: &mut LauncherSeries) {
+        let protocols = [
+            ("dhcpv4", status.dhcp.as_ref()),
+            ("dhcpv6", status.dhcpv6.as_deref()),
+            ("ra", status.router_advertisements.as_deref()),
+        ];
+        for (protocol, counted) in protocols {
+            for (outcome, count) in counted.iter().flat_map(|c| &c.counters) {
+                let series = DhcpLabels {
+                    namespace: vm.namespace.clone(),
+                    name: vm.name.clone(),
+                    protocol: protocol.into(),
+                    outcome: outcome.clone(),
+                };
+                self.dhcp_packets
+                    .get_or_create(&series)
+                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
+                seen.dhcp.insert(series);
+            }
+        }
+        if let Some(qemu) = status.qemu {
+            // A new QEMU (a restart) counts on from the last one's total.
+            let last = seen.cpu_seconds;
+            let delta = if qemu.cpu_seconds >= last {
+                qemu.cpu_seconds - last
+            } else {
+                qemu.cpu_seconds
+            };
+            seen.cpu_seconds = qemu.cpu_seconds;
+            self.cpu_seconds.get_or_create(vm).inc_by(delta);
+            self.resident_bytes
+                .get_or_create(vm)
+                .set(i64::try_from(qemu.resident_bytes).unwrap_or(i64::MAX));
+        }
     }
 
-    /// Forgets a VM's own series, once it is gone.
-    pub fn forget(&self, vm: &VmLabels) {
+    /// Takes in what a launcher answered for its VM's start latencies, `since_creation` its pod was made: the
+    /// first answer that runs, and the guest's first DHCP or DHCPv6 lease. Only what this process saw happen
+    /// counts: a launcher that already ran when first asked (a restarted handler) adds nothing.
+    pub fn observe_start(
+        &self,
+        answer: &vmlet_control::Status,
+        since_creation: Option<std::time::Duration>,
+        seen: &mut LauncherSeries,
+    ) {
+        let running = matches!(
+            answer.phase,
+            vmlet_control::Phase::Running | vmlet_control::Phase::Paused | vmlet_control::Phase::ShuttingDown
+        );
+        let bound = |dhcp: Option<&vmlet_control::DhcpStatus>| {
+            dhcp.is_some_and(|d| d.lease == Some(vmlet_control::LeaseState::Bound))
+        };
+        let leased = bound(answer.dhcp.as_ref()) || bound(answer.dhcpv6.as_deref());
+        if let (Some(before), Some(took)) = (seen.started, since_creation) {
+            if running && !before.running {
+                self.from_creation
+                    .get_or_create(&TransitionLabels {
+                        phase: "running".into(),
+                    })
+                    .observe(took.as_secs_f64());
+            }
+            if leased && !before.leased {
+                self.first_lease.observe(took.as_secs_f64());
+            }
+        }
+        seen.started = Some(StartSeen {
+            running: running || seen.started.is_some_and(|s| s.running),
+            leased: leased || seen.started.is_some_and(|s| s.leased),
+        });
+    }
+
+    /// Forgets a VM's own series, once it is gone: `seen` names its DHCP series.
+    pub fn forget(&self, vm: &VmLabels, seen: &LauncherSeries) {
         self.restarts.remove(vm);
         self.cpu_seconds.remove(vm);
         self.resident_bytes.remove(vm);
+        for series in &seen.dhcp {
+            self.dhcp_packets.remove(series);
+        }
+    }
+}
+
+/// The series a VM's launcher answers made, and what was last seen of it, between two answers.
+#[derive(Debug, Default)]
+pub struct LauncherSeries {
+    cpu_seconds: f64,
+    dhcp: std::collections::BTreeSet<DhcpLabels>,
+    /// How far the launcher's start had come, once seen; `None` before anything was.
+    started: Option<StartSeen>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct StartSeen {
+    running: bool,
+    leased: bool,
+}
+
+impl LauncherSeries {
+    /// The launcher of a live pod did not answer: it has not started yet, so what it does next counts.
+    pub fn unanswered(&mut self) {
+        self.started.get_or_insert(StartSeen {
+            running: false,
+            leased: false,
+        });
     }
 }
 
@@ -305,58 +399,6 @@ where
     }
 }
 
-/// The CPU time in seconds and the resident memory in bytes of `pid`, from `/proc`.
-pub fn process_usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command, which may hold spaces and parentheses: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf reads configuration values and touches no memory of ours.
-    let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
-    let (hz, page) = (u64::try_from(hz).ok()?.max(1), u64::try_from(page).ok()?);
-    Some((ticks as f64 / hz as f64, pages * page))
-}
-
-/// The QEMU among the descendants of `ancestor`: a process whose command starts with `qemu`.
-pub fn qemu_under(ancestor: u32) -> Option<u32> {
-    let mut parents = Vec::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((head, tail)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let command = head.split_once('(').map_or("", |(_, c)| c);
-        let Some(ppid) = tail.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        parents.push((pid, ppid, command.starts_with("qemu")));
-    }
-    let descends = |mut pid: u32| {
-        for _ in 0..64 {
-            if pid == ancestor {
-                return true;
-            }
-            match parents.iter().find(|(p, _, _)| *p == pid) {
-                Some((_, parent, _)) if *parent > 1 => pid = *parent,
-                _ => return false,
-            }
-        }
-        false
-    };
-    parents
-        .iter()
-        .filter(|(_, _, qemu)| *qemu)
-        .map(|(pid, _, _)| *pid)
-        .find(|pid| descends(*pid))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,30 +413,70 @@ mod tests {
                 node: "n1".into(),
             })
             .set(2);
-        let vm = VmLabels {
-            namespace: "default".into(),
-            name: "web".into(),
-        };
-        let mut last = 0.0;
-        metrics.set_cpu_seconds(&vm, 1.5, &mut last);
-        metrics.set_cpu_seconds(&vm, 2.0, &mut last);
-        // A new QEMU counts from its own start.
-        metrics.set_cpu_seconds(&vm, 0.25, &mut last);
         let text = metrics.encode();
         assert!(
             text.contains(r#"kubevirt_vmi_phase_count{phase="running",node="n1"} 2"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"kubevirt_vmi_cpu_usage_seconds_total{namespace="default",name="web"} 2.25"#),
-            "{text}"
-        );
-        assert!(
             text.contains("# TYPE vmlet_reconcile_duration_seconds histogram"),
             "{text}"
         );
-        metrics.forget(&vm);
-        assert!(!metrics.encode().contains(r#"name="web""#));
+    }
+
+    fn answer(cpu_seconds: f64) -> vmlet_control::Status {
+        let counters = |pairs: &[(&str, u64)]| vmlet_control::DhcpStatus {
+            lease: None,
+            counters: pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        };
+        vmlet_control::Status {
+            dhcp: Some(counters(&[("answered", 2)])),
+            dhcpv6: Some(Box::new(counters(&[("answered", 3), ("refused", 1)]))),
+            router_advertisements: Some(Box::new(counters(&[("solicited", 1), ("unsolicited", 4)]))),
+            qemu: Some(vmlet_control::ProcessUsage {
+                cpu_seconds,
+                resident_bytes: 1 << 20,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_launchers_answer_gives_its_vms_dhcp_cpu_and_memory_series() {
+        let metrics = Metrics::default();
+        let web = VmLabels {
+            namespace: "default".into(),
+            name: "web".into(),
+        };
+        let db = VmLabels {
+            namespace: "default".into(),
+            name: "db".into(),
+        };
+        let (mut web_seen, mut db_seen) = (LauncherSeries::default(), LauncherSeries::default());
+        metrics.observe_launcher(&web, &answer(1.5), &mut web_seen);
+        metrics.observe_launcher(&web, &answer(2.0), &mut web_seen);
+        // A new QEMU counts from its own start.
+        metrics.observe_launcher(&web, &answer(0.25), &mut web_seen);
+        metrics.observe_launcher(&db, &answer(1.0), &mut db_seen);
+        let text = metrics.encode();
+        for line in [
+            r#"kubevirt_vmi_cpu_usage_seconds_total{namespace="default",name="web"} 2.25"#,
+            r#"kubevirt_vmi_memory_resident_bytes{namespace="default",name="web"} 1048576"#,
+            r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="dhcpv4",outcome="answered"} 2"#,
+            r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="dhcpv6",outcome="refused"} 1"#,
+            r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="ra",outcome="unsolicited"} 4"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        metrics.forget(&web, &web_seen);
+        let text = metrics.encode();
+        assert!(!text.contains(r#"name="web""#), "{text}");
+        assert!(
+            text.contains(
+                r#"vmlet_vmi_dhcp_packets{namespace="default",name="db",protocol="ra",outcome="solicited"} 1"#
+            ),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -420,11 +502,5 @@ mod tests {
             "{}",
             metrics.encode()
         );
-    }
-
-    #[test]
-    fn this_process_has_cpu_time_and_resident_memory() {
-        let (_, resident) = process_usage(std::process::id()).unwrap();
-        assert!(resident > 0);
     }
 }

@@ -15,6 +15,7 @@ mod network;
 mod run;
 mod spec;
 mod storage;
+mod usage;
 mod vm_domain;
 
 #[derive(Parser)]

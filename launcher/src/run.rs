@@ -26,12 +26,13 @@ use vmlet_dhcp::v6;
 
 use vmlet_domain::InterfaceSpec;
 
-use crate::driver::{Domain, DomainState, DriverProcess, ShutOffReason, accel};
+use crate::driver::{self, Domain, DomainState, DriverProcess, ShutOffReason, accel};
 use crate::guest_agent::{self, Agent};
 use crate::network;
 use crate::network::binding::{BindingRequest, Served, binding_name};
 use crate::spec::{self, SPEC_ENV, VmSpec};
 use crate::storage::{self, Storage};
+use crate::usage;
 use crate::vm_domain;
 
 /// How long a pause or resume may take to show in the polled domain state before the control socket answers.
@@ -166,20 +167,25 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         }
         None => None,
     };
-    if let Some(Served { interface, config }) = network.dhcpv6.clone() {
-        let mut runner = v6::runner::Runner::bind(config, &interface)
-            .context("cannot start the DHCPv6 server and router advertisements")?;
-        if let Some(search) = network.router_search.clone() {
-            let updates = search
-                .start()
-                .context("cannot look for the IPv6 gateway's link-local address")?;
-            runner = runner.advertise_updates(updates);
+    let dhcpv6_status = match network.dhcpv6.clone() {
+        Some(Served { interface, config }) => {
+            let mut runner = v6::runner::Runner::bind(config, &interface)
+                .context("cannot start the DHCPv6 server and router advertisements")?;
+            if let Some(search) = network.router_search.clone() {
+                let updates = search
+                    .start()
+                    .context("cannot look for the IPv6 gateway's link-local address")?;
+                runner = runner.advertise_updates(updates);
+            }
+            let status = runner.status();
+            let mut stopped = dhcp_stopped.clone();
+            tokio::spawn(runner.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }));
+            Some(status)
         }
-        let mut stopped = dhcp_stopped.clone();
-        tokio::spawn(runner.run(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
-    }
+        None => None,
+    };
 
     for relay in &network.loopback_relays {
         let bound = relay
@@ -230,6 +236,8 @@ async fn launch(vm: VmSpec, request: BindingRequest, storage: Storage, args: Arg
         domain: domain.clone(),
         states: domain.watch_state(),
         dhcp: dhcp_status,
+        dhcpv6: dhcpv6_status,
+        qemu_pid_file: driver::qemu_pid_file(&run_dir, domain.name()),
         interface,
         guest_agent,
         agent_requests,
@@ -307,6 +315,9 @@ struct Control {
     domain: Domain,
     states: watch::Receiver<DomainState>,
     dhcp: Option<watch::Receiver<DhcpRunnerStatus>>,
+    dhcpv6: Option<watch::Receiver<v6::runner::Status>>,
+    /// Where libvirt keeps the pid of the guest's QEMU.
+    qemu_pid_file: PathBuf,
     interface: InterfaceStatus,
     guest_agent: watch::Receiver<Option<Box<GuestAgentStatus>>>,
     /// Pings and programs for the guest agent, which [`guest_agent::poll`] carries out between its polls.
@@ -341,6 +352,12 @@ impl Control {
             domain_state: Some(state.to_string()),
             interfaces: vec![self.interface.clone()],
             dhcp: self.dhcp.as_ref().map(|dhcp| dhcp_status(&dhcp.borrow())),
+            dhcpv6: self.dhcpv6.as_ref().map(|v6| Box::new(dhcpv6_status(&v6.borrow()))),
+            router_advertisements: self
+                .dhcpv6
+                .as_ref()
+                .map(|v6| Box::new(advertisement_status(&v6.borrow()))),
+            qemu: usage::of_pid_file(&self.qemu_pid_file),
             launcher_pid: std::process::id(),
             started_at,
             uptime_secs: self.started_at.elapsed().unwrap_or_default().as_secs(),
@@ -373,6 +390,36 @@ fn lease_state(state: DhcpLeaseState) -> LeaseState {
         DhcpLeaseState::Bound => LeaseState::Bound,
         DhcpLeaseState::Released => LeaseState::Released,
         DhcpLeaseState::Declined => LeaseState::Declined,
+    }
+}
+
+fn dhcpv6_status(status: &v6::runner::Status) -> DhcpStatus {
+    let c = status.dhcp;
+    let counters = [
+        ("answered", c.answered),
+        ("refused", c.refused),
+        ("ignored", c.ignored),
+        ("malformed", c.malformed),
+        ("releases", c.releases),
+        ("declines", c.declines),
+        ("dropped_frames", status.dropped_frames),
+        ("send_errors", status.send_errors),
+    ];
+    DhcpStatus {
+        lease: status.lease.map(|l| lease_state(l.state)),
+        counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    }
+}
+
+fn advertisement_status(status: &v6::runner::Status) -> DhcpStatus {
+    let counters = [
+        ("solicited", status.solicited_advertisements),
+        ("unsolicited", status.unsolicited_advertisements),
+        ("ignored", status.ignored_solicitations),
+    ];
+    DhcpStatus {
+        lease: None,
+        counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
     }
 }
 

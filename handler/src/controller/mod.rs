@@ -3,6 +3,7 @@
 
 pub mod launcher_pod;
 mod leader;
+mod node_silence;
 pub mod pod_volumes;
 mod reconcile;
 #[cfg(test)]
@@ -29,6 +30,11 @@ use crate::metrics::{Metrics, PhaseLabels};
 pub use launcher_pod::PodConfig;
 use leader::LeaderElector;
 pub use pod_volumes::ContainerDisks;
+
+/// VMs reconciled at once. Without a bound a mass start reconciles every VM at once, each with a connection and
+/// its buffers to the API server: the controller's memory grew with the number of VMs started together
+/// (`docs/benchmarks.md`, "Scale"), and the API server got them all at the same moment.
+const RECONCILE_CONCURRENCY: u16 = 16;
 
 /// The Lease the controller replicas elect their leader with, in the handler's namespace.
 const LEADER_LEASE: &str = "vmlet-controller";
@@ -250,7 +256,15 @@ async fn run_async(args: Args) -> Result<(), RunError> {
             }
         }
     };
-    let controller = Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default());
+    let (silence_tx, silence_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(node_silence::watch(
+        heartbeats.clone(),
+        Duration::from_secs(args.node_timeout),
+        silence_tx,
+    ));
+    let silences = futures::stream::unfold(silence_rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
+    let controller = Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
     let vms = controller.store();
     tokio::spawn(count_phases(vms.clone(), metrics));
     controller
@@ -260,6 +274,8 @@ async fn run_async(args: Args) -> Result<(), RunError> {
         .watches(heartbeats, watcher::Config::default(), move |lease: Lease| {
             waiting_on_node(vms.state().iter().map(|vm| &**vm), &lease.name_any())
         })
+        // A node fell silent: its VMs are failed (the others' look costs a round, once per silence).
+        .reconcile_all_on(silences)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -141,7 +141,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     }
     let launcher = pod.as_ref().map_or(Launcher::Absent, |p| launcher_pod::observe(p, now));
 
-    let (node, heartbeat) = match pod.as_ref().and_then(|p| p.spec.as_ref()?.node_name.clone()) {
+    let node = match pod.as_ref().and_then(|p| p.spec.as_ref()?.node_name.clone()) {
         Some(node) => {
             let heartbeat = ctx
                 .leases
@@ -150,9 +150,9 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
                 .and_then(|lease| lease.spec)
                 .and_then(|spec| spec.renew_time.or(spec.acquire_time))
                 .map(|t| t.0);
-            (lifecycle::node_health(heartbeat, ctx.node_timeout, now), heartbeat)
+            lifecycle::node_health(heartbeat, ctx.node_timeout, now)
         }
-        None => (NodeHealth::Unknown, None),
+        None => NodeHealth::Unknown,
     };
 
     let annotation = vm.annotations().get(RUN_ANNOTATION).cloned();
@@ -272,13 +272,7 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
     if deleting && !plan.release {
         return Err(Error::StillStopping);
     }
-    Ok(Action::requeue(next_look(
-        plan.requeue_after,
-        node,
-        heartbeat,
-        ctx.node_timeout,
-        now,
-    )))
+    Ok(Action::requeue(next_look(plan.requeue_after)))
 }
 
 /// What a plan says for the metrics: the VM's restarts and its launchers' failures.
@@ -343,25 +337,10 @@ async fn catalog_of(vm: &VirtualMachine, client: &kube::Client, namespace: &str)
     Ok(catalog)
 }
 
-/// When to look at a VM again though nothing changed: when the plan asks, just after the heartbeat of its
-/// launcher's node would go stale (a dead node changes nothing the controller watches), and at the latest after
-/// [`RESYNC`].
-pub fn next_look(
-    planned: Option<Duration>,
-    node: NodeHealth,
-    heartbeat: Option<Timestamp>,
-    node_timeout: Duration,
-    now: Timestamp,
-) -> Duration {
-    let node_deadline = heartbeat.filter(|_| node == NodeHealth::Alive).map(|at| {
-        let age = Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO);
-        node_timeout.saturating_sub(age) + Duration::from_secs(1)
-    });
-    [planned, node_deadline, Some(RESYNC)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(RESYNC)
+/// When to look at the VM again if nothing asks for it before: when the plan says, else at the resync. A node
+/// falling silent asks for it (`node_silence`).
+pub fn next_look(planned: Option<Duration>) -> Duration {
+    planned.map_or(RESYNC, |planned| planned.min(RESYNC))
 }
 
 /// The volume mode of every claim the VM names, or the first that does not exist.

@@ -23,7 +23,7 @@ use super::leader::{Decision, LeaderElector, decide};
 use super::pod_volumes::{ClaimMode, ClaimModes};
 use super::reconcile::{FIELD_MANAGER, FINALIZER, next_look, reconcile};
 use super::{ContainerDisks, Context, Error, PodConfig, launcher_pod};
-use crate::lifecycle::{Exit, Launcher, NodeHealth};
+use crate::lifecycle::{Exit, Launcher};
 
 const UID: &str = "0d4c8f2e-8e2b-4c7e-9d3c-3a1f1e2b7c11";
 const VMS: &str = "/apis/vmlet.dev/v1alpha1/namespaces/ns/virtualmachines";
@@ -485,21 +485,10 @@ async fn a_running_launcher_on_a_live_node_makes_the_vm_ready() {
 }
 
 #[test]
-fn a_vm_is_looked_at_again_when_its_node_would_go_stale() {
-    let now = Timestamp::now();
-    let timeout = Duration::from_secs(40);
-    let beat = Some(now - jiff::SignedDuration::from_secs(10));
-    let next = |plan, node| next_look(plan, node, beat, timeout, now);
-    assert_eq!(next(None, NodeHealth::Alive), Duration::from_secs(31));
-    assert_eq!(
-        next(Some(Duration::from_secs(5)), NodeHealth::Alive),
-        Duration::from_secs(5)
-    );
-    assert_eq!(next(None, NodeHealth::Lost), Duration::from_secs(300));
-    assert_eq!(
-        next_look(None, NodeHealth::Unknown, None, timeout, now),
-        Duration::from_secs(300)
-    );
+fn a_vm_is_looked_at_again_when_its_plan_says_and_at_the_resync_whatever_its_node() {
+    assert_eq!(next_look(None), Duration::from_secs(300));
+    assert_eq!(next_look(Some(Duration::from_secs(5))), Duration::from_secs(5));
+    assert_eq!(next_look(Some(Duration::from_secs(900))), Duration::from_secs(300));
 }
 
 #[tokio::test]

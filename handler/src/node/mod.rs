@@ -103,7 +103,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
             .await
             .context("cannot reach the Kubernetes API")?;
         if let Some(address) = args.metrics_address {
-            crate::metrics::serve(address, metrics)
+            crate::metrics::serve(address, metrics.clone())
                 .await
                 .with_context(|| format!("cannot serve metrics on {address}"))?;
         }
@@ -114,7 +114,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        run(client, config, shutdown).await?;
+        run(client, config, metrics, shutdown).await?;
         Ok(())
     })
 }
@@ -140,12 +140,17 @@ pub fn launcher_pods(node: &str) -> watcher::Config {
 
 /// Runs the node role until `shutdown` completes, then marks the node unschedulable for VMs. The launchers and
 /// their VMs are left running.
-pub async fn run(client: Client, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let pods: Api<Pod> = Api::all(client.clone());
     let mut events = watcher(pods, launcher_pods(&config.node_name))
         .default_backoff()
         .boxed();
-    let mut launchers = Launchers::new(client.clone(), &config);
+    let mut launchers = Launchers::new(client.clone(), &config, metrics);
     let mut heartbeat = Heartbeat::new(client, &config, Timestamp::now());
     let mut poll = tokio::time::interval(config.poll_interval);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -294,10 +299,13 @@ mod tests {
         let shutdown = async {
             let _ = stopped.await;
         };
-        tokio::time::timeout(Duration::from_secs(20), run(client, config, shutdown))
-            .await
-            .expect("the node role stops when asked")
-            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            run(client, config, Default::default(), shutdown),
+        )
+        .await
+        .expect("the node role stops when asked")
+        .unwrap();
         let seen = api.await.unwrap();
 
         let list = seen.iter().find(|s| s.uri.starts_with("/api/v1/pods?")).unwrap();

@@ -135,8 +135,8 @@ struct Standalone {
     pulls: BTreeMap<VmKey, Pull>,
     metrics: Arc<Metrics>,
     metrics_address: Option<std::net::SocketAddr>,
-    /// Each VM's QEMU CPU time at the last look, to count on from.
-    cpu_seen: BTreeMap<VmKey, f64>,
+    /// What each VM's launcher answers left in the metrics.
+    launcher_series: BTreeMap<VmKey, metrics::LauncherSeries>,
     /// The VMs that have series of their own in the metrics.
     exported: BTreeSet<VmKey>,
     /// The probes of the VMs whose guests run. Lost with the process: a new handler probes afresh, as a restarted
@@ -236,7 +236,7 @@ impl Standalone {
             reported: BTreeSet::new(),
             metrics: Arc::new(Metrics::default()),
             metrics_address: args.metrics_address,
-            cpu_seen: BTreeMap::new(),
+            launcher_series: BTreeMap::new(),
             exported: BTreeSet::new(),
             probes: probing::ProbeRunner::default(),
         })
@@ -348,10 +348,8 @@ impl Standalone {
             .cloned()
             .collect();
         for key in gone {
-            self.metrics.forget(&vm_labels(&key));
-            // Its DHCP series go with everyone's; the running VMs' come back at their next look.
-            self.metrics.dhcp_packets.clear();
-            self.cpu_seen.remove(&key);
+            let seen = self.launcher_series.remove(&key).unwrap_or_default();
+            self.metrics.forget(&vm_labels(&key), &seen);
             self.exported.remove(&key);
         }
     }
@@ -405,30 +403,11 @@ impl Standalone {
         self.exported.insert(key.clone());
     }
 
-    /// What a running VM's launcher and QEMU say for the metrics: DHCP packets, CPU time, resident memory.
-    fn count_usage(&mut self, key: &VmKey, shim: u32, answer: Option<&vmlet_control::Status>) {
-        let labels = vm_labels(key);
-        if let Some(dhcp) = answer.and_then(|a| a.dhcp.as_ref()) {
-            for (outcome, count) in &dhcp.counters {
-                let series = metrics::DhcpLabels {
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                    protocol: "dhcpv4".into(),
-                    outcome: outcome.clone(),
-                };
-                self.metrics
-                    .dhcp_packets
-                    .get_or_create(&series)
-                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
-            }
-        }
-        if let Some((cpu, resident)) = metrics::qemu_under(shim).and_then(metrics::process_usage) {
-            let last = self.cpu_seen.entry(key.clone()).or_insert(0.0);
-            self.metrics.set_cpu_seconds(&labels, cpu, last);
-            self.metrics
-                .resident_bytes
-                .get_or_create(&labels)
-                .set(i64::try_from(resident).unwrap_or(i64::MAX));
+    /// What a running VM's launcher says for the metrics: DHCP packets, its QEMU's CPU time and resident memory.
+    fn count_usage(&mut self, key: &VmKey, answer: Option<&vmlet_control::Status>) {
+        if let Some(answer) = answer {
+            let seen = self.launcher_series.entry(key.clone()).or_default();
+            self.metrics.observe_launcher(&vm_labels(key), answer, seen);
         }
         self.exported.insert(key.clone());
     }
@@ -589,9 +568,9 @@ impl Standalone {
                 ..VirtualMachineStatus::default()
             };
         }
-        if let (Some(pod), Some(ShimState::Running(shim))) = (seen.pod, state) {
+        if let (Some(pod), Some(ShimState::Running(_))) = (seen.pod, state) {
             let answer = self.overlay_launcher_status(pod, &previous, &mut status).await;
-            self.count_usage(seen.key, shim.pid, answer.as_ref());
+            self.count_usage(seen.key, answer.as_ref());
         }
         if let Some(error) = spec_error {
             status_file::note_spec_error(&mut status, &error, seen.pod.is_some());

@@ -60,6 +60,12 @@ pub enum DriverError {
     Unexpected(Event),
 }
 
+/// Where libvirt keeps the pid of domain `name`'s QEMU, with its files in `run_dir/libvirt` as
+/// [`DriverProcess::start`] opens it: its state directory is `run/qemu` there.
+pub fn qemu_pid_file(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join("libvirt/run/qemu").join(format!("{name}.pid"))
+}
+
 /// The running `vmlet-driver`. Dropping it closes the driver's stdin, and the driver destroys the domain and exits.
 pub struct DriverProcess {
     connection: Arc<Connection>,

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -18,6 +19,7 @@ use vmlet_control::ClientError;
 use super::judge::{PodKey, PodState, Probe, Tracking, Update, judge, orphans, owner_vm, pod_state, status_update};
 use super::{Config, FIELD_MANAGER, socket_path};
 use crate::cluster::run_dir;
+use crate::metrics::{LauncherSeries, Metrics, VmLabels};
 use crate::vm_status::{LauncherState, NodeStatus};
 
 /// How long one status request may take before the launcher counts as silent for this round.
@@ -37,6 +39,10 @@ struct Launcher {
     /// The VM's status as last read or written, so that an unchanged launcher costs no request; `None` until
     /// read, and after a failed write.
     known: Option<Known>,
+    /// When the pod was made: its VM's start latencies count from there.
+    created: Option<Timestamp>,
+    /// What this launcher's answers left in the metrics.
+    series: LauncherSeries,
 }
 
 /// A VM's status as the API server last gave it, and the version it had then: the node's writes are conditional
@@ -59,10 +65,11 @@ pub struct Launchers {
     synced: bool,
     /// Run directories without a pod, and since when.
     suspects: BTreeMap<PodKey, Timestamp>,
+    metrics: Arc<Metrics>,
 }
 
 impl Launchers {
-    pub fn new(client: Client, config: &Config) -> Launchers {
+    pub fn new(client: Client, config: &Config, metrics: Arc<Metrics>) -> Launchers {
         Launchers {
             client,
             node: config.node_name.clone(),
@@ -73,6 +80,7 @@ impl Launchers {
             relisted: None,
             synced: false,
             suspects: BTreeMap::new(),
+            metrics,
         }
     }
 
@@ -124,6 +132,8 @@ impl Launchers {
                 tracking: Tracking::default(),
                 connection: None,
                 known: None,
+                created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                series: LauncherSeries::default(),
             }
         });
         launcher.pod = state;
@@ -147,6 +157,21 @@ impl Launchers {
             let Some(launcher) = self.launchers.get_mut(&key) else {
                 continue;
             };
+            let vm = VmLabels {
+                namespace: key.namespace.clone(),
+                name: launcher.vm.clone(),
+            };
+            let since_creation = launcher
+                .created
+                .and_then(|created| now.duration_since(created).try_into().ok());
+            match &probe {
+                Probe::Answered(answer) => {
+                    self.metrics.observe_launcher(&vm, answer, &mut launcher.series);
+                    self.metrics.observe_start(answer, since_creation, &mut launcher.series);
+                }
+                _ if launcher.pod == PodState::Alive && !launcher.deleted => launcher.series.unanswered(),
+                _ => {}
+            }
             let (state, tracking) = judge(probe, launcher.pod, launcher.tracking, now, self.lost_after);
             launcher.tracking = tracking;
             let vms: Api<VirtualMachine> = Api::namespaced(self.client.clone(), &key.namespace);
@@ -157,13 +182,25 @@ impl Launchers {
             }
         }
         // A deleted pod is forgotten once its last word is written.
-        self.launchers.retain(|key, launcher| {
-            let forget = launcher.deleted && !unwritten.contains(key);
-            if forget {
-                info!(namespace = %key.namespace, vm = %launcher.vm, pod = %key.name, "launcher pod gone");
+        let (gone, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.launchers)
+            .into_iter()
+            .partition(|(key, launcher)| launcher.deleted && !unwritten.contains(key));
+        self.launchers = kept;
+        for (key, launcher) in gone {
+            info!(namespace = %key.namespace, vm = %launcher.vm, pod = %key.name, "launcher pod gone");
+            // The VM's series are its next launcher's too, while it has one here.
+            let next = self
+                .launchers
+                .iter()
+                .any(|(other, l)| other.namespace == key.namespace && l.vm == launcher.vm);
+            if !next {
+                let vm = VmLabels {
+                    namespace: key.namespace,
+                    name: launcher.vm,
+                };
+                self.metrics.forget(&vm, &launcher.series);
             }
-            !forget
-        });
+        }
     }
 
     /// Removes the run directories of pods that are gone. A directory goes only when its pod has been neither

@@ -2,7 +2,7 @@ use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, Conta
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use serde_json::{Value, json};
-use vmlet_control::{GuestAgentStatus, GuestInterface, GuestOsInfo, InterfaceStatus, Phase, Status};
+use vmlet_control::{GuestAgentStatus, GuestInterface, GuestOsInfo, InterfaceStatus, LeaseState, Phase, Status};
 
 use super::*;
 use crate::cluster::{MANAGED_BY, MANAGED_BY_LABEL, VM_NAME_LABEL};
@@ -189,7 +189,7 @@ async fn a_running_launcher_is_read_and_reported_once_then_its_silence_and_loss(
         server.done().await;
     });
 
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Init);
     launchers.observe(watcher::Event::InitApply(launcher_pod(None)));
     launchers.observe(watcher::Event::InitDone);
@@ -224,7 +224,7 @@ async fn a_pause_is_seen_at_the_next_round() {
         expect_apply(&mut server, 2, &now, &paused).await;
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Apply(launcher_pod(None)));
     launchers.tick(at(100)).await;
     *launcher.vm.0.lock().unwrap() = Status {
@@ -251,12 +251,113 @@ async fn a_restarted_handler_adopts_a_running_launcher_without_rewriting_its_sta
         .await;
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Init);
     launchers.observe(watcher::Event::InitApply(launcher_pod(None)));
     launchers.observe(watcher::Event::InitDone);
     launchers.tick(at(500)).await;
     launchers.tick(at(503)).await;
+    drop(launchers);
+    api.await.unwrap();
+}
+
+/// Plays an API server that holds the VM `web` and takes every write of the node's fields.
+async fn accept_everything(mut server: fakes::ApiServer) {
+    let mut version = 1;
+    let mut status = controller_status(POD);
+    while let Some((seen, reply)) = server.next().await {
+        if seen.method == "PATCH" {
+            version += 1;
+            status = with_node(status, &seen.body.unwrap()["status"]);
+        }
+        reply.send(200, &vm(version, status.clone()));
+    }
+}
+
+/// `running()` with what a launcher counts: its DHCP servers' packets and its QEMU's usage.
+fn counting(lease: LeaseState, cpu_seconds: f64) -> Status {
+    let counters = |lease: Option<LeaseState>, pairs: &[(&str, u64)]| vmlet_control::DhcpStatus {
+        lease,
+        counters: pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    };
+    Status {
+        dhcp: Some(counters(Some(lease), &[("answered", 2), ("ignored", 1)])),
+        dhcpv6: Some(Box::new(counters(None, &[("answered", 0)]))),
+        router_advertisements: Some(Box::new(counters(None, &[("unsolicited", 3)]))),
+        qemu: Some(vmlet_control::ProcessUsage {
+            cpu_seconds,
+            resident_bytes: 300 << 20,
+        }),
+        ..running()
+    }
+}
+
+#[tokio::test]
+async fn a_launchers_answers_become_its_vms_series_and_its_start_counts_from_the_pods_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, server) = fakes::pair();
+    let api = tokio::spawn(accept_everything(server));
+    let metrics = Arc::new(Metrics::default());
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), metrics.clone());
+    let mut pod = launcher_pod(None);
+    pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(90)));
+    launchers.observe(watcher::Event::Apply(pod.clone()));
+    // The pod is made; its launcher has no socket yet.
+    launchers.tick(at(100)).await;
+    let launcher = LauncherProcess::start(dir.path(), POD, counting(LeaseState::Offered, 1.5));
+    launchers.tick(at(110)).await;
+    *launcher.vm.0.lock().unwrap() = counting(LeaseState::Bound, 4.0);
+    launchers.tick(at(114)).await;
+    launchers.tick(at(117)).await;
+
+    let text = metrics.encode();
+    for line in [
+        r#"kubevirt_vmi_phase_transition_time_from_creation_seconds_sum{phase="running"} 20.0"#,
+        r#"kubevirt_vmi_phase_transition_time_from_creation_seconds_count{phase="running"} 1"#,
+        "vmlet_vmi_first_lease_seconds_sum 24.0",
+        "vmlet_vmi_first_lease_seconds_count 1",
+        r#"kubevirt_vmi_cpu_usage_seconds_total{namespace="default",name="web"} 4.0"#,
+        r#"kubevirt_vmi_memory_resident_bytes{namespace="default",name="web"} 314572800"#,
+        r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="dhcpv4",outcome="ignored"} 1"#,
+        r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="dhcpv6",outcome="answered"} 0"#,
+        r#"vmlet_vmi_dhcp_packets{namespace="default",name="web",protocol="ra",outcome="unsolicited"} 3"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+
+    // The pod goes: so do its VM's series.
+    launcher.kill();
+    launchers.observe(watcher::Event::Delete(pod));
+    launchers.tick(at(120)).await;
+    let text = metrics.encode();
+    assert!(!text.contains(r#"name="web""#), "{text}");
+    drop(launchers);
+    api.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_launcher_running_when_first_seen_adds_no_start_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let _launcher = LauncherProcess::start(dir.path(), POD, counting(LeaseState::Bound, 1.0));
+    let (client, server) = fakes::pair();
+    let api = tokio::spawn(accept_everything(server));
+    let metrics = Arc::new(Metrics::default());
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), metrics.clone());
+    let mut pod = launcher_pod(None);
+    pod.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(90)));
+    launchers.observe(watcher::Event::Apply(pod));
+    launchers.tick(at(500)).await;
+    launchers.tick(at(503)).await;
+    let text = metrics.encode();
+    assert!(text.contains("vmlet_vmi_first_lease_seconds_count 0"), "{text}");
+    assert!(
+        !text.contains("kubevirt_vmi_phase_transition_time_from_creation_seconds_count"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kubevirt_vmi_cpu_usage_seconds_total{namespace="default",name="web"} 1.0"#),
+        "{text}"
+    );
     drop(launchers);
     api.await.unwrap();
 }
@@ -283,7 +384,7 @@ async fn the_pods_exit_code_is_reported_once_and_its_deletion_adds_nothing() {
         expect_apply(&mut server, 1, &base, &exited_report()).await;
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Apply(launcher_pod(Some(4))));
     launchers.tick(at(200)).await;
     launchers.observe(watcher::Event::Delete(launcher_pod(Some(4))));
@@ -312,7 +413,7 @@ async fn a_pod_deleted_while_its_vm_runs_is_reported_lost_even_when_missed_by_th
         assert!(body["status"].get("guestOSInfo").is_none());
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Apply(launcher_pod(None)));
     // The watch restarts and the pod is no longer listed: it was deleted while the watch was down.
     launchers.observe(watcher::Event::Init);
@@ -341,7 +442,7 @@ async fn an_ended_pods_word_never_covers_the_next_pod_the_vm_follows() {
         expect_get(&mut server, vm(6, now)).await;
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Apply(named_launcher_pod(POD, Some(4))));
     launchers.observe(watcher::Event::Apply(named_launcher_pod(NEXT_POD, None)));
     launchers.tick(at(300)).await;
@@ -367,7 +468,7 @@ async fn a_write_refused_because_the_vm_changed_is_decided_again_on_the_new_stat
         expect_get(&mut server, vm(2, moved)).await;
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Delete(launcher_pod(None)));
     launchers.tick(at(300)).await;
     assert!(launchers.launchers.is_empty(), "nothing left to say about it");
@@ -390,7 +491,7 @@ async fn a_vm_deleted_before_its_status_is_written_is_no_failure() {
         assert_eq!(seen.uri, STATUS_URI);
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Delete(launcher_pod(None)));
     launchers.tick(at(300)).await;
     assert!(launchers.launchers.is_empty(), "nothing left to say about it");
@@ -408,7 +509,7 @@ async fn a_pod_of_an_earlier_vm_of_the_same_name_writes_nothing() {
         expect_get(&mut server, other).await;
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Apply(launcher_pod(Some(0))));
     launchers.tick(at(300)).await;
     drop(launchers);
@@ -433,7 +534,7 @@ async fn a_deleted_pod_is_kept_until_its_last_word_is_written() {
         assert_eq!(seen.body.unwrap()["status"]["launcher"]["state"], "Lost");
         server.done().await;
     });
-    let mut launchers = Launchers::new(client, &fakes::config(dir.path()));
+    let mut launchers = Launchers::new(client, &fakes::config(dir.path()), Arc::default());
     launchers.observe(watcher::Event::Delete(launcher_pod(None)));
     launchers.tick(at(300)).await;
     assert_eq!(launchers.launchers.len(), 1, "kept: its status is not written yet");
@@ -488,7 +589,7 @@ async fn only_the_run_directories_of_pods_that_are_gone_and_silent_are_removed()
     });
     let mut config = fakes::config(pods);
     config.orphan_grace = Duration::from_secs(60);
-    let mut launchers = Launchers::new(client, &config);
+    let mut launchers = Launchers::new(client, &config, Arc::default());
     // Before the watch has listed the node's pods, nothing is known to be gone.
     launchers.sweep(at(0)).await;
     launchers.observe(watcher::Event::Init);
