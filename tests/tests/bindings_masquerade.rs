@@ -35,6 +35,8 @@ fn the_guest_sits_behind_nat_and_listed_ports_reach_it() {
     );
     assert_eq!(lease["mtu"], MTU.to_string());
     assert_eq!(lease["hostname"], "testvm");
+    // The guest prints its routes before its link, so once the link line is in, so are they.
+    let link = fields(&pod.wait_console(&launcher, "VMLET-GUEST link ", 1));
     assert!(
         pod.console_lines("VMLET-GUEST route default via 10.0.2.1 dev eth0")
             .len()
@@ -42,7 +44,6 @@ fn the_guest_sits_behind_nat_and_listed_ports_reach_it() {
         "{}",
         pod.console()
     );
-    let link = fields(&pod.wait_console(&launcher, "VMLET-GUEST link ", 1));
     assert_eq!(link["mtu"], MTU.to_string());
     pod.assert_default_route("10.0.2.1");
     let guest_mac = link["mac"].clone();
@@ -62,13 +63,13 @@ fn the_guest_sits_behind_nat_and_listed_ports_reach_it() {
         route6.starts_with("VMLET-GUEST route6 default via fe80::1 dev eth0 "),
         "the bridge advertises itself as the router: {route6}"
     );
+    pod.wait_console(&launcher, "VMLET-GUEST ready", 1);
     assert_eq!(
         pod.console_lines("VMLET-GUEST route6 fd10:0:2::/120 dev eth0").len(),
         1,
         "the private prefix is on the link: {}",
         pod.console()
     );
-    pod.wait_console(&launcher, "VMLET-GUEST ready", 1);
     assert_eq!(
         pod.console_lines("VMLET-GUEST ping "),
         [
