@@ -64,7 +64,8 @@ const SOCKET_PATH_MAX: usize = 107;
 /// libvirt's short name being the domain's first 20 bytes, and an ID of up to 5 digits.
 const SOCKETS_UNDER_ROOT_MAX: usize = "/lib/qemu/domain-99999-".len() + 20 + "/monitor.sock".len();
 
-/// Where the short names of long roots are: one symbolic link per driver process, named by its pid.
+/// Where the short names of long roots are: one symbolic link per root, named by a hash of the root's path. Not by
+/// the driver's pid: each pod has a PID namespace of its own, where every driver has the same few pids.
 pub const SHORT_ROOTS: &str = "/run/vmlet-driver";
 
 /// Whether libvirt, given `root`, could make a socket whose path does not fit a unix socket address. A pod's run
@@ -74,10 +75,22 @@ pub fn too_long_for_sockets(root: &Path) -> bool {
     root.as_os_str().len() + SOCKETS_UNDER_ROOT_MAX > SOCKET_PATH_MAX
 }
 
+/// The short link's name for `root`: distinct roots (distinct pods) get distinct links, and a pod's next driver
+/// the same one again.
+fn short_name(root: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same name in every process of one build, which is all that shares the folder.
+    let mut hasher = std::hash::DefaultHasher::new();
+    root.hash(&mut hasher);
+    Path::new(SHORT_ROOTS).join(format!("{:016x}", hasher.finish()))
+}
+
 /// The name to give libvirt for `root`: `root` itself when the sockets under it fit, else a short symbolic link to
-/// it (`/run/vmlet-driver/PID`), made now. libvirt builds every path from the root as named, so the files stay in
-/// the run directory, and go with it, while the sockets' paths stay short. Links of driver processes that are gone
-/// are removed on the way.
+/// it (`/run/vmlet-driver/HASH`), made now. libvirt builds every path from the root as named, so the files stay in
+/// the run directory, and go with it, while the sockets' paths stay short.
+///
+/// Links whose run directory is gone are removed on the way; a link that still leads somewhere is never touched,
+/// since libvirt, finding its root missing, would make a directory in the link's place and run there.
 pub fn name_for_libvirt(root: &Path) -> io::Result<PathBuf> {
     if !too_long_for_sockets(root) {
         return Ok(root.to_owned());
@@ -85,20 +98,19 @@ pub fn name_for_libvirt(root: &Path) -> io::Result<PathBuf> {
     let links = Path::new(SHORT_ROOTS);
     std::fs::create_dir_all(links)?;
     for entry in std::fs::read_dir(links)? {
-        let entry = entry?;
-        let gone = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
-        if gone {
-            let _ = std::fs::remove_file(entry.path());
+        let path = entry?.path();
+        let dangling = path.is_symlink() && !path.exists();
+        if dangling {
+            let _ = std::fs::remove_file(&path);
         }
     }
-    let link = links.join(std::process::id().to_string());
-    match std::fs::remove_file(&link) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
-        _ => {}
+    let link = short_name(root);
+    match std::fs::symlink_metadata(&link) {
+        // What a libvirt left whose link went while it ran: nothing of a pod's lives there.
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&link)?,
+        Ok(_) => std::fs::remove_file(&link)?,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
     }
     std::os::unix::fs::symlink(root, &link)?;
     Ok(link)
@@ -173,7 +185,7 @@ mod tests {
         assert!(!too_long_for_sockets(Path::new(&longest_fitting)));
         assert!(too_long_for_sockets(Path::new(&format!("{longest_fitting}r"))));
         // The link itself leaves room.
-        assert!(!too_long_for_sockets(&Path::new(SHORT_ROOTS).join("4194304")));
+        assert!(!too_long_for_sockets(&short_name(standalone)));
     }
 
     #[test]
@@ -182,13 +194,38 @@ mod tests {
         let root = scratch.join(format!("{}/libvirt", "long-".repeat(12)));
         std::fs::create_dir_all(&root).unwrap();
         let named = name_for_libvirt(&root).unwrap();
-        assert_eq!(named, Path::new(SHORT_ROOTS).join(std::process::id().to_string()));
+        assert_eq!(named, short_name(&root));
         assert_eq!(std::fs::read_link(&named).unwrap(), root);
-        // Again (a driver started twice in one process): the link is made anew.
+        // Again (the pod's next driver): the link is made anew.
         assert_eq!(name_for_libvirt(&root).unwrap(), named);
         std::fs::remove_file(&named).unwrap();
         let short = scratch.join("libvirt");
         assert_eq!(name_for_libvirt(&short).unwrap(), short);
+    }
+
+    #[test]
+    fn pods_with_the_same_pids_keep_their_own_links() {
+        let scratch = ScratchDir::new();
+        let long = |pod: &str| scratch.join(format!("{}/{pod}/run/libvirt", "long-".repeat(12)));
+        let (one, two, gone) = (long("one"), long("two"), long("gone"));
+        for root in [&one, &two, &gone] {
+            std::fs::create_dir_all(root).unwrap();
+        }
+        let named_one = name_for_libvirt(&one).unwrap();
+        let named_gone = name_for_libvirt(&gone).unwrap();
+        std::fs::remove_dir_all(gone.parent().unwrap().parent().unwrap()).unwrap();
+        // A libvirt whose link was taken away made a directory in its place.
+        let stale = short_name(&two);
+        std::fs::create_dir_all(stale.join("run/qemu")).unwrap();
+
+        let named_two = name_for_libvirt(&two).unwrap();
+        assert_ne!(named_one, named_two);
+        assert_eq!(std::fs::read_link(&named_one).unwrap(), one, "another pod's link stays");
+        assert_eq!(std::fs::read_link(&named_two).unwrap(), two);
+        assert!(!named_gone.is_symlink(), "the link of a pod that is gone is swept");
+        for link in [named_one, named_two] {
+            std::fs::remove_file(link).unwrap();
+        }
     }
 
     #[test]
