@@ -214,6 +214,8 @@ spec:
             - blkid /dev/vdb || mkfs.ext4 -q /dev/vdb
             - mkdir -p /data && mount /dev/vdb /data
             - echo cloud-init-ran > /run/proof
+      # Ready once the test says so: the probe's program runs in the guest, through its agent.
+      readinessProbe: {{exec: {{command: [/usr/bin/test, -e, /run/ready-now]}}, periodSeconds: 2, timeoutSeconds: 10}}
       accessCredentials:
       - sshPublicKey: {{source: {{secret: {{secretName: granted}}}}, propagationMethod: {{noCloud: {{}}}}}}
 ---
@@ -237,7 +239,7 @@ stringData: {{key: "{granted_key}"}}
 const CONSOLE_PASSWORD: &str = "serial-7Kq2";
 
 /// A containerDisk from the registry with NoCloud user data boots at its pod's address and answers SSH with what
-/// cloud-init was told; `vmlet ssh`, `scp` and `console` (a login at the serial prompt) reach it; its guest agent's
+/// cloud-init was told; readiness probes run a program in the guest and ping its agent; `vmlet ssh`, `scp` and `console` (a login at the serial prompt) reach it; its guest agent's
 /// word reaches status. A second VM of the same image pulls nothing and neither VM changes the stored image. A file
 /// on the claim outlives the VM's deletion; one on the containerDisk does not.
 #[test]
@@ -265,6 +267,12 @@ fn a_cloud_image_boots_with_cloud_init_and_its_claim_outlives_it() {
         world.ssh("granted", "debian", &address, "whoami", "web").trim(),
         "debian"
     );
+
+    // The readiness probe's program ran in the guest and failed: Running and not Ready, the condition saying why.
+    let waiting = world.wait_status_text("web", "/run/ready-now\"] exited with 1", WAIT * 4);
+    assert!(waiting.contains("reason: GuestNotReady"), "{waiting}");
+    world.ssh("user", "tester", &address, "sudo touch /run/ready-now", "web");
+    world.machine.wait_status("web", &["Running", "True"], WAIT);
 
     // `vmlet ssh` finds the VM's address itself.
     let mut vmlet_ssh = world.machine.host().exec(binary("vmlet"));
@@ -361,11 +369,16 @@ fn a_cloud_image_boots_with_cloud_init_and_its_claim_outlives_it() {
             .unwrap()
             .replace("{name: web}", "{name: other}")
             .replace(
+                "readinessProbe: {exec: {command: [/usr/bin/test, -e, /run/ready-now]}",
+                "readinessProbe: {guestAgentPing: {}",
+            )
+            .replace(
                 "      - {name: data, persistentVolumeClaim: {claimName: web-data}}\n",
                 "      - {name: data, emptyDisk: {capacity: 64Mi}}\n",
             ),
     );
-    world.machine.wait_status("other", &["Running"], BOOT);
+    // Ready once its guest agent answers a ping.
+    world.machine.wait_status("other", &["Running", "True"], BOOT);
     assert_eq!(
         world.registry.blob_gets().len(),
         1,
