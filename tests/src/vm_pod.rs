@@ -330,6 +330,21 @@ impl VmPod {
         })
     }
 
+    /// What the guest sends on its TCP `port` before closing, read through `vmlet-launcher connect guest` in the
+    /// pod (as `vmlet` runs it over `pods/exec`), or the launcher's error.
+    pub fn connect_guest(&self, port: u16) -> Result<String, String> {
+        let mut connect = self.pod.exec(crate::binary("vmlet-launcher"));
+        connect
+            .args(["connect", "guest", "--port", &port.to_string()])
+            .stdin(std::process::Stdio::null());
+        let output = crate::output_within(&mut connect, WAIT).map_err(|err| format!("vmlet-launcher: {err}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+        }
+    }
+
     /// Processes that belong to this pod's VM, found by the run directory on their command line.
     pub fn vm_processes(&self) -> Vec<String> {
         let run_dir = self.run_dir().display().to_string();

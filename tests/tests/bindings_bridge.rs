@@ -74,7 +74,9 @@ fn the_pods_further_routes_reach_the_guest() {
         "dev",
         "eth0",
     ]);
-    let spec = GuestSpec::new("bridge: {}", "10.96.0.10,fd00:10:96::a").ipv6();
+    let spec = GuestSpec::new("bridge: {}", "10.96.0.10,fd00:10:96::a")
+        .ipv6()
+        .listen(&[8080]);
     let launcher = pod.start(&pod.write_manifest("vm.yaml", &spec));
 
     let lease = fields(&pod.wait_console(&launcher, "VMLET-GUEST lease ", 1));
@@ -106,6 +108,19 @@ fn the_pods_further_routes_reach_the_guest() {
         ]
     );
     assert!(!pod.console().contains("VMLET-GUEST error"), "{}", pod.console());
+
+    // The pod itself reaches its guest, whose address is the pod's own, as `vmlet ssh` does on Kubernetes.
+    assert_eq!(
+        pod.connect_guest(8080).as_deref(),
+        Ok("VMLET-GUEST hello hostname=testvm")
+    );
+    let refused = pod.connect_guest(9090);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|err| err.contains("port 9090") && err.contains("refused")),
+        "{refused:?}"
+    );
 }
 
 /// A pod whose IPv6 default gateway is the node end's global address, with a further address on the node to ping.

@@ -105,6 +105,17 @@ fn the_guest_sits_behind_nat_and_listed_ports_reach_it() {
         );
     }
 
+    // `vmlet-launcher connect guest` reaches any TCP port the guest serves, listed or not.
+    assert_eq!(pod.connect_guest(8080).as_deref(), Ok(HELLO));
+    assert_eq!(pod.connect_guest(9090).as_deref(), Ok(HELLO), "an unlisted port");
+    let refused = pod.connect_guest(7070);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|err| err.contains("port 7070") && err.contains("refused")),
+        "the guest itself refuses what it does not serve: {refused:?}"
+    );
+
     let status = pod.control("status");
     let interface = &status["status"]["interfaces"][0];
     assert_eq!(interface["binding"], "masquerade", "{status}");

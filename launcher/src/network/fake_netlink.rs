@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::mem::discriminant;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use rtnetlink::Error;
@@ -12,6 +12,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{AfSpecUnspec, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::RouteMessage;
+use vmlet_dhcp::MacAddr;
 use vmlet_netfilter::{IngressFilters, Table, ToolError};
 
 use super::netlink::{self, Netlink};
@@ -30,6 +31,10 @@ pub(crate) struct PodStack {
     /// Ingress filters by link.
     pub(crate) filters: BTreeMap<String, IngressFilters>,
     pub(crate) ipv6_forwarding: bool,
+    /// Host routes the binding made: destination to link index and source.
+    pub(crate) host_routes: BTreeMap<Ipv4Addr, (u32, Ipv4Addr)>,
+    /// Permanent neighbour entries: address to link index and hardware address.
+    pub(crate) neighbours: BTreeMap<IpAddr, (u32, MacAddr)>,
 }
 
 #[derive(Default)]
@@ -193,6 +198,25 @@ impl Netlink for FakeNetlink {
             net.map(|n| n.to_string()).unwrap_or_default(),
             self.name_of(index)
         ));
+        Ok(())
+    }
+
+    async fn replace_host_route(&self, destination: Ipv4Addr, index: u32, source: Ipv4Addr) -> Result<(), Error> {
+        let before = self.stack.borrow_mut().host_routes.insert(destination, (index, source));
+        if before != Some((index, source)) {
+            self.record(format!(
+                "route {destination}/32 dev {} src {source}",
+                self.name_of(index)
+            ));
+        }
+        Ok(())
+    }
+
+    async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<(), Error> {
+        let before = self.stack.borrow_mut().neighbours.insert(ip, (index, mac));
+        if before != Some((index, mac)) {
+            self.record(format!("neighbour {ip} lladdr {mac} dev {}", self.name_of(index)));
+        }
         Ok(())
     }
 

@@ -1,13 +1,13 @@
 //! The requests the bindings make of the kernel, behind the [`Netlink`] trait, and readers for the attributes of
 //! rtnetlink's messages.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{AfSpecUnspec, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::packet_route::route::RouteMessage;
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope};
 use rtnetlink::{Error, Handle, RouteMessageBuilder};
 use vmlet_dhcp::MacAddr;
 use vmlet_netfilter::{IngressFilters, Table, ToolError};
@@ -34,6 +34,10 @@ pub(crate) trait Netlink {
     async fn set_port(&self, port: LinkMessage) -> Result<(), Error>;
     async fn add_address(&self, index: u32, net: IpNet, flags: AddressFlags) -> Result<(), Error>;
     async fn delete_address(&self, address: AddressMessage) -> Result<(), Error>;
+    /// Routes `destination` (a /32) out of the link `index` from `source`, in place of any route to it.
+    async fn replace_host_route(&self, destination: Ipv4Addr, index: u32, source: Ipv4Addr) -> Result<(), Error>;
+    /// Says, permanently, that `ip` is at `mac` on the link `index`.
+    async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<(), Error>;
     /// Creates the persistent tap `name` (see [`tap_device::create_persistent_tap`]).
     fn create_tap(&self, name: &str) -> Result<(), TapError>;
     fn replace_tables(&self, tables: &[Table]) -> Result<(), ToolError>;
@@ -94,6 +98,25 @@ impl Netlink for Handle {
 
     async fn delete_address(&self, address: AddressMessage) -> Result<(), Error> {
         self.address().del(address).execute().await
+    }
+
+    async fn replace_host_route(&self, destination: Ipv4Addr, index: u32, source: Ipv4Addr) -> Result<(), Error> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination, 32)
+            .output_interface(index)
+            .pref_source(source)
+            .scope(RouteScope::Link)
+            .build();
+        self.route().add(route).replace().execute().await
+    }
+
+    async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<(), Error> {
+        self.neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac.0)
+            .replace()
+            .execute()
+            .await
     }
 
     fn create_tap(&self, name: &str) -> Result<(), TapError> {

@@ -16,7 +16,8 @@ use super::{
     hand_over_identity, no_ipv6_addresses, serve_from, stop_learning,
 };
 use crate::network::binding::BindingRequest;
-use crate::network::binding::bridge::{DEFAULT_SERVER_ADDRESS, Guard, guard_table};
+use crate::network::binding::GUEST_FROM_POD;
+use crate::network::binding::bridge::{DEFAULT_SERVER_ADDRESS, Guard, guard_table, guest_access_table};
 use crate::network::error::ApplyError;
 
 /// Rewires the pod network for the guest as `request` says (`bridge` or `managedTap`), or finishes what an earlier
@@ -57,7 +58,7 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &impl Netlink) -> Re
     let tap = ensure_tap(handle, &names.tap).await?;
     attach_port(handle, tap.header.index, &names.tap, bridge_index, pod.mtu).await?;
     let bridge_name = names.bridge.clone();
-    hand_over_identity(
+    let wired = hand_over_identity(
         handle,
         request,
         names,
@@ -65,5 +66,20 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &impl Netlink) -> Re
         server_address,
         recorded,
     )
-    .await
+    .await?;
+    if let (Some(server), Some(guest)) = (server_address, wired.pod.ipv4.first()) {
+        let guest = guest.addr();
+        handle
+            .replace_tables(&[guest_access_table(&wired.tap, wired.served_link_mac, guest, server)])
+            .map_err(ApplyError::Nft)?;
+        handle
+            .replace_host_route(GUEST_FROM_POD, bridge_index, server)
+            .await
+            .map_err(failed_to("route the pod's way to its guest"))?;
+        handle
+            .replace_neighbour(bridge_index, IpAddr::V4(GUEST_FROM_POD), wired.guest_mac)
+            .await
+            .map_err(failed_to("tell the pod where its guest is"))?;
+    }
+    Ok(wired)
 }

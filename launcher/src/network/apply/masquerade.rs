@@ -18,8 +18,8 @@ use super::{
     LinkNames, PodRecord, Recorded, Wired, attach_port, ensure_addresses, ensure_bridge, ensure_tap, failed_to,
     local_mac, no_ipv6_addresses, random_bytes, set_ipv4_conf,
 };
-use crate::network::binding::BindingRequest;
 use crate::network::binding::masquerade::{BRIDGE_MAC, GATEWAY_LINK_LOCAL, nat_table};
+use crate::network::binding::{BindingRequest, GUEST_FROM_POD};
 use crate::network::error::{ApplyError, PlanError};
 
 /// Builds the guest's private network and the NAT, or finishes what an earlier launcher in this pod started.
@@ -101,6 +101,14 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &impl Netlink) -> Re
     handle
         .replace_tables(&[nat_table(&pod, &names.bridge, &request.subnets, &request.ports)])
         .map_err(ApplyError::Nft)?;
+    if !pod.ipv4.is_empty() {
+        // The guest's other name leads out of the bridge, from the gateway's address, which the guest answers
+        // directly; the table's DNAT gives the connection the guest's address on its way.
+        handle
+            .replace_host_route(GUEST_FROM_POD, bridge_index, request.subnets.gateway_v4().addr())
+            .await
+            .map_err(failed_to("route the pod's way to its guest"))?;
+    }
 
     info!(
         interface = %pod.name,

@@ -161,12 +161,22 @@ mod against_the_fake {
             "add link eth0",
             "add address 10.244.1.7/24 to eth0",
             "add address fd00:10:244:1::7/64 to eth0",
+            // The pod's way to its guest, whose address is the pod's own.
+            "replace table Bridge vmlet-guest-access",
+            "route 169.254.75.11/32 dev vb-eth0 src 169.254.75.10",
         ] {
             assert!(
                 changes.contains(&expected.to_owned()),
                 "{expected:?} missing from {changes:?}"
             );
         }
+        assert!(
+            changes.contains(&format!(
+                "neighbour 169.254.75.11 lladdr {} dev vb-eth0",
+                wired.guest_mac
+            )),
+            "{changes:?}"
+        );
         assert_eq!(
             (wired.served_link.as_str(), wired.tap.as_str()),
             ("vb-eth0", "tap-eth0")

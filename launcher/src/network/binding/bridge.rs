@@ -10,10 +10,13 @@
 //! ebtables are needed. They are loaded with the `nft` tool.
 
 use std::net::Ipv4Addr;
+use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::runner as dhcpv4;
 use vmlet_dhcp::v6::runner as dhcpv6;
 
 use vmlet_netfilter::{Family, Table};
+
+use super::GUEST_FROM_POD;
 
 /// The bridge's address, the DHCP server's identifier and the source of its replies: link-local, so it is never
 /// mistaken for an address of the pod network. The same as KubeVirt's.
@@ -77,6 +80,35 @@ pub(crate) fn guard_table(pod_port: &str, guard: Guard) -> Table {
     }
 }
 
+/// The ruleset that lets the pod's own stack reach the guest over TCP as [`GUEST_FROM_POD`], statelessly, as the
+/// frames cross the bridge:
+///
+/// - `output`: what the pod sends to the guest's other name (a host route and a permanent neighbour entry take it
+///   to the guest's MAC address) gets the guest's address as its destination.
+/// - `prerouting`: what the guest answers to the bridge's address `server` goes to the guest's router's MAC address,
+///   as everything off its subnet does; it is turned to the bridge itself, and its source becomes the guest's other
+///   name again, which the pod's stack does not take for its own address.
+///
+/// nftables fixes the IP and TCP checksums of the addresses it rewrites.
+pub(crate) fn guest_access_table(tap: &str, bridge_mac: MacAddr, guest: Ipv4Addr, server: Ipv4Addr) -> Table {
+    let alias = GUEST_FROM_POD;
+    Table {
+        family: Family::Bridge,
+        name: "vmlet-guest-access".into(),
+        chains: format!(
+            r#"    chain output {{
+        type filter hook output priority filter; policy accept;
+        ip daddr {alias} meta l4proto tcp ip daddr set {guest}
+    }}
+    chain prerouting {{
+        type filter hook prerouting priority filter; policy accept;
+        iifname "{tap}" ip saddr {guest} ip daddr {server} meta l4proto tcp ether daddr set {bridge_mac} meta pkttype set host ip saddr set {alias}
+    }}
+"#
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +132,23 @@ mod tests {
         assert!(
             !managed.contains("udp"),
             "the pod network's DHCP reaches the guest: {managed}"
+        );
+    }
+
+    #[test]
+    fn the_guest_is_reached_by_its_other_name_and_answers_to_it() {
+        let mac: MacAddr = "02:fa:4e:00:00:07".parse().unwrap();
+        let rules = guest_access_table("tap-eth0", mac, Ipv4Addr::new(10, 244, 1, 7), DEFAULT_SERVER_ADDRESS).ruleset();
+        assert!(
+            rules.contains("ip daddr 169.254.75.11 meta l4proto tcp ip daddr set 10.244.1.7\n"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(
+                "iifname \"tap-eth0\" ip saddr 10.244.1.7 ip daddr 169.254.75.10 meta l4proto tcp \
+                 ether daddr set 02:fa:4e:00:00:07 meta pkttype set host ip saddr set 169.254.75.11\n"
+            ),
+            "{rules}"
         );
     }
 }

@@ -14,7 +14,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 use vmlet_netfilter::{Family, Table};
 
-use super::{BindingRequest, GuestNetwork, pod_addresses, served};
+use super::{BindingRequest, GUEST_FROM_POD, GuestNetwork, pod_addresses, served};
 use crate::guest_addressing;
 use crate::network::apply::Wired;
 use crate::network::error::PlanError;
@@ -208,6 +208,13 @@ pub(crate) fn nat_table(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets
             let _ = writeln!(output, "        ip daddr 127.0.0.1 {m}dnat ip to {guest4}");
         }
     }
+    if !pod.ipv4.is_empty() {
+        // The guest by its other name, every TCP port (`vmlet-launcher connect guest`).
+        let _ = writeln!(
+            output,
+            "        ip daddr {GUEST_FROM_POD} meta l4proto tcp dnat ip to {guest4}"
+        );
+    }
     let v4 = subnets.v4;
     let v6 = subnets.v6;
     Table {
@@ -330,10 +337,12 @@ mod tests {
             "oifname \"vb-eth0\" ip saddr 127.0.0.1 snat ip to 10.0.2.1",
             "oifname != \"vb-eth0\" ip saddr 10.0.2.0/24 masquerade",
             "oifname != \"vb-eth0\" ip6 saddr fd10:0:2::/120 masquerade",
+            // The guest by its other name, from the pod itself, whatever the list.
+            "ip daddr 169.254.75.11 meta l4proto tcp dnat ip to 10.0.2.2",
         ] {
             assert!(lines.contains(&expected), "{expected:?} missing from\n{rules}");
         }
-        assert_eq!(lines.iter().filter(|line| line.contains("dnat")).count(), 6);
+        assert_eq!(lines.iter().filter(|line| line.contains("dnat")).count(), 7);
         assert!(
             !rules.contains("::1"),
             "the kernel cannot carry IPv6 loopback to the guest: {rules}"

@@ -10,7 +10,7 @@ pub(crate) mod managed_tap;
 pub(crate) mod masquerade;
 pub(crate) mod tap;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use rtnetlink::Handle;
@@ -25,6 +25,13 @@ use super::error::{ApplyError, PlanError};
 use super::gateway::{self, RouterSearch};
 use super::loopback_relay::LoopbackRelay;
 use super::pod_interface::PodInterface;
+
+/// The guest as the pod's own stack reaches it (`vmlet-launcher connect guest`, how `vmlet ssh` and `port-forward`
+/// get to a guest on Kubernetes). Under `bridge` the guest has the pod's address, which inside the pod is the pod's
+/// own: a connection to it never leaves the pod. So the pod calls the guest by this link-local name, and the bridge
+/// translates it to the guest's address and back ([`bridge::guest_access_table`]). Under `masquerade` a DNAT rule does the
+/// same. The same name in every pod.
+pub(crate) const GUEST_FROM_POD: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 11);
 
 /// One guest NIC to wire to the pod network.
 #[derive(Clone, Debug)]
