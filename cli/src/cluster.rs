@@ -1,7 +1,7 @@
 //! Kubernetes mode: VMs through the API server of the current kubeconfig context, with only what `kubectl` users
 //! already have (docs/cli.md): `get`, `list` and `patch` on VirtualMachines; `pods/exec` into a launcher Pod's
 //! `launcher` container running `vmlet-launcher connect console|vnc|control`, which joins the exec's stdin and
-//! stdout to that socket of the run directory; `pods/portforward` for the guest's ports; `pods/log`.
+//! stdout to that socket of the run directory, or `connect guest --port PORT` for a port of the guest; `pods/log`.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{AttachParams, ListParams, LogParams, Patch, PatchParams};
@@ -105,29 +105,16 @@ impl Cluster {
 
     pub async fn open(&self, vm: &VirtualMachine, endpoint: Endpoint) -> Result<Stream> {
         let pod = Self::launcher_pod(vm)?;
-        if let Some(socket) = endpoint.socket() {
-            let params = AttachParams::default()
-                .container(LAUNCHER_CONTAINER)
-                .stdin(true)
-                .stdout(true)
-                .stderr(false);
-            let mut process = self
-                .pods()
-                .exec(&pod, ["vmlet-launcher", "connect", socket], &params)
-                .await?;
-            let (Some(stdout), Some(stdin)) = (process.stdout(), process.stdin()) else {
-                return Err(Error::Launcher("the exec has no stdin or stdout".into()));
-            };
-            return Ok(Box::new(tokio::io::join(stdout, stdin)));
-        }
-        let Endpoint::Port(port) = endpoint else {
-            unreachable!("every other endpoint is a socket")
+        let params = AttachParams::default()
+            .container(LAUNCHER_CONTAINER)
+            .stdin(true)
+            .stdout(true)
+            .stderr(false);
+        let mut process = self.pods().exec(&pod, endpoint.launcher_command(), &params).await?;
+        let (Some(stdout), Some(stdin)) = (process.stdout(), process.stdin()) else {
+            return Err(Error::Launcher("the exec has no stdin or stdout".into()));
         };
-        let mut forwarder = self.pods().portforward(&pod, &[port]).await?;
-        let stream = forwarder
-            .take_stream(port)
-            .ok_or_else(|| Error::Launcher(format!("the port-forward has no stream for port {port}")))?;
-        Ok(Box::new(stream))
+        Ok(Box::new(tokio::io::join(stdout, stdin)))
     }
 
     /// Copies the launcher container's log to `out`, following it when asked.

@@ -32,14 +32,20 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The launcher's socket for this endpoint, in its run directory (`vmlet-launcher connect NAME`).
-    pub fn socket(self) -> Option<&'static str> {
-        match self {
-            Endpoint::Console => Some("console"),
-            Endpoint::Vnc => Some("vnc"),
-            Endpoint::Control => Some("control"),
-            Endpoint::Port(_) => None,
-        }
+    /// The command that joins an exec's stdin and stdout to this endpoint inside the launcher Pod: one of its
+    /// sockets, or a TCP port of the guest, which the launcher reaches under `bridge` as under `masquerade`.
+    pub fn launcher_command(self) -> Vec<String> {
+        let socket = match self {
+            Endpoint::Console => "console",
+            Endpoint::Vnc => "vnc",
+            Endpoint::Control => "control",
+            Endpoint::Port(port) => {
+                return ["vmlet-launcher", "connect", "guest", "--port", &port.to_string()]
+                    .map(String::from)
+                    .to_vec();
+            }
+        };
+        ["vmlet-launcher", "connect", socket].map(String::from).to_vec()
     }
 
     /// The launcher's socket for this endpoint in `run_dir`.
@@ -53,7 +59,7 @@ impl Endpoint {
     }
 }
 
-/// A byte stream to a VM, whichever way it goes (a unix socket, a TCP connection, an exec or a port-forward).
+/// A byte stream to a VM, whichever way it goes (a unix socket, a TCP connection or an exec).
 pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
 pub type Stream = Box<dyn Duplex>;

@@ -17,18 +17,12 @@ pub const PERMISSIONS: &[Permission] = &[
         resource: "virtualmachines",
         verbs: &["get", "list", "patch"],
     },
-    // console, vnc, pause, unpause, stop --force/--grace-period, restart: `vmlet-launcher connect` in the launcher
-    // container. A websocket exec is a GET, which RBAC reads as `get`; API servers since 1.31 also require `create`
-    // on it (as for the POST that SPDY clients send).
+    // console, vnc, pause, unpause, stop --force/--grace-period, restart, and ssh, scp, port-forward:
+    // `vmlet-launcher connect` in the launcher container. A websocket exec is a GET, which RBAC reads as `get`; API
+    // servers since 1.31 also require `create` on it (as for the POST that SPDY clients send).
     Permission {
         group: "",
         resource: "pods/exec",
-        verbs: &["get", "create"],
-    },
-    // ssh, scp, port-forward: the same for the launcher Pod's ports.
-    Permission {
-        group: "",
-        resource: "pods/portforward",
         verbs: &["get", "create"],
     },
     // logs
@@ -58,7 +52,7 @@ pub fn needs(method: &str, path: &str) -> Option<(String, String, Vec<&'static s
         [resource, _name, sub] => (format!("{resource}/{sub}"), true),
         _ => return None,
     };
-    let upgrade = resource.ends_with("/exec") || resource.ends_with("/portforward");
+    let upgrade = resource.ends_with("/exec");
     let verbs = match (method, named) {
         ("GET", _) if upgrade => vec!["get", "create"],
         ("GET", true) => vec!["get"],

@@ -260,7 +260,7 @@ async fn console_and_vnc_exec_into_the_launcher() {
 }
 
 #[tokio::test]
-async fn port_forward_uses_the_launcher_pods_portforward() {
+async fn port_forward_execs_a_connection_to_the_guests_port() {
     let forward = Verb::PortForward {
         vm: "web".into(),
         ports: vec!["22".into()],
@@ -269,15 +269,20 @@ async fn port_forward_uses_the_launcher_pods_portforward() {
     };
     let script = vec![
         get_vm("Always", true),
-        expect(
-            Method::GET,
-            &format!("{POD}/portforward"),
-            forbidden("pods/portforward"),
-        )
-        .query(&[("ports", "22")])
-        .status(StatusCode::FORBIDDEN),
+        expect(Method::GET, &format!("{POD}/exec"), forbidden("pods/exec"))
+            .query(&[
+                ("container", "launcher"),
+                ("stdin", "true"),
+                ("stdout", "true"),
+                ("command", "vmlet-launcher"),
+                ("command", "connect"),
+                ("command", "guest"),
+                ("command", "--port"),
+                ("command", "22"),
+            ])
+            .status(StatusCode::FORBIDDEN),
     ];
-    assert_forbidden(converse(forward, script).await, "pods/portforward");
+    assert_forbidden(converse(forward, script).await, "pods/exec");
 }
 
 #[tokio::test]

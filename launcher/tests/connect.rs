@@ -45,3 +45,14 @@ fn a_missing_socket_says_the_vm_may_not_run() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_guest_connection_needs_its_port() {
+    let output = Command::new(env!("CARGO_BIN_EXE_vmlet-launcher"))
+        .args(["connect", "guest"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--port"), "{stderr}");
+}
