@@ -23,7 +23,7 @@ use vmlet_control::{Exit as GuestEnd, Phase as LauncherPhase, Status};
 use crate::cluster::{CONTAINER, RUN_DIRS_ON_HOST};
 use crate::controller::launcher_pod;
 use crate::lifecycle::{self, Launcher, LauncherAction, Observation};
-use crate::node::judge::{Probe, Tracking, Update, judge, pod_state, status_update};
+use crate::node::judge::{ControlPoll, Tracking, Update, judge, pod_state, status_update};
 use crate::vm_status::NodeStatus;
 use crate::{Cli, Command};
 
@@ -176,8 +176,8 @@ fn pod(is: PodIs) -> Pod {
     }
 }
 
-fn guest(phase: LauncherPhase, exit: Option<GuestEnd>) -> Probe {
-    Probe::Answered(Status {
+fn guest(phase: LauncherPhase, exit: Option<GuestEnd>) -> ControlPoll {
+    ControlPoll::Answered(Status {
         phase,
         domain_state: Some(phase.to_string()),
         interfaces: vec![vmlet_control::InterfaceStatus {
@@ -208,13 +208,13 @@ fn guest(phase: LauncherPhase, exit: Option<GuestEnd>) -> Probe {
 /// controller looks, and when.
 struct Round {
     pod: PodIs,
-    probe: Probe,
+    probe: ControlPoll,
     node_alive: bool,
     controller_looks: bool,
     second: i64,
 }
 
-fn round(second: i64, pod: PodIs, probe: Probe) -> Round {
+fn round(second: i64, pod: PodIs, probe: ControlPoll) -> Round {
     Round {
         pod,
         probe,
@@ -350,7 +350,7 @@ fn both_writers_make_one_status_in_each_scenario() {
     use RunStrategy::{Always, Once};
     let up = || round(10, PodIs::Running, guest(L::Running, None));
     let ip = Some("10.244.1.7");
-    let silent = |second| round(second, PodIs::Running, Probe::NoAnswer);
+    let silent = |second| round(second, PodIs::Running, ControlPoll::NoAnswer);
     // (scenario, strategy, rounds after the guest came up, the final status)
     let scenarios: Vec<(&str, RunStrategy, Vec<Round>, Summary)> = vec![
         (
@@ -370,7 +370,7 @@ fn both_writers_make_one_status_in_each_scenario() {
             Once,
             vec![
                 round(13, PodIs::Running, guest(L::Stopped, Some(GuestEnd::ShutDown))),
-                round(16, PodIs::Exited(0), Probe::NoSocket),
+                round(16, PodIs::Exited(0), ControlPoll::NoSocket),
             ],
             expect(
                 "Succeeded",
@@ -385,7 +385,7 @@ fn both_writers_make_one_status_in_each_scenario() {
         (
             "launcher crashed, exit code 4",
             Always,
-            vec![round(13, PodIs::Exited(4), Probe::NoSocket)],
+            vec![round(13, PodIs::Exited(4), ControlPoll::NoSocket)],
             expect(
                 "Failed",
                 "CrashLoopBackOff",
@@ -414,8 +414,8 @@ fn both_writers_make_one_status_in_each_scenario() {
             "launcher pod deleted after its exit code 4 was reported",
             Once,
             vec![
-                round(13, PodIs::Exited(4), Probe::NoSocket),
-                round(16, PodIs::Deleted, Probe::NoSocket),
+                round(13, PodIs::Exited(4), ControlPoll::NoSocket),
+                round(16, PodIs::Deleted, ControlPoll::NoSocket),
             ],
             expect(
                 "Failed",
@@ -432,7 +432,7 @@ fn both_writers_make_one_status_in_each_scenario() {
             Always,
             vec![Round {
                 node_alive: false,
-                ..round(60, PodIs::Running, Probe::NoAnswer)
+                ..round(60, PodIs::Running, ControlPoll::NoAnswer)
             }],
             expect(
                 "Failed",
@@ -447,7 +447,7 @@ fn both_writers_make_one_status_in_each_scenario() {
     ];
     for (what, strategy, rounds, expected) in scenarios {
         let mut cluster = Cluster::new(strategy);
-        cluster.round(&round(5, PodIs::Running, Probe::NoSocket));
+        cluster.round(&round(5, PodIs::Running, ControlPoll::NoSocket));
         assert_eq!(
             summary(&cluster.server.status).0,
             "Scheduled",
@@ -485,8 +485,10 @@ fn the_launcher_a_node_reports_lost_is_replaced_and_its_exit_code_reaches_the_pl
     let up = || round(10, PodIs::Running, guest(LauncherPhase::Running, None));
     let mut cluster = Cluster::new(RunStrategy::Always);
     cluster.round(&up());
-    cluster.round(&round(13, PodIs::Running, Probe::NoAnswer));
-    let plan = cluster.round(&round(43, PodIs::Running, Probe::NoAnswer)).unwrap();
+    cluster.round(&round(13, PodIs::Running, ControlPoll::NoAnswer));
+    let plan = cluster
+        .round(&round(43, PodIs::Running, ControlPoll::NoAnswer))
+        .unwrap();
     assert_eq!(
         plan.action,
         LauncherAction::Delete,
@@ -500,9 +502,11 @@ fn the_launcher_a_node_reports_lost_is_replaced_and_its_exit_code_reaches_the_pl
     cluster.round(&up());
     cluster.round(&Round {
         controller_looks: false,
-        ..round(13, PodIs::Exited(3), Probe::NoSocket)
+        ..round(13, PodIs::Exited(3), ControlPoll::NoSocket)
     });
-    let plan = cluster.round(&round(16, PodIs::Deleted, Probe::NoSocket)).unwrap();
+    let plan = cluster
+        .round(&round(16, PodIs::Deleted, ControlPoll::NoSocket))
+        .unwrap();
     let reasons: Vec<&str> = plan.events.iter().map(|e| e.reason).collect();
     assert_eq!(reasons, ["GuestDestroyed"]);
     assert_eq!(summary(&cluster.server.status).3.as_deref(), Some("GuestDestroyed"));

@@ -11,6 +11,9 @@ const API_VERSION: &str = "vmlet.dev/v1alpha1";
 
 /// Where KubeVirt's examples are: `VMLET_KUBEVIRT_EXAMPLES` when set (a worktree further down than the repository
 /// itself), else `shared/kubevirt-examples` beside the repository.
+/// The examples `tests/tests/kubevirt_examples.rs` boots in standalone mode (their image reference changed too).
+pub const BOOTED: [&str; 2] = ["vmi-fedora.yaml", "vmi-masquerade.yaml"];
+
 pub fn examples_dir() -> PathBuf {
     match std::env::var_os("VMLET_KUBEVIRT_EXAMPLES") {
         Some(dir) => PathBuf::from(dir),

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use vmlet_testkit::kubevirt::{convert, examples_dir};
+use vmlet_testkit::kubevirt::{BOOTED, convert, examples_dir};
 use vmlet_testkit::registry::Registry;
 use vmlet_testkit::standalone::Machine;
 use vmlet_testkit::vm_pod::one_guest_at_a_time;
@@ -64,10 +64,10 @@ fn boots(file: &str, vm: &str) {
 
 #[test]
 fn vmi_fedora_boots() {
-    boots("vmi-fedora.yaml", "vmi-fedora");
+    boots(BOOTED[0], "vmi-fedora");
 }
 
 #[test]
 fn vmi_masquerade_boots() {
-    boots("vmi-masquerade.yaml", "vmi-masquerade");
+    boots(BOOTED[1], "vmi-masquerade");
 }

@@ -68,7 +68,12 @@ fn run(folder: &Path) -> Result<(), String> {
             .map_err(|e| format!("cannot run {}: {e}", handler.display()))?;
         if output.status.success() {
             accepted += 1;
-            println!("| {name} | accepted | |");
+            let result = if vmlet_testkit::kubevirt::BOOTED.contains(&name.as_str()) {
+                "accepted, boots here"
+            } else {
+                "accepted"
+            };
+            println!("| {name} | {result} | |");
         } else {
             let stdout = String::from_utf8_lossy(&output.stdout);
             let stderr = String::from_utf8_lossy(&output.stderr);

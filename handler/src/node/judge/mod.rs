@@ -57,9 +57,9 @@ pub fn owner_vm(pod: &Pod) -> Option<(String, String)> {
         .map(|o| (o.name.clone(), o.uid.clone()))
 }
 
-/// What the control socket gave this time.
+/// What one poll of the launcher's control socket got (not a readiness or liveness probe: those are `crate::probe`).
 #[derive(Clone, Debug, PartialEq)]
-pub enum Probe {
+pub enum ControlPoll {
     Answered(Status),
     /// No socket file: the launcher has not bound it yet, or has ended.
     NoSocket,
@@ -92,7 +92,7 @@ pub struct Tracking {
 
 /// Judges a launcher from this probe and its pod. A launcher silent for longer than `lost_after` is lost.
 pub fn judge(
-    probe: Probe,
+    probe: ControlPoll,
     pod: PodState,
     tracking: Tracking,
     now: Timestamp,
@@ -103,7 +103,7 @@ pub fn judge(
         _ => tracking.exit_code,
     };
     match (probe, pod) {
-        (Probe::Answered(status), PodState::Alive) => (
+        (ControlPoll::Answered(status), PodState::Alive) => (
             LauncherState::Answered(status),
             Tracking {
                 answered: true,
@@ -117,7 +117,7 @@ pub fn judge(
             Some(code) => (LauncherState::Exited { code }, tracking),
             None => (LauncherState::Lost(Loss::PodGone), tracking),
         },
-        (Probe::NoSocket, PodState::Alive) if !tracking.answered => (LauncherState::Starting, tracking),
+        (ControlPoll::NoSocket, PodState::Alive) if !tracking.answered => (LauncherState::Starting, tracking),
         (_, PodState::Alive) => {
             let since = tracking.silent_since.unwrap_or(now);
             let silent = Duration::try_from(now.duration_since(since)).unwrap_or_default();

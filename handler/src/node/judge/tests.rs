@@ -40,10 +40,10 @@ fn silent_since(second: i64) -> Tracking {
 #[test]
 fn judging_a_launcher() {
     let running = status(LauncherPhase::Running);
-    let cases: Vec<(&str, Probe, PodState, Tracking, LauncherState, Tracking)> = vec![
+    let cases: Vec<(&str, ControlPoll, PodState, Tracking, LauncherState, Tracking)> = vec![
         (
             "a pod still starting, no socket yet",
-            Probe::NoSocket,
+            ControlPoll::NoSocket,
             PodState::Alive,
             fresh(),
             LauncherState::Starting,
@@ -51,7 +51,7 @@ fn judging_a_launcher() {
         ),
         (
             "an answer",
-            Probe::Answered(running.clone()),
+            ControlPoll::Answered(running.clone()),
             PodState::Alive,
             silent_since(90),
             LauncherState::Answered(running.clone()),
@@ -59,7 +59,7 @@ fn judging_a_launcher() {
         ),
         (
             "an answer on the socket of a pod that exited (the next pod's launcher)",
-            Probe::Answered(running.clone()),
+            ControlPoll::Answered(running.clone()),
             PodState::Exited { code: 4 },
             answered_before(),
             LauncherState::Exited { code: 4 },
@@ -70,7 +70,7 @@ fn judging_a_launcher() {
         ),
         (
             "the first silence starts the clock",
-            Probe::NoAnswer,
+            ControlPoll::NoAnswer,
             PodState::Alive,
             answered_before(),
             LauncherState::Unreachable { since: at(100) },
@@ -78,7 +78,7 @@ fn judging_a_launcher() {
         ),
         (
             "a socket gone after answering is silence, not a start",
-            Probe::NoSocket,
+            ControlPoll::NoSocket,
             PodState::Alive,
             answered_before(),
             LauncherState::Unreachable { since: at(100) },
@@ -86,7 +86,7 @@ fn judging_a_launcher() {
         ),
         (
             "silent within the bound",
-            Probe::NoAnswer,
+            ControlPoll::NoAnswer,
             PodState::Alive,
             silent_since(71),
             LauncherState::Unreachable { since: at(71) },
@@ -94,7 +94,7 @@ fn judging_a_launcher() {
         ),
         (
             "silent for exactly the bound",
-            Probe::NoAnswer,
+            ControlPoll::NoAnswer,
             PodState::Alive,
             silent_since(70),
             LauncherState::Lost(Loss::Unreachable { since: at(70) }),
@@ -102,7 +102,7 @@ fn judging_a_launcher() {
         ),
         (
             "a socket that never answered is silence too",
-            Probe::NoAnswer,
+            ControlPoll::NoAnswer,
             PodState::Alive,
             fresh(),
             LauncherState::Unreachable { since: at(100) },
@@ -113,7 +113,7 @@ fn judging_a_launcher() {
         ),
         (
             "the pod shows the exit code",
-            Probe::NoSocket,
+            ControlPoll::NoSocket,
             PodState::Exited { code: 3 },
             answered_before(),
             LauncherState::Exited { code: 3 },
@@ -124,7 +124,7 @@ fn judging_a_launcher() {
         ),
         (
             "a deleted pod whose exit was seen",
-            Probe::NoSocket,
+            ControlPoll::NoSocket,
             PodState::Gone,
             Tracking {
                 exit_code: Some(0),
@@ -138,7 +138,7 @@ fn judging_a_launcher() {
         ),
         (
             "a pod gone with no exit seen",
-            Probe::NoSocket,
+            ControlPoll::NoSocket,
             PodState::Gone,
             answered_before(),
             LauncherState::Lost(Loss::PodGone),
@@ -146,7 +146,7 @@ fn judging_a_launcher() {
         ),
         (
             "a pod gone while its launcher still answers (force-deleted)",
-            Probe::Answered(running.clone()),
+            ControlPoll::Answered(running.clone()),
             PodState::Gone,
             answered_before(),
             LauncherState::Lost(Loss::PodGone),

@@ -16,7 +16,9 @@ use tracing::{debug, info, warn};
 use vmlet_api::{VirtualMachine, VirtualMachineStatus};
 use vmlet_control::ClientError;
 
-use super::judge::{PodKey, PodState, Probe, Tracking, Update, judge, orphans, owner_vm, pod_state, status_update};
+use super::judge::{
+    ControlPoll, PodKey, PodState, Tracking, Update, judge, orphans, owner_vm, pod_state, status_update,
+};
 use super::{Config, FIELD_MANAGER, socket_path};
 use crate::cluster::run_dir;
 use crate::metrics::{LauncherSeries, Metrics, VmLabels};
@@ -146,7 +148,7 @@ impl Launchers {
         let probes = futures::future::join_all(self.launchers.values_mut().map(|launcher| async {
             // Only a live pod's launcher is asked: an ended pod's socket has no one behind it.
             if launcher.deleted || launcher.pod != PodState::Alive {
-                return Probe::NoSocket;
+                return ControlPoll::NoSocket;
             }
             probe(&mut launcher.connection, &launcher.socket).await
         }))
@@ -165,7 +167,7 @@ impl Launchers {
                 .created
                 .and_then(|created| now.duration_since(created).try_into().ok());
             match &probe {
-                Probe::Answered(answer) => {
+                ControlPoll::Answered(answer) => {
                     self.metrics.observe_launcher(&vm, answer, &mut launcher.series);
                     self.metrics.observe_start(answer, since_creation, &mut launcher.series);
                 }
@@ -281,11 +283,11 @@ async fn launcher_lives(socket: &Path) -> bool {
 }
 
 /// Asks the launcher for its status, over the kept connection or a new one.
-async fn probe(connection: &mut Option<vmlet_control::Client>, socket: &std::path::Path) -> Probe {
+async fn probe(connection: &mut Option<vmlet_control::Client>, socket: &std::path::Path) -> ControlPoll {
     // A kept connection may have died with a launcher that restarted since; then a fresh one is tried at once.
     if let Some(client) = connection {
         match client.status().await {
-            Ok(status) => return Probe::Answered(status),
+            Ok(status) => return ControlPoll::Answered(status),
             Err(err) => {
                 debug!(socket = %socket.display(), error = %err, "kept control connection failed");
                 *connection = None;
@@ -294,20 +296,20 @@ async fn probe(connection: &mut Option<vmlet_control::Client>, socket: &std::pat
     }
     let mut client = match vmlet_control::Client::connect(socket, PROBE_TIMEOUT).await {
         Ok(client) => client,
-        Err(ClientError::Connect(err)) if err.kind() == std::io::ErrorKind::NotFound => return Probe::NoSocket,
+        Err(ClientError::Connect(err)) if err.kind() == std::io::ErrorKind::NotFound => return ControlPoll::NoSocket,
         Err(err) => {
             debug!(socket = %socket.display(), error = %err, "launcher unreachable");
-            return Probe::NoAnswer;
+            return ControlPoll::NoAnswer;
         }
     };
     match client.status().await {
         Ok(status) => {
             *connection = Some(client);
-            Probe::Answered(status)
+            ControlPoll::Answered(status)
         }
         Err(err) => {
             debug!(socket = %socket.display(), error = %err, "launcher did not answer");
-            Probe::NoAnswer
+            ControlPoll::NoAnswer
         }
     }
 }
