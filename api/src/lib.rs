@@ -781,11 +781,34 @@ pub struct LocalObjectReference {
     pub name: String,
 }
 
+type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 /// The `VirtualMachine` CRD as the API server takes it without warnings: integers in the formats it knows (`int32`,
 /// `int64`), the bounds of Rust's unsigned and small types kept as `minimum` and `maximum`.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn crd() -> Crd {
     use kube::CustomResourceExt;
-    let mut crd = serde_json::to_value(VirtualMachine::crd()).expect("a CRD is JSON");
+    with_known_formats(VirtualMachine::crd())
+}
+
+/// Every CRD of vmlet's group, as the API server takes them without warnings (as [`crd`]): VirtualMachine, then
+/// the instance types and preferences.
+pub fn crds() -> Vec<Crd> {
+    use instancetype::{
+        VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
+        VirtualMachinePreference,
+    };
+    use kube::CustomResourceExt;
+    vec![
+        crd(),
+        with_known_formats(VirtualMachineInstancetype::crd()),
+        with_known_formats(VirtualMachineClusterInstancetype::crd()),
+        with_known_formats(VirtualMachinePreference::crd()),
+        with_known_formats(VirtualMachineClusterPreference::crd()),
+    ]
+}
+
+fn with_known_formats(crd: Crd) -> Crd {
+    let mut crd = serde_json::to_value(crd).expect("a CRD is JSON");
     known_integer_formats(&mut crd);
     serde_json::from_value(crd).expect("changing integer formats leaves a CRD")
 }
@@ -1006,16 +1029,29 @@ spec:
     /// bounds of its Rust type.
     #[test]
     fn integers_have_formats_the_api_server_knows() {
+        let formats_of = |text: &str| -> std::collections::BTreeSet<String> {
+            text.match_indices("\"format\":\"")
+                .map(|(at, found)| {
+                    let rest = &text[at + found.len()..];
+                    rest[..rest.find('"').unwrap()].to_owned()
+                })
+                .collect()
+        };
+        // Every CRD of the group, the instance types' and preferences' too.
+        for crd in crds() {
+            let text = serde_json::to_string(&crd).unwrap();
+            let formats = formats_of(&text);
+            assert!(
+                formats
+                    .iter()
+                    .all(|f| ["date-time", "int32", "int64"].contains(&f.as_str())),
+                "{}: {formats:?}",
+                crd.metadata.name.unwrap_or_default()
+            );
+        }
         let crd = serde_json::to_value(crd()).unwrap();
-        let text = crd.to_string();
-        let formats: std::collections::BTreeSet<&str> = text
-            .match_indices("\"format\":\"")
-            .map(|(at, found)| {
-                let rest = &text[at + found.len()..];
-                &rest[..rest.find('"').unwrap()]
-            })
-            .collect();
-        assert_eq!(formats, ["date-time", "int32", "int64"].into());
+        let formats = formats_of(&crd.to_string());
+        assert_eq!(formats, ["date-time", "int32", "int64"].map(String::from).into());
         let status = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
         let restarts = &status["properties"]["restartCount"];
         assert_eq!(restarts["format"], "int64");

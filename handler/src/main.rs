@@ -107,18 +107,7 @@ fn one_line(err: &anyhow::Error) -> String {
 
 /// The CRDs of vmlet's group: VirtualMachine, then the instance types and preferences.
 fn crd_yaml() -> anyhow::Result<String> {
-    use kube::CustomResourceExt;
-    use vmlet_api::instancetype::{
-        VirtualMachineClusterInstancetype, VirtualMachineClusterPreference, VirtualMachineInstancetype,
-        VirtualMachinePreference,
-    };
-    let crds = [
-        vmlet_api::crd(),
-        VirtualMachineInstancetype::crd(),
-        VirtualMachineClusterInstancetype::crd(),
-        VirtualMachinePreference::crd(),
-        VirtualMachineClusterPreference::crd(),
-    ];
+    let crds = vmlet_api::crds();
     let documents = crds.iter().map(serde_yaml::to_string).collect::<Result<Vec<_>, _>>()?;
     Ok(documents.join("---\n"))
 }
