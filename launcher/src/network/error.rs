@@ -25,6 +25,8 @@ pub(crate) enum PlanError {
     Port(String),
     #[error("the pod has no {0} address to masquerade behind")]
     NoPodAddress(&'static str),
+    #[error("the network state file keeps no MAC address for the guest")]
+    NoGuestMac,
 }
 
 /// The pod network could not be read or changed.

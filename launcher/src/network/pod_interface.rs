@@ -248,7 +248,7 @@ pub(crate) mod tests {
         builder.build()
     }
 
-    fn v6_route(destination: &str, gateway: Option<&str>, metric: u32) -> RouteMessage {
+    pub(crate) fn v6_route(destination: &str, gateway: Option<&str>, metric: u32) -> RouteMessage {
         let net: Ipv6Net = destination.parse().unwrap();
         let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
             .output_interface(INDEX)

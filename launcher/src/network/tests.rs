@@ -170,7 +170,7 @@ impl TestPod {
     fn setup(&self) -> Result<Wired, ApplyError> {
         let request = self.request();
         self.pod
-            .run(|handle| async move { super::apply::bridge::setup(&request, &handle).await })
+            .run(|handle| async move { super::apply::setup(&request, &handle).await })
     }
 
     fn links(&self) -> Vec<LinkState> {
@@ -870,7 +870,7 @@ fn the_router_search_hears_the_gateway_through_the_tap_bindings_redirect() {
     };
     let wired = test_pod
         .pod
-        .run(|handle| async move { super::apply::tap::setup(&request, &handle).await })
+        .run(|handle| async move { super::apply::setup(&request, &handle).await })
         .unwrap();
     let gateway: Ipv6Addr = "fd00:10:244:1::1".parse().unwrap();
     let found = test_pod.pod.run(|_| async move {

@@ -1,11 +1,10 @@
-//! Applies a binding's plan to the pod's network namespace through [`Netlink`], one module per kind of plumbing;
-//! here the steps and records that the bindings share: the pod interface freed of the pod's identity, the tap QEMU
-//! opens, the placeholder that keeps the pod's addresses in view, and the state file that lets a restarted launcher
-//! carry on.
-
-pub(crate) mod bridge;
-pub(crate) mod masquerade;
-pub(crate) mod tap;
+//! Carries out a binding's plan ([`crate::network::binding::plan`]) in the pod's network namespace through
+//! [`Netlink`]: every operation checks what is already there and makes only the changes that are missing, so a
+//! launcher restarted in the same pod carries on where an earlier one stopped, and applying a plan twice changes
+//! nothing the second time.
+//!
+//! What the pod interface looked like is recorded in a state file before anything changes, and read back by a
+//! restarted launcher: the plan is always made from the pod as the CNI left it.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -19,16 +18,21 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{debug, info};
+use vmlet_api::Binding;
 use vmlet_dhcp::MacAddr;
 
 use super::binding::BindingRequest;
-use super::error::{ApplyError, PlanError};
-use super::netlink::{self, Netlink};
+use super::binding::bridge::guest_access_table;
+use super::binding::masquerade::BRIDGE_MAC;
+use super::binding::plan::{self, LinkMac, LinkNames, NetworkPlan, Operation};
+use super::error::ApplyError;
+use super::netlink::{self, IPV6_FORWARDING, Netlink};
 use super::pod_interface::{self, PodInterface};
 use super::resolv_conf::DnsConfig;
 
-/// What a binding's setup made and found: with the request, all that its plan of what the guest is served needs.
+/// What applying a binding's plan made and found: with the request, all that the binding's plan of what the guest
+/// is served needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Wired {
     /// The link the launcher serves the guest on: the bridge, or the tap under `tap`.
@@ -52,66 +56,157 @@ pub(crate) struct Wired {
     pub(crate) dns: DnsConfig,
 }
 
-/// The end of a setup that hands the pod's identity to the guest (`bridge`, `managedTap`, `tap`): the placeholder
-/// keeps the pod's addresses in view, and the links' hardware addresses are read once every port is attached (a
-/// bridge takes the lowest of its ports').
-pub(super) async fn hand_over_identity(
-    handle: &impl Netlink,
-    request: &BindingRequest,
-    names: LinkNames,
-    served_link: (&str, u32),
-    server_address: Option<Ipv4Addr>,
-    Recorded { pod, dns, .. }: Recorded,
-) -> Result<Wired, ApplyError> {
-    ensure_placeholder(handle, &pod, &names.placeholder).await?;
-    let (served_link, served_index) = served_link;
-    let served_link_mac = ethernet_address(handle, served_index, served_link).await?;
-    let pod_port_mac = ethernet_address(handle, pod.index, &names.pod_port).await?;
+/// Wires the guest NIC to the pod network as `request` says, or finishes what an earlier launcher in this pod
+/// started: the pod as recorded, the plan made from it, the plan carried out.
+pub(crate) async fn setup(request: &BindingRequest, handle: &impl Netlink) -> Result<Wired, ApplyError> {
+    let names = LinkNames::for_interface(&request.interface)?;
+    let recorded = record(request, handle, &names).await?;
+    let plan = plan::plan(request, &recorded)?;
+    apply(handle, &plan).await
+}
+
+/// The pod's network as recorded by an earlier run, or as it is now, recorded before anything changes. Under
+/// `masquerade` the record keeps the guest's MAC address, the spec's or one made up once.
+async fn record(request: &BindingRequest, handle: &impl Netlink, names: &LinkNames) -> Result<Recorded, ApplyError> {
+    let state_file = request.state_file();
+    let record = PodRecord::for_request(request, &state_file);
+    if request.binding != Binding::Masquerade {
+        return record.load_or_record(handle, Some(&names.pod_port), || Ok(None)).await;
+    }
+    let draw_mac = || -> Result<MacAddr, ApplyError> {
+        let random = random_bytes().map_err(ApplyError::RandomMac)?;
+        Ok(request.guest_mac.unwrap_or(local_mac(random, BRIDGE_MAC)))
+    };
+    let mut recorded = record.load_or_record(handle, None, || draw_mac().map(Some)).await?;
+    if request.guest_mac.is_none() && recorded.guest_mac.is_none() {
+        // A record from before the binding kept a MAC address: make one now, and keep it from now on.
+        recorded.guest_mac = Some(draw_mac()?);
+        record.write(&recorded)?;
+    }
+    Ok(recorded)
+}
+
+/// Carries out the plan's operations in order, then reads the hardware addresses the plan leaves to be read.
+pub(crate) async fn apply(handle: &impl Netlink, plan: &NetworkPlan) -> Result<Wired, ApplyError> {
+    for operation in &plan.operations {
+        debug!(%operation, "applying");
+        apply_operation(handle, operation).await?;
+    }
+    let served_link_mac = link_mac(handle, &plan.served_link_mac).await?;
+    let pod_port_mac = match &plan.pod_port_mac {
+        Some(mac) => Some(link_mac(handle, mac).await?),
+        None => None,
+    };
     info!(
-        interface = %pod.name,
-        served_link,
-        tap = %names.tap,
-        guest_mac = %pod.mac,
-        "pod network handed to the guest"
+        interface = %plan.pod.name,
+        served_link = %plan.served_link,
+        tap = %plan.tap,
+        guest_mac = %plan.guest_mac,
+        "pod network wired to the guest"
     );
     Ok(Wired {
-        served_link: served_link.to_owned(),
+        served_link: plan.served_link.clone(),
         served_link_mac,
-        server_address,
-        tap: names.tap,
-        guest_mac: request.guest_mac.unwrap_or(pod.mac),
-        pod_port_mac: Some(pod_port_mac),
-        mtu: pod.mtu,
-        pod,
-        dns,
+        server_address: plan.server_address,
+        tap: plan.tap.clone(),
+        guest_mac: plan.guest_mac,
+        pod_port_mac,
+        mtu: plan.pod.mtu,
+        pod: plan.pod.clone(),
+        dns: plan.dns.clone(),
     })
 }
 
-/// The links a binding makes or renames, all named after the pod interface.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) struct LinkNames {
-    /// The pod interface's new name, once it no longer carries the pod's identity.
-    pub(super) pod_port: String,
-    pub(super) bridge: String,
-    pub(super) tap: String,
-    /// The link that carries the pod's addresses under the pod interface's original name.
-    pub(super) placeholder: String,
+async fn apply_operation(handle: &impl Netlink, operation: &Operation) -> Result<(), ApplyError> {
+    match operation {
+        Operation::LoadTables(tables) => handle.replace_tables(tables).map_err(ApplyError::Nft),
+        Operation::LoadGuestAccessTable {
+            bridge,
+            tap,
+            guest,
+            server,
+        } => {
+            let bridge_mac = ethernet_address(handle, bridge).await?;
+            handle
+                .replace_tables(&[guest_access_table(tap, bridge_mac, *guest, *server)])
+                .map_err(ApplyError::Nft)
+        }
+        Operation::LoadIngressFilters(filters) => handle.replace_ingress_filters(filters).map_err(ApplyError::Tc),
+        Operation::EnsureBridge { name, mtu } => ensure_bridge(handle, name, *mtu).await.map(drop),
+        Operation::EnsureTap { name } => ensure_tap(handle, name).await,
+        Operation::FreePodInterface {
+            name,
+            index,
+            mac,
+            rename_to,
+        } => free_pod_interface(handle, name, *index, *mac, rename_to).await,
+        Operation::ServeFrom { link, address } => serve_from(handle, link, IpAddr::V4(*address)).await,
+        Operation::NoIpv6Addresses { link } => {
+            no_ipv6_addresses(handle, &existing_link(handle, link).await?, link).await
+        }
+        Operation::BringUp { link, mac, mtu } => bring_up(handle, link, *mac, *mtu).await,
+        Operation::AttachPort { port, bridge, mtu } => attach_port(handle, port, bridge, *mtu).await,
+        Operation::StopLearning { port } => stop_learning(handle, port).await,
+        Operation::AddAddresses { link, addresses } => {
+            let index = existing_link(handle, link).await?.header.index;
+            ensure_addresses(handle, index, addresses, AddressFlags::Nodad)
+                .await
+                .map_err(failed_to(format!("give {link} its addresses")))
+        }
+        Operation::ForwardIpv4 { link, route_localnet } => {
+            let index = existing_link(handle, link).await?.header.index;
+            let what = if *route_localnet {
+                format!("forwarding and route_localnet on {link}")
+            } else {
+                format!("forwarding on {link}")
+            };
+            set_ipv4_conf(handle, index, &what, |conf| {
+                conf.forwarding = 1;
+                if *route_localnet {
+                    conf.route_localnet = 1;
+                }
+            })
+            .await
+        }
+        Operation::ForwardIpv6 => {
+            let failed = |source| ApplyError::Forwarding {
+                path: IPV6_FORWARDING,
+                source,
+            };
+            if handle.enable_ipv6_forwarding().map_err(failed)? {
+                info!("IPv6 forwarding enabled in the pod");
+            }
+            Ok(())
+        }
+        Operation::EnsurePlaceholder { name, mtu, addresses } => {
+            ensure_placeholder(handle, name, *mtu, addresses).await
+        }
+        Operation::HostRoute {
+            destination,
+            link,
+            source,
+        } => {
+            let index = existing_link(handle, link).await?.header.index;
+            handle
+                .replace_host_route(*destination, index, *source)
+                .await
+                .map_err(failed_to(format!("route {destination} out of {link}")))
+        }
+        Operation::Neighbour { link, ip, mac } => {
+            let index = existing_link(handle, link).await?.header.index;
+            handle
+                .replace_neighbour(index, *ip, *mac)
+                .await
+                .map_err(failed_to(format!("tell {link} where {ip} is")))
+        }
+    }
 }
 
-impl LinkNames {
-    pub(super) fn for_interface(interface: &str) -> Result<LinkNames, PlanError> {
-        let names = LinkNames {
-            pod_port: format!("{interface}-nic"),
-            bridge: format!("vb-{interface}"),
-            tap: format!("tap-{interface}"),
-            placeholder: interface.to_owned(),
-        };
-        let all = [&names.pod_port, &names.bridge, &names.tap, &names.placeholder];
-        if all.iter().all(|name| netlink::is_valid_interface_name(name)) {
-            Ok(names)
-        } else {
-            Err(PlanError::InterfaceName(interface.to_owned()))
-        }
+/// The hardware address the plan fixes, or the one the link has now.
+async fn link_mac(handle: &impl Netlink, mac: &LinkMac) -> Result<MacAddr, ApplyError> {
+    match mac {
+        LinkMac::Fixed(mac) => Ok(*mac),
+        LinkMac::ReadFrom(link) => ethernet_address(handle, link).await,
     }
 }
 
@@ -123,12 +218,12 @@ pub(super) fn failed_to(action: impl Into<String>) -> impl FnOnce(rtnetlink::Err
 
 /// What the state file holds: the pod's network before the binding changed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Recorded {
-    pub(super) pod: PodInterface,
-    pub(super) dns: DnsConfig,
+pub(crate) struct Recorded {
+    pub(crate) pod: PodInterface,
+    pub(crate) dns: DnsConfig,
     /// The guest's MAC address when the binding made one up (masquerade), so a restart keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) guest_mac: Option<MacAddr>,
+    pub(crate) guest_mac: Option<MacAddr>,
 }
 
 /// Where a binding records the pod's network, and where it reads the pod's DNS settings from.
@@ -238,7 +333,7 @@ pub(super) fn write_record(path: &Path, recorded: &Recorded) -> Result<(), Apply
 }
 
 /// Sets IPv4 settings of the link `index` over netlink, since /proc/sys is read-only in most containers.
-pub(super) async fn set_ipv4_conf(
+async fn set_ipv4_conf(
     handle: &impl Netlink,
     index: u32,
     what: &str,
@@ -254,7 +349,7 @@ pub(super) async fn set_ipv4_conf(
     handle.set_link(message).await.map_err(failed_to(format!("set {what}")))
 }
 
-/// Gives the link `index` the address `server`, for the DHCP server, and ARP settings that keep it from answering
+/// Gives the link `name` the address `server`, for the DHCP server, and ARP settings that keep it from answering
 /// for the pod's addresses.
 ///
 /// The pod's addresses stay on the placeholder, and Linux by default answers ARP for any of its addresses on any
@@ -263,12 +358,8 @@ pub(super) async fn set_ipv4_conf(
 /// answers only for addresses of the interface the request came in on; arp_announce=2 makes the link's own requests
 /// name the server address, never the pod's. IPv6 needs nothing alike: neighbour solicitations are only answered for
 /// addresses of the interface they arrive on.
-pub(super) async fn serve_from(
-    handle: &impl Netlink,
-    index: u32,
-    name: &str,
-    server: IpAddr,
-) -> Result<(), ApplyError> {
+async fn serve_from(handle: &impl Netlink, name: &str, server: IpAddr) -> Result<(), ApplyError> {
+    let index = existing_link(handle, name).await?.header.index;
     set_ipv4_conf(handle, index, &format!("the ARP behaviour of {name}"), |conf| {
         conf.arp_ignore = 1;
         conf.arp_announce = 2;
@@ -290,7 +381,7 @@ pub(super) fn local_mac(random: [u8; 6], avoid: MacAddr) -> MacAddr {
 }
 
 /// The bridge `name`, created with `mtu` if it does not exist.
-pub(super) async fn ensure_bridge(handle: &impl Netlink, name: &str, mtu: u32) -> Result<LinkMessage, ApplyError> {
+async fn ensure_bridge(handle: &impl Netlink, name: &str, mtu: u32) -> Result<LinkMessage, ApplyError> {
     ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
         LinkBridge::new(name).mtu(mtu).build()
     })
@@ -298,7 +389,7 @@ pub(super) async fn ensure_bridge(handle: &impl Netlink, name: &str, mtu: u32) -
 }
 
 /// The link `name` of kind `kind`, created from `create()` if it does not exist.
-pub(super) async fn ensure_link(
+async fn ensure_link(
     handle: &impl Netlink,
     name: &str,
     kind: InfoKind,
@@ -334,23 +425,26 @@ pub(super) async fn ensure_link(
     Ok(link)
 }
 
-/// Takes the pod's addresses off the pod interface, and renames it and changes its MAC address while it is down.
-pub(super) async fn free_pod_interface(
+/// Takes the pod's addresses off the pod interface `name`, the link `index`, and renames it `rename_to` and
+/// changes its MAC address `mac` while it is down.
+async fn free_pod_interface(
     handle: &impl Netlink,
-    pod: &PodInterface,
-    names: &LinkNames,
+    name: &str,
+    index: u32,
+    mac: MacAddr,
+    rename_to: &str,
 ) -> Result<(), ApplyError> {
     let link = handle
-        .link_by_index(pod.index)
+        .link_by_index(index)
         .await
         .map_err(failed_to("look for the pod interface"))?
         .ok_or_else(|| ApplyError::PodInterfaceGone {
-            name: pod.name.clone(),
-            index: pod.index,
+            name: name.to_owned(),
+            index,
         })?;
 
     let addresses = handle
-        .addresses_of(pod.index)
+        .addresses_of(index)
         .await
         .map_err(failed_to("list the pod interface's addresses"))?;
     for address in addresses.into_iter().filter(netlink::address_is_global) {
@@ -365,10 +459,10 @@ pub(super) async fn free_pod_interface(
         }
     }
 
-    let renamed = netlink::link_name(&link) == Some(names.pod_port.as_str());
+    let renamed = netlink::link_name(&link) == Some(rename_to);
     // A bridge delivers frames for its ports' MAC addresses to itself: while the pod interface kept the guest's
     // address, the guest's traffic would never reach the tap.
-    let mac_changed = netlink::link_mac(&link).is_some_and(|mac| mac != pod.mac);
+    let mac_changed = netlink::link_mac(&link).is_some_and(|current| current != mac);
     if renamed && mac_changed {
         return Ok(());
     }
@@ -378,15 +472,15 @@ pub(super) async fn free_pod_interface(
         async move { request.await.map_err(failed) }
     };
     // A link is renamed only while down. Down also drops its IPv6 addresses, link-local included.
-    link_set(LinkUnspec::new_with_index(pod.index).down().build(), "take down").await?;
-    let mut change = LinkUnspec::new_with_index(pod.index);
+    link_set(LinkUnspec::new_with_index(index).down().build(), "take down").await?;
+    let mut change = LinkUnspec::new_with_index(index);
     if !renamed {
-        change = change.name(names.pod_port.as_str());
+        change = change.name(rename_to);
     }
     if !mac_changed {
-        let mac = local_mac(random_bytes().map_err(ApplyError::RandomMac)?, pod.mac);
-        change = change.address(mac.0.to_vec());
-        info!(%mac, "pod interface gets a new MAC address");
+        let new_mac = local_mac(random_bytes().map_err(ApplyError::RandomMac)?, mac);
+        change = change.address(new_mac.0.to_vec());
+        info!(mac = %new_mac, "pod interface gets a new MAC address");
     }
     link_set(change.build(), "rename and readdress").await
 }
@@ -397,7 +491,7 @@ pub(super) async fn free_pod_interface(
 /// own, only ever speak (duplicate address detection, router solicitations from a MAC address the pod network never
 /// saw) and never listen; the address generation mode `none`, set before it comes up, keeps it from making even a
 /// link-local address. That is also why it needs no `accept_ra=0`: router advertisements never reach its stack.
-pub(super) async fn no_ipv6_addresses(handle: &impl Netlink, link: &LinkMessage, name: &str) -> Result<(), ApplyError> {
+async fn no_ipv6_addresses(handle: &impl Netlink, link: &LinkMessage, name: &str) -> Result<(), ApplyError> {
     if !netlink::link_has_ipv6(link) {
         return Ok(());
     }
@@ -412,10 +506,10 @@ pub(super) async fn no_ipv6_addresses(handle: &impl Netlink, link: &LinkMessage,
         .map_err(failed_to(format!("turn off IPv6 addresses on {name}")))
 }
 
-/// The link `index`, which must exist.
-pub(super) async fn existing_link(handle: &impl Netlink, index: u32, name: &str) -> Result<LinkMessage, ApplyError> {
+/// The link `name`, which must exist.
+async fn existing_link(handle: &impl Netlink, name: &str) -> Result<LinkMessage, ApplyError> {
     handle
-        .link_by_index(index)
+        .link_by_name(name)
         .await
         .map_err(failed_to(format!("look for {name}")))?
         .ok_or_else(|| ApplyError::UnexpectedLink {
@@ -424,45 +518,43 @@ pub(super) async fn existing_link(handle: &impl Netlink, index: u32, name: &str)
         })
 }
 
-/// The Ethernet address of the link `index`, which must exist and have one.
-pub(super) async fn ethernet_address(handle: &impl Netlink, index: u32, name: &str) -> Result<MacAddr, ApplyError> {
-    netlink::link_mac(&existing_link(handle, index, name).await?).ok_or_else(|| ApplyError::UnexpectedLink {
+/// The Ethernet address of the link `name`, which must exist and have one.
+async fn ethernet_address(handle: &impl Netlink, name: &str) -> Result<MacAddr, ApplyError> {
+    netlink::link_mac(&existing_link(handle, name).await?).ok_or_else(|| ApplyError::UnexpectedLink {
         name: name.to_owned(),
         expected: "link with an Ethernet address",
     })
 }
 
-/// Makes the link `index` a port of the bridge with the pod's MTU, up, without IPv6 addresses of its own (see
-/// [`no_ipv6_addresses`]).
-pub(super) async fn attach_port(
-    handle: &impl Netlink,
-    index: u32,
-    name: &str,
-    bridge_index: u32,
-    mtu: u32,
-) -> Result<(), ApplyError> {
-    let link = existing_link(handle, index, name).await?;
-    no_ipv6_addresses(handle, &link, name).await?;
+/// Makes the link `port` a port of `bridge` with `mtu`, up.
+async fn attach_port(handle: &impl Netlink, port: &str, bridge: &str, mtu: u32) -> Result<(), ApplyError> {
+    let link = existing_link(handle, port).await?;
+    let bridge_index = existing_link(handle, bridge).await?.header.index;
     if netlink::link_controller(&link) != Some(bridge_index) {
-        info!(port = name, "joins the bridge");
+        info!(port, "joins the bridge");
     }
-    let port = LinkUnspec::new_with_index(index)
+    let change = LinkUnspec::new_with_index(link.header.index)
         .mtu(mtu)
         .controller(bridge_index)
         .up()
         .build();
     handle
-        .set_link(port)
+        .set_link(change)
         .await
-        .map_err(failed_to(format!("attach {name} to the bridge")))
+        .map_err(failed_to(format!("attach {port} to the bridge")))
 }
 
-/// Brings the link `index` up with `mtu`, without IPv6 addresses of its own (see [`no_ipv6_addresses`]).
-pub(super) async fn bring_up_silent(handle: &impl Netlink, index: u32, name: &str, mtu: u32) -> Result<(), ApplyError> {
-    let link = existing_link(handle, index, name).await?;
-    no_ipv6_addresses(handle, &link, name).await?;
+/// Brings the link `name` up, with `mac` and `mtu` when given.
+async fn bring_up(handle: &impl Netlink, name: &str, mac: Option<MacAddr>, mtu: Option<u32>) -> Result<(), ApplyError> {
+    let mut change = LinkUnspec::new_with_index(existing_link(handle, name).await?.header.index);
+    if let Some(mac) = mac {
+        change = change.address(mac.0.to_vec());
+    }
+    if let Some(mtu) = mtu {
+        change = change.mtu(mtu);
+    }
     handle
-        .set_link(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+        .set_link(change.up().build())
         .await
         .map_err(failed_to(format!("bring {name} up")))
 }
@@ -471,15 +563,16 @@ pub(super) async fn bring_up_silent(handle: &impl Netlink, index: u32, name: &st
 /// guest ever come back through it (a node that reflects broadcasts), the bridge would otherwise take the guest to
 /// be on the pod network and stop delivering its traffic to the tap. Not learning costs nothing here: with two
 /// ports, a frame the bridge does not know where to send goes out of the only other port anyway.
-pub(super) async fn stop_learning(handle: &impl Netlink, index: u32) -> Result<(), ApplyError> {
+async fn stop_learning(handle: &impl Netlink, port: &str) -> Result<(), ApplyError> {
+    let index = existing_link(handle, port).await?.header.index;
     handle
         .set_port(LinkBridgePort::new(index).learning(false).build())
         .await
-        .map_err(failed_to("stop the bridge learning addresses behind the pod interface"))
+        .map_err(failed_to(format!("stop the bridge learning addresses behind {port}")))
 }
 
 /// The tap `name`, created persistent if it does not exist.
-pub(super) async fn ensure_tap(handle: &impl Netlink, name: &str) -> Result<LinkMessage, ApplyError> {
+async fn ensure_tap(handle: &impl Netlink, name: &str) -> Result<(), ApplyError> {
     let existing = handle
         .link_by_name(name)
         .await
@@ -493,7 +586,7 @@ pub(super) async fn ensure_tap(handle: &impl Netlink, name: &str) -> Result<Link
         .await
         .map_err(failed_to(format!("look for {name}")))?;
     match tap {
-        Some(tap) if netlink::link_kind(&tap) == Some(&InfoKind::Tun) => Ok(tap),
+        Some(tap) if netlink::link_kind(&tap) == Some(&InfoKind::Tun) => Ok(()),
         _ => Err(ApplyError::UnexpectedLink {
             name: name.to_owned(),
             expected: "tap",
@@ -501,35 +594,26 @@ pub(super) async fn ensure_tap(handle: &impl Netlink, name: &str) -> Result<Link
     }
 }
 
-/// Keeps the pod's addresses (and MTU) visible under the pod interface's original name, where the CNI and anyone
-/// who looks at the pod expect them, on a link that leads nowhere (as KubeVirt does).
+/// Keeps the pod's `addresses` (and `mtu`) visible under the pod interface's original `name`, where the CNI and
+/// anyone who looks at the pod expect them, on a link that leads nowhere (as KubeVirt does).
 ///
 /// The link is a bridge without ports rather than KubeVirt's `dummy`: node kernels always have bridges, while
 /// `dummy` is a module that may be missing. With no port it carries no frame. The addresses keep their prefix
 /// length, as the CNI reported them, but get no prefix route (`noprefixroute`), so the pod's own stack does not
 /// route the pod network into a link that goes nowhere; the bridge's ARP settings keep the pod from answering for
 /// them.
-pub(super) async fn ensure_placeholder(
+async fn ensure_placeholder(
     handle: &impl Netlink,
-    pod: &PodInterface,
     name: &str,
+    mtu: u32,
+    addresses: &[IpNet],
 ) -> Result<(), ApplyError> {
-    let placeholder = ensure_link(handle, name, InfoKind::Bridge, "bridge", || {
-        LinkBridge::new(name).mtu(pod.mtu).build()
-    })
-    .await?;
-    let index = placeholder.header.index;
-    let addresses: Vec<IpNet> = pod
-        .ipv4
-        .iter()
-        .map(|&net| IpNet::V4(net))
-        .chain(pod.ipv6.iter().map(|&net| IpNet::V6(net)))
-        .collect();
+    let index = ensure_bridge(handle, name, mtu).await?.header.index;
     // No duplicate address detection: the guest holds the same addresses on the pod network, by design.
     ensure_addresses(
         handle,
         index,
-        &addresses,
+        addresses,
         AddressFlags::Noprefixroute | AddressFlags::Nodad,
     )
     .await
@@ -541,7 +625,7 @@ pub(super) async fn ensure_placeholder(
 }
 
 /// Adds to the link `index` those of `addresses` it does not have yet.
-pub(super) async fn ensure_addresses(
+async fn ensure_addresses(
     handle: &impl Netlink,
     index: u32,
     addresses: &[IpNet],
@@ -559,7 +643,7 @@ pub(super) async fn ensure_addresses(
     Ok(())
 }
 
-pub(super) fn random_bytes() -> io::Result<[u8; 6]> {
+fn random_bytes() -> io::Result<[u8; 6]> {
     let mut bytes = [0; 6];
     File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes)

@@ -9,14 +9,16 @@
 //! leads to the pod network. Bridge-family rules see frames as they cross the bridge, so no `br_netfilter` and no
 //! ebtables are needed. They are loaded with the `nft` tool.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::runner as dhcpv4;
 use vmlet_dhcp::v6::runner as dhcpv6;
 
 use vmlet_netfilter::{Family, Table};
 
-use super::GUEST_FROM_POD;
+use super::plan::{LinkNames, NetworkPlan, Operation, identity_plan};
+use super::{BindingRequest, GUEST_FROM_POD};
+use crate::network::apply::Recorded;
 
 /// The bridge's address, the DHCP server's identifier and the source of its replies: link-local, so it is never
 /// mistaken for an address of the pod network. The same as KubeVirt's.
@@ -107,6 +109,95 @@ pub(crate) fn guest_access_table(tap: &str, bridge_mac: MacAddr, guest: Ipv4Addr
 "#
         ),
     }
+}
+
+/// The `bridge` binding's operations, which `managedTap` shares without a `server` address.
+///
+/// The guard comes first, so that nothing the pod's stack sends on the bridge ever reaches the pod network; its
+/// rules match the port by name, so they hold from the moment the pod interface takes it. The pod reaches its guest
+/// by [`GUEST_FROM_POD`] only when the launcher serves the guest, over IPv4.
+pub(crate) fn plan(
+    request: &BindingRequest,
+    recorded: &Recorded,
+    names: &LinkNames,
+    server: Option<Ipv4Addr>,
+) -> NetworkPlan {
+    let pod = &recorded.pod;
+    let guard = match server {
+        Some(_) => Guard::KeepAddressingInPod,
+        None => Guard::PodStackOnly,
+    };
+    let bridge = &names.bridge;
+    let mut operations = vec![
+        Operation::LoadTables(vec![guard_table(&names.pod_port, guard)]),
+        Operation::EnsureBridge {
+            name: bridge.clone(),
+            mtu: pod.mtu,
+        },
+        match server {
+            Some(address) => Operation::ServeFrom {
+                link: bridge.clone(),
+                address,
+            },
+            // Nothing to serve: the bridge has no business on either side, not even over IPv6, where it would
+            // otherwise configure itself from the pod network's router advertisements.
+            None => Operation::NoIpv6Addresses { link: bridge.clone() },
+        },
+        Operation::BringUp {
+            link: bridge.clone(),
+            mac: None,
+            mtu: None,
+        },
+        Operation::FreePodInterface {
+            name: pod.name.clone(),
+            index: pod.index,
+            mac: pod.mac,
+            rename_to: names.pod_port.clone(),
+        },
+    ];
+    let attach = |port: &String| Operation::AttachPort {
+        port: port.clone(),
+        bridge: bridge.clone(),
+        mtu: pod.mtu,
+    };
+    operations.extend([
+        Operation::NoIpv6Addresses {
+            link: names.pod_port.clone(),
+        },
+        attach(&names.pod_port),
+        Operation::StopLearning {
+            port: names.pod_port.clone(),
+        },
+        Operation::EnsureTap {
+            name: names.tap.clone(),
+        },
+        Operation::NoIpv6Addresses {
+            link: names.tap.clone(),
+        },
+        attach(&names.tap),
+    ]);
+    let mut plan = identity_plan(request, recorded, names, operations, bridge, server);
+    if let (Some(server), Some(guest)) = (server, pod.ipv4.first()) {
+        plan.operations.extend([
+            Operation::LoadGuestAccessTable {
+                bridge: bridge.clone(),
+                tap: names.tap.clone(),
+                guest: guest.addr(),
+                server,
+            },
+            Operation::HostRoute {
+                destination: GUEST_FROM_POD,
+                link: bridge.clone(),
+                source: server,
+            },
+            Operation::Neighbour {
+                link: bridge.clone(),
+                ip: IpAddr::V4(GUEST_FROM_POD),
+                mac: plan.guest_mac,
+            },
+        ]);
+    }
+    plan
 }
 
 #[cfg(test)]

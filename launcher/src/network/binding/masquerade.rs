@@ -8,15 +8,16 @@
 //! connections from the pod's own loopback (127.0.0.1) to a forwarded port reach the guest too.
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
 use vmlet_netfilter::{Family, Table};
 
+use super::plan::{LinkMac, LinkNames, NetworkPlan, Operation};
 use super::{BindingRequest, GUEST_FROM_POD, GuestNetwork, pod_addresses, served};
 use crate::guest_addressing;
-use crate::network::apply::Wired;
+use crate::network::apply::{Recorded, Wired};
 use crate::network::error::PlanError;
 use crate::network::loopback_relay::LoopbackRelay;
 use crate::network::pod_interface::PodInterface;
@@ -236,6 +237,91 @@ pub(crate) fn nat_table(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets
 "#
         ),
     }
+}
+
+/// The `masquerade` binding's operations: the bridge with the gateway addresses, forwarding, the tap, and the NAT
+/// table. The pod interface keeps its name, addresses and MAC address. IPv4 is served when the pod has an IPv4
+/// address, IPv6 when it has an IPv6 one, and a pod with neither has nothing to masquerade behind.
+///
+/// The guest's MAC address is the spec's, else the one the record keeps.
+pub(crate) fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames) -> Result<NetworkPlan, PlanError> {
+    let pod = &recorded.pod;
+    let guest_mac = request.guest_mac.or(recorded.guest_mac).ok_or(PlanError::NoGuestMac)?;
+    if pod.ipv4.is_empty() && pod.ipv6.is_empty() {
+        return Err(PlanError::NoPodAddress("IPv4 or IPv6"));
+    }
+    let subnets = &request.subnets;
+    let bridge = &names.bridge;
+    let mut gateway: Vec<IpNet> = Vec::new();
+    if !pod.ipv4.is_empty() {
+        gateway.push(subnets.gateway_v4().into());
+    }
+    if !pod.ipv6.is_empty() {
+        gateway.push(subnets.gateway_v6().into());
+        gateway.push(IpNet::new(IpAddr::V6(GATEWAY_LINK_LOCAL), 64).unwrap_or_default());
+    }
+    let mut operations = vec![
+        Operation::EnsureBridge {
+            name: bridge.clone(),
+            mtu: pod.mtu,
+        },
+        // The gateway's own addresses only: no kernel-made link-local address beside fe80::1.
+        Operation::NoIpv6Addresses { link: bridge.clone() },
+        Operation::BringUp {
+            link: bridge.clone(),
+            mac: Some(BRIDGE_MAC),
+            mtu: Some(pod.mtu),
+        },
+        Operation::AddAddresses {
+            link: bridge.clone(),
+            addresses: gateway,
+        },
+        Operation::ForwardIpv4 {
+            link: bridge.clone(),
+            route_localnet: true,
+        },
+        Operation::ForwardIpv4 {
+            link: pod.name.clone(),
+            route_localnet: false,
+        },
+    ];
+    if !pod.ipv6.is_empty() {
+        operations.push(Operation::ForwardIpv6);
+    }
+    operations.extend([
+        Operation::EnsureTap {
+            name: names.tap.clone(),
+        },
+        Operation::NoIpv6Addresses {
+            link: names.tap.clone(),
+        },
+        Operation::AttachPort {
+            port: names.tap.clone(),
+            bridge: bridge.clone(),
+            mtu: pod.mtu,
+        },
+        Operation::LoadTables(vec![nat_table(pod, bridge, subnets, &request.ports)]),
+    ]);
+    if !pod.ipv4.is_empty() {
+        // The guest's other name leads out of the bridge, from the gateway's address, which the guest answers
+        // directly; the table's DNAT gives the connection the guest's address on its way.
+        operations.push(Operation::HostRoute {
+            destination: GUEST_FROM_POD,
+            link: bridge.clone(),
+            source: subnets.gateway_v4().addr(),
+        });
+    }
+    Ok(NetworkPlan {
+        operations,
+        served_link: bridge.clone(),
+        served_link_mac: LinkMac::Fixed(BRIDGE_MAC),
+        server_address: Some(subnets.gateway_v4().addr()),
+        tap: names.tap.clone(),
+        guest_mac,
+        pod_port_mac: None,
+        pod: pod.clone(),
+        dns: recorded.dns.clone(),
+    })
 }
 
 /// A port of the spec's list, TCP unless it says UDP. The spec's validation refuses anything else first.

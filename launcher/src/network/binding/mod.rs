@@ -2,17 +2,20 @@
 //! from it: the tap QEMU opens, the guest NIC's MAC address and MTU, which servers to run on which link, and the
 //! addresses to report.
 //!
-//! Each binding's module holds its plan: the nftables tables and tc filters it loads, and what the guest is served,
-//! worked out purely from the pod as recorded and what [`super::apply`] made.
+//! Each binding's module holds its plan, worked out purely from the pod as recorded: the operations on the pod's
+//! links in order ([`plan`]), the nftables tables and tc filters it loads, and what the guest is served once
+//! [`super::apply`] has carried the operations out.
 
 pub(crate) mod bridge;
 pub(crate) mod managed_tap;
 pub(crate) mod masquerade;
+pub(crate) mod plan;
 pub(crate) mod tap;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use ipnet::IpNet;
 use rtnetlink::Handle;
 use vmlet_api::{Binding, Interface, PodNetwork};
 use vmlet_dhcp::{MacAddr, ServerConfig, v6};
@@ -137,12 +140,17 @@ pub(crate) fn binding_name(binding: Binding) -> &'static str {
     }
 }
 
-pub(super) fn pod_addresses(pod: &PodInterface) -> Vec<IpAddr> {
+/// The pod's addresses with their prefix lengths, IPv4 then IPv6.
+pub(super) fn pod_networks(pod: &PodInterface) -> Vec<IpNet> {
     pod.ipv4
         .iter()
-        .map(|net| IpAddr::V4(net.addr()))
-        .chain(pod.ipv6.iter().map(|net| IpAddr::V6(net.addr())))
+        .map(|&net| IpNet::V4(net))
+        .chain(pod.ipv6.iter().map(|&net| IpNet::V6(net)))
         .collect()
+}
+
+pub(super) fn pod_addresses(pod: &PodInterface) -> Vec<IpAddr> {
+    pod_networks(pod).iter().map(IpNet::addr).collect()
 }
 
 pub(super) fn served<C>(interface: &str, config: C) -> Option<Served<C>> {
@@ -206,14 +214,13 @@ fn router_search(request: &BindingRequest, wired: &Wired) -> Option<RouterSearch
     })
 }
 
-/// Wires the guest NIC to the pod network as `request` says: the binding's setup, then its plan of what the guest
-/// is served.
+/// Wires the guest NIC to the pod network as `request` says, then works out what the guest is served.
 async fn wire(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, ApplyError> {
+    let wired = apply::setup(request, handle).await?;
     Ok(match request.binding {
-        Binding::Bridge => pod_identity(request, &apply::bridge::setup(request, handle).await?),
-        Binding::ManagedTap => managed_tap::guest_network(request, &apply::bridge::setup(request, handle).await?),
-        Binding::Tap => pod_identity(request, &apply::tap::setup(request, handle).await?),
-        Binding::Masquerade => masquerade::guest_network(request, &apply::masquerade::setup(request, handle).await?),
+        Binding::Bridge | Binding::Tap => pod_identity(request, &wired),
+        Binding::ManagedTap => managed_tap::guest_network(request, &wired),
+        Binding::Masquerade => masquerade::guest_network(request, &wired),
     })
 }
 

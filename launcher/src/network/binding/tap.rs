@@ -20,6 +20,11 @@ use vmlet_dhcp::v6::ra::{ROUTER_ADVERTISEMENT, ROUTER_SOLICITATION};
 use vmlet_dhcp::v6::runner as dhcpv6;
 use vmlet_netfilter::{Family, Filter, IngressFilters, Table};
 
+use super::BindingRequest;
+use super::bridge::DEFAULT_SERVER_ADDRESS;
+use super::plan::{LinkNames, NetworkPlan, Operation, identity_plan};
+use crate::network::apply::Recorded;
+
 /// UDP ports and ICMPv6 types of the frames that stay in the pod.
 const DHCPV4_SERVER: u16 = dhcpv4::SERVER_PORT;
 const DHCPV4_CLIENT: u16 = dhcpv4::CLIENT_PORT;
@@ -101,6 +106,53 @@ pub(crate) fn table(pod_port: &str, tap: &str) -> Table {
 "#
         ),
     }
+}
+
+/// The `tap` binding's operations. The table comes first, so that nothing the pod's stack sends ever reaches the pod
+/// network once the pod interface is renamed.
+pub(crate) fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames) -> NetworkPlan {
+    let pod = &recorded.pod;
+    let bring_up_silent = |link: &String| {
+        [
+            Operation::NoIpv6Addresses { link: link.clone() },
+            Operation::BringUp {
+                link: link.clone(),
+                mac: None,
+                mtu: Some(pod.mtu),
+            },
+        ]
+    };
+    let mut operations = vec![
+        Operation::LoadTables(vec![table(&names.pod_port, &names.tap)]),
+        Operation::FreePodInterface {
+            name: pod.name.clone(),
+            index: pod.index,
+            mac: pod.mac,
+            rename_to: names.pod_port.clone(),
+        },
+    ];
+    operations.extend(bring_up_silent(&names.pod_port));
+    operations.extend([
+        Operation::EnsureTap {
+            name: names.tap.clone(),
+        },
+        Operation::ServeFrom {
+            link: names.tap.clone(),
+            address: DEFAULT_SERVER_ADDRESS,
+        },
+    ]);
+    operations.extend(bring_up_silent(&names.tap));
+    operations.push(Operation::LoadIngressFilters(
+        ingress_filters(&names.pod_port, &names.tap).into(),
+    ));
+    identity_plan(
+        request,
+        recorded,
+        names,
+        operations,
+        &names.tap,
+        Some(DEFAULT_SERVER_ADDRESS),
+    )
 }
 
 #[cfg(test)]

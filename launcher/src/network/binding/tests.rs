@@ -1,5 +1,5 @@
-//! What each binding serves the guest, for the pods CNIs make: IPv4, IPv6, dual stack, a /32 with an on-link
-//! gateway, further routes, a global IPv6 gateway.
+//! What each binding does to the pod and serves the guest, for the pods CNIs make: IPv4, IPv6, dual stack, a /32
+//! with an on-link gateway, further routes, a global IPv6 gateway.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -7,8 +7,9 @@ use std::path::Path;
 use vmlet_api::{Binding, Empty, Interface, PodNetwork, Port};
 use vmlet_dhcp::MacAddr;
 
+use super::plan::{LinkMac, LinkNames, NetworkPlan, Operation};
 use super::*;
-use crate::network::apply::Wired;
+use crate::network::apply::{Recorded, Wired, read_record, write_record};
 use crate::network::pod_interface::{PodInterface, PodRoute};
 use crate::network::resolv_conf::DnsConfig;
 
@@ -346,4 +347,227 @@ fn a_bad_subnet_is_refused_before_anything_is_touched() {
 fn binding_names_are_the_specs() {
     let names = [Binding::Bridge, Binding::Masquerade, Binding::Tap, Binding::ManagedTap].map(binding_name);
     assert_eq!(names, ["bridge", "masquerade", "tap", "managedTap"]);
+}
+
+#[test]
+fn links_are_named_after_the_pod_interface() {
+    assert_eq!(
+        LinkNames::for_interface("eth0").unwrap(),
+        LinkNames {
+            pod_port: "eth0-nic".to_owned(),
+            bridge: "vb-eth0".to_owned(),
+            tap: "tap-eth0".to_owned(),
+            placeholder: "eth0".to_owned(),
+        }
+    );
+    assert!(LinkNames::for_interface("net1-abcdefg").is_err());
+    assert!(LinkNames::for_interface("net1-abcdef").is_ok());
+    assert!(LinkNames::for_interface("").is_err());
+}
+
+/// The guest's MAC address a masquerade record keeps.
+const RECORDED_GUEST_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 9]);
+
+fn recorded(binding: Binding, pod: PodInterface) -> Recorded {
+    Recorded {
+        pod,
+        dns: DnsConfig::parse("nameserver 10.96.0.10\nsearch cluster.local\n"),
+        guest_mac: (binding == Binding::Masquerade).then_some(RECORDED_GUEST_MAC),
+    }
+}
+
+fn plan_for(binding: Binding, pod: PodInterface) -> NetworkPlan {
+    plan::plan(&request_for(binding), &recorded(binding, pod)).unwrap()
+}
+
+fn operations(binding: Binding, pod: PodInterface) -> Vec<String> {
+    plan_for(binding, pod)
+        .operations
+        .iter()
+        .map(Operation::to_string)
+        .collect()
+}
+
+/// Every pod of the tests, with the placeholder's addresses and the guest's IPv4 address.
+fn pods() -> [(&'static str, PodInterface, &'static str, Option<&'static str>); 5] {
+    let dual = "10.244.1.7/24, fd00:10:244:1::7/64";
+    [
+        ("v4", v4(), "10.244.1.7/24", Some("10.244.1.7")),
+        ("v6", v6(), "fd00:10:244:1::7/64", None),
+        ("dual stack", dual_stack(), dual, Some("10.244.1.7")),
+        ("/32", calico(), "10.244.1.7/32", Some("10.244.1.7")),
+        ("several routes", several_routes(), dual, Some("10.244.1.7")),
+    ]
+}
+
+#[test]
+fn the_bridge_plan_makes_the_pod_interface_a_port_beside_the_tap() {
+    for (name, pod, placeholder, guest) in pods() {
+        let mut expected = vec![
+            "load table Bridge vmlet".to_owned(),
+            "ensure bridge vb-eth0 mtu 1400".into(),
+            "serve from 169.254.75.10 on vb-eth0".into(),
+            "bring vb-eth0 up".into(),
+            "free the pod interface eth0 (2) as eth0-nic with a new MAC".into(),
+            "no IPv6 addresses on eth0-nic".into(),
+            "attach eth0-nic to vb-eth0 mtu 1400".into(),
+            "stop learning behind eth0-nic".into(),
+            "ensure tap tap-eth0".into(),
+            "no IPv6 addresses on tap-eth0".into(),
+            "attach tap-eth0 to vb-eth0 mtu 1400".into(),
+            format!("ensure placeholder eth0 mtu 1400 with {placeholder}"),
+        ];
+        // The pod's way to its guest, over IPv4 only.
+        if let Some(guest) = guest {
+            expected.extend([
+                format!("load table Bridge vmlet-guest-access: {guest} from tap-eth0 to 169.254.75.10 on vb-eth0"),
+                "route 169.254.75.11/32 dev vb-eth0 src 169.254.75.10".into(),
+                format!("neighbour 169.254.75.11 lladdr {POD_MAC} dev vb-eth0"),
+            ]);
+        }
+        assert_eq!(operations(Binding::Bridge, pod), expected, "{name}");
+    }
+    let plan = plan_for(Binding::Bridge, calico());
+    assert_eq!(
+        plan.operations[0],
+        Operation::LoadTables(vec![bridge::guard_table(
+            "eth0-nic",
+            bridge::Guard::KeepAddressingInPod
+        )])
+    );
+    assert_eq!(
+        (plan.served_link.as_str(), plan.tap.as_str(), plan.server_address),
+        ("vb-eth0", "tap-eth0", Some(Ipv4Addr::new(169, 254, 75, 10)))
+    );
+    assert_eq!(plan.served_link_mac, LinkMac::ReadFrom("vb-eth0".into()));
+    assert_eq!(plan.pod_port_mac, Some(LinkMac::ReadFrom("eth0-nic".into())));
+    assert_eq!(plan.guest_mac, POD_MAC, "the guest takes the pod's MAC address");
+}
+
+#[test]
+fn the_managed_tap_plan_is_the_bridge_plumbing_with_nothing_served() {
+    for (name, pod, placeholder, _) in pods() {
+        let bridge_plan = operations(Binding::Bridge, pod.clone());
+        let mut expected: Vec<String> = bridge_plan[..11].to_vec();
+        expected[2] = "no IPv6 addresses on vb-eth0".into();
+        expected.push(format!("ensure placeholder eth0 mtu 1400 with {placeholder}"));
+        assert_eq!(operations(Binding::ManagedTap, pod), expected, "{name}");
+    }
+    let plan = plan_for(Binding::ManagedTap, dual_stack());
+    assert_eq!(
+        plan.operations[0],
+        Operation::LoadTables(vec![bridge::guard_table("eth0-nic", bridge::Guard::PodStackOnly)])
+    );
+    assert_eq!(plan.server_address, None);
+    assert_eq!(plan.guest_mac, POD_MAC);
+}
+
+#[test]
+fn the_tap_plan_joins_the_pod_interface_and_the_tap_by_tc() {
+    for (name, pod, placeholder, _) in pods() {
+        let expected = [
+            "load table Inet vmlet-tap".to_owned(),
+            "free the pod interface eth0 (2) as eth0-nic with a new MAC".into(),
+            "no IPv6 addresses on eth0-nic".into(),
+            "bring eth0-nic up mtu 1400".into(),
+            "ensure tap tap-eth0".into(),
+            "serve from 169.254.75.10 on tap-eth0".into(),
+            "no IPv6 addresses on tap-eth0".into(),
+            "bring tap-eth0 up mtu 1400".into(),
+            "load the ingress filters of tap-eth0, eth0-nic".into(),
+            format!("ensure placeholder eth0 mtu 1400 with {placeholder}"),
+        ];
+        assert_eq!(operations(Binding::Tap, pod), expected, "{name}");
+    }
+    let plan = plan_for(Binding::Tap, v4());
+    assert_eq!(
+        plan.operations[8],
+        Operation::LoadIngressFilters(tap::ingress_filters("eth0-nic", "tap-eth0").into())
+    );
+    assert_eq!(plan.served_link_mac, LinkMac::ReadFrom("tap-eth0".into()));
+    assert_eq!(plan.server_address, Some(Ipv4Addr::new(169, 254, 75, 10)));
+}
+
+#[test]
+fn the_masquerade_plan_leaves_the_pod_interface_alone_and_routes_behind_nat() {
+    for (name, pod, _, guest) in pods() {
+        let (has_v4, has_v6) = (!pod.ipv4.is_empty(), !pod.ipv6.is_empty());
+        let gateway: Vec<&str> = [
+            has_v4.then_some("10.0.2.1/24"),
+            has_v6.then_some("fd10:0:2::1/120"),
+            has_v6.then_some("fe80::1/64"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut expected = vec![
+            "ensure bridge vb-eth0 mtu 1400".to_owned(),
+            "no IPv6 addresses on vb-eth0".into(),
+            "bring vb-eth0 up mac 02:00:0a:00:02:01 mtu 1400".into(),
+            format!("address vb-eth0 with {}", gateway.join(", ")),
+            "forward IPv4 on vb-eth0 with route_localnet".into(),
+            "forward IPv4 on eth0".into(),
+        ];
+        if has_v6 {
+            expected.push("forward IPv6".into());
+        }
+        expected.extend([
+            "ensure tap tap-eth0".into(),
+            "no IPv6 addresses on tap-eth0".into(),
+            "attach tap-eth0 to vb-eth0 mtu 1400".into(),
+            "load table Inet vmlet-nat".into(),
+        ]);
+        if guest.is_some() {
+            expected.push("route 169.254.75.11/32 dev vb-eth0 src 10.0.2.1".into());
+        }
+        assert_eq!(operations(Binding::Masquerade, pod), expected, "{name}");
+    }
+    let plan = plan_for(Binding::Masquerade, dual_stack());
+    assert_eq!(plan.served_link_mac, LinkMac::Fixed(masquerade::BRIDGE_MAC));
+    assert_eq!(plan.pod_port_mac, None, "the pod interface keeps its MAC address");
+    assert_eq!(plan.guest_mac, RECORDED_GUEST_MAC);
+    assert_eq!(plan.server_address, Some(Ipv4Addr::new(10, 0, 2, 1)));
+}
+
+#[test]
+fn a_masquerade_guest_takes_the_specs_mac_else_the_recorded_one() {
+    let spec_mac = MacAddr([2, 0, 0, 0, 0, 0x2a]);
+    let request = BindingRequest {
+        guest_mac: Some(spec_mac),
+        ..request_for(Binding::Masquerade)
+    };
+    let with_mac = recorded(Binding::Masquerade, v4());
+    assert_eq!(plan::plan(&request, &with_mac).unwrap().guest_mac, spec_mac);
+    let unrecorded = Recorded {
+        guest_mac: None,
+        ..with_mac
+    };
+    assert!(matches!(
+        plan::plan(&request_for(Binding::Masquerade), &unrecorded),
+        Err(PlanError::NoGuestMac)
+    ));
+    let no_address = recorded(Binding::Masquerade, pod(&[], &[], Vec::new()));
+    assert!(matches!(
+        plan::plan(&request_for(Binding::Masquerade), &no_address),
+        Err(PlanError::NoPodAddress(_))
+    ));
+}
+
+/// A restarted launcher plans from the record an earlier one wrote: the same plan, so applying it changes nothing.
+#[test]
+fn the_record_read_back_gives_the_same_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("network-eth0.json");
+    for binding in [Binding::Bridge, Binding::ManagedTap, Binding::Tap, Binding::Masquerade] {
+        for (name, pod, _, _) in pods() {
+            let recorded = recorded(binding, pod);
+            write_record(&state_file, &recorded).unwrap();
+            let read_back = read_record(&state_file).unwrap().unwrap();
+            assert_eq!(
+                plan::plan(&request_for(binding), &read_back).unwrap(),
+                plan::plan(&request_for(binding), &recorded).unwrap(),
+                "{binding:?}, {name}"
+            );
+        }
+    }
 }
