@@ -1,6 +1,7 @@
 //! The `controller` role: for every VirtualMachine in the cluster, a launcher Pod when its run strategy says it
 //! should run, and its lifecycle status. One replica leads (a Lease); the others wait to take over.
 
+mod events;
 pub mod launcher_pod;
 mod leader;
 mod node_silence;
@@ -17,7 +18,6 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
@@ -162,7 +162,7 @@ fn waiting_on_node<'a>(
 /// What every reconciliation shares.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: events::Publisher,
     /// The handler namespace's Leases: the nodes' heartbeats.
     pub leases: Api<Lease>,
     pub pod_config: PodConfig,
@@ -218,13 +218,7 @@ async fn run_async(args: Args) -> Result<(), RunError> {
 
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: reconcile::FIELD_MANAGER.into(),
-                instance: Some(identity.clone()),
-            },
-        ),
+        events: events::Publisher::new(client.clone(), reconcile::FIELD_MANAGER, &identity),
         leases: leases.clone(),
         pod_config: PodConfig {
             image: args.launcher_image,

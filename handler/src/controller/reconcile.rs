@@ -7,7 +7,6 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -18,7 +17,7 @@ use vmlet_api::instancetype::{
 use vmlet_api::{RUN_ANNOTATION, VirtualMachine, VirtualMachineStatus};
 
 use super::pod_volumes::{ClaimMode, ClaimModes, claims_of};
-use super::{Context, Error, launcher_pod};
+use super::{Context, Error, events, launcher_pod};
 use crate::lifecycle::{
     self, EventKind, Launcher, LauncherAction, MissingClaim, NodeHealth, Observation, Obstacles, RunRequest,
 };
@@ -248,23 +247,20 @@ async fn sync(vm: &VirtualMachine, ctx: &Context, deleting: bool) -> Result<Acti
 
     let reference = vm.object_ref(&());
     for event in plan.events.iter().chain(&changed) {
-        let published = KubeEvent {
-            type_: match event.kind {
-                EventKind::Normal => EventType::Normal,
-                EventKind::Warning => EventType::Warning,
-            },
+        let published = events::Event {
+            warning: event.kind == EventKind::Warning,
             reason: event.reason.into(),
-            note: Some(event.message.clone()),
+            note: event.message.clone(),
             action: match plan.action {
                 LauncherAction::Create => "StartLauncher",
                 LauncherAction::Delete => "StopLauncher",
                 LauncherAction::None => "Observe",
             }
             .into(),
-            secondary: acted_on.clone(),
+            related: acted_on.clone(),
         };
         // An event that cannot be recorded is no reason to act again: what it reports is done.
-        if let Err(err) = ctx.recorder.publish(&published, &reference).await {
+        if let Err(err) = ctx.events.publish(&published, &reference).await {
             warn!(vm = %name, reason = event.reason, error = %err, "cannot record an event");
         }
     }

@@ -11,7 +11,6 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 use vmlet_api::{
@@ -179,13 +178,7 @@ fn defaulted(mut vm: VirtualMachine) -> VirtualMachine {
 fn context(client: Client) -> Arc<Context> {
     Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some("test".into()),
-            },
-        ),
+        events: super::events::Publisher::new(client.clone(), FIELD_MANAGER, "test"),
         leases: Api::namespaced(client, "vmlet-system"),
         pod_config: config(),
         node_timeout: Duration::from_secs(40),
@@ -1451,4 +1444,61 @@ async fn a_probed_vm_is_ready_only_while_its_launcher_pod_is() {
         "True",
         "the probe passes: the VM is ready"
     );
+}
+
+/// An Event published again within six minutes is the first one's series: a merge patch of its count onto the
+/// Event as the API server named it, no new Event.
+#[tokio::test]
+async fn a_repeated_event_is_a_series_of_the_first() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let created = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "vm1.18f"}});
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/ns/events",
+                created.clone(),
+            ),
+            expect(
+                Method::PATCH,
+                "/apis/events.k8s.io/v1/namespaces/ns/events/vm1.18f",
+                created,
+            ),
+        ],
+    ));
+    let ctx = context(Client::new(service, "default"));
+    let regarding = vm(ALWAYS).object_ref(&());
+    let event = super::events::Event {
+        warning: true,
+        reason: "LauncherFailed".into(),
+        note: "the launcher failed: no such disk".into(),
+        action: "Observe".into(),
+        related: None,
+    };
+    let publish = async {
+        ctx.events.publish(&event, &regarding).await.unwrap();
+        ctx.events.publish(&event, &regarding).await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(10), publish)
+        .await
+        .expect("publishing hung");
+    let seen = server.await.unwrap();
+    let first = &seen[0].body;
+    assert_eq!(
+        (&first["type"], &first["reason"], &first["note"], &first["action"]),
+        (
+            &json!("Warning"),
+            &json!("LauncherFailed"),
+            &json!("the launcher failed: no such disk"),
+            &json!("Observe")
+        )
+    );
+    assert_eq!(first["regarding"]["uid"], UID);
+    assert_eq!(first["reportingController"], FIELD_MANAGER);
+    assert_eq!(first["reportingInstance"], "test");
+    assert!(first["eventTime"].is_string());
+    assert_eq!(seen[1].content_type.as_deref(), Some("application/merge-patch+json"));
+    assert_eq!(seen[1].body["series"]["count"], 2);
+    assert!(seen[1].body["series"]["lastObservedTime"].is_string());
 }
