@@ -1,6 +1,7 @@
 //! The `controller` role: for every VirtualMachine in the cluster, a launcher Pod when its run strategy says it
 //! should run, and its lifecycle status. One replica leads (a Lease); the others wait to take over.
 
+mod cached_vm;
 mod events;
 pub mod launcher_pod;
 mod leader;
@@ -22,11 +23,11 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
-use vmlet_api::VirtualMachine;
 use vmlet_api::defaults::{ClusterDefaults, DefaultBinding};
 
 use crate::metrics::{Metrics, PhaseLabels};
 
+pub use cached_vm::CachedVm;
 pub use launcher_pod::PodConfig;
 use leader::LeaderElector;
 pub use pod_volumes::ContainerDisks;
@@ -96,6 +97,8 @@ pub enum Error {
     NoUid,
     #[error("cannot make the launcher pod: {0}")]
     Pod(#[from] launcher_pod::BuildError),
+    #[error("cannot read the VM's spec: {0}")]
+    UnreadableSpec(serde_json::Error),
     #[error("cannot write a JSON patch: {0}")]
     JsonPatch(#[from] serde_json::Error),
     /// Not a failure: a deleted VM waits for its launcher to go.
@@ -123,7 +126,7 @@ pub enum RunError {
 }
 
 /// Keeps `kubevirt_vmi_phase_count` to the VMs the controller's cache holds.
-async fn count_phases(vms: kube::runtime::reflector::Store<VirtualMachine>, metrics: Arc<Metrics>) {
+async fn count_phases(vms: kube::runtime::reflector::Store<CachedVm>, metrics: Arc<Metrics>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
@@ -143,9 +146,9 @@ async fn count_phases(vms: kube::runtime::reflector::Store<VirtualMachine>, metr
 
 /// The VMs whose status is Unknown because `lease`'s node fell silent: its renewal is news for them.
 fn waiting_on_node<'a>(
-    vms: impl Iterator<Item = &'a VirtualMachine>,
+    vms: impl Iterator<Item = &'a CachedVm>,
     lease: &str,
-) -> Vec<kube::runtime::reflector::ObjectRef<VirtualMachine>> {
+) -> Vec<kube::runtime::reflector::ObjectRef<CachedVm>> {
     let Some(node) = crate::cluster::node_of_lease(lease) else {
         return Vec::new();
     };
@@ -257,7 +260,7 @@ async fn run_async(args: Args) -> Result<(), RunError> {
         silence_tx,
     ));
     let silences = futures::stream::unfold(silence_rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
-    let controller = Controller::new(Api::<VirtualMachine>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(Api::<CachedVm>::all(client.clone()), watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
     let vms = controller.store();
     tokio::spawn(count_phases(vms.clone(), metrics));
@@ -291,7 +294,7 @@ async fn run_async(args: Args) -> Result<(), RunError> {
     Ok(())
 }
 
-fn error_policy(vm: Arc<VirtualMachine>, err: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(vm: Arc<CachedVm>, err: &Error, _ctx: Arc<Context>) -> Action {
     if err.still_stopping() {
         return Action::requeue(Duration::from_secs(5));
     }

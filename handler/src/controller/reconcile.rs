@@ -17,7 +17,7 @@ use vmlet_api::instancetype::{
 use vmlet_api::{RUN_ANNOTATION, VirtualMachine, VirtualMachineStatus};
 
 use super::pod_volumes::{ClaimMode, ClaimModes, claims_of};
-use super::{Context, Error, events, launcher_pod};
+use super::{CachedVm, Context, Error, events, launcher_pod};
 use crate::lifecycle::{
     self, EventKind, Launcher, LauncherAction, MissingClaim, NodeHealth, Observation, Obstacles, RunRequest,
 };
@@ -34,9 +34,12 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// The controller's reconcile function: the lifecycle behind the finalizer `vmlet.dev/launcher`, added first and
 /// removed once the VM's deletion has stopped its launcher. As kube's finalizer helper does it, but with the
 /// controller's field manager on every patch, and a VM already gone when its finalizer goes is no error.
-pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(cached: Arc<CachedVm>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_vm(&vm, &ctx).await;
+    let result = match cached.to_vm() {
+        Ok(vm) => reconcile_vm(&vm, &ctx).await,
+        Err(err) => Err(Error::UnreadableSpec(err)),
+    };
     ctx.metrics
         .reconcile_seconds
         .get_or_create(&RoleLabels {

@@ -192,9 +192,12 @@ async fn run(vm: VirtualMachine, script: Vec<Expect>) -> (Result<kube::runtime::
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(serve(handle, script));
     let ctx = context(Client::new(service, "default"));
-    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(vm), ctx))
-        .await
-        .expect("reconcile hung");
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(super::CachedVm::from(&vm)), ctx),
+    )
+    .await
+    .expect("reconcile hung");
     let seen = tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .unwrap()
@@ -1316,7 +1319,7 @@ fn a_heartbeat_looks_again_at_the_vms_its_node_left_unknown() {
             printable_status: Some(printable),
             ..VirtualMachineStatus::default()
         });
-        vm
+        super::CachedVm::from(&vm)
     };
     let vms = [
         on("n1", PrintableStatus::Unknown, "lost-on-n1"),
