@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "kubernetes")]
 use kube::CustomResource;
+#[cfg(feature = "kubernetes")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -15,10 +17,11 @@ use crate::{
 };
 
 /// The instance type a VM names: namespaced, or cluster-wide (the default kind, as in KubeVirt).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InstancetypeMatcher {
-    #[schemars(length(min = 1, max = 253))]
+    #[cfg_attr(feature = "kubernetes", schemars(length(min = 1, max = 253)))]
     pub name: String,
     /// `VirtualMachineInstancetype` or `VirtualMachineClusterInstancetype` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,10 +29,11 @@ pub struct InstancetypeMatcher {
 }
 
 /// The preference a VM names: namespaced, or cluster-wide (the default kind).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PreferenceMatcher {
-    #[schemars(length(min = 1, max = 253))]
+    #[cfg_attr(feature = "kubernetes", schemars(length(min = 1, max = 253)))]
     pub name: String,
     /// `VirtualMachinePreference` or `VirtualMachineClusterPreference` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,15 +68,19 @@ impl PreferenceMatcher {
 }
 
 /// A VM's size: its vCPUs and memory, and where it may run.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[kube(
-    group = "vmlet.dev",
-    version = "v1alpha1",
-    kind = "VirtualMachineInstancetype",
-    namespaced,
-    shortname = "vmit",
-    derive = "PartialEq",
-    derive = "Default"
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(CustomResource, JsonSchema))]
+#[cfg_attr(
+    feature = "kubernetes",
+    kube(
+        group = "vmlet.dev",
+        version = "v1alpha1",
+        kind = "VirtualMachineInstancetype",
+        namespaced,
+        shortname = "vmit",
+        derive = "PartialEq",
+        derive = "Default"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InstancetypeSpec {
@@ -82,30 +90,50 @@ pub struct InstancetypeSpec {
     pub node_selector: BTreeMap<String, String>,
 }
 
+#[cfg(not(feature = "kubernetes"))]
+plain_resource!(
+    /// A VM's size: its vCPUs and memory, and where it may run.
+    VirtualMachineInstancetype,
+    InstancetypeSpec
+);
+
 /// The cluster-wide form of [`VirtualMachineInstancetype`], with the same spec.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[kube(
-    group = "vmlet.dev",
-    version = "v1alpha1",
-    kind = "VirtualMachineClusterInstancetype",
-    shortname = "vmcit",
-    derive = "PartialEq",
-    derive = "Default"
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(CustomResource, JsonSchema))]
+#[cfg_attr(
+    feature = "kubernetes",
+    kube(
+        group = "vmlet.dev",
+        version = "v1alpha1",
+        kind = "VirtualMachineClusterInstancetype",
+        shortname = "vmcit",
+        derive = "PartialEq",
+        derive = "Default"
+    )
 )]
 #[serde(transparent)]
 pub struct ClusterInstancetypeSpec(pub InstancetypeSpec);
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[cfg(not(feature = "kubernetes"))]
+plain_resource!(
+    /// The cluster-wide form of [`VirtualMachineInstancetype`], with the same spec.
+    VirtualMachineClusterInstancetype,
+    ClusterInstancetypeSpec
+);
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CpuInstancetype {
     /// The guest's vCPUs, laid out as the preference's topology says (sockets by default).
-    #[schemars(range(min = 1))]
+    #[cfg_attr(feature = "kubernetes", schemars(range(min = 1)))]
     pub guest: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MemoryInstancetype {
     /// A Kubernetes quantity (`2Gi`).
@@ -113,15 +141,19 @@ pub struct MemoryInstancetype {
 }
 
 /// What a VM of some kind (an OS, a workload) works best with, used where the VM says nothing.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[kube(
-    group = "vmlet.dev",
-    version = "v1alpha1",
-    kind = "VirtualMachinePreference",
-    namespaced,
-    shortname = "vmpref",
-    derive = "PartialEq",
-    derive = "Default"
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(CustomResource, JsonSchema))]
+#[cfg_attr(
+    feature = "kubernetes",
+    kube(
+        group = "vmlet.dev",
+        version = "v1alpha1",
+        kind = "VirtualMachinePreference",
+        namespaced,
+        shortname = "vmpref",
+        derive = "PartialEq",
+        derive = "Default"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PreferenceSpec {
@@ -139,20 +171,39 @@ pub struct PreferenceSpec {
     pub preferred_termination_grace_period_seconds: Option<u32>,
 }
 
+#[cfg(not(feature = "kubernetes"))]
+plain_resource!(
+    /// What a VM of some kind (an OS, a workload) works best with, used where the VM says nothing.
+    VirtualMachinePreference,
+    PreferenceSpec
+);
+
 /// The cluster-wide form of [`VirtualMachinePreference`], with the same spec.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[kube(
-    group = "vmlet.dev",
-    version = "v1alpha1",
-    kind = "VirtualMachineClusterPreference",
-    shortname = "vmcpref",
-    derive = "PartialEq",
-    derive = "Default"
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(CustomResource, JsonSchema))]
+#[cfg_attr(
+    feature = "kubernetes",
+    kube(
+        group = "vmlet.dev",
+        version = "v1alpha1",
+        kind = "VirtualMachineClusterPreference",
+        shortname = "vmcpref",
+        derive = "PartialEq",
+        derive = "Default"
+    )
 )]
 #[serde(transparent)]
 pub struct ClusterPreferenceSpec(pub PreferenceSpec);
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[cfg(not(feature = "kubernetes"))]
+plain_resource!(
+    /// The cluster-wide form of [`VirtualMachinePreference`], with the same spec.
+    VirtualMachineClusterPreference,
+    ClusterPreferenceSpec
+);
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CpuPreference {
     /// How the instance type's vCPUs are laid out: `sockets` (the default), `cores`, `threads` or `any` (KubeVirt's
@@ -161,7 +212,8 @@ pub struct CpuPreference {
     pub preferred_cpu_topology: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DevicePreferences {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,7 +228,8 @@ pub struct DevicePreferences {
     pub preferred_autoattach_serial_console: Option<bool>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FeaturePreferences {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,7 +240,8 @@ pub struct FeaturePreferences {
     pub preferred_smm: Option<FeatureState>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FirmwarePreferences {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,7 +250,8 @@ pub struct FirmwarePreferences {
     pub preferred_use_secure_boot: Option<bool>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MachinePreferences {
     #[serde(default, skip_serializing_if = "Option::is_none")]

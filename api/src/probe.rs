@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+#[cfg(feature = "kubernetes")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -12,12 +13,13 @@ use crate::Empty;
 
 /// One probe of the guest. Exactly one way of checking is given; gRPC probes are not offered (the field does not
 /// exist here, so a manifest that has one is refused by name).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("x-kubernetes-validations" = [{
+#[cfg_attr(feature = "kubernetes", schemars(extend("x-kubernetes-validations" = [{
     "rule": "[has(self.tcpSocket), has(self.httpGet), has(self.exec), has(self.guestAgentPing)].filter(s, s).size() == 1",
     "message": "exactly one check is required: tcpSocket, httpGet, exec or guestAgentPing",
-}]))]
+}])))]
 pub struct Probe {
     /// A TCP connection to the guest's port succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -36,24 +38,25 @@ pub struct Probe {
     pub initial_delay_seconds: Option<u32>,
     /// Seconds between checks; 10 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[cfg_attr(feature = "kubernetes", schemars(range(min = 1)))]
     pub period_seconds: Option<u32>,
     /// Seconds a check may take before it counts as failed; 1 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[cfg_attr(feature = "kubernetes", schemars(range(min = 1)))]
     pub timeout_seconds: Option<u32>,
     /// Successes in a row after a failure before the probe passes again; 1 by default, and 1 for liveness.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[cfg_attr(feature = "kubernetes", schemars(range(min = 1)))]
     pub success_threshold: Option<u32>,
     /// Failures in a row before the probe fails; 3 by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[cfg_attr(feature = "kubernetes", schemars(range(min = 1)))]
     pub failure_threshold: Option<u32>,
 }
 
 /// A TCP port of the guest.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSocketAction {
     /// A port number; Kubernetes' named ports have no meaning for a guest.
@@ -63,7 +66,8 @@ pub struct TcpSocketAction {
     pub host: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpGetAction {
     /// A port number, as for `tcpSocket`.
@@ -79,7 +83,8 @@ pub struct HttpGetAction {
     pub scheme: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecAction {
     /// The program and its arguments, run without a shell.

@@ -1,10 +1,12 @@
 //! What the handler reports about a VM.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+#[cfg(feature = "kubernetes")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -15,7 +17,7 @@ pub struct VirtualMachineStatus {
     /// Keyed by type, so that each writer (the controller: Ready and Failure; the node role: Paused) owns its own
     /// conditions under server-side apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[cfg_attr(feature = "kubernetes", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])))]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceStatus>,
@@ -44,7 +46,8 @@ pub struct VirtualMachineStatus {
 }
 
 /// What the guest agent says of the guest's operating system (KubeVirt's field names).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GuestOsInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,7 +73,8 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// The crash-loop back-off's memory (KubeVirt's `startFailure`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct StartFailure {
     /// Failed runs in a row; a run that lasts long enough starts the count afresh.
@@ -84,7 +88,8 @@ pub struct StartFailure {
 }
 
 /// Where the VM instance is in its life (KubeVirt's VMI phases).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 pub enum Phase {
     Pending,
     Scheduling,
@@ -95,7 +100,8 @@ pub enum Phase {
     Unknown,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 pub enum PrintableStatus {
     Stopped,
     Provisioning,
@@ -116,7 +122,8 @@ pub enum PrintableStatus {
     Unknown,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -150,14 +157,16 @@ impl Condition {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 pub enum ConditionType {
     Ready,
     Failure,
     Paused,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InterfaceStatus {
     pub name: String,
@@ -177,7 +186,8 @@ pub struct InterfaceStatus {
     pub info_source: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PhaseTransition {
     pub phase: Phase,
@@ -187,7 +197,8 @@ pub struct PhaseTransition {
 /// The node role's report on one launcher: facts it alone can observe (the control socket, the launcher going
 /// silent), and the launcher's exit code kept beyond its Pod's deletion. No judgement on the VM's phase: that is
 /// the controller's.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LauncherReport {
     /// The launcher Pod this report is about; a report on another Pod than `launcherPod` is an old one.
@@ -207,7 +218,8 @@ pub struct LauncherReport {
 }
 
 /// The launcher as its node sees it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 pub enum ReportedState {
     /// Its Pod is starting, or it is setting the VM up.
     Starting,
@@ -228,7 +240,8 @@ pub enum ReportedState {
 }
 
 /// How a guest ended (the launcher's `exit`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 pub enum GuestExit {
     PoweredOff,
     ShutDown,
