@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use jiff::Timestamp;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -70,6 +70,11 @@ pub struct Args {
     /// The pool pods take their addresses from; its first address is the bridge's, the pods' gateway.
     #[arg(long, default_value = "10.111.0.0/24")]
     pod_cidr: Ipv4Net,
+    /// An IPv6 pool too, for dual-stack pods: its first address is the bridge's, and each pod's address is at the
+    /// offset of its IPv4 one. Turns on the host's IPv6 forwarding, so the host no longer takes router
+    /// advertisements: none without it.
+    #[arg(long)]
+    pod_cidr_v6: Option<Ipv6Net>,
     /// The MTU of the bridge and the pods' interfaces.
     #[arg(long, default_value_t = 1500)]
     mtu: u32,
@@ -223,6 +228,7 @@ impl Standalone {
             node: NodeNetwork {
                 bridge: args.bridge,
                 pool: args.pod_cidr,
+                pool_v6: args.pod_cidr_v6,
                 mtu: args.mtu,
             },
             node_name,
@@ -257,6 +263,7 @@ impl Standalone {
             manifests = %self.manifests.display(),
             bridge = %self.node.bridge,
             pool = %self.node.pool,
+            pool_v6 = ?self.node.pool_v6,
             "standalone mode started"
         );
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -821,6 +828,7 @@ impl Standalone {
         // The addresses on disk now, not as the pass began: pods made earlier in this pass hold theirs too.
         let used = taken_addresses(&self.pods_dir, key)?;
         let address = self.node.allocate(&used)?;
+        let address_v6 = self.node.address_v6(address.addr())?;
         let pod = PodDir::new(self.pods_dir.join(key.file_stem()));
         std::fs::create_dir_all(pod.run_dir().root())
             .with_context(|| format!("cannot create {}", pod.path().display()))?;
@@ -829,6 +837,7 @@ impl Standalone {
             format!("{}{}-{}", self.netns_prefix, key.namespace, key.name),
             address,
             self.node.gateway()?,
+            address_v6,
         );
         // The record first, before the address is put on an interface: a handler killed at any later point
         // leaves the address recorded as taken, and its pod removable.
@@ -843,6 +852,7 @@ impl Standalone {
                 netns: record.netns.clone(),
                 address: record.address,
                 gateway: record.gateway,
+                address_v6: record.address_v6,
             },
         )?;
         let launcher: Vec<OsString> = vec![
@@ -865,7 +875,7 @@ impl Standalone {
         let shim = shim::command(&self.handler, &pod, &netns, &launcher)?
             .spawn()
             .context("cannot start the shim")?;
-        info!(vm = %key, netns = %record.netns, address = %record.address, "pod started");
+        info!(vm = %key, netns = %record.netns, address = %record.address, address_v6 = ?record.address_v6, "pod started");
         self.shims.push(shim);
         Ok(())
     }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! STATE/pods/NAMESPACE_NAME/
-//!   pod.json      the pod's network (namespace, address) and when it was made
+//!   pod.json      the pod's network (namespace, addresses) and when it was made
 //!   vm.json       the VirtualMachine the launcher runs (its spec is compared with the manifest's)
 //!   resolv.conf   the pod's resolver configuration
 //!   shim.json     the shim's pid and start time, once the launcher runs
@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use nix::sys::wait::WaitStatus;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,9 @@ pub struct PodRecord {
     pub netns: String,
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// The pod's IPv6 address, when the machine has an IPv6 pool; its gateway is [`vmlet_podnet::GATEWAY_V6`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<Ipv6Net>,
     /// Seconds since the epoch.
     pub created_at: u64,
     #[serde(default)]
@@ -50,7 +53,13 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
-    pub fn new(key: &VmKey, netns: String, address: Ipv4Net, gateway: Ipv4Addr) -> PodRecord {
+    pub fn new(
+        key: &VmKey,
+        netns: String,
+        address: Ipv4Net,
+        gateway: Ipv4Addr,
+        address_v6: Option<Ipv6Net>,
+    ) -> PodRecord {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -60,6 +69,7 @@ impl PodRecord {
             netns,
             address,
             gateway,
+            address_v6,
             created_at: now.as_secs(),
             created_at_nanos: now.subsec_nanos(),
         }
@@ -333,6 +343,30 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pod made before IPv6 pools has a record without an IPv6 address, and a pod of an IPv4-only machine
+    /// writes none.
+    #[test]
+    fn the_ipv6_address_of_a_pod_record_is_optional() {
+        let key = VmKey::from_file_stem("default_demo").unwrap();
+        let gateway = Ipv4Addr::new(10, 111, 0, 1);
+        let v4_only = PodRecord::new(
+            &key,
+            "vmlet-default-demo".into(),
+            "10.111.0.2/24".parse().unwrap(),
+            gateway,
+            None,
+        );
+        let text = serde_json::to_string(&v4_only).unwrap();
+        assert!(!text.contains("address_v6"), "{text}");
+        assert_eq!(serde_json::from_str::<PodRecord>(&text).unwrap(), v4_only);
+        let dual = PodRecord {
+            address_v6: Some("fd00:6d76:6c74::2/64".parse().unwrap()),
+            ..v4_only
+        };
+        let text = serde_json::to_string(&dual).unwrap();
+        assert_eq!(serde_json::from_str::<PodRecord>(&text).unwrap(), dual);
+    }
 
     #[test]
     fn the_start_time_of_this_process_is_read_and_stable() {
