@@ -16,6 +16,9 @@ use crate::{Child, NetNs, ScratchDir, binary, poll_until, remove_namespaces, run
 pub const BOOT: Duration = Duration::from_secs(300);
 /// The bound on anything that does not wait for a guest to boot (a shutdown waits for an ACPI power-off).
 pub const WAIT: Duration = Duration::from_secs(90);
+/// The machine's IPv6 pool, for dual-stack pods (`--pod-cidr-v6`), and its first address, the bridge's.
+pub const POOL_V6: &str = "fd00:6d76:6c74::/64";
+pub const GATEWAY_V6: &str = "fd00:6d76:6c74::1";
 
 /// A machine for standalone mode: a namespace for the handler, a manifest folder, a state folder.
 pub struct Machine {
@@ -122,14 +125,32 @@ impl Machine {
         self.handler.as_mut().expect("the handler was started")
     }
 
+    /// Gives the pods IPv6 addresses from [`POOL_V6`] too, for the handlers started from now on.
+    pub fn dual_stack(&mut self) {
+        self.handler_args(["--pod-cidr-v6", POOL_V6]);
+    }
+
     /// Writes a manifest for a guest that pings the pods' gateway and stays up.
     pub fn add_vm(&self, name: &str, run_strategy: &str) -> PathBuf {
-        let spec = GuestSpec {
+        self.add_guest(GuestSpec {
             name: name.to_owned(),
             run_strategy: run_strategy.to_owned(),
             ..GuestSpec::new("bridge: {}", "10.111.0.1")
-        };
-        let path = self.manifests().join(format!("{name}.yaml"));
+        })
+    }
+
+    /// Writes a manifest for a guest that also takes IPv6 (DHCPv6 and router advertisements), pings both of the
+    /// pods' gateways and stays up.
+    pub fn add_dual_stack_vm(&self, name: &str, run_strategy: &str) -> PathBuf {
+        self.add_guest(GuestSpec {
+            name: name.to_owned(),
+            run_strategy: run_strategy.to_owned(),
+            ..GuestSpec::new("bridge: {}", &format!("10.111.0.1,{GATEWAY_V6}")).ipv6()
+        })
+    }
+
+    fn add_guest(&self, spec: GuestSpec) -> PathBuf {
+        let path = self.manifests().join(format!("{}.yaml", spec.name));
         std::fs::write(&path, spec.manifest()).expect("writing a manifest");
         path
     }
@@ -156,6 +177,31 @@ impl Machine {
             },
         );
         found.unwrap_or_else(|timeout| panic!("{timeout}\n{}", self.diagnostics(name)))
+    }
+
+    /// Waits for the guest's DHCPv6 lease line and its ping of the IPv6 gateway ([`Machine::add_dual_stack_vm`]),
+    /// and returns the lease line.
+    pub fn wait_lease6(&self, name: &str) -> String {
+        let pinged = format!("VMLET-GUEST ping target={GATEWAY_V6} ");
+        let found = poll_until(
+            format!("{name}'s IPv6 lease and ping"),
+            BOOT,
+            Duration::from_millis(250),
+            || {
+                let console = self.console(name);
+                let lease = console
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| l.starts_with("VMLET-GUEST lease6 "))?;
+                let ping = console.lines().map(str::trim).find(|l| l.starts_with(&pinged))?;
+                Some((lease.to_owned(), ping.ends_with(" ok")))
+            },
+        );
+        match found {
+            Ok((lease, true)) => lease,
+            Ok((_, false)) => panic!("{name} cannot ping {GATEWAY_V6}\n{}", self.diagnostics(name)),
+            Err(timeout) => panic!("{timeout}\n{}", self.diagnostics(name)),
+        }
     }
 
     /// `vmlet-handler status` for the machine's manifests.

@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use vmlet_testkit::standalone::{BOOT, Machine, WAIT};
+use vmlet_testkit::standalone::{BOOT, Machine, POOL_V6, WAIT};
 use vmlet_testkit::vm_pod::one_guest_at_a_time;
 use vmlet_testkit::{Child, poll_until};
 
@@ -53,13 +53,18 @@ fn query(machine: &Machine, expression: &str) -> Option<f64> {
 
 /// Waits until Prometheus has `expression` and `accept` takes its value.
 fn wait_for(machine: &Machine, expression: &str, accept: impl Fn(f64) -> bool) -> f64 {
+    wait_for_vm(machine, "web", expression, accept)
+}
+
+/// [`wait_for`], with a timeout showing the diagnostics of the VM `vm`.
+fn wait_for_vm(machine: &Machine, vm: &str, expression: &str, accept: impl Fn(f64) -> bool) -> f64 {
     poll_until(
         format!("Prometheus to have {expression}"),
         WAIT,
         Duration::from_millis(500),
         || query(machine, expression).filter(|v| accept(*v)),
     )
-    .unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("web")))
+    .unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics(vm)))
 }
 
 #[test]
@@ -115,6 +120,35 @@ fn prometheus_scrapes_the_standalone_handlers_metrics() {
         r#"vmlet_vm_restarts_total{namespace="default",name="web"}"#,
         |v| v >= 1.0,
     );
+}
+
+/// A dual-stack pod: the launcher serves the guest DHCPv6 and router advertisements, and their counters reach
+/// Prometheus as DHCPv4's do.
+#[test]
+fn prometheus_counts_the_dhcpv6_and_router_advertisements_of_a_dual_stack_guest() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    machine.dual_stack();
+    machine.handler_args(["--metrics-address", HANDLER_METRICS]);
+    machine.start_handler();
+    let _prometheus = start_prometheus(&machine);
+    machine.add_dual_stack_vm("dual", "Always");
+    machine.wait_lease("dual");
+    let lease = machine.wait_lease6("dual");
+    let prefix = POOL_V6.trim_end_matches("/64");
+    assert!(
+        lease.contains(&format!("ip={prefix}2 ")),
+        "the guest has its pod's IPv6 address: {lease}"
+    );
+
+    // Solicit and Request, each answered; dhcpcd asks for no rapid commit.
+    let dhcpv6 = r#"vmlet_vmi_dhcp_packets{name="dual",protocol="dhcpv6",outcome="answered"}"#;
+    wait_for_vm(&machine, "dual", dhcpv6, |v| v >= 2.0);
+    // The guest's route to the gateway came from a router advertisement, solicited or not.
+    let advertisements = r#"sum(vmlet_vmi_dhcp_packets{name="dual",protocol="ra",outcome=~"solicited|unsolicited"})"#;
+    wait_for_vm(&machine, "dual", advertisements, |v| v >= 1.0);
+    let dhcpv4 = r#"vmlet_vmi_dhcp_packets{name="dual",protocol="dhcpv4",outcome="answered"}"#;
+    wait_for_vm(&machine, "dual", dhcpv4, |v| v >= 2.0);
 }
 
 /// The QEMU that runs under the shim `shim`.

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use vmlet_testkit::registry::{LayoutLayer, write_layout};
-use vmlet_testkit::standalone::{BOOT, Machine, WAIT};
+use vmlet_testkit::standalone::{BOOT, GATEWAY_V6, Machine, WAIT};
 use vmlet_testkit::vm_pod::{children, one_guest_at_a_time};
 use vmlet_testkit::{ScratchDir, binary, poll_until};
 
@@ -123,6 +123,41 @@ fn a_manifest_runs_a_vm_that_outlives_the_handler_and_reruns_after_a_failure() {
         console.contains("stopping the launcher"),
         "the guest was asked to stop, not killed\n{console}"
     );
+}
+
+/// With an IPv6 pool the pod is dual stack: the guest gets the pod's IPv4 address over DHCP and its IPv6 address,
+/// at the same offset in the IPv6 pool, over DHCPv6, reaches the IPv6 gateway, and its status lists both.
+#[test]
+fn a_dual_stack_pod_gives_the_guest_both_addresses() {
+    let _guest = one_guest_at_a_time();
+    let mut machine = Machine::new();
+    machine.dual_stack();
+    machine.start_handler();
+    machine.add_dual_stack_vm("dual", "Always");
+
+    let lease = machine.wait_lease("dual");
+    assert!(lease.contains("ip=10.111.0.2/24"), "{lease}");
+    let lease6 = machine.wait_lease6("dual");
+    assert!(lease6.contains("ip=fd00:6d76:6c74::2 "), "{lease6}");
+    let console = machine.console("dual");
+    assert!(
+        console.contains(&format!("VMLET-GUEST ping target={GATEWAY_V6} ok")),
+        "the guest reaches the IPv6 gateway\n{console}"
+    );
+    assert!(
+        console.contains("VMLET-GUEST route6 default via fe80::1 "),
+        "the guest's default route is the bridge's link-local address\n{console}"
+    );
+    let record = std::fs::read_to_string(machine.pod_dir("dual").join("pod.json")).unwrap();
+    assert!(record.contains("fd00:6d76:6c74::2/64"), "{record}");
+    machine.wait_status("dual", &["Running", "True", "10.111.0.2"], WAIT);
+    let listed = poll_until(
+        "the IPv6 address in dual's status",
+        WAIT,
+        Duration::from_millis(250),
+        || machine.status_file("dual").contains("fd00:6d76:6c74::2").then_some(()),
+    );
+    listed.unwrap_or_else(|timeout| panic!("{timeout}\n{}", machine.diagnostics("dual")));
 }
 
 /// VMs whose manifests are all there when the handler starts, and so are picked up in one pass, each get an
