@@ -11,7 +11,7 @@ use crate::network::apply::Wired;
 
 /// What the guest is told over DHCPv4 under every binding besides its address, gateway and routes: the pod's IPv4
 /// resolvers and search domains, the MTU and its host name.
-pub(crate) fn dhcpv4_base(wired: &Wired, address: Ipv4Net, server_address: Ipv4Addr, hostname: &str) -> ServerConfig {
+pub fn dhcpv4_base(wired: &Wired, address: Ipv4Net, server_address: Ipv4Addr, hostname: &str) -> ServerConfig {
     let mut config = ServerConfig::new(wired.guest_mac, address, server_address);
     config.dns = wired.dns.ipv4_nameservers();
     config.search = wired.dns.search.clone();
@@ -22,7 +22,7 @@ pub(crate) fn dhcpv4_base(wired: &Wired, address: Ipv4Net, server_address: Ipv4A
 
 /// What the guest is told over DHCPv6 and router advertisements under every binding besides its address, router and
 /// routes: the pod's IPv6 resolvers and search domains, and the MTU.
-pub(crate) fn dhcpv6_base(wired: &Wired, address: Ipv6Net) -> v6::Config {
+pub fn dhcpv6_base(wired: &Wired, address: Ipv6Net) -> v6::Config {
     let mut config = v6::Config::new(wired.guest_mac, address, wired.served_link_mac);
     config.dns = wired.dns.ipv6_nameservers();
     config.search = wired.dns.search.clone();
@@ -32,7 +32,7 @@ pub(crate) fn dhcpv6_base(wired: &Wired, address: Ipv6Net) -> v6::Config {
 
 /// The DHCPv4 server's configuration for a guest that takes the pod's address, or `None` for a pod without IPv4 or a
 /// binding that serves nothing.
-pub(crate) fn dhcpv4_config(wired: &Wired, hostname: &str) -> Option<ServerConfig> {
+pub fn dhcpv4_config(wired: &Wired, hostname: &str) -> Option<ServerConfig> {
     let pod = &wired.pod;
     let address = *pod.ipv4.first()?;
     let mut config = dhcpv4_base(wired, address, wired.server_address?, hostname);
@@ -65,7 +65,7 @@ pub(crate) fn dhcpv4_config(wired: &Wired, hostname: &str) -> Option<ServerConfi
 /// the guest's router when it is link-local, as most CNIs that give pods IPv6 set it, or when a global gateway's
 /// link-local address was found on the link ([`PodInterface::gateway_v6_link_local`]). Otherwise the guest gets its
 /// address, DNS and MTU but no default route or further routes.
-pub(crate) fn dhcpv6_config(wired: &Wired) -> Option<v6::Config> {
+pub fn dhcpv6_config(wired: &Wired) -> Option<v6::Config> {
     let pod = &wired.pod;
     let address = *pod.ipv6.first()?;
     let mut config = dhcpv6_base(wired, address);

@@ -5,18 +5,7 @@ use std::process::ExitCode;
 use clap::builder::FalseyValueParser;
 use clap::{Parser, Subcommand};
 
-mod connect;
-mod dhcp_serve;
-mod driver;
-mod guest_addressing;
-mod guest_agent;
-mod guest_exec;
-mod network;
-mod run;
-mod spec;
-mod storage;
-mod usage;
-mod vm_domain;
+use vmlet_launcher::{connect, dhcp_serve, driver, guest_exec, run};
 
 #[derive(Parser)]
 #[command(

@@ -83,7 +83,7 @@ fn parse(origin: &str, text: &str, name: Option<String>) -> Result<VmSpec, SpecE
 
 /// The VM of a `VirtualMachine` manifest given without its `apiVersion` and `kind`, for tests.
 #[cfg(test)]
-pub(crate) fn test_vm(manifest: &str) -> VmSpec {
+pub fn test_vm(manifest: &str) -> VmSpec {
     let document = format!("apiVersion: vmlet.dev/v1alpha1\nkind: VirtualMachine\n{manifest}");
     parse("test", &document, None).expect("a valid test VM")
 }

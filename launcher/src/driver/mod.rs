@@ -332,6 +332,3 @@ async fn read_events(
     }
     // Dropping `states` here tells every watcher that the domain is out of reach.
 }
-
-#[cfg(test)]
-mod tests;

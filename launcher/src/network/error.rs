@@ -12,7 +12,7 @@ use super::tap_device::TapError;
 
 /// The spec or the pod asks for what the binding cannot serve.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum PlanError {
+pub enum PlanError {
     #[error("interface name {0:?} leaves no room for the names derived from it (at most 11 bytes)")]
     InterfaceName(String),
     #[error("the guest subnet {0:?} is not valid: {1}")]
@@ -31,7 +31,7 @@ pub(crate) enum PlanError {
 
 /// The pod network could not be read or changed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ApplyError {
+pub enum ApplyError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("cannot discover the pod interface")]

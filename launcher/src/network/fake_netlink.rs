@@ -20,31 +20,31 @@ use super::tap_device::TapError;
 
 /// What the fake holds: everything a binding can change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct PodStack {
-    pub(crate) links: Vec<LinkMessage>,
-    pub(crate) addresses: Vec<AddressMessage>,
-    pub(crate) routes: Vec<RouteMessage>,
+pub struct PodStack {
+    pub links: Vec<LinkMessage>,
+    pub addresses: Vec<AddressMessage>,
+    pub routes: Vec<RouteMessage>,
     /// Bridge port settings by link index, as last set.
-    pub(crate) ports: BTreeMap<u32, LinkMessage>,
+    pub ports: BTreeMap<u32, LinkMessage>,
     /// Tables by family and name.
-    pub(crate) tables: BTreeMap<String, Table>,
+    pub tables: BTreeMap<String, Table>,
     /// Ingress filters by link.
-    pub(crate) filters: BTreeMap<String, IngressFilters>,
-    pub(crate) ipv6_forwarding: bool,
+    pub filters: BTreeMap<String, IngressFilters>,
+    pub ipv6_forwarding: bool,
     /// Host routes the binding made: destination to link index and source.
-    pub(crate) host_routes: BTreeMap<Ipv4Addr, (u32, Ipv4Addr)>,
+    pub host_routes: BTreeMap<Ipv4Addr, (u32, Ipv4Addr)>,
     /// Permanent neighbour entries: address to link index and hardware address.
-    pub(crate) neighbours: BTreeMap<IpAddr, (u32, MacAddr)>,
+    pub neighbours: BTreeMap<IpAddr, (u32, MacAddr)>,
 }
 
 #[derive(Default)]
-pub(crate) struct FakeNetlink {
-    pub(crate) stack: RefCell<PodStack>,
+pub struct FakeNetlink {
+    pub stack: RefCell<PodStack>,
     changes: RefCell<Vec<String>>,
 }
 
 impl FakeNetlink {
-    pub(crate) fn new(stack: PodStack) -> FakeNetlink {
+    pub fn new(stack: PodStack) -> FakeNetlink {
         FakeNetlink {
             stack: RefCell::new(stack),
             changes: RefCell::default(),
@@ -52,7 +52,7 @@ impl FakeNetlink {
     }
 
     /// The requests that changed something since the last call, in order.
-    pub(crate) fn take_changes(&self) -> Vec<String> {
+    pub fn take_changes(&self) -> Vec<String> {
         std::mem::take(&mut self.changes.borrow_mut())
     }
 

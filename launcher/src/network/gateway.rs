@@ -52,18 +52,18 @@ const SOURCE_LINK_LAYER_ADDRESS: u8 = 1;
 const TARGET_LINK_LAYER_ADDRESS: u8 = 2;
 
 /// The global IPv6 gateway whose link-local address is to be found, if the pod has one and it is not known yet.
-pub(crate) fn global_gateway(gateway: Option<Ipv6Addr>, link_local: Option<Ipv6Addr>) -> Option<Ipv6Addr> {
+pub fn global_gateway(gateway: Option<Ipv6Addr>, link_local: Option<Ipv6Addr>) -> Option<Ipv6Addr> {
     gateway.filter(|gateway| !gateway.is_unicast_link_local() && link_local.is_none())
 }
 
 /// Who answers for an IPv6 address on the link.
-pub(crate) trait Neighbours {
+pub trait Neighbours {
     /// Asks the link once, and returns the MAC address that answered within [`ANSWER_WITHIN`].
     async fn ask(&mut self, target: Ipv6Addr) -> Option<MacAddr>;
 }
 
 /// The link-local address of the router that answers for `gateway`, asked of `neighbours` until it answers.
-pub(crate) async fn find_router(neighbours: &mut impl Neighbours, gateway: Ipv6Addr) -> Ipv6Addr {
+pub async fn find_router(neighbours: &mut impl Neighbours, gateway: Ipv6Addr) -> Ipv6Addr {
     let started = Instant::now();
     let mut pause = FIRST_PAUSE;
     let mut warned = false;
@@ -97,7 +97,7 @@ fn solicited_node(target: Ipv6Addr) -> Endpoint {
 }
 
 /// A neighbour solicitation for `target` from `source`, whose MAC address it names for the answer.
-pub(crate) fn solicitation(source: Endpoint, target: Ipv6Addr) -> Vec<u8> {
+pub fn solicitation(source: Endpoint, target: Ipv6Addr) -> Vec<u8> {
     let mut body = vec![0; 4];
     body.extend_from_slice(&target.octets());
     body.extend_from_slice(&[SOURCE_LINK_LAYER_ADDRESS, 1]);
@@ -114,7 +114,7 @@ pub(crate) fn solicitation(source: Endpoint, target: Ipv6Addr) -> Vec<u8> {
 
 /// The MAC address a neighbour advertisement `frame` gives for `target`: its target link-layer address option, or
 /// without one its Ethernet source.
-pub(crate) fn advertised_mac(frame: &[u8], target: Ipv6Addr) -> Option<MacAddr> {
+pub fn advertised_mac(frame: &[u8], target: Ipv6Addr) -> Option<MacAddr> {
     let packet = frame::parse(frame).ok()?;
     let Payload::Icmpv6(message) = packet.payload else {
         return None;
@@ -141,7 +141,7 @@ pub(crate) fn advertised_mac(frame: &[u8], target: Ipv6Addr) -> Option<MacAddr> 
 }
 
 /// The pod interface's neighbours, asked over a packet socket.
-pub(crate) struct LinkNeighbours {
+pub struct LinkNeighbours {
     socket: AsyncFd<Socket>,
     source: Endpoint,
 }
@@ -167,7 +167,7 @@ const FILTER: [(u16, u8, u8, u32); 8] = [
 impl LinkNeighbours {
     /// A packet socket on the link `index` of the calling thread's network namespace, asking from `mac`. Must be
     /// called within a Tokio runtime, whose reactor the socket joins.
-    pub(crate) fn open(index: u32, mac: MacAddr) -> io::Result<LinkNeighbours> {
+    pub fn open(index: u32, mac: MacAddr) -> io::Result<LinkNeighbours> {
         // Protocol 0 receives nothing until bound, so no frame queues up before the filter is in place.
         let socket = Socket::new(Domain::PACKET, Type::RAW, None)?;
         let filter: Vec<SockFilter> = FILTER
@@ -242,21 +242,21 @@ fn link_address(index: u32) -> SockAddr {
 
 /// The search for a global IPv6 gateway's router, with what the guest is to be told once it is found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct RouterSearch {
-    pub(crate) gateway: Ipv6Addr,
+pub struct RouterSearch {
+    pub gateway: Ipv6Addr,
     /// The pod interface, now the guest's, and the MAC address it has since it gave the guest its own.
-    pub(crate) pod_port: u32,
-    pub(crate) pod_port_mac: MacAddr,
+    pub pod_port: u32,
+    pub pod_port_mac: MacAddr,
     /// What the binding made, from which the guest's IPv6 configuration is made again once the router is known.
-    pub(crate) wired: Wired,
+    pub wired: Wired,
     /// Where the router, once found, is recorded, so that a restarted launcher advertises it at once.
-    pub(crate) state_file: PathBuf,
+    pub state_file: PathBuf,
 }
 
 impl RouterSearch {
     /// Starts the search on the pod interface of the calling thread's network namespace. The receiver gets the
     /// guest's IPv6 configuration naming the router once it is found; until then it holds the one without.
-    pub(crate) fn start(self) -> io::Result<watch::Receiver<v6::Config>> {
+    pub fn start(self) -> io::Result<watch::Receiver<v6::Config>> {
         let mut neighbours = LinkNeighbours::open(self.pod_port, self.pod_port_mac)?;
         let initial = guest_addressing::dhcpv6_config(&self.wired)
             .unwrap_or_else(|| v6::Config::new(self.wired.guest_mac, Ipv6Net::default(), self.wired.served_link_mac));

@@ -18,26 +18,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One relayed port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct LoopbackRelay {
-    pub(crate) listen: SocketAddr,
-    pub(crate) guest: SocketAddr,
+pub struct LoopbackRelay {
+    pub listen: SocketAddr,
+    pub guest: SocketAddr,
 }
 
 impl LoopbackRelay {
     /// Listens now, so that a port the pod cannot have is an error at start, and relays until `stop` completes.
-    pub(crate) async fn bind(self) -> io::Result<BoundRelay> {
+    pub async fn bind(self) -> io::Result<BoundRelay> {
         let listener = TcpListener::bind(self.listen).await?;
         Ok(BoundRelay { relay: self, listener })
     }
 }
 
-pub(crate) struct BoundRelay {
+pub struct BoundRelay {
     relay: LoopbackRelay,
     listener: TcpListener,
 }
 
 impl BoundRelay {
-    pub(crate) async fn run(self, stop: impl Future<Output = ()>) {
+    pub async fn run(self, stop: impl Future<Output = ()>) {
         let guest = self.relay.guest;
         let accept = async {
             loop {

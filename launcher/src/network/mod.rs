@@ -6,18 +6,15 @@
 //! [`Handle`](rtnetlink::Handle) opened there, as its [`netlink::Netlink`]; [`netns::in_netns`] runs the same code
 //! in another namespace, and the tests' fake runs it in memory.
 
-pub(crate) mod apply;
-pub(crate) mod binding;
-pub(crate) mod error;
+pub mod apply;
+pub mod binding;
+pub mod error;
 #[cfg(test)]
 mod fake_netlink;
-mod gateway;
-pub(crate) mod loopback_relay;
-mod netlink;
-#[cfg(test)]
-pub(crate) mod netns;
-pub(crate) mod pod_interface;
-pub(crate) mod resolv_conf;
-mod tap_device;
-#[cfg(test)]
-mod tests;
+pub mod gateway;
+pub mod loopback_relay;
+pub mod netlink;
+pub mod netns;
+pub mod pod_interface;
+pub mod resolv_conf;
+pub mod tap_device;

@@ -18,7 +18,7 @@ use super::tap_device::{self, TapError};
 /// is made with an ioctl, tables and filters by their tools, IPv6 forwarding is a sysctl). [`Handle`] makes them
 /// for real; the tests' recording fake keeps what they would change in memory, so the steps that make them are
 /// tested without root.
-pub(crate) trait Netlink {
+pub trait Netlink {
     /// The link named `name`, if there is one.
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, Error>;
     /// The link with index `index`, if there is one.
@@ -48,7 +48,7 @@ pub(crate) trait Netlink {
 
 /// IPv6 forwarding has no per-link netlink setting: it is the namespace's sysctl, which a pod may set (a namespaced
 /// sysctl) when its security context allows it.
-pub(crate) const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+pub const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 impl Netlink for Handle {
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, Error> {
@@ -141,7 +141,7 @@ impl Netlink for Handle {
 
 /// Whether the kernel takes `name` as an interface name: at most 15 bytes (the 16th is the terminating NUL), no
 /// `/`, `:` or white space, and not `.` or `..`.
-pub(crate) fn is_valid_interface_name(name: &str) -> bool {
+pub fn is_valid_interface_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < libc::IFNAMSIZ
         && name != "."
@@ -158,7 +158,7 @@ fn absent_as_none(result: Result<Option<LinkMessage>, Error>) -> Result<Option<L
     }
 }
 
-pub(crate) fn link_name(link: &LinkMessage) -> Option<&str> {
+pub fn link_name(link: &LinkMessage) -> Option<&str> {
     link.attributes.iter().find_map(|attribute| match attribute {
         LinkAttribute::IfName(name) => Some(name.as_str()),
         _ => None,
@@ -166,14 +166,14 @@ pub(crate) fn link_name(link: &LinkMessage) -> Option<&str> {
 }
 
 /// The link's hardware address, if it is an Ethernet one.
-pub(crate) fn link_mac(link: &LinkMessage) -> Option<MacAddr> {
+pub fn link_mac(link: &LinkMessage) -> Option<MacAddr> {
     link.attributes.iter().find_map(|attribute| match attribute {
         LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr),
         _ => None,
     })
 }
 
-pub(crate) fn link_mtu(link: &LinkMessage) -> Option<u32> {
+pub fn link_mtu(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|attribute| match attribute {
         LinkAttribute::Mtu(mtu) => Some(*mtu),
         _ => None,
@@ -181,7 +181,7 @@ pub(crate) fn link_mtu(link: &LinkMessage) -> Option<u32> {
 }
 
 /// The index of the bridge (or other controller) the link is a port of.
-pub(crate) fn link_controller(link: &LinkMessage) -> Option<u32> {
+pub fn link_controller(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|attribute| match attribute {
         LinkAttribute::Controller(index) => Some(*index),
         _ => None,
@@ -189,7 +189,7 @@ pub(crate) fn link_controller(link: &LinkMessage) -> Option<u32> {
 }
 
 /// What kind of device the link is (`bridge`, `tun`, `veth`...).
-pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+pub fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
     link_infos(link).find_map(|info| match info {
         LinkInfo::Kind(kind) => Some(kind),
         _ => None,
@@ -197,7 +197,7 @@ pub(crate) fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
 }
 
 /// The link's `IFLA_LINKINFO` entries: its kind, and its data as a device and as a port.
-pub(crate) fn link_infos(link: &LinkMessage) -> impl Iterator<Item = &LinkInfo> {
+pub fn link_infos(link: &LinkMessage) -> impl Iterator<Item = &LinkInfo> {
     link.attributes
         .iter()
         .filter_map(|attribute| match attribute {
@@ -207,13 +207,8 @@ pub(crate) fn link_infos(link: &LinkMessage) -> impl Iterator<Item = &LinkInfo> 
         .flatten()
 }
 
-#[cfg(test)]
-pub(crate) fn link_is_up(link: &LinkMessage) -> bool {
-    link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up)
-}
-
 /// Whether the link has IPv6 state in the kernel: not so when IPv6 is disabled on the node.
-pub(crate) fn link_has_ipv6(link: &LinkMessage) -> bool {
+pub fn link_has_ipv6(link: &LinkMessage) -> bool {
     link.attributes.iter().any(|attribute| match attribute {
         LinkAttribute::AfSpecUnspec(specs) => specs.iter().any(|spec| matches!(spec, AfSpecUnspec::Inet6(_))),
         _ => false,
@@ -222,7 +217,7 @@ pub(crate) fn link_has_ipv6(link: &LinkMessage) -> bool {
 
 /// The address a message describes, with its prefix length. An IPv4 message names the local address in
 /// `IFA_LOCAL` (`IFA_ADDRESS` is the peer on point-to-point links); an IPv6 one only has `IFA_ADDRESS`.
-pub(crate) fn address_net(message: &AddressMessage) -> Option<IpNet> {
+pub fn address_net(message: &AddressMessage) -> Option<IpNet> {
     let find = |local: bool| {
         message.attributes.iter().find_map(|attribute| match attribute {
             AddressAttribute::Local(ip) if local => Some(*ip),
@@ -235,6 +230,6 @@ pub(crate) fn address_net(message: &AddressMessage) -> Option<IpNet> {
 }
 
 /// Whether the address is global (neither link-local nor host-only).
-pub(crate) fn address_is_global(message: &AddressMessage) -> bool {
+pub fn address_is_global(message: &AddressMessage) -> bool {
     message.header.scope == AddressScope::Universe
 }

@@ -15,7 +15,7 @@ use rtnetlink::Handle;
 
 /// Why work could not be started inside a namespace.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum NetnsError {
+pub enum NetnsError {
     #[error("cannot enter the network namespace")]
     Enter(#[source] nix::Error),
     #[error("cannot start an async runtime")]
@@ -29,7 +29,7 @@ pub(crate) enum NetnsError {
 ///
 /// Blocks the calling thread until `work` is done; from async code, call it through `spawn_blocking`. A panic in
 /// `work` is resumed on the calling thread.
-pub(crate) fn in_netns<W, F, T>(netns: BorrowedFd<'_>, work: W) -> Result<T, NetnsError>
+pub fn in_netns<W, F, T>(netns: BorrowedFd<'_>, work: W) -> Result<T, NetnsError>
 where
     W: FnOnce(Handle) -> F + Send,
     F: Future<Output = T>,

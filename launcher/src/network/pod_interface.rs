@@ -14,7 +14,7 @@ use super::netlink::{self, Netlink};
 
 /// Why the pod interface could not be described.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum DiscoveryError {
+pub enum DiscoveryError {
     #[error("interface {0:?} not found")]
     NotFound(String),
     #[error("interface {name:?} has no {missing}")]
@@ -29,40 +29,40 @@ pub(crate) enum DiscoveryError {
 
 /// The pod's interface as the CNI set it up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PodInterface {
-    pub(crate) name: String,
-    pub(crate) index: u32,
-    pub(crate) mac: MacAddr,
-    pub(crate) mtu: u32,
+pub struct PodInterface {
+    pub name: String,
+    pub index: u32,
+    pub mac: MacAddr,
+    pub mtu: u32,
     /// Global IPv4 addresses with their prefix lengths, primary first.
-    pub(crate) ipv4: Vec<Ipv4Net>,
+    pub ipv4: Vec<Ipv4Net>,
     /// Global IPv6 addresses with their prefix lengths.
-    pub(crate) ipv6: Vec<Ipv6Net>,
+    pub ipv6: Vec<Ipv6Net>,
     /// The interface's own link-local address, kept apart from the global ones.
-    pub(crate) ipv6_link_local: Option<Ipv6Addr>,
+    pub ipv6_link_local: Option<Ipv6Addr>,
     /// The routes of the main table that go out through the interface, IPv4 then IPv6.
-    pub(crate) routes: Vec<PodRoute>,
-    pub(crate) gateway_v4: Option<Ipv4Addr>,
-    pub(crate) gateway_v6: Option<Ipv6Addr>,
+    pub routes: Vec<PodRoute>,
+    pub gateway_v4: Option<Ipv4Addr>,
+    pub gateway_v6: Option<Ipv6Addr>,
     /// The link-local address of a global `gateway_v6`, found on the link (see [`super::gateway`]); router
     /// advertisements must come from a router's link-local address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) gateway_v6_link_local: Option<Ipv6Addr>,
+    pub gateway_v6_link_local: Option<Ipv6Addr>,
 }
 
 /// A route through the pod interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PodRoute {
-    pub(crate) destination: IpNet,
+pub struct PodRoute {
+    pub destination: IpNet,
     /// None for a destination directly on the link.
-    pub(crate) gateway: Option<IpAddr>,
+    pub gateway: Option<IpAddr>,
     /// The gateway is taken to be on the link even though no address's prefix covers it (`onlink`).
-    pub(crate) on_link: bool,
-    pub(crate) metric: u32,
+    pub on_link: bool,
+    pub metric: u32,
 }
 
 /// Describes the interface `name` as it is now.
-pub(crate) async fn discover(handle: &impl Netlink, name: &str) -> Result<PodInterface, DiscoveryError> {
+pub async fn discover(handle: &impl Netlink, name: &str) -> Result<PodInterface, DiscoveryError> {
     let query = |what| move |source| DiscoveryError::Query { what, source };
     let link = handle
         .link_by_name(name)
@@ -82,7 +82,7 @@ pub(crate) async fn discover(handle: &impl Netlink, name: &str) -> Result<PodInt
 impl PodInterface {
     /// The interface described by its link message, picking its own addresses and routes out of `addresses` and
     /// `routes`.
-    pub(crate) fn from_netlink(
+    pub fn from_netlink(
         link: &LinkMessage,
         addresses: &[AddressMessage],
         routes: &[RouteMessage],
@@ -200,7 +200,7 @@ fn ip(address: &RouteAddress) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+pub mod tests {
     use super::*;
     use rtnetlink::packet_route::link::LinkAttribute;
     use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -208,7 +208,7 @@ pub(crate) mod tests {
     const INDEX: u32 = 2;
     const MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
 
-    pub(crate) fn link() -> LinkMessage {
+    pub fn link() -> LinkMessage {
         LinkUnspec::new_with_index(INDEX)
             .name("eth0")
             .address(MAC.0.to_vec())
@@ -216,7 +216,7 @@ pub(crate) mod tests {
             .build()
     }
 
-    pub(crate) fn v4_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
+    pub fn v4_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
         let net: Ipv4Net = net.parse().unwrap();
         let mut message = AddressMessageBuilder::<Ipv4Addr>::new()
             .index(index)
@@ -226,7 +226,7 @@ pub(crate) mod tests {
         message
     }
 
-    pub(crate) fn v6_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
+    pub fn v6_address(index: u32, net: &str, scope: AddressScope) -> AddressMessage {
         let net: Ipv6Net = net.parse().unwrap();
         let mut message = AddressMessageBuilder::<Ipv6Addr>::new()
             .index(index)
@@ -236,7 +236,7 @@ pub(crate) mod tests {
         message
     }
 
-    pub(crate) fn v4_route(destination: &str, gateway: Option<&str>, oif: u32) -> RouteMessage {
+    pub fn v4_route(destination: &str, gateway: Option<&str>, oif: u32) -> RouteMessage {
         let net: Ipv4Net = destination.parse().unwrap();
         let mut builder = RouteMessageBuilder::<Ipv4Addr>::new().output_interface(oif);
         if net.prefix_len() > 0 {
@@ -248,7 +248,7 @@ pub(crate) mod tests {
         builder.build()
     }
 
-    pub(crate) fn v6_route(destination: &str, gateway: Option<&str>, metric: u32) -> RouteMessage {
+    pub fn v6_route(destination: &str, gateway: Option<&str>, metric: u32) -> RouteMessage {
         let net: Ipv6Net = destination.parse().unwrap();
         let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
             .output_interface(INDEX)
@@ -263,7 +263,7 @@ pub(crate) mod tests {
     }
 
     /// A route as discovery reports it, from text.
-    pub(crate) fn route(destination: &str, gateway: Option<&str>, on_link: bool, metric: u32) -> PodRoute {
+    pub fn route(destination: &str, gateway: Option<&str>, on_link: bool, metric: u32) -> PodRoute {
         PodRoute {
             destination: destination.parse().unwrap(),
             gateway: gateway.map(|gateway| gateway.parse().unwrap()),

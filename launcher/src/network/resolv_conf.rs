@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The resolver configuration could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read {path}")]
-pub(crate) struct ResolvConfError {
+pub struct ResolvConfError {
     path: PathBuf,
     #[source]
     source: io::Error,
@@ -17,13 +17,13 @@ pub(crate) struct ResolvConfError {
 
 /// What `resolv.conf` tells a resolver.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct DnsConfig {
+pub struct DnsConfig {
     /// In file order; resolvers use the first three.
-    pub(crate) nameservers: Vec<IpAddr>,
-    pub(crate) search: Vec<String>,
-    pub(crate) ndots: Option<u8>,
+    pub nameservers: Vec<IpAddr>,
+    pub search: Vec<String>,
+    pub ndots: Option<u8>,
     /// The options other than `ndots`, as written (`timeout:2`, `edns0`).
-    pub(crate) options: Vec<String>,
+    pub options: Vec<String>,
 }
 
 /// glibc's cap on `ndots`.
@@ -31,7 +31,7 @@ const MAX_NDOTS: u8 = 15;
 
 impl DnsConfig {
     /// The IPv4 servers, for DHCPv4.
-    pub(crate) fn ipv4_nameservers(&self) -> Vec<Ipv4Addr> {
+    pub fn ipv4_nameservers(&self) -> Vec<Ipv4Addr> {
         self.nameservers
             .iter()
             .filter_map(|ip| match ip {
@@ -42,7 +42,7 @@ impl DnsConfig {
     }
 
     /// The IPv6 servers, for DHCPv6 and router advertisements.
-    pub(crate) fn ipv6_nameservers(&self) -> Vec<Ipv6Addr> {
+    pub fn ipv6_nameservers(&self) -> Vec<Ipv6Addr> {
         self.nameservers
             .iter()
             .filter_map(|ip| match ip {
@@ -52,7 +52,7 @@ impl DnsConfig {
             .collect()
     }
 
-    pub(crate) fn read(path: &Path) -> Result<DnsConfig, ResolvConfError> {
+    pub fn read(path: &Path) -> Result<DnsConfig, ResolvConfError> {
         let text = fs::read_to_string(path).map_err(|source| ResolvConfError {
             path: path.to_owned(),
             source,
@@ -62,7 +62,7 @@ impl DnsConfig {
 
     /// Parses the file as glibc does: unknown keywords and malformed values are skipped, and of `search` and
     /// `domain` the last line wins.
-    pub(crate) fn parse(text: &str) -> DnsConfig {
+    pub fn parse(text: &str) -> DnsConfig {
         let mut config = DnsConfig::default();
         for line in text.lines() {
             // Comments start with '#' or ';', also after a value.

@@ -10,7 +10,7 @@ use super::netlink;
 
 /// A tap device could not be created.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum TapError {
+pub enum TapError {
     #[error("tap name {0:?} does not fit in an interface name")]
     Name(String),
     #[error("cannot open /dev/net/tun")]
@@ -36,7 +36,7 @@ nix::ioctl_write_int_bad!(tun_set_persist, libc::TUNSETPERSIST);
 /// Creates the tap `name` in the calling thread's network namespace, owned by root, and leaves it behind when this
 /// returns. Frames carry a virtio-net header (`IFF_VNET_HDR`) and no packet information, as QEMU expects; QEMU sets
 /// those flags again when it attaches.
-pub(crate) fn create_persistent_tap(name: &str) -> Result<(), TapError> {
+pub fn create_persistent_tap(name: &str) -> Result<(), TapError> {
     let tun = open_tap(name)?;
     let fd = tun.as_raw_fd();
     let persist = |source| TapError::Persist {
@@ -53,7 +53,7 @@ pub(crate) fn create_persistent_tap(name: &str) -> Result<(), TapError> {
 /// `/dev/net/tun` attached to the tap `name` in the calling thread's network namespace, which is created if it does
 /// not exist and disappears with the file unless it is persistent. Reading the file yields the frames the tap
 /// sends, each after a virtio-net header; writing one makes the tap receive it.
-pub(super) fn open_tap(name: &str) -> Result<File, TapError> {
+pub fn open_tap(name: &str) -> Result<File, TapError> {
     let request = tap_request(name)?;
     let tun = OpenOptions::new()
         .read(true)

@@ -34,31 +34,31 @@ use super::resolv_conf::DnsConfig;
 /// What applying a binding's plan made and found: with the request, all that the binding's plan of what the guest
 /// is served needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Wired {
+pub struct Wired {
     /// The link the launcher serves the guest on: the bridge, or the tap under `tap`.
-    pub(crate) served_link: String,
+    pub served_link: String,
     /// Its hardware address, the source of what the launcher serves the guest over IPv6.
-    pub(crate) served_link_mac: MacAddr,
+    pub served_link_mac: MacAddr,
     /// Its IPv4 address, the DHCP server's; `None` under `managedTap`, where the launcher serves nothing.
-    pub(crate) server_address: Option<Ipv4Addr>,
+    pub server_address: Option<Ipv4Addr>,
     /// The tap QEMU opens.
-    pub(crate) tap: String,
+    pub tap: String,
     /// The guest NIC's MAC address: the spec's, else the pod interface's original one, or under `masquerade` one
     /// made up once and recorded.
-    pub(crate) guest_mac: MacAddr,
+    pub guest_mac: MacAddr,
     /// The pod interface's MAC address since it gave the guest its own; `None` under `masquerade`, which leaves
     /// the pod interface as it was.
-    pub(crate) pod_port_mac: Option<MacAddr>,
+    pub pod_port_mac: Option<MacAddr>,
     /// The MTU of every link the binding made, the pod interface's.
-    pub(crate) mtu: u32,
+    pub mtu: u32,
     /// The pod interface as the CNI left it: the addresses, routes and gateways the guest takes over.
-    pub(crate) pod: PodInterface,
-    pub(crate) dns: DnsConfig,
+    pub pod: PodInterface,
+    pub dns: DnsConfig,
 }
 
 /// Wires the guest NIC to the pod network as `request` says, or finishes what an earlier launcher in this pod
 /// started: the pod as recorded, the plan made from it, the plan carried out.
-pub(crate) async fn setup(request: &BindingRequest, handle: &impl Netlink) -> Result<Wired, ApplyError> {
+pub async fn setup(request: &BindingRequest, handle: &impl Netlink) -> Result<Wired, ApplyError> {
     let names = LinkNames::for_interface(&request.interface)?;
     let recorded = record(request, handle, &names).await?;
     let plan = plan::plan(request, &recorded)?;
@@ -87,7 +87,7 @@ async fn record(request: &BindingRequest, handle: &impl Netlink, names: &LinkNam
 }
 
 /// Carries out the plan's operations in order, then reads the hardware addresses the plan leaves to be read.
-pub(crate) async fn apply(handle: &impl Netlink, plan: &NetworkPlan) -> Result<Wired, ApplyError> {
+pub async fn apply(handle: &impl Netlink, plan: &NetworkPlan) -> Result<Wired, ApplyError> {
     for operation in &plan.operations {
         debug!(%operation, "applying");
         apply_operation(handle, operation).await?;
@@ -218,12 +218,12 @@ pub(super) fn failed_to(action: impl Into<String>) -> impl FnOnce(rtnetlink::Err
 
 /// What the state file holds: the pod's network before the binding changed it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Recorded {
-    pub(crate) pod: PodInterface,
-    pub(crate) dns: DnsConfig,
+pub struct Recorded {
+    pub pod: PodInterface,
+    pub dns: DnsConfig,
     /// The guest's MAC address when the binding made one up (masquerade), so a restart keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) guest_mac: Option<MacAddr>,
+    pub guest_mac: Option<MacAddr>,
 }
 
 /// Where a binding records the pod's network, and where it reads the pod's DNS settings from.

@@ -22,11 +22,11 @@ use crate::network::apply::Recorded;
 
 /// The bridge's address, the DHCP server's identifier and the source of its replies: link-local, so it is never
 /// mistaken for an address of the pod network. The same as KubeVirt's.
-pub(crate) const DEFAULT_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
+pub const DEFAULT_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 10);
 
 /// What the guard keeps from crossing the pod port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Guard {
+pub enum Guard {
     /// The launcher serves the guest (`bridge`): DHCP, DHCPv6 and router advertisements stay on the guest's side.
     KeepAddressingInPod,
     /// The pod network serves the guest (`managedTap`): its DHCP and router advertisements reach the guest, and only
@@ -47,7 +47,7 @@ pub(crate) enum Guard {
 ///   IPv6 for its link-local address, which later serves router advertisements to the guest).
 ///
 /// Loading it replaces any earlier copy at once ([`Table::ruleset`]).
-pub(crate) fn guard_table(pod_port: &str, guard: Guard) -> Table {
+pub fn guard_table(pod_port: &str, guard: Guard) -> Table {
     let (server4, client4) = (dhcpv4::SERVER_PORT, dhcpv4::CLIENT_PORT);
     let (server6, client6) = (dhcpv6::SERVER_PORT, dhcpv6::CLIENT_PORT);
     let output = format!(
@@ -92,7 +92,7 @@ pub(crate) fn guard_table(pod_port: &str, guard: Guard) -> Table {
 ///   name again, which the pod's stack does not take for its own address.
 ///
 /// nftables fixes the IP and TCP checksums of the addresses it rewrites.
-pub(crate) fn guest_access_table(tap: &str, bridge_mac: MacAddr, guest: Ipv4Addr, server: Ipv4Addr) -> Table {
+pub fn guest_access_table(tap: &str, bridge_mac: MacAddr, guest: Ipv4Addr, server: Ipv4Addr) -> Table {
     let alias = GUEST_FROM_POD;
     Table {
         family: Family::Bridge,
@@ -116,12 +116,7 @@ pub(crate) fn guest_access_table(tap: &str, bridge_mac: MacAddr, guest: Ipv4Addr
 /// The guard comes first, so that nothing the pod's stack sends on the bridge ever reaches the pod network; its
 /// rules match the port by name, so they hold from the moment the pod interface takes it. The pod reaches its guest
 /// by [`GUEST_FROM_POD`] only when the launcher serves the guest, over IPv4.
-pub(crate) fn plan(
-    request: &BindingRequest,
-    recorded: &Recorded,
-    names: &LinkNames,
-    server: Option<Ipv4Addr>,
-) -> NetworkPlan {
+pub fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames, server: Option<Ipv4Addr>) -> NetworkPlan {
     let pod = &recorded.pod;
     let guard = match server {
         Some(_) => Guard::KeepAddressingInPod,

@@ -7,12 +7,12 @@ use super::{BindingRequest, GuestNetwork, bridge, pod_addresses};
 use crate::network::apply::{Recorded, Wired};
 
 /// The operations of `bridge` with no address on the bridge: the launcher serves nothing.
-pub(crate) fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames) -> NetworkPlan {
+pub fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames) -> NetworkPlan {
     bridge::plan(request, recorded, names, None)
 }
 
 /// What the guest gets from the launcher: a tap and a MAC address, and no servers.
-pub(crate) fn guest_network(request: &BindingRequest, wired: &Wired) -> GuestNetwork {
+pub fn guest_network(request: &BindingRequest, wired: &Wired) -> GuestNetwork {
     GuestNetwork {
         binding: request.binding,
         tap: wired.tap.clone(),

@@ -23,23 +23,23 @@ use crate::network::loopback_relay::LoopbackRelay;
 use crate::network::pod_interface::PodInterface;
 
 /// KubeVirt's defaults, so a guest moved from KubeVirt finds the network it knew.
-pub(crate) const DEFAULT_SUBNET_V4: &str = "10.0.2.0/24";
-pub(crate) const DEFAULT_SUBNET_V6: &str = "fd10:0:2::/120";
+pub const DEFAULT_SUBNET_V4: &str = "10.0.2.0/24";
+pub const DEFAULT_SUBNET_V6: &str = "fd10:0:2::/120";
 /// The bridge's link-local address, the guest's IPv6 router.
-pub(crate) const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+pub const GATEWAY_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The bridge's hardware address, set explicitly so that it never changes with its ports.
-pub(crate) const BRIDGE_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0x00, 0x02, 0x01]);
+pub const BRIDGE_MAC: MacAddr = MacAddr([0x02, 0x00, 0x0a, 0x00, 0x02, 0x01]);
 
 /// The guest's private subnets: the gateway is the first host of each, the guest the second.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct GuestSubnets {
-    pub(crate) v4: Ipv4Net,
-    pub(crate) v6: Ipv6Net,
+pub struct GuestSubnets {
+    pub v4: Ipv4Net,
+    pub v6: Ipv6Net,
 }
 
 impl GuestSubnets {
     /// The subnets from the spec's `vmNetworkCIDR` and `vmIPv6NetworkCIDR`, KubeVirt's defaults when unset.
-    pub(crate) fn parse(v4: Option<&str>, v6: Option<&str>) -> Result<GuestSubnets, PlanError> {
+    pub fn parse(v4: Option<&str>, v6: Option<&str>) -> Result<GuestSubnets, PlanError> {
         let v4_text = v4.unwrap_or(DEFAULT_SUBNET_V4);
         let v6_text = v6.unwrap_or(DEFAULT_SUBNET_V6);
         let invalid = |text: &str, why| PlanError::GuestSubnet(text.to_owned(), why);
@@ -60,19 +60,19 @@ impl GuestSubnets {
         Ok(GuestSubnets { v4, v6 })
     }
 
-    pub(crate) fn gateway_v4(&self) -> Ipv4Net {
+    pub fn gateway_v4(&self) -> Ipv4Net {
         host_v4(self.v4, 1)
     }
 
-    pub(crate) fn guest_v4(&self) -> Ipv4Net {
+    pub fn guest_v4(&self) -> Ipv4Net {
         host_v4(self.v4, 2)
     }
 
-    pub(crate) fn gateway_v6(&self) -> Ipv6Net {
+    pub fn gateway_v6(&self) -> Ipv6Net {
         host_v6(self.v6, 1)
     }
 
-    pub(crate) fn guest_v6(&self) -> Ipv6Net {
+    pub fn guest_v6(&self) -> Ipv6Net {
         host_v6(self.v6, 2)
     }
 }
@@ -89,13 +89,13 @@ fn host_v6(net: Ipv6Net, n: u128) -> Ipv6Net {
 
 /// A port forwarded to the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ForwardedPort {
-    pub(crate) protocol: Protocol,
-    pub(crate) port: u16,
+pub struct ForwardedPort {
+    pub protocol: Protocol,
+    pub port: u16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Protocol {
+pub enum Protocol {
     Tcp,
     Udp,
 }
@@ -111,7 +111,7 @@ impl Protocol {
 
 /// The DHCPv4 server's configuration: the guest's private address, the bridge as its gateway, the pod's DNS; none
 /// when the pod has no IPv4 address to masquerade behind.
-pub(crate) fn dhcpv4_config(wired: &Wired, subnets: &GuestSubnets, hostname: &str) -> Option<ServerConfig> {
+pub fn dhcpv4_config(wired: &Wired, subnets: &GuestSubnets, hostname: &str) -> Option<ServerConfig> {
     if wired.pod.ipv4.is_empty() {
         return None;
     }
@@ -123,7 +123,7 @@ pub(crate) fn dhcpv4_config(wired: &Wired, subnets: &GuestSubnets, hostname: &st
 
 /// The DHCPv6 and router advertisement configuration: the guest's private address, the bridge as its router; none
 /// when the pod has no IPv6 address.
-pub(crate) fn dhcpv6_config(wired: &Wired, subnets: &GuestSubnets) -> Option<v6::Config> {
+pub fn dhcpv6_config(wired: &Wired, subnets: &GuestSubnets) -> Option<v6::Config> {
     if wired.pod.ipv6.is_empty() {
         return None;
     }
@@ -137,7 +137,7 @@ pub(crate) fn dhcpv6_config(wired: &Wired, subnets: &GuestSubnets) -> Option<v6:
 
 /// The listed TCP ports, relayed from the pod's `[::1]` to the guest's IPv6 address (see
 /// [`crate::network::loopback_relay`]); none without IPv6 or without a port list.
-pub(crate) fn loopback_relays(wired: &Wired, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> Vec<LoopbackRelay> {
+pub fn loopback_relays(wired: &Wired, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> Vec<LoopbackRelay> {
     if wired.pod.ipv6.is_empty() {
         return Vec::new();
     }
@@ -162,7 +162,7 @@ pub(crate) fn loopback_relays(wired: &Wired, subnets: &GuestSubnets, ports: &[Fo
 ///   kernel drops; the launcher relays [::1] in user space instead ([`super::loopback_relay`]).
 /// - `postrouting`: those loopback connections take the gateway's address as their source, which the guest can
 ///   answer; what the guest sends anywhere else leaves with the pod's address.
-pub(crate) fn nat_table(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> Table {
+pub fn nat_table(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets, ports: &[ForwardedPort]) -> Table {
     let pod_if = &pod.name;
     let guest4 = subnets.guest_v4().addr();
     let guest6 = subnets.guest_v6().addr();
@@ -244,7 +244,7 @@ pub(crate) fn nat_table(pod: &PodInterface, bridge: &str, subnets: &GuestSubnets
 /// address, IPv6 when it has an IPv6 one, and a pod with neither has nothing to masquerade behind.
 ///
 /// The guest's MAC address is the spec's, else the one the record keeps.
-pub(crate) fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames) -> Result<NetworkPlan, PlanError> {
+pub fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames) -> Result<NetworkPlan, PlanError> {
     let pod = &recorded.pod;
     let guest_mac = request.guest_mac.or(recorded.guest_mac).ok_or(PlanError::NoGuestMac)?;
     if pod.ipv4.is_empty() && pod.ipv6.is_empty() {
@@ -325,7 +325,7 @@ pub(crate) fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNa
 }
 
 /// A port of the spec's list, TCP unless it says UDP. The spec's validation refuses anything else first.
-pub(crate) fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<ForwardedPort, PlanError> {
+pub fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<ForwardedPort, PlanError> {
     let protocol = match protocol.unwrap_or("TCP") {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
@@ -339,7 +339,7 @@ pub(crate) fn forwarded_port(protocol: Option<&str>, port: u32) -> Result<Forwar
 }
 
 /// What the guest is served behind NAT.
-pub(crate) fn guest_network(request: &BindingRequest, wired: &Wired) -> GuestNetwork {
+pub fn guest_network(request: &BindingRequest, wired: &Wired) -> GuestNetwork {
     let subnets = &request.subnets;
     GuestNetwork {
         binding: request.binding,

@@ -6,11 +6,11 @@
 //! links in order ([`plan`]), the nftables tables and tc filters it loads, and what the guest is served once
 //! [`super::apply`] has carried the operations out.
 
-pub(crate) mod bridge;
-pub(crate) mod managed_tap;
-pub(crate) mod masquerade;
-pub(crate) mod plan;
-pub(crate) mod tap;
+pub mod bridge;
+pub mod managed_tap;
+pub mod masquerade;
+pub mod plan;
+pub mod tap;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -34,32 +34,32 @@ use super::pod_interface::PodInterface;
 /// own: a connection to it never leaves the pod. So the pod calls the guest by this link-local name, and the bridge
 /// translates it to the guest's address and back ([`bridge::guest_access_table`]). Under `masquerade` a DNAT rule does the
 /// same. The same name in every pod.
-pub(crate) const GUEST_FROM_POD: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 11);
+pub const GUEST_FROM_POD: Ipv4Addr = Ipv4Addr::new(169, 254, 75, 11);
 
 /// One guest NIC to wire to the pod network.
 #[derive(Clone, Debug)]
-pub(crate) struct BindingRequest {
-    pub(crate) binding: Binding,
+pub struct BindingRequest {
+    pub binding: Binding,
     /// The pod interface, usually `eth0`.
-    pub(crate) interface: String,
+    pub interface: String,
     /// Where the binding keeps its record of the pod network.
-    pub(crate) run_dir: PathBuf,
-    pub(crate) resolv_conf: PathBuf,
+    pub run_dir: PathBuf,
+    pub resolv_conf: PathBuf,
     /// The guest's host name, for DHCPv4.
-    pub(crate) hostname: String,
+    pub hostname: String,
     /// The spec's subdomain: the guest's first search domain becomes `SUBDOMAIN.NAMESPACE.svc.DOMAIN`.
-    pub(crate) subdomain: Option<String>,
+    pub subdomain: Option<String>,
     /// The spec's MAC address for the guest NIC; otherwise the pod's, or under masquerade one made up.
-    pub(crate) guest_mac: Option<MacAddr>,
+    pub guest_mac: Option<MacAddr>,
     /// Forwarded to the guest under masquerade.
-    pub(crate) ports: Vec<ForwardedPort>,
-    pub(crate) subnets: GuestSubnets,
+    pub ports: Vec<ForwardedPort>,
+    pub subnets: GuestSubnets,
 }
 
 impl BindingRequest {
     /// The request for the spec's `interface` on the pod network `network`. The spec has been validated, so a
     /// failure here is a value validation lets through but the binding cannot use.
-    pub(crate) fn new(
+    pub fn new(
         interface: &Interface,
         network: Option<&PodNetwork>,
         pod_interface: &str,
@@ -98,40 +98,40 @@ impl BindingRequest {
         })
     }
 
-    pub(crate) fn state_file(&self) -> PathBuf {
+    pub fn state_file(&self) -> PathBuf {
         self.run_dir.join(format!("network-{}.json", self.interface))
     }
 }
 
 /// A server and the link it listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Served<C> {
-    pub(crate) interface: String,
-    pub(crate) config: C,
+pub struct Served<C> {
+    pub interface: String,
+    pub config: C,
 }
 
 /// What the rest of the launcher needs from a binding.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct GuestNetwork {
-    pub(crate) binding: Binding,
+pub struct GuestNetwork {
+    pub binding: Binding,
     /// The tap QEMU opens for the guest NIC.
-    pub(crate) tap: String,
-    pub(crate) guest_mac: MacAddr,
-    pub(crate) mtu: u32,
-    pub(crate) dhcpv4: Option<Served<ServerConfig>>,
+    pub tap: String,
+    pub guest_mac: MacAddr,
+    pub mtu: u32,
+    pub dhcpv4: Option<Served<ServerConfig>>,
     /// DHCPv6 and router advertisements.
-    pub(crate) dhcpv6: Option<Served<v6::Config>>,
+    pub dhcpv6: Option<Served<v6::Config>>,
     /// The addresses the VM is reached at, for its status: the pod's, whatever the binding.
-    pub(crate) addresses: Vec<IpAddr>,
+    pub addresses: Vec<IpAddr>,
     /// Ports the launcher relays from the pod's IPv6 loopback to the guest (`masquerade` only).
-    pub(crate) loopback_relays: Vec<LoopbackRelay>,
+    pub loopback_relays: Vec<LoopbackRelay>,
     /// The search for the router of a global IPv6 gateway, whose router advertisements follow it (`bridge` and
     /// `tap` only).
-    pub(crate) router_search: Option<RouterSearch>,
+    pub router_search: Option<RouterSearch>,
 }
 
 /// The binding's name as the spec spells it.
-pub(crate) fn binding_name(binding: Binding) -> &'static str {
+pub fn binding_name(binding: Binding) -> &'static str {
     match binding {
         Binding::Bridge => "bridge",
         Binding::Masquerade => "masquerade",
@@ -162,7 +162,7 @@ pub(super) fn served<C>(interface: &str, config: C) -> Option<Served<C>> {
 
 /// Wires the guest NIC to the pod network as `request` says, or finishes what an earlier launcher in this pod
 /// started.
-pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, ApplyError> {
+pub async fn setup(request: &BindingRequest, handle: &Handle) -> Result<GuestNetwork, ApplyError> {
     let mut network = wire(request, handle).await?;
     if let (Some(subdomain), Some(dhcpv4)) = (&request.subdomain, &mut network.dhcpv4) {
         dhcpv4.config.search = with_subdomain(&dhcpv4.config.search, subdomain);
@@ -172,7 +172,7 @@ pub(crate) async fn setup(request: &BindingRequest, handle: &Handle) -> Result<G
 
 /// The pod's search domains with `SUBDOMAIN.NAMESPACE.svc.DOMAIN` first, made from the pod's own
 /// `NAMESPACE.svc.DOMAIN` (as Kubernetes writes it); unchanged without one, as in standalone mode.
-pub(crate) fn with_subdomain(search: &[String], subdomain: &str) -> Vec<String> {
+pub fn with_subdomain(search: &[String], subdomain: &str) -> Vec<String> {
     let Some(namespace_domain) = search.iter().find(|d| d.split('.').nth(1) == Some("svc")) else {
         return search.to_vec();
     };

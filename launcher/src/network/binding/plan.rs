@@ -23,30 +23,30 @@ use crate::network::resolv_conf::DnsConfig;
 
 /// The operations of a binding, in order, and what the guest is served from once they are done.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct NetworkPlan {
-    pub(crate) operations: Vec<Operation>,
+pub struct NetworkPlan {
+    pub operations: Vec<Operation>,
     /// The link the launcher serves the guest on: the bridge, or the tap under `tap`.
-    pub(crate) served_link: String,
+    pub served_link: String,
     /// Its hardware address, the source of what the launcher serves the guest over IPv6.
-    pub(crate) served_link_mac: LinkMac,
+    pub served_link_mac: LinkMac,
     /// The served link's IPv4 address, the DHCP server's; `None` under `managedTap`, where the launcher serves
     /// nothing.
-    pub(crate) server_address: Option<Ipv4Addr>,
+    pub server_address: Option<Ipv4Addr>,
     /// The tap QEMU opens.
-    pub(crate) tap: String,
-    pub(crate) guest_mac: MacAddr,
+    pub tap: String,
+    pub guest_mac: MacAddr,
     /// The pod interface's hardware address once it gave the guest its own; `None` under `masquerade`, which
     /// leaves the pod interface as it was.
-    pub(crate) pod_port_mac: Option<LinkMac>,
-    pub(crate) pod: PodInterface,
-    pub(crate) dns: DnsConfig,
+    pub pod_port_mac: Option<LinkMac>,
+    pub pod: PodInterface,
+    pub dns: DnsConfig,
 }
 
 /// A hardware address the plan fixes, or one the applier reads from a link once every operation is done: a
 /// bridge without an address of its own takes the lowest of its ports', and the pod interface's new one is drawn
 /// at random.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum LinkMac {
+pub enum LinkMac {
     Fixed(MacAddr),
     ReadFrom(String),
 }
@@ -54,7 +54,7 @@ pub(crate) enum LinkMac {
 /// One change to the pod's network namespace. Each is made only where it is missing, so a plan applied twice
 /// changes nothing the second time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Operation {
+pub enum Operation {
     /// Loads nftables tables, each replacing its earlier copy at once.
     LoadTables(Vec<Table>),
     /// Loads [`bridge::guest_access_table`], which needs the bridge's hardware address as it is once the bridge's
@@ -121,17 +121,17 @@ pub(crate) enum Operation {
 
 /// The links a binding makes or renames, all named after the pod interface.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct LinkNames {
+pub struct LinkNames {
     /// The pod interface's new name, once it no longer carries the pod's identity.
-    pub(crate) pod_port: String,
-    pub(crate) bridge: String,
-    pub(crate) tap: String,
+    pub pod_port: String,
+    pub bridge: String,
+    pub tap: String,
     /// The link that carries the pod's addresses under the pod interface's original name.
-    pub(crate) placeholder: String,
+    pub placeholder: String,
 }
 
 impl LinkNames {
-    pub(crate) fn for_interface(interface: &str) -> Result<LinkNames, PlanError> {
+    pub fn for_interface(interface: &str) -> Result<LinkNames, PlanError> {
         let names = LinkNames {
             pod_port: format!("{interface}-nic"),
             bridge: format!("vb-{interface}"),
@@ -148,7 +148,7 @@ impl LinkNames {
 }
 
 /// What `request`'s binding does to the pod as `recorded`, and what the guest is then served from.
-pub(crate) fn plan(request: &BindingRequest, recorded: &Recorded) -> Result<NetworkPlan, PlanError> {
+pub fn plan(request: &BindingRequest, recorded: &Recorded) -> Result<NetworkPlan, PlanError> {
     let names = LinkNames::for_interface(&request.interface)?;
     match request.binding {
         Binding::Bridge => Ok(bridge::plan(

@@ -55,7 +55,7 @@ impl Kept {
 ///
 /// A filter with a class and no action ends the search and lets the frame go on up the receiving link's stack; the
 /// last filter of each link, matching everything, redirects.
-pub(crate) fn ingress_filters(pod_port: &str, tap: &str) -> [IngressFilters; 2] {
+pub fn ingress_filters(pod_port: &str, tap: &str) -> [IngressFilters; 2] {
     let from_guest = [
         Kept::Udp4(DHCPV4_SERVER),
         Kept::Udp6(DHCPV6_SERVER),
@@ -88,7 +88,7 @@ pub(crate) fn ingress_filters(pod_port: &str, tap: &str) -> [IngressFilters; 2] 
 
 /// The nftables rules for what the tc filters keep in the pod: the servers hear the guest's requests, and nothing
 /// else that reached a stack in the pod goes anywhere.
-pub(crate) fn table(pod_port: &str, tap: &str) -> Table {
+pub fn table(pod_port: &str, tap: &str) -> Table {
     Table {
         family: Family::Inet,
         name: "vmlet-tap".into(),
@@ -110,7 +110,7 @@ pub(crate) fn table(pod_port: &str, tap: &str) -> Table {
 
 /// The `tap` binding's operations. The table comes first, so that nothing the pod's stack sends ever reaches the pod
 /// network once the pod interface is renamed.
-pub(crate) fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames) -> NetworkPlan {
+pub fn plan(request: &BindingRequest, recorded: &Recorded, names: &LinkNames) -> NetworkPlan {
     let pod = &recorded.pod;
     let bring_up_silent = |link: &String| {
         [

@@ -1,5 +1,7 @@
 //! The network layer against the kernel: a pod namespace joined by a veth to a node namespace, set up as a CNI
-//! would, then discovered and rewired. Needs root.
+//! would, then discovered and rewired. Needs root; the unit tests of the same code (plans, the applier on a fake)
+//! do not.
+#![allow(clippy::unwrap_used)]
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -19,7 +21,7 @@ use rtnetlink::packet_core::Nla;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{
     AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoBridgePort, InfoData, InfoKind,
-    InfoPortData, InfoTun, LinkAttribute, LinkInfo, LinkMessage,
+    InfoPortData, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -27,17 +29,16 @@ use vmlet_dhcp::MacAddr;
 use vmlet_dhcp::frame::ipv4_udp;
 use vmlet_dhcp::v6;
 
-use super::apply::Wired;
-use super::binding::BindingRequest;
-use super::binding::bridge::DEFAULT_SERVER_ADDRESS;
-use super::binding::masquerade::GuestSubnets;
-use super::error::ApplyError;
-use super::netlink::{self, Netlink};
-use super::netns::in_netns;
-use super::pod_interface::tests::route;
-use super::pod_interface::{PodInterface, PodRoute, discover};
-use super::resolv_conf::DnsConfig;
-use super::tap_device::open_tap;
+use vmlet_launcher::network::apply::Wired;
+use vmlet_launcher::network::binding::BindingRequest;
+use vmlet_launcher::network::binding::bridge::DEFAULT_SERVER_ADDRESS;
+use vmlet_launcher::network::binding::masquerade::GuestSubnets;
+use vmlet_launcher::network::error::ApplyError;
+use vmlet_launcher::network::netlink::{self, Netlink};
+use vmlet_launcher::network::netns::in_netns;
+use vmlet_launcher::network::pod_interface::{PodInterface, PodRoute, discover};
+use vmlet_launcher::network::resolv_conf::DnsConfig;
+use vmlet_launcher::network::tap_device::open_tap;
 
 const POD_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x07]);
 /// The link-local address the kernel derives from [`POD_MAC`] (EUI-64).
@@ -170,7 +171,7 @@ impl TestPod {
     fn setup(&self) -> Result<Wired, ApplyError> {
         let request = self.request();
         self.pod
-            .run(|handle| async move { super::apply::setup(&request, &handle).await })
+            .run(|handle| async move { vmlet_launcher::network::apply::setup(&request, &handle).await })
     }
 
     fn links(&self) -> Vec<LinkState> {
@@ -294,7 +295,7 @@ async fn link_states(handle: &Handle) -> Vec<LinkState> {
             kind: netlink::link_kind(&link).cloned(),
             mac: netlink::link_mac(&link),
             mtu: netlink::link_mtu(&link),
-            up: netlink::link_is_up(&link),
+            up: link.header.flags.contains(LinkFlags::Up),
             controller: netlink::link_controller(&link),
             addresses: global,
             has_ipv6_address: addresses
@@ -414,6 +415,16 @@ async fn nft(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// A route as discovery reports it, from text.
+fn route(destination: &str, gateway: Option<&str>, on_link: bool, metric: u32) -> PodRoute {
+    PodRoute {
+        destination: destination.parse().unwrap(),
+        gateway: gateway.map(|gateway| gateway.parse().unwrap()),
+        on_link,
+        metric,
+    }
 }
 
 fn sorted(mut routes: Vec<PodRoute>) -> Vec<PodRoute> {
@@ -851,8 +862,9 @@ fn a_global_ipv6_gateway_is_found_once_its_routers_link_local_address_is_usable(
     });
     let gateway: Ipv6Addr = "fd00:10:244:1::1".parse().unwrap();
     let found = test_pod.pod.run(|_| async move {
-        let mut neighbours = super::gateway::LinkNeighbours::open(pod.index, MacAddr([2, 0, 0, 0, 0, 0x42])).unwrap();
-        let search = super::gateway::find_router(&mut neighbours, gateway);
+        let mut neighbours =
+            vmlet_launcher::network::gateway::LinkNeighbours::open(pod.index, MacAddr([2, 0, 0, 0, 0, 0x42])).unwrap();
+        let search = vmlet_launcher::network::gateway::find_router(&mut neighbours, gateway);
         tokio::time::timeout(Duration::from_secs(60), search).await
     });
     assert_eq!(found.ok(), Some(router));
@@ -870,13 +882,14 @@ fn the_router_search_hears_the_gateway_through_the_tap_bindings_redirect() {
     };
     let wired = test_pod
         .pod
-        .run(|handle| async move { super::apply::setup(&request, &handle).await })
+        .run(|handle| async move { vmlet_launcher::network::apply::setup(&request, &handle).await })
         .unwrap();
     let gateway: Ipv6Addr = "fd00:10:244:1::1".parse().unwrap();
     let found = test_pod.pod.run(|_| async move {
         let mut neighbours =
-            super::gateway::LinkNeighbours::open(wired.pod.index, wired.pod_port_mac.unwrap()).unwrap();
-        let search = super::gateway::find_router(&mut neighbours, gateway);
+            vmlet_launcher::network::gateway::LinkNeighbours::open(wired.pod.index, wired.pod_port_mac.unwrap())
+                .unwrap();
+        let search = vmlet_launcher::network::gateway::find_router(&mut neighbours, gateway);
         tokio::time::timeout(Duration::from_secs(60), search).await
     });
     assert_eq!(
