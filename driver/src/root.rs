@@ -77,12 +77,12 @@ pub fn too_long_for_sockets(root: &Path) -> bool {
 
 /// The short link's name for `root`: distinct roots (distinct pods) get distinct links, and a pod's next driver
 /// the same one again.
-fn short_name(root: &Path) -> PathBuf {
+fn short_name(links: &Path, root: &Path) -> PathBuf {
     use std::hash::{Hash, Hasher};
     // SipHash with fixed keys: the same name in every process of one build, which is all that shares the folder.
     let mut hasher = std::hash::DefaultHasher::new();
     root.hash(&mut hasher);
-    Path::new(SHORT_ROOTS).join(format!("{:016x}", hasher.finish()))
+    links.join(format!("{:016x}", hasher.finish()))
 }
 
 /// The name to give libvirt for `root`: `root` itself when the sockets under it fit, else a short symbolic link to
@@ -92,10 +92,14 @@ fn short_name(root: &Path) -> PathBuf {
 /// Links whose run directory is gone are removed on the way; a link that still leads somewhere is never touched,
 /// since libvirt, finding its root missing, would make a directory in the link's place and run there.
 pub fn name_for_libvirt(root: &Path) -> io::Result<PathBuf> {
+    name_in(Path::new(SHORT_ROOTS), root)
+}
+
+/// [`name_for_libvirt`] with the links in `links`.
+fn name_in(links: &Path, root: &Path) -> io::Result<PathBuf> {
     if !too_long_for_sockets(root) {
         return Ok(root.to_owned());
     }
-    let links = Path::new(SHORT_ROOTS);
     std::fs::create_dir_all(links)?;
     for entry in std::fs::read_dir(links)? {
         let path = entry?.path();
@@ -104,7 +108,7 @@ pub fn name_for_libvirt(root: &Path) -> io::Result<PathBuf> {
             let _ = std::fs::remove_file(&path);
         }
     }
-    let link = short_name(root);
+    let link = short_name(links, root);
     match std::fs::symlink_metadata(&link) {
         // What a libvirt left whose link went while it ran: nothing of a pod's lives there.
         Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&link)?,
@@ -185,47 +189,45 @@ mod tests {
         assert!(!too_long_for_sockets(Path::new(&longest_fitting)));
         assert!(too_long_for_sockets(Path::new(&format!("{longest_fitting}r"))));
         // The link itself leaves room.
-        assert!(!too_long_for_sockets(&short_name(standalone)));
+        assert!(!too_long_for_sockets(&short_name(Path::new(SHORT_ROOTS), standalone)));
     }
 
     #[test]
     fn a_long_root_gets_a_link_that_leads_to_it() {
         let scratch = ScratchDir::new();
+        let links = scratch.join("links");
         let root = scratch.join(format!("{}/libvirt", "long-".repeat(12)));
         std::fs::create_dir_all(&root).unwrap();
-        let named = name_for_libvirt(&root).unwrap();
-        assert_eq!(named, short_name(&root));
+        let named = name_in(&links, &root).unwrap();
+        assert_eq!(named, short_name(&links, &root));
         assert_eq!(std::fs::read_link(&named).unwrap(), root);
         // Again (the pod's next driver): the link is made anew.
-        assert_eq!(name_for_libvirt(&root).unwrap(), named);
-        std::fs::remove_file(&named).unwrap();
+        assert_eq!(name_in(&links, &root).unwrap(), named);
         let short = scratch.join("libvirt");
-        assert_eq!(name_for_libvirt(&short).unwrap(), short);
+        assert_eq!(name_in(&links, &short).unwrap(), short);
     }
 
     #[test]
     fn pods_with_the_same_pids_keep_their_own_links() {
         let scratch = ScratchDir::new();
+        let links = scratch.join("links");
         let long = |pod: &str| scratch.join(format!("{}/{pod}/run/libvirt", "long-".repeat(12)));
         let (one, two, gone) = (long("one"), long("two"), long("gone"));
         for root in [&one, &two, &gone] {
             std::fs::create_dir_all(root).unwrap();
         }
-        let named_one = name_for_libvirt(&one).unwrap();
-        let named_gone = name_for_libvirt(&gone).unwrap();
+        let named_one = name_in(&links, &one).unwrap();
+        let named_gone = name_in(&links, &gone).unwrap();
         std::fs::remove_dir_all(gone.parent().unwrap().parent().unwrap()).unwrap();
         // A libvirt whose link was taken away made a directory in its place.
-        let stale = short_name(&two);
+        let stale = short_name(&links, &two);
         std::fs::create_dir_all(stale.join("run/qemu")).unwrap();
 
-        let named_two = name_for_libvirt(&two).unwrap();
+        let named_two = name_in(&links, &two).unwrap();
         assert_ne!(named_one, named_two);
         assert_eq!(std::fs::read_link(&named_one).unwrap(), one, "another pod's link stays");
         assert_eq!(std::fs::read_link(&named_two).unwrap(), two);
         assert!(!named_gone.is_symlink(), "the link of a pod that is gone is swept");
-        for link in [named_one, named_two] {
-            std::fs::remove_file(link).unwrap();
-        }
     }
 
     #[test]

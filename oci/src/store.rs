@@ -183,7 +183,12 @@ impl Store {
         let _lock = lock_file(&self.lock_path(digest)).map_err(Error::io(&name, "lock", self.lock_path(digest)))?;
         let dir = self.image_dir(digest);
         let doomed = self.scratch("removing");
-        // Out of sight at once, so that no pull takes a half-removed image for a cached one.
+        // Out of sight at once, so that no pull takes a half-removed image for a cached one. Moving a directory to
+        // another parent rewrites its `..`, which only root may do in a read-only one.
+        match set_mode(&dir, 0o755) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+            result => result.map_err(Error::io(&name, "make writable", &dir))?,
+        }
         match fs::rename(&dir, &doomed) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
