@@ -122,6 +122,34 @@ pub enum PrintableStatus {
     Unknown,
 }
 
+impl PrintableStatus {
+    /// The status as the API spells it (`kubectl get`'s STATUS column).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrintableStatus::Stopped => "Stopped",
+            PrintableStatus::Provisioning => "Provisioning",
+            PrintableStatus::Starting => "Starting",
+            PrintableStatus::Running => "Running",
+            PrintableStatus::Paused => "Paused",
+            PrintableStatus::Stopping => "Stopping",
+            PrintableStatus::Terminating => "Terminating",
+            PrintableStatus::CrashLoopBackOff => "CrashLoopBackOff",
+            PrintableStatus::Unschedulable => "Unschedulable",
+            PrintableStatus::ErrorUnschedulable => "ErrorUnschedulable",
+            PrintableStatus::ErrImagePull => "ErrImagePull",
+            PrintableStatus::ImagePullBackOff => "ImagePullBackOff",
+            PrintableStatus::ErrorPvcNotFound => "ErrorPvcNotFound",
+            PrintableStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for PrintableStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "kubernetes", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
@@ -310,6 +338,31 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// A printable status reads in logs and Events as the API spells it.
+    #[test]
+    fn printable_statuses_are_spelt_as_in_the_api() {
+        use PrintableStatus::*;
+        let all = [
+            Stopped,
+            Provisioning,
+            Starting,
+            Running,
+            Paused,
+            Stopping,
+            Terminating,
+            CrashLoopBackOff,
+            Unschedulable,
+            ErrorUnschedulable,
+            ErrImagePull,
+            ImagePullBackOff,
+            ErrorPvcNotFound,
+            Unknown,
+        ];
+        for status in all {
+            assert_eq!(json!(status), json!(status.to_string()));
+        }
+    }
 
     /// Each of the launcher's words becomes the API's word of the same name, and a guest's end goes back unchanged.
     #[test]

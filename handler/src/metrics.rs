@@ -22,6 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
+use vmlet_api::Phase;
 
 /// A VM.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, Ord, PartialOrd, EncodeLabelSet)]
@@ -35,6 +36,28 @@ pub struct VmLabels {
 pub struct PhaseLabels {
     pub phase: String,
     pub node: String,
+}
+
+impl PhaseLabels {
+    pub fn new(phase: Phase, node: String) -> PhaseLabels {
+        PhaseLabels {
+            phase: phase_label(phase).to_owned(),
+            node,
+        }
+    }
+}
+
+/// A phase as KubeVirt's metrics name it in their `phase` label.
+pub fn phase_label(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pending => "pending",
+        Phase::Scheduling => "scheduling",
+        Phase::Scheduled => "scheduled",
+        Phase::Running => "running",
+        Phase::Succeeded => "succeeded",
+        Phase::Failed => "failed",
+        Phase::Unknown => "unknown",
+    }
 }
 
 /// A phase a VM reached.
@@ -241,7 +264,7 @@ impl Metrics {
             if running && !before.running {
                 self.from_creation
                     .get_or_create(&TransitionLabels {
-                        phase: "running".into(),
+                        phase: phase_label(Phase::Running).into(),
                     })
                     .observe(took.as_secs_f64());
             }
@@ -403,15 +426,22 @@ where
 mod tests {
     use super::*;
 
+    /// KubeVirt's `phase` label is the phase as the API spells it, in lower case.
+    #[test]
+    fn phase_labels_are_the_api_phases_in_lower_case() {
+        use Phase::*;
+        for phase in [Pending, Scheduling, Scheduled, Running, Succeeded, Failed, Unknown] {
+            let spelt = serde_json::to_value(phase).unwrap();
+            assert_eq!(phase_label(phase), spelt.as_str().unwrap().to_lowercase());
+        }
+    }
+
     #[test]
     fn the_exposition_has_kubevirts_names_and_the_handlers_values() {
         let metrics = Metrics::default();
         metrics
             .phases
-            .get_or_create(&PhaseLabels {
-                phase: "running".into(),
-                node: "n1".into(),
-            })
+            .get_or_create(&PhaseLabels::new(Phase::Running, "n1".into()))
             .set(2);
         let text = metrics.encode();
         assert!(

@@ -68,7 +68,7 @@ fn ask<T, F: Future<Output = Result<T, ClientError>>>(
         .build()
         .map_err(ClientError::Io)?;
     runtime.block_on(async {
-        let client = Client::connect(&run_dir.join("control.sock"), timeout).await?;
+        let client = Client::connect(&vmlet_control::RunDir::new(run_dir).control_socket(), timeout).await?;
         request(client).await
     })
 }

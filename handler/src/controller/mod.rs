@@ -130,16 +130,16 @@ async fn count_phases(vms: kube::runtime::reflector::Store<CachedVm>, metrics: A
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
-        let mut counts = std::collections::BTreeMap::new();
+        let mut counts = std::collections::HashMap::new();
         for vm in vms.state() {
             let Some(status) = &vm.status else { continue };
             let Some(phase) = status.phase else { continue };
             let node = status.node_name.clone().unwrap_or_default();
-            *counts.entry((format!("{phase:?}").to_lowercase(), node)).or_insert(0) += 1;
+            *counts.entry(PhaseLabels::new(phase, node)).or_insert(0) += 1;
         }
         metrics.phases.clear();
-        for ((phase, node), count) in counts {
-            metrics.phases.get_or_create(&PhaseLabels { phase, node }).set(count);
+        for (labels, count) in counts {
+            metrics.phases.get_or_create(&labels).set(count);
         }
     }
 }

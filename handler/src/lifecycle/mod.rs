@@ -892,7 +892,7 @@ pub fn status_change(previous: &VirtualMachineStatus, plan: &Plan) -> Option<Eve
     if before == Some(after) || !plan.events.is_empty() {
         return None;
     }
-    let was = before.map_or_else(|| "new".to_owned(), |b| format!("{b:?}"));
+    let was = before.map_or("new", PrintableStatus::as_str);
     Some(Event {
         kind: match after {
             PrintableStatus::CrashLoopBackOff
@@ -904,7 +904,7 @@ pub fn status_change(previous: &VirtualMachineStatus, plan: &Plan) -> Option<Eve
             _ => EventKind::Normal,
         },
         reason: "StatusChanged",
-        message: format!("the VM is {after:?} (was {was})"),
+        message: format!("the VM is {after} (was {was})"),
     })
 }
 

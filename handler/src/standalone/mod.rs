@@ -32,7 +32,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 use vmlet_api::defaults::{ClusterDefaults, DefaultBinding, GRACE_PERIOD_SECONDS};
-use vmlet_api::{RUN_ANNOTATION, ReportedState, RunStrategy, VirtualMachine, VirtualMachineStatus};
+use vmlet_api::{PrintableStatus, RUN_ANNOTATION, ReportedState, RunStrategy, VirtualMachine, VirtualMachineStatus};
 use vmlet_podnet::{Host, NodeNetwork, PodNetwork};
 
 use crate::lifecycle::{self, Exit, Launcher, LauncherAction, NodeHealth, Observation, RunRequest};
@@ -342,10 +342,7 @@ impl Standalone {
             let Some(phase) = status.phase else { continue };
             self.metrics
                 .phases
-                .get_or_create(&metrics::PhaseLabels {
-                    phase: format!("{phase:?}").to_lowercase(),
-                    node: self.node_name.clone(),
-                })
+                .get_or_create(&metrics::PhaseLabels::new(phase, self.node_name.clone()))
                 .inc();
         }
         let gone: Vec<VmKey> = self
@@ -383,7 +380,7 @@ impl Standalone {
             self.metrics
                 .from_creation
                 .get_or_create(&metrics::TransitionLabels {
-                    phase: "running".into(),
+                    phase: metrics::phase_label(vmlet_api::Phase::Running).into(),
                 })
                 .observe(took.as_secs_f64());
         }
@@ -585,10 +582,8 @@ impl Standalone {
         if status.printable_status != previous.printable_status
             && let Some(now) = status.printable_status
         {
-            let was = previous
-                .printable_status
-                .map_or_else(|| "new".to_owned(), |p| format!("{p:?}"));
-            info!(vm = %seen.key, status = ?now, was = %was, "the VM is {now:?}");
+            let was = previous.printable_status.map_or("new", PrintableStatus::as_str);
+            info!(vm = %seen.key, status = %now, was = %was, "the VM is {now}");
         }
         let events = if waiting { &[][..] } else { &plan.events[..] };
         self.count_change(seen.key, seen.pod, &previous, &status, events);

@@ -176,7 +176,7 @@ fn row(file: &StatusFile, wide: bool) -> Vec<String> {
         .iter()
         .find_map(|i| i.ip_address.clone().or_else(|| i.ip_addresses.first().cloned()))
         .unwrap_or_default();
-    let printable = status.printable_status.map(|p| format!("{p:?}")).unwrap_or_default();
+    let printable = status.printable_status.map(|p| p.to_string()).unwrap_or_default();
     let mut row = vec![
         file.namespace.clone(),
         file.name.clone(),
