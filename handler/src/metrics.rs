@@ -48,7 +48,7 @@ impl PhaseLabels {
 }
 
 /// A phase as KubeVirt's metrics name it in their `phase` label.
-pub fn phase_label(phase: Phase) -> &'static str {
+fn phase_label(phase: Phase) -> &'static str {
     match phase {
         Phase::Pending => "pending",
         Phase::Scheduling => "scheduling",
@@ -243,6 +243,15 @@ impl Metrics {
         }
     }
 
+    /// Takes in that a VM reached Running `took` after its pod was made.
+    pub fn observe_running(&self, took: std::time::Duration) {
+        self.from_creation
+            .get_or_create(&TransitionLabels {
+                phase: phase_label(Phase::Running).into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// Takes in what a launcher answered for its VM's start latencies, `since_creation` its pod was made: the
     /// first answer that runs, and the guest's first DHCP or DHCPv6 lease. Only what this process saw happen
     /// counts: a launcher that already ran when first asked (a restarted handler) adds nothing.
@@ -262,11 +271,7 @@ impl Metrics {
         let leased = bound(answer.dhcp.as_ref()) || bound(answer.dhcpv6.as_deref());
         if let (Some(before), Some(took)) = (seen.started, since_creation) {
             if running && !before.running {
-                self.from_creation
-                    .get_or_create(&TransitionLabels {
-                        phase: phase_label(Phase::Running).into(),
-                    })
-                    .observe(took.as_secs_f64());
+                self.observe_running(took);
             }
             if leased && !before.leased {
                 self.first_lease.observe(took.as_secs_f64());

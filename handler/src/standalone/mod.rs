@@ -377,12 +377,7 @@ impl Standalone {
             && previous.phase != Some(vmlet_api::Phase::Running)
             && let Some(took) = since_creation()
         {
-            self.metrics
-                .from_creation
-                .get_or_create(&metrics::TransitionLabels {
-                    phase: metrics::phase_label(vmlet_api::Phase::Running).into(),
-                })
-                .observe(took.as_secs_f64());
+            self.metrics.observe_running(took);
         }
         let has_address = |s: &VirtualMachineStatus| s.interfaces.iter().any(|i| i.ip_address.is_some());
         if has_address(status)
